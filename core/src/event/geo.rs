@@ -1,0 +1,219 @@
+//! Places and units: [`Location`] (WGS84), H3 cells derived from it, and metric [`Unit`]s.
+//!
+//! Invariant: an H3 cell carried by an event is never trusted from input; validation checks
+//! that it is the cell of the event's location at the cell's own resolution.
+
+use std::fmt;
+
+use h3o::{CellIndex, LatLng, Resolution};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A WGS84 position in decimal degrees.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    /// Latitude, -90..=90.
+    pub lat: f64,
+    /// Longitude, -180..=180.
+    pub lng: f64,
+}
+
+impl Location {
+    /// A location; use [`Location::check`] before trusting input.
+    pub const fn new(lat: f64, lng: f64) -> Self {
+        Location { lat, lng }
+    }
+
+    /// Why this is not a WGS84 position, if it is not one.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if !(self.lat.is_finite() && (-90.0..=90.0).contains(&self.lat)) {
+            return Err("lat must be a number within -90..=90");
+        }
+        if !(self.lng.is_finite() && (-180.0..=180.0).contains(&self.lng)) {
+            return Err("lng must be a number within -180..=180");
+        }
+        Ok(())
+    }
+
+    /// The H3 cell containing this location at `resolution`, or `None` when the location is
+    /// not a valid WGS84 position.
+    pub fn cell(&self, resolution: Resolution) -> Option<CellIndex> {
+        self.check().ok()?;
+        LatLng::new(self.lat, self.lng)
+            .ok()
+            .map(|ll| ll.to_cell(resolution))
+    }
+}
+
+/// Serde for an H3 cell: the canonical lowercase hex string (`8828308281fffff`) in
+/// human-readable formats, the raw `u64` in binary ones.
+pub(crate) mod cell_serde {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(
+        cell: &CellIndex,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(cell)
+        } else {
+            serializer.serialize_u64(u64::from(*cell))
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<CellIndex, D::Error> {
+        use serde::de::Error;
+        if deserializer.is_human_readable() {
+            let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+            parse_cell(&text).map_err(D::Error::custom)
+        } else {
+            let raw = u64::deserialize(deserializer)?;
+            CellIndex::try_from(raw)
+                .map_err(|_| D::Error::custom(format!("{raw:#x} is not an H3 cell index")))
+        }
+    }
+
+    /// `Option<CellIndex>` with the same encoding.
+    pub(crate) mod option {
+        use super::*;
+
+        pub(crate) fn serialize<S: Serializer>(
+            cell: &Option<CellIndex>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            struct Wrap<'a>(&'a CellIndex);
+            impl Serialize for Wrap<'_> {
+                fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    super::serialize(self.0, serializer)
+                }
+            }
+            match cell {
+                Some(cell) => serializer.serialize_some(&Wrap(cell)),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<CellIndex>, D::Error> {
+            struct Wrap(CellIndex);
+            impl<'de> Deserialize<'de> for Wrap {
+                fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                    super::deserialize(deserializer).map(Wrap)
+                }
+            }
+            Ok(Option::<Wrap>::deserialize(deserializer)?.map(|w| w.0))
+        }
+    }
+}
+
+/// Parses an H3 cell from its hex form (`8828308281fffff`).
+pub fn parse_cell(text: &str) -> Result<CellIndex, String> {
+    text.parse::<CellIndex>()
+        .map_err(|_| format!("{text:?} is not an H3 cell index"))
+}
+
+/// The unit of a metric value: a UCUM-style code (`ug/m3`, `km/h`, `Cel`, `%`, `{vehicles}`)
+/// or its conventional symbol (`μg/m³`).
+///
+/// Known aliases are kept as written (the value is a measurement as reported), but
+/// [`Unit::canonical`] maps them to one code so that rules and aggregates compare like with
+/// like.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Unit(pub String);
+
+/// Units known to citytwin, as (canonical code, aliases).
+const KNOWN_UNITS: &[(&str, &[&str])] = &[
+    ("ug/m3", &["μg/m³", "µg/m³", "ug/m³", "μg/m3"]),
+    ("mg/m3", &["mg/m³"]),
+    ("ppm", &["[ppm]"]),
+    ("ppb", &["[ppb]"]),
+    ("Cel", &["°C", "degC"]),
+    ("%", &["percent"]),
+    ("km/h", &["kph"]),
+    ("m/s", &[]),
+    ("{vehicles}", &["vehicles", "{vehicle}"]),
+    ("{vehicles}/h", &["vehicles/h"]),
+    ("{count}", &["count", "1"]),
+    ("hPa", &[]),
+    ("mm", &[]),
+    ("mm/h", &[]),
+    ("dB", &["dB(A)", "dBA"]),
+    ("lx", &["lux"]),
+    ("W", &[]),
+    ("kW", &[]),
+    ("kW.h", &["kWh"]),
+    ("V", &[]),
+    ("A", &[]),
+    ("m3", &["m³"]),
+    ("L", &["l"]),
+    ("m", &[]),
+    ("s", &[]),
+    ("deg", &["°"]),
+];
+
+impl Unit {
+    /// A unit from its code or symbol.
+    pub fn new(code: impl Into<String>) -> Self {
+        Unit(code.into())
+    }
+
+    /// The unit as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The canonical code for a known unit or alias; `None` for a unit citytwin does not know.
+    pub fn canonical(&self) -> Option<&'static str> {
+        KNOWN_UNITS
+            .iter()
+            .find(|(code, aliases)| *code == self.0 || aliases.contains(&self.0.as_str()))
+            .map(|(code, _)| *code)
+    }
+}
+
+impl fmt::Display for Unit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Unit {
+    fn from(code: &str) -> Self {
+        Unit(code.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_checks_ranges() {
+        assert!(Location::new(40.7128, -74.006).check().is_ok());
+        assert!(Location::new(91.0, 0.0).check().is_err());
+        assert!(Location::new(0.0, -180.5).check().is_err());
+        assert!(Location::new(f64::NAN, 0.0).check().is_err());
+    }
+
+    #[test]
+    fn cell_is_derived_from_location() {
+        let cell = Location::new(40.7128, -74.006)
+            .cell(Resolution::Eight)
+            .unwrap();
+        assert_eq!(cell.resolution(), Resolution::Eight);
+        assert_eq!(parse_cell(&cell.to_string()).unwrap(), cell);
+        assert!(parse_cell("not-a-cell").is_err());
+    }
+
+    #[test]
+    fn unit_aliases_map_to_canonical_codes() {
+        assert_eq!(Unit::from("μg/m³").canonical(), Some("ug/m3"));
+        assert_eq!(Unit::from("ug/m3").canonical(), Some("ug/m3"));
+        assert_eq!(Unit::from("°C").canonical(), Some("Cel"));
+        assert_eq!(Unit::from("furlongs/fortnight").canonical(), None);
+    }
+}

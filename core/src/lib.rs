@@ -1,0 +1,23 @@
+//! `citytwin-core`: the pure heart of citytwin.
+//!
+//! - [`event`]: the canonical CloudEvents 1.0 [`event::Event`], typed payloads for every event
+//!   type the platform knows, validation that reports every problem at once.
+//! - [`codec`]: the encodings of an event: CloudEvents JSON (structured, batch), HTTP and
+//!   MQTT binary modes as pure mappings, MessagePack for storage, and the custom envelope.
+//!
+//! Later issues add the durable event log (`log`) and the complex event processing engine
+//! (`cep`) here.
+//!
+//! A key design decision: this crate knows nothing of actors, async runtimes, networks or
+//! rendering. Time and randomness are inputs. That keeps every piece testable as plain
+//! functions and lets the twin, the simulator and the server share it.
+//!
+//! It is not: a server or a runtime; `citytwin-twin` builds the live twin on top of it.
+
+pub mod codec;
+mod error;
+pub mod event;
+#[cfg(test)]
+mod testing;
+
+pub use error::{Error, Result};

@@ -1,0 +1,14 @@
+//! The live twin of a city (`citytwin-twin`).
+//!
+//! This crate will hold the actor system built on `ractor` and `tokio`: one supervised,
+//! event-sourced `AssetActor` per physical asset (state rebuilt from its stream in the
+//! `citytwin_core::log` event log, snapshots, time travel, passivation), one `CellActor` per
+//! H3 cell running the `citytwin_core::cep` rules on its events, the in-process
+//! publish-subscribe bus with per-type delivery classes, the dead-letter queue, CQRS read
+//! models and the asset-commissioning saga.
+//!
+//! A key design decision: business logic stays in pure `decide` / `apply` functions; actors
+//! only move messages, persist, publish and reply.
+//!
+//! It is not: a network server (that is `citytwin serve`, through `citytwin-proto`), nor a
+//! distributed engine (scale-out goes through NATS JetStream).
