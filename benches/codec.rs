@@ -1,1 +1,97 @@
-fn main() {}
+//! Encode and decode throughput of the event codecs, in events per second, for a typical
+//! `metric.recorded` event (the seed's example, with organization, cell and sequence set).
+//!
+//! Run with `cargo bench --bench codec`.
+
+use std::hint::black_box;
+
+use citytwin_core::codec::{json, msgpack};
+use citytwin_core::event::{Event, Location, MetricRecorded, Provenance, Timestamp, Unit};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use h3o::Resolution;
+
+const BATCH: usize = 1_000;
+
+fn typical_events() -> Vec<Event> {
+    (0..BATCH)
+        .map(|i| {
+            let asset_id = format!("sensor_{:06}", i % 997);
+            Event::new(
+                format!("a1b2c3d4-e5f6-7890-abcd-{i:012}"),
+                format!("/sensors/air_quality/{asset_id}"),
+                MetricRecorded {
+                    asset_id: asset_id.clone(),
+                    metric_type: "pm25".to_owned(),
+                    value: 35.5 + i as f64 * 0.01,
+                    unit: Unit::from("μg/m³"),
+                    location: Some(Location::new(40.7128 + i as f64 * 1e-5, -74.006)),
+                },
+            )
+            .with_time(Timestamp::from_secs(1_736_937_000 + i as i64))
+            .with_subject(asset_id)
+            .with_organization("org_xyz")
+            .with_provenance(Provenance::Live)
+            .with_derived_cell(Resolution::Ten)
+        })
+        .collect()
+}
+
+fn codec(c: &mut Criterion) {
+    let events = typical_events();
+    let stored: Vec<Vec<u8>> = events.iter().map(msgpack::encode).collect();
+    let as_json: Vec<Vec<u8>> = events.iter().map(json::encode).collect();
+    eprintln!(
+        "typical metric.recorded: {} bytes as MessagePack, {} bytes as CloudEvents JSON",
+        stored[0].len(),
+        as_json[0].len()
+    );
+
+    let mut group = c.benchmark_group("codec");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut buf = Vec::with_capacity(256);
+    group.bench_function("msgpack_encode", |b| {
+        b.iter(|| {
+            for event in &events {
+                buf.clear();
+                msgpack::encode_into(black_box(event), &mut buf);
+                black_box(&buf);
+            }
+        })
+    });
+    group.bench_function("msgpack_decode", |b| {
+        b.iter(|| {
+            for bytes in &stored {
+                black_box(msgpack::decode(black_box(bytes)).unwrap());
+            }
+        })
+    });
+    group.bench_function("msgpack_encode_decode", |b| {
+        b.iter(|| {
+            for event in &events {
+                buf.clear();
+                msgpack::encode_into(black_box(event), &mut buf);
+                black_box(msgpack::decode(&buf).unwrap());
+            }
+        })
+    });
+    group.bench_function("json_encode", |b| {
+        b.iter(|| {
+            for event in &events {
+                buf.clear();
+                json::encode_into(black_box(event), &mut buf);
+                black_box(&buf);
+            }
+        })
+    });
+    group.bench_function("json_decode_validate", |b| {
+        b.iter(|| {
+            for bytes in &as_json {
+                black_box(json::decode(black_box(bytes)).unwrap());
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec);
+criterion_main!(benches);

@@ -1,1 +1,58 @@
-fn main() {}
+//! The `citytwin` command: thin glue that parses arguments, installs tracing and calls the
+//! library crates. Logic lives in the libraries.
+
+mod events;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// citytwin: an event-driven, actor-model digital twin for smart cities.
+///
+/// Every asset is an event-sourced actor, every H3 cell runs complex event processing, and
+/// everything speaks CloudEvents 1.0.
+#[derive(Debug, Parser)]
+#[command(name = "citytwin", version, propagate_version = true, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  Check every event in a file (CloudEvents JSON, a JSON batch, JSON lines, or envelopes):
+    citytwin events check scenarios/events/seed-examples.jsonl
+  Convert events to another encoding:
+    citytwin events convert --to envelope scenarios/events/seed-examples.jsonl
+  Read from standard input:
+    cat events.json | citytwin events check -
+
+Logs go to standard error; set RUST_LOG=debug for more.";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check, convert and inspect events.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Events(command) => events::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,4 @@
+//! The workspace's integration tests: one binary, one module per area.
 
+mod cli;
+mod crate_edges;

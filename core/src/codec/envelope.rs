@@ -88,6 +88,14 @@ impl Envelope {
         serde_json::from_slice(bytes).map_err(|e| Error::malformed("custom envelope", e))
     }
 
+    /// Parses an envelope from a JSON value (structure only; see [`Envelope::into_event`]).
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] when the value is not an envelope.
+    pub fn from_value(value: Value) -> Result<Self> {
+        serde_json::from_value(value).map_err(|e| Error::malformed("custom envelope", e))
+    }
+
     /// The envelope as JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("serialising an envelope cannot fail")

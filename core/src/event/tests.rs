@@ -322,3 +322,16 @@ fn non_objects_are_malformed() {
         );
     }
 }
+
+#[test]
+fn docs_list_every_known_type() {
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/events.md")).unwrap();
+    for kind in EventKind::ALL {
+        let row = format!("| `{}` | `{}` |", kind.short_name(), kind.type_str());
+        assert!(
+            docs.contains(&row),
+            "docs/events.md lacks the row for {kind}: {row}"
+        );
+    }
+}
