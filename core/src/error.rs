@@ -18,6 +18,36 @@ pub enum Error {
     /// The input decoded but breaks CloudEvents or citytwin rules; every problem is listed.
     #[error("invalid event: {0}")]
     Invalid(#[from] ValidationError),
+    /// The event log found damage while opening; see [`crate::log::RecoveryError`].
+    #[error(transparent)]
+    Recovery(crate::log::RecoveryError),
+    /// An I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done (`appending to the event log`).
+        context: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// An earlier write or sync failed; the log refuses writes until it is reopened (which
+    /// verifies and repairs the tail).
+    #[error(
+        "the event log is poisoned by an earlier I/O failure and refuses writes; reopen it to recover"
+    )]
+    Poisoned,
+    /// Optimistic concurrency: the stream was not at the expected sequence; nothing was written.
+    #[error("stream {stream:?} is at sequence {actual}, expected {expected}")]
+    WrongExpectedSequence {
+        /// The stream.
+        stream: String,
+        /// The sequence the caller expected.
+        expected: u64,
+        /// The stream's actual last sequence.
+        actual: u64,
+    },
+    /// The request cannot be carried out as given (a stream id too long to store...).
+    #[error("rejected: {0}")]
+    Rejected(String),
     /// A stored event was written by a newer (or unknown) storage format.
     #[error("unsupported storage format version {found} (this build reads up to {supported})")]
     UnsupportedFormat {
@@ -26,6 +56,12 @@ pub enum Error {
         /// The newest version this build reads.
         supported: u8,
     },
+}
+
+impl From<crate::log::RecoveryError> for Error {
+    fn from(error: crate::log::RecoveryError) -> Self {
+        Error::Recovery(error)
+    }
 }
 
 /// `Result` with this crate's [`Error`].

@@ -5,8 +5,10 @@
 //! - [`codec`]: the encodings of an event: CloudEvents JSON (structured, batch), HTTP and
 //!   MQTT binary modes as pure mappings, MessagePack for storage, and the custom envelope.
 //!
-//! Later issues add the durable event log (`log`) and the complex event processing engine
-//! (`cep`) here.
+//! - [`log`]: the durable, segmented, checksummed event log with group commit, per-stream
+//!   sequences and snapshots, filtered replay, retention and crash recovery.
+//!
+//! The complex event processing engine (`cep`) joins them in a later issue.
 //!
 //! A key design decision: this crate knows nothing of actors, async runtimes, networks or
 //! rendering. Time and randomness are inputs. That keeps every piece testable as plain
@@ -17,6 +19,7 @@
 pub mod codec;
 mod error;
 pub mod event;
+pub mod log;
 #[cfg(test)]
 mod testing;
 

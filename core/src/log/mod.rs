@@ -1,0 +1,1119 @@
+//! The durable event log: the write model of citytwin and the source of truth every asset
+//! actor rebuilds from.
+//!
+//! - Append-only segment files of checksummed frames (see `frame` and
+//!   `docs/event-log-format.md`), a global gap-free [`Position`] per record and a 1-based
+//!   sequence per stream (an asset id, a saga, a cell: any name).
+//! - Batched appends with group commit: concurrent appenders share one fsync. The
+//!   [`Durability`] policy says what "acknowledged" means; [`EventLog::append`] returns only
+//!   once it holds. After an fsync or write error the log is poisoned and refuses writes.
+//! - Optimistic concurrency: [`Expected`] sequence per stream; a mismatch is
+//!   [`Error::WrongExpectedSequence`] and nothing of the batch is written.
+//! - Indexes: each frame points back to its stream's previous frame, so a stream's history
+//!   is read without scanning (only each stream's head is kept in memory); a sparse block
+//!   index (time range and first position per 1,024 frames) serves time-range and
+//!   position-based reads. Both are rebuilt from the segments on open: they are caches.
+//! - Snapshots per stream; [`EventLog::load_stream`] = latest snapshot + tail.
+//! - Filtered replay ([`ReplayFilter`]): time range, type patterns, streams, H3 cells (or any
+//!   cell under a parent), organization, start position.
+//! - Retention by age and size, whole segments only, never past the archive watermark.
+//! - Recovery on open: every frame's checksum is verified; a torn tail is truncated and
+//!   logged; any other damage is a hard [`RecoveryError`] naming file and offset.
+//!
+//! It is not: async. It uses std threads and blocking I/O; callers on an async runtime run
+//! appends on a blocking thread pool or a dedicated writer.
+
+mod frame;
+mod replay;
+mod segment;
+mod snapshot;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use h3o::CellIndex;
+
+pub use replay::{Replay, ReplayFilter, TypePattern};
+pub use snapshot::Snapshot;
+
+use crate::event::{Event, EventType, Timestamp};
+use crate::{Error, Result};
+use segment::Segment;
+
+/// A record's global position: 0, 1, 2, ... without gaps, in append order.
+pub type Position = u64;
+
+/// When an append counts as acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The frames are written and fsynced before `append` returns: an acknowledged event
+    /// survives a crash of the process and of the machine.
+    Always,
+    /// The frames are written to the operating system before `append` returns (they survive
+    /// a crash of the process) and fsynced within this interval (a machine crash loses at
+    /// most the last interval).
+    Interval(Duration),
+    /// Written to the operating system before `append` returns; fsynced only when a segment
+    /// is sealed and on close. For tests and load generation.
+    Never,
+}
+
+/// Which segments retention may delete.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Delete sealed segments whose newest record is older than this.
+    pub max_age: Option<Duration>,
+    /// Delete the oldest sealed segments while the log is larger than this.
+    pub max_bytes: Option<u64>,
+    /// Delete only segments below the archive watermark ([`EventLog::set_archived`]).
+    pub require_archive: bool,
+}
+
+/// How the log is opened.
+#[derive(Clone)]
+pub struct LogConfig {
+    /// What "acknowledged" means.
+    pub durability: Durability,
+    /// A segment is sealed and a new one started once it reaches this size.
+    pub segment_bytes: u64,
+    /// Retention, applied by [`EventLog::apply_retention`].
+    pub retention: RetentionPolicy,
+    /// The time recorded for events that carry none.
+    pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+}
+
+impl std::fmt::Debug for LogConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogConfig")
+            .field("durability", &self.durability)
+            .field("segment_bytes", &self.segment_bytes)
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            durability: Durability::Always,
+            segment_bytes: 64 << 20,
+            retention: RetentionPolicy::default(),
+            clock: Arc::new(|| {
+                let since_epoch = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                Timestamp::from_nanos(i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX))
+            }),
+        }
+    }
+}
+
+/// The sequence a stream must be at for an append to go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// Whatever it is.
+    Any,
+    /// Exactly this last sequence (0 = the stream has no record yet).
+    Seq(u64),
+}
+
+/// One event to append to one stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Append<'a> {
+    /// The stream (asset id, saga id, cell...).
+    pub stream: &'a str,
+    /// Optimistic-concurrency check, evaluated in batch order.
+    pub expected: Expected,
+    /// The event.
+    pub event: &'a Event,
+}
+
+/// Where an appended event landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Its global position.
+    pub position: Position,
+    /// Its sequence in its stream.
+    pub seq: u64,
+}
+
+/// A record read back from the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Global position.
+    pub position: Position,
+    /// Sequence within its stream.
+    pub seq: u64,
+    /// The event's time, or the append time for events without one.
+    pub time: Timestamp,
+    /// The stream.
+    pub stream: String,
+    /// The event's type.
+    pub ty: EventType,
+    /// The event's H3 cell.
+    pub cell: Option<CellIndex>,
+    /// The event's organization.
+    pub organization: Option<String>,
+    /// The event, MessagePack-encoded; see [`Record::event`].
+    pub bytes: Vec<u8>,
+}
+
+impl Record {
+    /// Decodes the event.
+    ///
+    /// # Errors
+    /// When the stored bytes are not an event this build can read.
+    pub fn event(&self) -> Result<Event> {
+        crate::codec::msgpack::decode(&self.bytes)
+    }
+
+    fn from_header(header: &frame::Header<'_>) -> Self {
+        Record {
+            position: header.position,
+            seq: header.seq,
+            time: header.time,
+            stream: header.stream.to_owned(),
+            ty: header
+                .kind
+                .map_or_else(|| EventType::new(header.ty), EventType::from),
+            cell: header.cell,
+            organization: header.organization.map(str::to_owned),
+            bytes: header.event.to_vec(),
+        }
+    }
+}
+
+/// A stream's state for rehydration: its latest snapshot and the records after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamLoad {
+    /// The latest usable snapshot.
+    pub snapshot: Option<Snapshot>,
+    /// Records after the snapshot's sequence (all records when there is none), in order.
+    pub records: Vec<Record>,
+}
+
+/// What [`EventLog::apply_retention`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Segment files deleted.
+    pub deleted_segments: Vec<PathBuf>,
+    /// Bytes freed.
+    pub freed_bytes: u64,
+    /// The first position still in the log.
+    pub first_position: Position,
+}
+
+/// Damage found while opening a log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoveryError {
+    /// A frame or header is damaged somewhere other than a torn tail.
+    #[error("corrupt log: {file}: at byte offset {offset}: {reason}")]
+    Corrupt {
+        /// The damaged file.
+        file: PathBuf,
+        /// Byte offset of the damaged frame (or header) in it.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Segment files do not follow each other without gaps.
+    #[error(
+        "corrupt log: {file}: starts at position {found}, expected {expected} (a segment is missing)"
+    )]
+    Gap {
+        /// The segment after the gap.
+        file: PathBuf,
+        /// Its base position.
+        found: u64,
+        /// The position the previous segment ended at.
+        expected: u64,
+    },
+}
+
+pub(crate) fn io_error(context: String, source: std::io::Error) -> Error {
+    Error::Io { context, source }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct StreamHead {
+    seq: u64,
+    /// Position of the stream's newest record, or `frame::NO_PREV` when every record is gone
+    /// (retention) and only the sequence is remembered.
+    position: u64,
+    offset: u32,
+}
+
+struct State {
+    segments: Vec<Segment>,
+    /// Write handle of the last segment.
+    active: File,
+    /// Sync handle of the last segment (shared with group-commit leaders).
+    active_sync: Arc<File>,
+    next_position: u64,
+    streams: HashMap<Box<str>, StreamHead>,
+    buf: Vec<u8>,
+    archived: u64,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Every position below this is on stable storage.
+    synced: u64,
+    /// A leader is syncing.
+    syncing: bool,
+}
+
+struct Inner {
+    dir: PathBuf,
+    snapshot_dir: PathBuf,
+    config: LogConfig,
+    state: Mutex<State>,
+    sync: Mutex<SyncState>,
+    synced_cv: Condvar,
+    poisoned: AtomicBool,
+}
+
+/// The event log. Cheap to clone (shared); safe to use from many threads.
+#[derive(Clone)]
+pub struct EventLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("dir", &self.inner.dir)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+const ARCHIVE_FILE: &str = "archive.watermark";
+const RETIRED_FILE: &str = "retired.streams";
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // NOTE: a panic while holding a log lock leaves consistent data (state changes are
+    // applied after I/O succeeds), so a poisoned mutex is still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in `dir`, verifying every frame and truncating a torn tail.
+    ///
+    /// # Errors
+    /// [`Error::Recovery`] for damage other than a torn tail, [`Error::Io`] for I/O failures.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<EventLog> {
+        let dir = dir.as_ref().to_owned();
+        let snapshot_dir = dir.join("snapshots");
+        for d in [&dir, &snapshot_dir] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| io_error(format!("creating {}", d.display()), e))?;
+        }
+        let mut streams: HashMap<Box<str>, StreamHead> = load_retired(&dir)?;
+        let files = segment::list(&dir)?;
+        let first_base = files.first().map_or(0, |f| f.0);
+        let mut segments: Vec<Segment> = Vec::with_capacity(files.len());
+        let n_files = files.len();
+        for (i, (base, path)) in files.into_iter().enumerate() {
+            let is_tail = i + 1 == n_files;
+            if let Some(prev) = segments.last()
+                && prev.next != base
+            {
+                return Err(RecoveryError::Gap {
+                    file: path,
+                    found: base,
+                    expected: prev.next,
+                }
+                .into());
+            }
+            let read = File::open(&path)
+                .map_err(|e| io_error(format!("opening {}", path.display()), e))?;
+            let mut seg = Segment {
+                base,
+                next: base,
+                path: path.clone(),
+                file: Arc::new(read),
+                len: 0,
+                blocks: Vec::new(),
+            };
+            let (valid_len, damage) = segment::scan(&path, base, |found| {
+                let header = found.header;
+                let head = streams.get(header.stream);
+                // A stream's first record after retention deleted its predecessors points
+                // before the first segment: any sequence is then consistent.
+                let predecessor_deleted = head.is_none()
+                    && header.prev_position != frame::NO_PREV
+                    && header.prev_position < first_base;
+                let expected_seq = head.map_or(1, |h| h.seq + 1);
+                if header.seq != expected_seq && !predecessor_deleted {
+                    return Err(format!(
+                        "stream {:?} record has sequence {}, expected {expected_seq}",
+                        header.stream, header.seq
+                    ));
+                }
+                seg.note_frame(header.position, found.offset, header.time.as_nanos());
+                let head = StreamHead {
+                    seq: header.seq,
+                    position: header.position,
+                    offset: found.offset as u32,
+                };
+                match streams.get_mut(header.stream) {
+                    Some(existing) => *existing = head,
+                    None => {
+                        streams.insert(header.stream.into(), head);
+                    }
+                }
+                Ok(())
+            })?;
+            seg.len = valid_len.max(segment::HEADER_LEN);
+            let file_len = std::fs::metadata(&path)
+                .map_err(|e| io_error(format!("reading {}", path.display()), e))?
+                .len();
+            match damage {
+                None if valid_len == file_len => {}
+                Some(damage) if is_tail && !damage.followed_by_valid_frame => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        offset = damage.offset,
+                        dropped_bytes = file_len - damage.offset,
+                        reason = %damage.reason,
+                        "truncating torn tail of the event log (an append that was never acknowledged)"
+                    );
+                    truncate(&path, damage.offset, valid_len == 0, base)?;
+                    seg.len = damage.offset.max(segment::HEADER_LEN);
+                }
+                Some(damage) => {
+                    return Err(RecoveryError::Corrupt {
+                        file: path,
+                        offset: damage.offset,
+                        reason: damage.reason,
+                    }
+                    .into());
+                }
+                None => {
+                    return Err(RecoveryError::Corrupt {
+                        file: path,
+                        offset: valid_len,
+                        reason: "bytes after the last frame of a sealed segment".into(),
+                    }
+                    .into());
+                }
+            }
+            segments.push(seg);
+        }
+        let active = match segments.last() {
+            Some(last) => std::fs::OpenOptions::new()
+                .append(true)
+                .open(&last.path)
+                .map_err(|e| io_error(format!("opening {}", last.path.display()), e))?,
+            None => {
+                let (file, seg) = segment::create(&dir, 0)?;
+                segments.push(seg);
+                file
+            }
+        };
+        let active_sync = Arc::new(
+            active
+                .try_clone()
+                .map_err(|e| io_error("cloning the active segment handle".into(), e))?,
+        );
+        let next_position = segments.last().map_or(0, |s| s.next);
+        let archived = read_archived(&dir)?;
+        let state = State {
+            segments,
+            active,
+            active_sync,
+            next_position,
+            streams,
+            buf: Vec::with_capacity(1 << 16),
+            archived,
+        };
+        let inner = Arc::new(Inner {
+            dir,
+            snapshot_dir,
+            config,
+            state: Mutex::new(state),
+            sync: Mutex::new(SyncState {
+                synced: next_position,
+                syncing: false,
+            }),
+            synced_cv: Condvar::new(),
+            poisoned: AtomicBool::new(false),
+        });
+        if let Durability::Interval(interval) = inner.config.durability {
+            spawn_flusher(Arc::downgrade(&inner), interval);
+        }
+        Ok(EventLog { inner })
+    }
+
+    /// The directory the log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Appends one event to `stream`.
+    ///
+    /// # Errors
+    /// As [`EventLog::append_batch`].
+    pub fn append(&self, stream: &str, expected: Expected, event: &Event) -> Result<Appended> {
+        let appended = self.append_batch(&[Append {
+            stream,
+            expected,
+            event,
+        }])?;
+        Ok(appended[0])
+    }
+
+    /// Appends a batch atomically with respect to concurrency checks: either every event is
+    /// written (in order, at consecutive positions) or none is. Returns once the
+    /// [`Durability`] policy holds for the whole batch.
+    ///
+    /// # Errors
+    /// [`Error::WrongExpectedSequence`] (nothing written), [`Error::Poisoned`] after an
+    /// earlier I/O failure, [`Error::Io`] when writing or syncing fails (the log is then
+    /// poisoned), [`Error::Rejected`] for a stream id or type too long to store.
+    pub fn append_batch(&self, batch: &[Append<'_>]) -> Result<Vec<Appended>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (appended, end) = self.write_batch(batch)?;
+        match self.inner.config.durability {
+            Durability::Always => self.wait_synced(end)?,
+            Durability::Interval(_) | Durability::Never => {}
+        }
+        Ok(appended)
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            Err(Error::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn poison(&self, error: Error) -> Error {
+        self.inner.poisoned.store(true, Ordering::Release);
+        tracing::error!(%error, dir = %self.inner.dir.display(), "event log poisoned: refusing further writes");
+        error
+    }
+
+    /// Writes the batch's frames; returns where they landed and the position after them.
+    fn write_batch(&self, batch: &[Append<'_>]) -> Result<(Vec<Appended>, u64)> {
+        for append in batch {
+            frame::check_lengths(append.stream, append.event).map_err(Error::Rejected)?;
+        }
+        let mut guard = lock(&self.inner.state);
+        self.check_poisoned()?;
+        let state = &mut *guard;
+
+        // Optimistic concurrency, in batch order, before anything is written.
+        let mut pending: HashMap<&str, u64> = HashMap::new();
+        for append in batch {
+            let current = pending
+                .get(append.stream)
+                .copied()
+                .unwrap_or_else(|| state.streams.get(append.stream).map_or(0, |h| h.seq));
+            if let Expected::Seq(expected) = append.expected
+                && expected != current
+            {
+                return Err(Error::WrongExpectedSequence {
+                    stream: append.stream.to_owned(),
+                    expected,
+                    actual: current,
+                });
+            }
+            pending.insert(append.stream, current + 1);
+        }
+
+        let active_len = state.segments.last().map_or(0, |s| s.len);
+        if active_len >= self.inner.config.segment_bytes
+            && state.next_position > state.segments.last().map_or(0, |s| s.base)
+        {
+            self.roll(state).map_err(|e| self.poison(e))?;
+        }
+
+        let now = (self.inner.config.clock)();
+        let base_offset = state.segments.last().map_or(0, |s| s.len);
+        state.buf.clear();
+        let mut appended = Vec::with_capacity(batch.len());
+        let mut notes = Vec::with_capacity(batch.len());
+        let mut local_heads: HashMap<&str, StreamHead> = HashMap::new();
+        for (i, append) in batch.iter().enumerate() {
+            let position = state.next_position + i as u64;
+            let prev = local_heads
+                .get(append.stream)
+                .copied()
+                .or_else(|| state.streams.get(append.stream).copied());
+            let (seq, prev_position, prev_offset) = match prev {
+                Some(head) => (head.seq + 1, head.position, head.offset),
+                None => (1, frame::NO_PREV, 0),
+            };
+            let offset = base_offset + state.buf.len() as u64;
+            if offset > u64::from(u32::MAX) {
+                return Err(Error::Rejected(format!(
+                    "batch too large: segment would exceed 4 GiB at event {i}; append smaller batches"
+                )));
+            }
+            let time = append.event.time.unwrap_or(now);
+            frame::write_frame(
+                &mut state.buf,
+                &frame::NewRecord {
+                    position,
+                    seq,
+                    time,
+                    prev_position,
+                    prev_offset,
+                    stream: append.stream,
+                    event: append.event,
+                },
+            );
+            local_heads.insert(
+                append.stream,
+                StreamHead {
+                    seq,
+                    position,
+                    offset: offset as u32,
+                },
+            );
+            appended.push(Appended { position, seq });
+            notes.push((position, offset, time.as_nanos()));
+        }
+        if let Err(e) = state.active.write_all(&state.buf) {
+            return Err(self.poison(io_error("appending to the event log".into(), e)));
+        }
+        let segment = state
+            .segments
+            .last_mut()
+            .expect("an active segment always exists");
+        for (position, offset, time) in notes {
+            segment.note_frame(position, offset, time);
+        }
+        segment.len += state.buf.len() as u64;
+        for (stream, head) in local_heads {
+            match state.streams.get_mut(stream) {
+                Some(existing) => *existing = head,
+                None => {
+                    state.streams.insert(stream.into(), head);
+                }
+            }
+        }
+        state.next_position += batch.len() as u64;
+        let end = state.next_position;
+        if state.buf.capacity() > 8 << 20 {
+            state.buf = Vec::with_capacity(1 << 16);
+        }
+        Ok((appended, end))
+    }
+
+    /// Seals the active segment (synced) and starts a new one.
+    fn roll(&self, state: &mut State) -> Result<()> {
+        state
+            .active
+            .sync_data()
+            .map_err(|e| io_error("syncing a sealed segment".into(), e))?;
+        {
+            let mut sync = lock(&self.inner.sync);
+            sync.synced = sync.synced.max(state.next_position);
+        }
+        let (file, segment) = segment::create(&self.inner.dir, state.next_position)?;
+        state.active_sync = Arc::new(
+            file.try_clone()
+                .map_err(|e| io_error("cloning a segment handle".into(), e))?,
+        );
+        state.active = file;
+        state.segments.push(segment);
+        Ok(())
+    }
+
+    /// Blocks until every position below `end` is synced, syncing as the group-commit leader
+    /// when nobody else is: one fsync covers every append written before it started.
+    fn wait_synced(&self, end: u64) -> Result<()> {
+        let mut sync = lock(&self.inner.sync);
+        loop {
+            self.check_poisoned()?;
+            if sync.synced >= end {
+                return Ok(());
+            }
+            if sync.syncing {
+                sync = self
+                    .inner
+                    .synced_cv
+                    .wait(sync)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            sync.syncing = true;
+            drop(sync);
+            let result = self.sync_now();
+            sync = lock(&self.inner.sync);
+            sync.syncing = false;
+            if let Ok(target) = result {
+                sync.synced = sync.synced.max(target);
+            }
+            self.inner.synced_cv.notify_all();
+            result?;
+        }
+    }
+
+    /// Syncs the active segment; returns the position everything below which is now durable.
+    fn sync_now(&self) -> Result<u64> {
+        let (file, target) = {
+            let state = lock(&self.inner.state);
+            (Arc::clone(&state.active_sync), state.next_position)
+        };
+        match file.sync_data() {
+            Ok(()) => Ok(target),
+            Err(e) => Err(self.poison(io_error("syncing the event log".into(), e))),
+        }
+    }
+
+    /// Syncs everything written so far (whatever the durability policy).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when syncing fails (the log is then poisoned).
+    pub fn flush(&self) -> Result<()> {
+        let end = lock(&self.inner.state).next_position;
+        self.wait_synced(end)
+    }
+
+    /// The position the next append will get.
+    pub fn next_position(&self) -> Position {
+        lock(&self.inner.state).next_position
+    }
+
+    /// The first position still in the log (retention deletes from the front).
+    pub fn first_position(&self) -> Position {
+        lock(&self.inner.state)
+            .segments
+            .first()
+            .map_or(0, |s| s.base)
+    }
+
+    /// The last sequence of `stream` (0 when it has no record).
+    pub fn stream_seq(&self, stream: &str) -> u64 {
+        lock(&self.inner.state)
+            .streams
+            .get(stream)
+            .map_or(0, |h| h.seq)
+    }
+
+    /// Number of streams the log knows.
+    pub fn stream_count(&self) -> usize {
+        lock(&self.inner.state).streams.len()
+    }
+
+    /// Total bytes of segment files.
+    pub fn size_bytes(&self) -> u64 {
+        lock(&self.inner.state).segments.iter().map(|s| s.len).sum()
+    }
+
+    /// Whether an I/O failure has poisoned the log.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
+    }
+
+    /// The records of `stream` with sequence ≥ `from_seq`, in order, read by following the
+    /// stream's back-pointers from its head (no scan of other streams' records).
+    ///
+    /// # Errors
+    /// [`Error::Io`] or [`Error::Recovery`] when a frame cannot be read or is damaged.
+    pub fn read_stream(&self, stream: &str, from_seq: u64) -> Result<Vec<Record>> {
+        let (head, segments) = {
+            let state = lock(&self.inner.state);
+            let Some(&head) = state.streams.get(stream) else {
+                return Ok(Vec::new());
+            };
+            let segments: Vec<(u64, u64, PathBuf, Arc<File>)> = state
+                .segments
+                .iter()
+                .map(|s| (s.base, s.next, s.path.clone(), Arc::clone(&s.file)))
+                .collect();
+            (head, segments)
+        };
+        let first = segments.first().map_or(0, |s| s.0);
+        let mut records = Vec::new();
+        let (mut position, mut offset) = (head.position, head.offset);
+        let mut buf = vec![0u8; 512];
+        while position != frame::NO_PREV && position >= first {
+            let index = segments.partition_point(|s| s.1 <= position);
+            let Some((_, _, path, file)) = segments.get(index) else {
+                break;
+            };
+            let body = read_frame_at(file, path, u64::from(offset), &mut buf)?;
+            let header = frame::parse_body(body)
+                .map_err(|reason| corrupt(path, u64::from(offset), reason))?;
+            if header.position != position || header.stream != stream {
+                return Err(corrupt(
+                    path,
+                    u64::from(offset),
+                    "stream back-pointer leads to another record",
+                ));
+            }
+            if header.seq < from_seq {
+                break;
+            }
+            records.push(Record::from_header(&header));
+            position = header.prev_position;
+            offset = header.prev_offset;
+        }
+        records.reverse();
+        Ok(records)
+    }
+
+    /// The record at `position`, if it is still in the log.
+    ///
+    /// # Errors
+    /// As [`EventLog::read_stream`].
+    pub fn read(&self, position: Position) -> Result<Option<Record>> {
+        let filter = ReplayFilter {
+            from_position: position,
+            ..ReplayFilter::default()
+        };
+        let mut replay = self.replay(filter);
+        match replay.next() {
+            Some(Ok(record)) if record.position == position => Ok(Some(record)),
+            Some(Err(e)) => Err(e),
+            _ => Ok(None),
+        }
+    }
+
+    /// Replays the records that match `filter`, in position order, up to the position that
+    /// was next when the replay started.
+    pub fn replay(&self, filter: ReplayFilter) -> Replay {
+        let (segments, end) = {
+            let state = lock(&self.inner.state);
+            (state.segments.clone(), state.next_position)
+        };
+        Replay::new(segments, end, filter)
+    }
+
+    /// Saves a snapshot of `stream` that includes every event up to `seq`.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] when `seq` is beyond the stream's last sequence; [`Error::Io`].
+    pub fn save_snapshot(&self, stream: &str, seq: u64, state: &[u8]) -> Result<()> {
+        let current = self.stream_seq(stream);
+        if seq > current {
+            return Err(Error::Rejected(format!(
+                "snapshot of {stream:?} at sequence {seq}, but the stream is at {current}"
+            )));
+        }
+        snapshot::save(
+            &self.inner.snapshot_dir,
+            stream,
+            &Snapshot {
+                seq,
+                state: state.to_vec(),
+            },
+        )
+    }
+
+    /// The latest snapshot of `stream` and the records after it: what an actor needs to
+    /// rebuild its state. A snapshot ahead of the log (possible after a machine crash lost
+    /// unsynced appends under a relaxed durability policy) is ignored and the stream is
+    /// rebuilt from its records.
+    ///
+    /// # Errors
+    /// As [`EventLog::read_stream`], and when a snapshot file is damaged.
+    pub fn load_stream(&self, stream: &str) -> Result<StreamLoad> {
+        let current = self.stream_seq(stream);
+        let snapshot = snapshot::load(&self.inner.snapshot_dir, stream)?;
+        let snapshot = match snapshot {
+            Some(s) if s.seq > current => {
+                tracing::warn!(
+                    stream,
+                    snapshot_seq = s.seq,
+                    log_seq = current,
+                    "ignoring a snapshot ahead of the log"
+                );
+                None
+            }
+            other => other,
+        };
+        let from_seq = snapshot.as_ref().map_or(1, |s| s.seq + 1);
+        let records = self.read_stream(stream, from_seq)?;
+        Ok(StreamLoad { snapshot, records })
+    }
+
+    /// Records that an archiver has safely stored every record below `position`; retention
+    /// with `require_archive` deletes only below it. Persisted (synced) across restarts.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the watermark cannot be stored.
+    pub fn set_archived(&self, position: Position) -> Result<()> {
+        let mut state = lock(&self.inner.state);
+        let position = position.max(state.archived);
+        write_atomic(&self.inner.dir, ARCHIVE_FILE, &position.to_le_bytes())?;
+        state.archived = position;
+        Ok(())
+    }
+
+    /// The archive watermark: every record below it is archived.
+    pub fn archived(&self) -> Position {
+        lock(&self.inner.state).archived
+    }
+
+    /// Deletes whole sealed segments as the retention policy allows (`now` is the time the
+    /// age rule measures from). The active segment is never deleted.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when a file cannot be deleted.
+    pub fn apply_retention(&self, now: Timestamp) -> Result<RetentionReport> {
+        let policy = self.inner.config.retention.clone();
+        let mut state = lock(&self.inner.state);
+        let mut report = RetentionReport::default();
+        let mut total: u64 = state.segments.iter().map(|s| s.len).sum();
+        let cutoff = policy.max_age.map(|age| now.saturating_sub(age).as_nanos());
+        while state.segments.len() > 1 {
+            let oldest = &state.segments[0];
+            let archived_ok = !policy.require_archive || oldest.next <= state.archived;
+            let too_old = cutoff.is_some_and(|cutoff| oldest.max_time().is_none_or(|t| t < cutoff));
+            let too_big = policy.max_bytes.is_some_and(|max| total > max);
+            if !(archived_ok && (too_old || too_big)) {
+                break;
+            }
+            let oldest = state.segments.remove(0);
+            let first_remaining = state.segments[0].base;
+            // Streams whose every record goes keep their sequence in the retired file.
+            let retired: Vec<(String, u64)> = state
+                .streams
+                .iter_mut()
+                .filter(|(_, head)| {
+                    head.position != frame::NO_PREV && head.position < first_remaining
+                })
+                .map(|(stream, head)| {
+                    head.position = frame::NO_PREV;
+                    (stream.to_string(), head.seq)
+                })
+                .collect();
+            if !retired.is_empty() {
+                let all_retired: Vec<(&str, u64)> = state
+                    .streams
+                    .iter()
+                    .filter(|(_, head)| head.position == frame::NO_PREV)
+                    .map(|(stream, head)| (&**stream, head.seq))
+                    .collect();
+                write_retired(&self.inner.dir, &all_retired)?;
+            }
+            std::fs::remove_file(&oldest.path)
+                .map_err(|e| io_error(format!("deleting {}", oldest.path.display()), e))?;
+            total -= oldest.len;
+            report.freed_bytes += oldest.len;
+            report.deleted_segments.push(oldest.path);
+        }
+        if !report.deleted_segments.is_empty() {
+            segment::sync_dir(&self.inner.dir)?;
+        }
+        report.first_position = state.segments[0].base;
+        Ok(report)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.poisoned.load(Ordering::Acquire) {
+            let state = self
+                .state
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Err(error) = state.active.sync_data() {
+                tracing::error!(%error, "syncing the event log on close failed");
+            }
+        }
+    }
+}
+
+/// Syncs the log every `interval` while it lives (the `Interval` durability policy).
+fn spawn_flusher(inner: Weak<Inner>, interval: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("citytwin-log-flush".into())
+        .spawn(move || {
+            loop {
+                std::thread::park_timeout(interval);
+                let Some(inner) = inner.upgrade() else { return };
+                let log = EventLog { inner };
+                if log.is_poisoned() {
+                    return;
+                }
+                let end = log.next_position();
+                if let Err(error) = log.wait_synced(end) {
+                    tracing::error!(%error, "periodic event log sync failed");
+                    return;
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "could not start the event log flusher; syncs happen on segment roll and close only");
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, reason: &str) -> Error {
+    RecoveryError::Corrupt {
+        file: path.to_owned(),
+        offset,
+        reason: reason.to_owned(),
+    }
+    .into()
+}
+
+/// Reads the frame at `offset` (one positional read for frames up to `buf.len()`), verifies
+/// its checksum and returns its body.
+fn read_frame_at<'a>(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    buf: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
+    let read = file
+        .read_at(buf, offset)
+        .map_err(|e| io_error(format!("reading {}", path.display()), e))?;
+    let body_len = if read >= frame::PREFIX_LEN {
+        u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize
+    } else {
+        return Err(corrupt(path, offset, "frame beyond the end of its segment"));
+    };
+    if body_len > frame::MAX_BODY_LEN {
+        return Err(corrupt(path, offset, "length field out of range"));
+    }
+    let total = frame::PREFIX_LEN + body_len;
+    if total > read {
+        if buf.len() < total {
+            buf.resize(total, 0);
+        }
+        file.read_exact_at(&mut buf[read..total], offset + read as u64)
+            .map_err(|e| io_error(format!("reading {}", path.display()), e))?;
+    }
+    match frame::probe(&buf[..total]) {
+        frame::Probe::Frame(_) => Ok(&buf[frame::PREFIX_LEN..total]),
+        frame::Probe::Bad(reason) => Err(corrupt(path, offset, reason)),
+        frame::Probe::Incomplete => Err(corrupt(path, offset, "incomplete frame")),
+    }
+}
+
+/// Truncates a torn tail; rewrites the header when even that was torn.
+fn truncate(path: &Path, at: u64, header_torn: bool, base: u64) -> Result<()> {
+    let context = || format!("truncating {}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io_error(context(), e))?;
+    if header_torn && at < segment::HEADER_LEN {
+        drop(file);
+        std::fs::remove_file(path).map_err(|e| io_error(context(), e))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        segment::create(dir, base)?;
+        return Ok(());
+    }
+    file.set_len(at).map_err(|e| io_error(context(), e))?;
+    file.sync_all().map_err(|e| io_error(context(), e))
+}
+
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let target = dir.join(name);
+    let temp = dir.join(format!("{name}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &target)
+    };
+    write().map_err(|e| io_error(format!("writing {}", target.display()), e))?;
+    segment::sync_dir(dir)
+}
+
+fn read_archived(dir: &Path) -> Result<u64> {
+    match std::fs::read(dir.join(ARCHIVE_FILE)) {
+        Ok(bytes) => bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .ok_or_else(|| {
+                corrupt(
+                    &dir.join(ARCHIVE_FILE),
+                    0,
+                    "archive watermark shorter than 8 bytes",
+                )
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io_error(
+            format!("reading {}", dir.join(ARCHIVE_FILE).display()),
+            e,
+        )),
+    }
+}
+
+/// `retired.streams`: for streams whose every record retention deleted, their last
+/// sequence, so that sequences never restart. Lines of `<seq> <stream>`.
+fn write_retired(dir: &Path, retired: &[(&str, u64)]) -> Result<()> {
+    let mut text = String::new();
+    for (stream, seq) in retired {
+        text.push_str(&format!("{seq} {}\n", stream.escape_default()));
+    }
+    write_atomic(dir, RETIRED_FILE, text.as_bytes())
+}
+
+fn load_retired(dir: &Path) -> Result<HashMap<Box<str>, StreamHead>> {
+    let path = dir.join(RETIRED_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(io_error(format!("reading {}", path.display()), e)),
+    };
+    let mut heads = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let parsed = line
+            .split_once(' ')
+            .and_then(|(seq, stream)| Some((seq.parse::<u64>().ok()?, unescape(stream)?)));
+        let Some((seq, stream)) = parsed else {
+            return Err(corrupt(&path, i as u64, "unreadable line"));
+        };
+        heads.insert(
+            stream.into_boxed_str(),
+            StreamHead {
+                seq,
+                position: frame::NO_PREV,
+                offset: 0,
+            },
+        );
+    }
+    Ok(heads)
+}
+
+/// Reverses `str::escape_default`.
+fn unescape(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            '\\' => out.push('\\'),
+            '\'' => out.push('\''),
+            '"' => out.push('"'),
+            'u' => {
+                let rest: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                let hex = rest.strip_prefix('{')?;
+                out.push(char::from_u32(u32::from_str_radix(hex, 16).ok()?)?);
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;
