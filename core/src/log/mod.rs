@@ -28,7 +28,6 @@ mod replay;
 mod segment;
 mod snapshot;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -38,6 +37,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use h3o::CellIndex;
+use rustc_hash::FxHashMap;
 
 pub use replay::{Replay, ReplayFilter, TypePattern};
 pub use snapshot::Snapshot;
@@ -257,7 +257,7 @@ struct State {
     /// Sync handle of the last segment (shared with group-commit leaders).
     active_sync: Arc<File>,
     next_position: u64,
-    streams: HashMap<Box<str>, StreamHead>,
+    streams: FxHashMap<Box<str>, StreamHead>,
     buf: Vec<u8>,
     archived: u64,
 }
@@ -318,7 +318,7 @@ impl EventLog {
             std::fs::create_dir_all(d)
                 .map_err(|e| io_error(format!("creating {}", d.display()), e))?;
         }
-        let mut streams: HashMap<Box<str>, StreamHead> = load_retired(&dir)?;
+        let mut streams: FxHashMap<Box<str>, StreamHead> = load_retired(&dir)?;
         let files = segment::list(&dir)?;
         let first_base = files.first().map_or(0, |f| f.0);
         let mut segments: Vec<Segment> = Vec::with_capacity(files.len());
@@ -508,6 +508,10 @@ impl EventLog {
     }
 
     /// Writes the batch's frames; returns where they landed and the position after them.
+    ///
+    /// One pass under the writer lock: each append's expectation is checked against the
+    /// stream's head (as updated by earlier appends of the same batch) and its frame encoded
+    /// into the batch buffer; only when every check passed is the buffer written.
     fn write_batch(&self, batch: &[Append<'_>]) -> Result<(Vec<Appended>, u64)> {
         for append in batch {
             frame::check_lengths(append.stream, append.event).map_err(Error::Rejected)?;
@@ -516,13 +520,27 @@ impl EventLog {
         self.check_poisoned()?;
         let state = &mut *guard;
 
-        // Optimistic concurrency, in batch order, before anything is written.
-        let mut pending: HashMap<&str, u64> = HashMap::new();
-        for append in batch {
-            let current = pending
-                .get(append.stream)
-                .copied()
-                .unwrap_or_else(|| state.streams.get(append.stream).map_or(0, |h| h.seq));
+        let active = state
+            .segments
+            .last()
+            .expect("an active segment always exists");
+        if active.len >= self.inner.config.segment_bytes && state.next_position > active.base {
+            self.roll(state).map_err(|e| self.poison(e))?;
+        }
+
+        let now = (self.inner.config.clock)();
+        let base_offset = state.segments.last().map_or(0, |s| s.len);
+        state.buf.clear();
+        let mut appended = Vec::with_capacity(batch.len());
+        let mut notes = Vec::with_capacity(batch.len());
+        let mut local_heads: FxHashMap<&str, StreamHead> =
+            FxHashMap::with_capacity_and_hasher(batch.len().min(4096), Default::default());
+        for (i, append) in batch.iter().enumerate() {
+            let prev = match local_heads.get(append.stream) {
+                Some(head) => Some(*head),
+                None => state.streams.get(append.stream).copied(),
+            };
+            let current = prev.map_or(0, |h| h.seq);
             if let Expected::Seq(expected) = append.expected
                 && expected != current
             {
@@ -532,32 +550,10 @@ impl EventLog {
                     actual: current,
                 });
             }
-            pending.insert(append.stream, current + 1);
-        }
-
-        let active_len = state.segments.last().map_or(0, |s| s.len);
-        if active_len >= self.inner.config.segment_bytes
-            && state.next_position > state.segments.last().map_or(0, |s| s.base)
-        {
-            self.roll(state).map_err(|e| self.poison(e))?;
-        }
-
-        let now = (self.inner.config.clock)();
-        let base_offset = state.segments.last().map_or(0, |s| s.len);
-        state.buf.clear();
-        let mut appended = Vec::with_capacity(batch.len());
-        let mut notes = Vec::with_capacity(batch.len());
-        let mut local_heads: HashMap<&str, StreamHead> = HashMap::new();
-        for (i, append) in batch.iter().enumerate() {
+            let (prev_position, prev_offset) =
+                prev.map_or((frame::NO_PREV, 0), |h| (h.position, h.offset));
             let position = state.next_position + i as u64;
-            let prev = local_heads
-                .get(append.stream)
-                .copied()
-                .or_else(|| state.streams.get(append.stream).copied());
-            let (seq, prev_position, prev_offset) = match prev {
-                Some(head) => (head.seq + 1, head.position, head.offset),
-                None => (1, frame::NO_PREV, 0),
-            };
+            let seq = current + 1;
             let offset = base_offset + state.buf.len() as u64;
             if offset > u64::from(u32::MAX) {
                 return Err(Error::Rejected(format!(
@@ -565,18 +561,16 @@ impl EventLog {
                 )));
             }
             let time = append.event.time.unwrap_or(now);
-            frame::write_frame(
-                &mut state.buf,
-                &frame::NewRecord {
-                    position,
-                    seq,
-                    time,
-                    prev_position,
-                    prev_offset,
-                    stream: append.stream,
-                    event: append.event,
-                },
-            );
+            let record = frame::NewRecord {
+                position,
+                seq,
+                time,
+                prev_position,
+                prev_offset,
+                stream: append.stream,
+                event: append.event,
+            };
+            frame::write_frame(&mut state.buf, &record);
             local_heads.insert(
                 append.stream,
                 StreamHead {
@@ -1061,14 +1055,14 @@ fn write_retired(dir: &Path, retired: &[(&str, u64)]) -> Result<()> {
     write_atomic(dir, RETIRED_FILE, text.as_bytes())
 }
 
-fn load_retired(dir: &Path) -> Result<HashMap<Box<str>, StreamHead>> {
+fn load_retired(dir: &Path) -> Result<FxHashMap<Box<str>, StreamHead>> {
     let path = dir.join(RETIRED_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FxHashMap::default()),
         Err(e) => return Err(io_error(format!("reading {}", path.display()), e)),
     };
-    let mut heads = HashMap::new();
+    let mut heads = FxHashMap::default();
     for (i, line) in text.lines().enumerate() {
         let parsed = line
             .split_once(' ')

@@ -498,7 +498,12 @@ fn concurrent_writers_get_gap_free_positions_and_whole_frames() {
             assert_eq!(record.seq, *seq + 1, "{durability:?}");
             *seq = record.seq;
             let event = record.event().unwrap();
-            assert!(event.asset_id().is_none_or(|a| a == record.stream), "{durability:?}: record of {} holds an event of {:?}", record.stream, event.asset_id());
+            assert!(
+                event.asset_id().is_none_or(|a| a == record.stream),
+                "{durability:?}: record of {} holds an event of {:?}",
+                record.stream,
+                event.asset_id()
+            );
         }
         assert_eq!(last_seq.values().sum::<u64>(), total);
     }

@@ -1,0 +1,60 @@
+//! Crash-test helper: `citytwin-log-crash-helper <dir> <writers>` opens the event log in
+//! `<dir>` with `Durability::Always` and small segments, then appends from `<writers>`
+//! threads (one stream each, so group commit is exercised) and prints `ACK <position>
+//! <stream> <seq>` for every append that returned, until it is killed. It stops by itself
+//! after 100,000 appends.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use citytwin_core::event::{Event, MetricRecorded, Timestamp, Unit};
+use citytwin_core::log::{Durability, EventLog, Expected, LogConfig};
+
+/// The event a writer appends as `seq` of `stream`; the crash test rebuilds it to compare.
+fn expected_event(stream: &str, seq: u64) -> Event {
+    Event::new(
+        format!("{stream}-{seq}"),
+        format!("/crash/{stream}"),
+        MetricRecorded {
+            asset_id: stream.to_owned(),
+            metric_type: "pm25".into(),
+            value: seq as f64,
+            unit: Unit::from("ug/m3"),
+            location: None,
+        },
+    )
+    .with_time(Timestamp::from_secs(1_700_000_000 + seq as i64))
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let dir = args
+        .next()
+        .expect("usage: citytwin-log-crash-helper <dir> <writers>");
+    let writers: usize = args.next().and_then(|w| w.parse().ok()).unwrap_or(2);
+    let config = LogConfig {
+        durability: Durability::Always,
+        segment_bytes: 8 << 10,
+        ..LogConfig::default()
+    };
+    let log = EventLog::open(&dir, config).expect("the crash helper opens the log");
+    let stdout = Arc::new(Mutex::new(std::io::stdout()));
+    std::thread::scope(|scope| {
+        for writer in 0..writers {
+            let (log, stdout) = (log.clone(), Arc::clone(&stdout));
+            scope.spawn(move || {
+                let stream = format!("writer-{writer}");
+                for _ in 0..100_000 / writers {
+                    let seq = log.stream_seq(&stream);
+                    let event = expected_event(&stream, seq + 1);
+                    let appended = log
+                        .append(&stream, Expected::Seq(seq), &event)
+                        .expect("append");
+                    let mut out = stdout.lock().unwrap();
+                    writeln!(out, "ACK {} {stream} {}", appended.position, appended.seq).unwrap();
+                    out.flush().unwrap();
+                }
+            });
+        }
+    });
+}

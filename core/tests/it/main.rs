@@ -1,0 +1,3 @@
+//! Integration tests of `citytwin-core`: one binary, one module per area.
+
+mod crash;
