@@ -105,7 +105,7 @@ fn encode(event: &Event, encoding: Encoding) -> String {
 
 /// Reads every event in `input`, calls `each` on the valid ones, and reports the invalid
 /// ones on standard error with their location. Returns (valid, invalid) counts.
-fn for_each_event(
+pub(crate) fn for_each_event(
     input: &PathBuf,
     mut each: impl FnMut(&Event) -> anyhow::Result<()>,
 ) -> anyhow::Result<(usize, usize)> {

@@ -2,6 +2,7 @@
 //! library crates. Logic lives in the libraries.
 
 mod events;
+mod rules;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,9 @@ Examples:
     citytwin events convert --to envelope scenarios/events/seed-examples.jsonl
   Read from standard input:
     cat events.json | citytwin events check -
+  Validate CEP rules, then run them over events:
+    citytwin rules check scenarios/rules/*.toml
+    citytwin rules run --rules scenarios/rules/congestion.toml events.jsonl
 
 Logs go to standard error; set RUST_LOG=debug for more.";
 
@@ -35,6 +39,9 @@ enum Command {
     /// Check, convert and inspect events.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Check CEP rule files and run them over events.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +54,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Events(command) => events::run(command),
+        Command::Rules(command) => rules::run(command),
     };
     match result {
         Ok(code) => code,

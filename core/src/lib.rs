@@ -7,8 +7,8 @@
 //!
 //! - [`log`]: the durable, segmented, checksummed event log with group commit, per-stream
 //!   sequences and snapshots, filtered replay, retention and crash recovery.
-//!
-//! The complex event processing engine (`cep`) joins them in a later issue.
+//! - [`cep`]: complex event processing: tumbling, sliding and session windows, aggregates,
+//!   grouping, sequences and negation over event time with watermarks, rules from TOML.
 //!
 //! A key design decision: this crate knows nothing of actors, async runtimes, networks or
 //! rendering. Time and randomness are inputs. That keeps every piece testable as plain
@@ -16,7 +16,9 @@
 //!
 //! It is not: a server or a runtime; `citytwin-twin` builds the live twin on top of it.
 
+pub mod cep;
 pub mod codec;
+pub mod duration;
 mod error;
 pub mod event;
 pub mod log;

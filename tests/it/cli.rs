@@ -89,3 +89,79 @@ fn help_teaches_with_examples() {
         "{stdout}"
     );
 }
+
+#[test]
+fn rules_run_finds_congestion_but_not_where_an_incident_was_reported() {
+    let output = citytwin(&[
+        "rules",
+        "run",
+        "--rules",
+        "scenarios/rules/congestion.toml",
+        "scenarios/events/congestion-sample.jsonl",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let alerts: Vec<&str> = stdout.lines().filter(|l| l.starts_with("ALERT")).collect();
+    assert_eq!(
+        alerts.len(),
+        1,
+        "one congested cell without incident: {stdout}"
+    );
+    assert!(
+        alerts[0].contains("sum(vehicle_count)=110") && alerts[0].contains("causes=c1,c2,s1"),
+        "{}",
+        alerts[0]
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("window congestion"))
+            .count(),
+        2,
+        "{stdout}"
+    );
+
+    let as_events = citytwin(&[
+        "rules",
+        "run",
+        "--alerts-as-events",
+        "--rules",
+        "scenarios/rules/congestion.toml",
+        "scenarios/events/congestion-sample.jsonl",
+    ]);
+    let line = String::from_utf8_lossy(&as_events.stdout)
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap()
+        .to_owned();
+    let event =
+        citytwin_core::codec::json::decode(line.as_bytes()).expect("alerts are valid CloudEvents");
+    assert_eq!(event.ty.as_str(), "com.smartcities.alert.triggered");
+    assert_eq!(event.ext.causationid.as_deref(), Some("c1,c2,s1"));
+}
+
+#[test]
+fn rules_check_reports_errors_with_file_and_path() {
+    let dir = std::env::temp_dir().join(format!("citytwin-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[rules]]\nid = \"x\"\npattern = { sequence = [{ type = \"a\" }, { type = \"b\" }], within = \"soon\" }\n").unwrap();
+    let output = citytwin(&[
+        "rules",
+        "check",
+        "scenarios/rules/congestion.toml",
+        bad.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr.contains("bad.toml: rules[0].pattern.within: expected a duration"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("congestion ok"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -370,5 +370,30 @@ impl Event {
     }
 }
 
+/// An event-type pattern: an exact type, `prefix.*` (any type starting with `prefix.`), or
+/// `*` (any type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypePattern(String);
+
+impl TypePattern {
+    /// A pattern from its text (`com.smartcities.asset.*`).
+    pub fn new(pattern: impl Into<String>) -> Self {
+        TypePattern(pattern.into())
+    }
+
+    /// The pattern's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `ty` matches.
+    pub fn matches(&self, ty: &str) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => ty.starts_with(prefix),
+            None => self.0 == ty,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -39,7 +39,8 @@ use std::time::Duration;
 use h3o::CellIndex;
 use rustc_hash::FxHashMap;
 
-pub use replay::{Replay, ReplayFilter, TypePattern};
+pub use crate::event::TypePattern;
+pub use replay::{Replay, ReplayFilter};
 pub use snapshot::Snapshot;
 
 use crate::event::{Event, EventType, Timestamp};

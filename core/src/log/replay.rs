@@ -12,27 +12,7 @@ use super::frame::{self, Probe};
 use super::segment::Segment;
 use super::{Position, Record, corrupt, io_error};
 use crate::Result;
-use crate::event::Timestamp;
-
-/// An event-type pattern: an exact type, `prefix.*` (any type starting with `prefix.`), or
-/// `*` (any type).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TypePattern(String);
-
-impl TypePattern {
-    /// A pattern from its text (`com.smartcities.asset.*`).
-    pub fn new(pattern: impl Into<String>) -> Self {
-        TypePattern(pattern.into())
-    }
-
-    /// Whether `ty` matches.
-    pub fn matches(&self, ty: &str) -> bool {
-        match self.0.strip_suffix('*') {
-            Some(prefix) => ty.starts_with(prefix),
-            None => self.0 == ty,
-        }
-    }
-}
+use crate::event::{Timestamp, TypePattern};
 
 /// Which records a replay yields. Empty lists and `None` mean "no restriction"; the
 /// restrictions combine with AND, the entries of one list with OR.
