@@ -558,7 +558,8 @@ impl Engine {
         let incoming = Incoming { event, asset_type };
         let facts = facts(event, time);
         let watermark = self.watermark;
-        let mut pending: Option<Pending> = None;
+        // One buffered entry per fact (a batch's readings each wait at their own time).
+        let mut pending: Vec<Option<Pending>> = Vec::new();
         for (op_index, op) in self.ops.iter_mut().enumerate() {
             match op {
                 Op::Window(op) => {
@@ -566,7 +567,7 @@ impl Engine {
                     self.late_count += late;
                 }
                 Op::Pattern(op) => {
-                    for fact in &facts {
+                    for (fact_index, fact) in facts.iter().enumerate() {
                         let Some((mask, key)) = op.classify(&incoming, fact, &mut self.key_buf)
                         else {
                             continue;
@@ -581,7 +582,10 @@ impl Engine {
                             }));
                             continue;
                         }
-                        let entry = pending.get_or_insert_with(|| Pending {
+                        if pending.len() < facts.len() {
+                            pending.resize_with(facts.len(), || None);
+                        }
+                        let entry = pending[fact_index].get_or_insert_with(|| Pending {
                             time: fact.time,
                             arrival: 0,
                             event_id: event.id.as_str().into(),
@@ -593,9 +597,7 @@ impl Engine {
                 }
             }
         }
-        if let Some(mut entry) = pending {
-            // NOTE: a batch's readings may differ in time; the batch waits as one entry at the
-            // time of its first reading of interest.
+        for mut entry in pending.into_iter().flatten() {
             self.arrivals += 1;
             entry.arrival = self.arrivals;
             let at = match self.pending.back() {

@@ -855,3 +855,64 @@ fn shipped_rule_files_parse() {
         assert_eq!(rules.len(), 1, "{name}");
     }
 }
+
+#[test]
+fn batch_readings_count_at_their_own_times() {
+    use crate::event::{MetricBatchIngested, Reading};
+    let rules = parse_rules(
+        r#"
+[[rules]]
+id = "w"
+window = { kind = "tumbling", size = "1m" }
+aggregates = [{ metric = "x", functions = ["sum"] }]
+
+[[rules]]
+id = "p"
+pattern = { sequence = [{ metric = "x", op = ">", value = 5 }, { metric = "x", op = "<", value = 5 }], within = "5m" }
+"#,
+    )
+    .unwrap();
+    let mut engine = Engine::new(rules, EngineConfig::default());
+    let reading = |secs: i64, value: f64| Reading {
+        metric_type: "x".into(),
+        value,
+        unit: Unit::from("1"),
+        time: Timestamp::from_secs(BASE_SECS + secs),
+    };
+    // Listed out of time order: the pattern must see 10 (00:00:30) before 1 (00:01:30).
+    let batch = Event::new(
+        "b1",
+        "/s",
+        MetricBatchIngested {
+            asset_id: "a".into(),
+            readings: vec![reading(90, 1.0), reading(30, 10.0)],
+            location: None,
+        },
+    )
+    .with_time(Timestamp::from_secs(BASE_SECS + 90));
+    let mut out = Vec::new();
+    engine.process(&batch, &mut out);
+    engine.advance_watermark(Timestamp::from_secs(BASE_SECS + 3600), &mut out);
+    let windows: Vec<(i64, Vec<(String, f64)>)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Window(w) => Some((w.start.as_secs() - BASE_SECS, w.values.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            (0, vec![("sum(x)".to_owned(), 10.0)]),
+            (60, vec![("sum(x)".to_owned(), 1.0)])
+        ]
+    );
+    let alerts: Vec<i64> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Alert(a) => Some(a.time.as_secs() - BASE_SECS),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(alerts, [90], "A (10 at 00:00:30) then B (1 at 00:01:30)");
+}
