@@ -7,24 +7,11 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use citytwin_core::event::{Event, MetricRecorded, Timestamp, Unit};
-use citytwin_core::log::{Durability, EventLog, Expected, LogConfig};
+#[path = "crash_event.rs"]
+mod crash_event;
 
-/// The event a writer appends as `seq` of `stream`; the crash test rebuilds it to compare.
-fn expected_event(stream: &str, seq: u64) -> Event {
-    Event::new(
-        format!("{stream}-{seq}"),
-        format!("/crash/{stream}"),
-        MetricRecorded {
-            asset_id: stream.to_owned(),
-            metric_type: "pm25".into(),
-            value: seq as f64,
-            unit: Unit::from("ug/m3"),
-            location: None,
-        },
-    )
-    .with_time(Timestamp::from_secs(1_700_000_000 + seq as i64))
-}
+use citytwin_core::log::{Durability, EventLog, Expected, LogConfig};
+use crash_event::expected_event;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -7,24 +7,11 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use citytwin_core::event::{Event, MetricRecorded, Timestamp, Unit};
-use citytwin_core::log::{Durability, EventLog, LogConfig, ReplayFilter};
+#[path = "../helpers/crash_event.rs"]
+mod crash_event;
 
-/// Mirrors the helper's `expected_event`.
-fn expected_event(stream: &str, seq: u64) -> Event {
-    Event::new(
-        format!("{stream}-{seq}"),
-        format!("/crash/{stream}"),
-        MetricRecorded {
-            asset_id: stream.to_owned(),
-            metric_type: "pm25".into(),
-            value: seq as f64,
-            unit: Unit::from("ug/m3"),
-            location: None,
-        },
-    )
-    .with_time(Timestamp::from_secs(1_700_000_000 + seq as i64))
-}
+use citytwin_core::log::{Durability, EventLog, LogConfig, ReplayFilter};
+use crash_event::expected_event;
 
 /// SplitMix64, so a failing run replays from its seed.
 struct Rng(u64);
