@@ -1,6 +1,9 @@
 //! The live twin of a city (`citytwin-twin`).
 //!
-//! This crate will hold the actor system built on `ractor` and `tokio`: one supervised,
+//! - [`asset::logic`]: one asset's pure `decide` / `apply` pair: lifecycle, metric statistics,
+//!   thresholds, battery low, heartbeat-based offline detection.
+//!
+//! This crate grows into the actor system built on `ractor` and `tokio`: one supervised,
 //! event-sourced `AssetActor` per physical asset (state rebuilt from its stream in the
 //! `citytwin_core::log` event log, snapshots, time travel, passivation), one `CellActor` per
 //! H3 cell running the `citytwin_core::cep` rules on its events, the in-process
@@ -12,3 +15,5 @@
 //!
 //! It is not: a network server (that is `citytwin serve`, through `citytwin-proto`), nor a
 //! distributed engine (scale-out goes through NATS JetStream).
+
+pub mod asset;

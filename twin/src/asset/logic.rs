@@ -1,0 +1,595 @@
+//! The pure logic of one asset: `decide(&state, command) -> Result<Vec<Event>, Rejection>` and
+//! `apply(&mut state, &event)`. No actors, no I/O: the actor only moves messages, persists
+//! and publishes.
+//!
+//! Observations from the outside (a sensor's `metric.recorded`, an inventory system's
+//! `asset.created`) arrive as [`AssetCommand::Observe`]: `decide` checks them against the
+//! asset's lifecycle and returns the event to store plus the events it implies
+//! (`asset.online` when an offline asset reports, `alert.triggered` when a threshold is
+//! crossed, `asset.battery_low`). `apply` folds any stored event into the state and holds no
+//! business rules.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use citytwin_core::event::{
+    AlertTriggered, AssetOffline, AssetOnline, BatteryLow, Event, EventKind, Location,
+    MaintenancePhase, Payload, Severity, Timestamp, Unit,
+};
+use serde::{Deserialize, Serialize};
+
+/// Where an asset is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Lifecycle {
+    /// No `asset.created` yet: the twin does not know the asset.
+    #[default]
+    Unregistered,
+    /// Registered, not yet in service.
+    Created,
+    /// In service, not yet heard from.
+    Commissioned,
+    /// Reporting.
+    Online,
+    /// Silent (announced, or no heartbeat within its interval).
+    Offline,
+    /// Under maintenance.
+    Maintenance,
+    /// Out of service for good.
+    Decommissioned,
+    /// Removed from the inventory (history stays in the log).
+    Deleted,
+}
+
+impl Lifecycle {
+    /// Whether the asset is in service (readings accepted).
+    pub const fn in_service(self) -> bool {
+        matches!(
+            self,
+            Lifecycle::Commissioned
+                | Lifecycle::Online
+                | Lifecycle::Offline
+                | Lifecycle::Maintenance
+        )
+    }
+
+    /// The name used in read models and APIs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Lifecycle::Unregistered => "unregistered",
+            Lifecycle::Created => "created",
+            Lifecycle::Commissioned => "commissioned",
+            Lifecycle::Online => "online",
+            Lifecycle::Offline => "offline",
+            Lifecycle::Maintenance => "maintenance",
+            Lifecycle::Decommissioned => "decommissioned",
+            Lifecycle::Deleted => "deleted",
+        }
+    }
+}
+
+/// Last value and running statistics of one metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricStats {
+    /// Latest value (by event time).
+    pub last: f64,
+    /// Its time.
+    pub last_time: Timestamp,
+    /// Its unit.
+    pub unit: Unit,
+    /// Readings so far.
+    pub count: u64,
+    /// Sum of readings (for the mean).
+    pub sum: f64,
+    /// Smallest reading.
+    pub min: f64,
+    /// Largest reading.
+    pub max: f64,
+}
+
+impl MetricStats {
+    /// Mean of all readings.
+    pub fn mean(&self) -> f64 {
+        self.sum / self.count as f64
+    }
+}
+
+/// A threshold on one metric; crossing it raises an alert once, and it re-arms when the value
+/// returns within bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Threshold {
+    /// Alert when the value is above this.
+    pub above: Option<f64>,
+    /// Alert when the value is below this.
+    pub below: Option<f64>,
+    /// Severity of the alert.
+    pub severity: Severity,
+}
+
+impl Threshold {
+    fn breached_by(&self, value: f64) -> Option<f64> {
+        match (self.above, self.below) {
+            (Some(above), _) if value > above => Some(above),
+            (_, Some(below)) if value < below => Some(below),
+            _ => None,
+        }
+    }
+}
+
+/// Battery level below which `asset.battery_low` is derived from a `battery` reading.
+pub const BATTERY_LOW_PCT: f64 = 20.0;
+
+/// An asset's state, rebuilt by folding its events with [`apply`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AssetState {
+    /// The asset's id.
+    pub asset_id: String,
+    /// Its type (`air_quality_sensor`...).
+    pub asset_type: String,
+    /// Its organization.
+    pub organization: Option<String>,
+    /// Lifecycle.
+    pub status: Lifecycle,
+    /// Where it is (moving assets: last reported).
+    pub location: Option<Location>,
+    /// Expected seconds between readings.
+    pub reporting_interval_s: Option<u32>,
+    /// Last time anything was heard from it.
+    pub last_seen: Option<Timestamp>,
+    /// Per metric.
+    pub metrics: BTreeMap<String, MetricStats>,
+    /// Thresholds per metric, and whether each is currently breached.
+    pub thresholds: BTreeMap<String, (Threshold, bool)>,
+    /// Latest battery level.
+    pub battery_pct: Option<f64>,
+    /// Whether the battery is reported low (re-armed above the limit).
+    pub battery_low: bool,
+    /// Firmware version.
+    pub firmware: Option<String>,
+    /// Number of events applied (the stream sequence).
+    pub version: u64,
+}
+
+/// What an asset can be asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AssetCommand {
+    /// Accept an observation about this asset (any event whose asset id is this asset's).
+    Observe(Event),
+    /// Set (or clear, with `None`) a threshold on a metric.
+    SetThreshold {
+        /// The metric.
+        metric: String,
+        /// The threshold.
+        threshold: Option<Threshold>,
+        /// Event id and time for the resulting configuration event.
+        event_id: String,
+        /// When.
+        time: Timestamp,
+    },
+    /// The heartbeat deadline passed at `now`: go offline if nothing was heard in time.
+    CheckHeartbeat {
+        /// Current time (event time in simulation, wall time live).
+        now: Timestamp,
+    },
+}
+
+/// Why a command was refused. The actor replies with it; it never stops the actor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The asset has no `asset.created` event.
+    #[error("unknown asset {0:?}: it was never created")]
+    UnknownAsset(String),
+    /// The event does not fit the lifecycle.
+    #[error("asset {asset:?} is {from}: {event} is not allowed")]
+    InvalidTransition {
+        /// The asset.
+        asset: String,
+        /// Its status.
+        from: &'static str,
+        /// The refused event type.
+        event: String,
+    },
+    /// The event names another asset.
+    #[error("event is about asset {found:?}, not {expected:?}")]
+    WrongAsset {
+        /// This actor's asset.
+        expected: String,
+        /// The event's.
+        found: String,
+    },
+    /// The event has no time; the twin works in event time.
+    #[error("event {0:?} has no time")]
+    Untimed(String),
+    /// The asset already exists.
+    #[error("asset {0:?} already exists")]
+    AlreadyExists(String),
+}
+
+fn transition_error(state: &AssetState, event: &Event) -> Rejection {
+    Rejection::InvalidTransition {
+        asset: state.asset_id.clone(),
+        from: state.status.name(),
+        event: event.ty.to_string(),
+    }
+}
+
+fn derived(cause: &Event, suffix: &str, payload: impl Into<Payload>, time: Timestamp) -> Event {
+    let mut event =
+        Event::new(format!("{}:{suffix}", cause.id), "/twin/assets", payload).with_time(time);
+    event.subject.clone_from(&cause.subject);
+    event.ext.organization.clone_from(&cause.ext.organization);
+    event.ext.region.clone_from(&cause.ext.region);
+    event.ext.h3cell = cause.ext.h3cell;
+    event.ext.provenance = cause.ext.provenance;
+    event.ext.causationid = Some(cause.id.clone());
+    event.ext.correlationid = cause
+        .ext
+        .correlationid
+        .clone()
+        .or_else(|| Some(cause.id.clone()));
+    event
+}
+
+/// Decides what a command means for the asset: the events to append, or why not.
+///
+/// # Errors
+/// A [`Rejection`] when the command does not fit the asset's state.
+pub fn decide(state: &AssetState, command: &AssetCommand) -> Result<Vec<Event>, Rejection> {
+    match command {
+        AssetCommand::Observe(event) => observe(state, event),
+        AssetCommand::SetThreshold {
+            metric,
+            threshold,
+            event_id,
+            time,
+        } => {
+            if state.status == Lifecycle::Unregistered {
+                return Err(Rejection::UnknownAsset(state.asset_id.clone()));
+            }
+            let payload = citytwin_core::event::ConfigurationChanged {
+                user_id: "twin".into(),
+                key: format!("assets.{}.thresholds.{metric}", state.asset_id),
+                old_value: state.thresholds.get(metric).map(|(t, _)| threshold_text(t)),
+                new_value: threshold
+                    .as_ref()
+                    .map_or_else(|| "none".to_owned(), threshold_text),
+            };
+            Ok(vec![
+                Event::new(event_id.clone(), "/twin/assets", payload)
+                    .with_time(*time)
+                    .with_subject(state.asset_id.clone()),
+            ])
+        }
+        AssetCommand::CheckHeartbeat { now } => {
+            let (Some(interval), Some(last_seen)) = (state.reporting_interval_s, state.last_seen)
+            else {
+                return Ok(Vec::new());
+            };
+            let grace = heartbeat_grace(interval);
+            if state.status != Lifecycle::Online
+                || now.as_nanos() - last_seen.as_nanos() < grace.as_nanos() as i64
+            {
+                return Ok(Vec::new());
+            }
+            let payload = AssetOffline {
+                asset_id: state.asset_id.clone(),
+                reason: Some("heartbeat_timeout".into()),
+                last_seen: Some(last_seen),
+            };
+            let mut event = Event::new(
+                format!("{}:offline:{}", state.asset_id, now.as_nanos()),
+                "/twin/assets",
+                payload,
+            )
+            .with_time(*now)
+            .with_subject(state.asset_id.clone());
+            event.ext.organization.clone_from(&state.organization);
+            Ok(vec![event])
+        }
+    }
+}
+
+/// How long after the last reading an asset with `interval_s` counts as offline: two
+/// intervals (one missed reading is tolerated).
+pub fn heartbeat_grace(interval_s: u32) -> Duration {
+    Duration::from_secs(u64::from(interval_s) * 2)
+}
+
+fn threshold_text(threshold: &Threshold) -> String {
+    let above = threshold
+        .above
+        .map_or_else(String::new, |v| format!(">{v}"));
+    let below = threshold
+        .below
+        .map_or_else(String::new, |v| format!("<{v}"));
+    format!("{above}{below} {}", threshold.severity)
+}
+
+fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
+    let Some(time) = event.time else {
+        return Err(Rejection::Untimed(event.id.clone()));
+    };
+    if let Some(found) = event.asset_id()
+        && found != state.asset_id
+    {
+        return Err(Rejection::WrongAsset {
+            expected: state.asset_id.clone(),
+            found: found.to_owned(),
+        });
+    }
+    use Lifecycle as L;
+    let status = state.status;
+    let Some(kind) = event.kind() else {
+        // Unknown types about a known asset are carried through.
+        return if status == L::Unregistered {
+            Err(Rejection::UnknownAsset(state.asset_id.clone()))
+        } else {
+            Ok(vec![event.clone()])
+        };
+    };
+    let allowed = match kind {
+        EventKind::AssetCreated => {
+            if status != L::Unregistered {
+                return Err(Rejection::AlreadyExists(state.asset_id.clone()));
+            }
+            true
+        }
+        EventKind::AssetCommissioned => status == L::Created,
+        EventKind::AssetOnline => matches!(status, L::Commissioned | L::Offline | L::Online),
+        EventKind::AssetOffline => matches!(status, L::Online | L::Commissioned),
+        EventKind::AssetMaintenance => match event.payload() {
+            Some(Payload::AssetMaintenance(m)) if m.phase == MaintenancePhase::Started => {
+                matches!(status, L::Commissioned | L::Online | L::Offline)
+            }
+            _ => status == L::Maintenance,
+        },
+        EventKind::AssetDecommissioned => {
+            !matches!(status, L::Unregistered | L::Decommissioned | L::Deleted)
+        }
+        EventKind::AssetDeleted => matches!(status, L::Created | L::Decommissioned),
+        _ => status.in_service(),
+    };
+    if !allowed {
+        return Err(if status == L::Unregistered {
+            Rejection::UnknownAsset(state.asset_id.clone())
+        } else {
+            transition_error(state, event)
+        });
+    }
+    let mut out = vec![event.clone()];
+    // A reading from a silent asset brings it online.
+    let is_reading = matches!(
+        kind,
+        EventKind::MetricRecorded | EventKind::MetricBatchIngested | EventKind::BatteryLow
+    );
+    if is_reading && matches!(status, L::Commissioned | L::Offline) {
+        let location = event.location().or(state.location);
+        out.push(derived(
+            event,
+            "online",
+            AssetOnline {
+                asset_id: state.asset_id.clone(),
+                location,
+            },
+            time,
+        ));
+    }
+    if let Some(Payload::MetricRecorded(m)) = event.payload() {
+        if let Some((threshold, breached)) = state.thresholds.get(&m.metric_type) {
+            match threshold.breached_by(m.value) {
+                Some(limit) if !breached => {
+                    let alert = AlertTriggered {
+                        alert_id: format!("{}:threshold:{}", event.id, m.metric_type),
+                        rule_id: format!("threshold:{}", m.metric_type),
+                        severity: threshold.severity,
+                        asset_id: Some(state.asset_id.clone()),
+                        cell: event.ext.h3cell,
+                        threshold: Some(limit),
+                        actual_value: Some(m.value),
+                        values: BTreeMap::from([(m.metric_type.clone(), m.value)]),
+                        actions: Vec::new(),
+                        message: Some(format!("{} {} crossed {limit}", m.metric_type, m.value)),
+                    };
+                    out.push(derived(
+                        event,
+                        &format!("threshold:{}", m.metric_type),
+                        alert,
+                        time,
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if m.metric_type == "battery" && m.value < BATTERY_LOW_PCT && !state.battery_low {
+            let low = BatteryLow {
+                asset_id: state.asset_id.clone(),
+                battery_pct: m.value,
+                threshold_pct: Some(BATTERY_LOW_PCT),
+            };
+            out.push(derived(event, "battery_low", low, time));
+        }
+    }
+    Ok(out)
+}
+
+/// Folds one stored event into the state. Holds no business rules: every event that reached
+/// the log is applied as it is.
+pub fn apply(state: &mut AssetState, event: &Event) {
+    state.version += 1;
+    if let Some(time) = event.time
+        && state.last_seen.is_none_or(|seen| time > seen)
+        && !matches!(
+            event.kind(),
+            Some(
+                EventKind::AssetOffline
+                    | EventKind::ConfigurationChanged
+                    | EventKind::AlertTriggered
+            )
+        )
+    {
+        state.last_seen = Some(time);
+    }
+    if state.organization.is_none() {
+        state.organization.clone_from(&event.ext.organization);
+    }
+    let Some(payload) = event.payload() else {
+        return;
+    };
+    match payload {
+        Payload::AssetCreated(created) => {
+            state.asset_id.clone_from(&created.asset_id);
+            state.asset_type.clone_from(&created.asset_type);
+            state.location = created.location;
+            state.reporting_interval_s = created.reporting_interval_s;
+            state.status = Lifecycle::Created;
+        }
+        Payload::AssetCommissioned(commissioned) => {
+            state.status = Lifecycle::Commissioned;
+            if commissioned.firmware_version.is_some() {
+                state.firmware.clone_from(&commissioned.firmware_version);
+            }
+        }
+        Payload::AssetOnline(online) => {
+            state.status = Lifecycle::Online;
+            state.location = online.location.or(state.location);
+        }
+        Payload::AssetOffline(_) => state.status = Lifecycle::Offline,
+        Payload::AssetMaintenance(m) => {
+            state.status = match m.phase {
+                MaintenancePhase::Started => Lifecycle::Maintenance,
+                MaintenancePhase::Completed => Lifecycle::Offline,
+            }
+        }
+        Payload::AssetDecommissioned(_) => state.status = Lifecycle::Decommissioned,
+        Payload::AssetDeleted(_) => state.status = Lifecycle::Deleted,
+        Payload::FirmwareUpdated(f)
+            if f.status == citytwin_core::event::FirmwareStatus::Succeeded =>
+        {
+            state.firmware = Some(f.to_version.clone());
+        }
+        Payload::BatteryLow(b) => {
+            state.battery_pct = Some(b.battery_pct);
+            state.battery_low = true;
+        }
+        Payload::MetricRecorded(m) => {
+            let time = event.time.unwrap_or_default();
+            record(state, &m.metric_type, m.value, &m.unit, time);
+            if m.location.is_some() {
+                state.location = m.location;
+            }
+        }
+        Payload::MetricBatchIngested(batch) => {
+            for reading in &batch.readings {
+                record(
+                    state,
+                    &reading.metric_type,
+                    reading.value,
+                    &reading.unit,
+                    reading.time,
+                );
+            }
+            if batch.location.is_some() {
+                state.location = batch.location;
+            }
+        }
+        Payload::AlertTriggered(alert) => {
+            if let Some(metric) = alert.rule_id.strip_prefix("threshold:")
+                && let Some((_, breached)) = state.thresholds.get_mut(metric)
+            {
+                *breached = true;
+            }
+        }
+        Payload::ConfigurationChanged(change) => {
+            apply_threshold_change(state, &change.key, &change.new_value)
+        }
+        _ => {}
+    }
+}
+
+fn record(state: &mut AssetState, metric: &str, value: f64, unit: &Unit, time: Timestamp) {
+    let stats = state
+        .metrics
+        .entry(metric.to_owned())
+        .or_insert_with(|| MetricStats {
+            last: value,
+            last_time: time,
+            unit: unit.clone(),
+            count: 0,
+            sum: 0.0,
+            min: value,
+            max: value,
+        });
+    if time >= stats.last_time {
+        stats.last = value;
+        stats.last_time = time;
+        stats.unit = unit.clone();
+    }
+    stats.count += 1;
+    stats.sum += value;
+    stats.min = stats.min.min(value);
+    stats.max = stats.max.max(value);
+    if let Some((threshold, breached)) = state.thresholds.get_mut(metric)
+        && threshold.breached_by(value).is_none()
+    {
+        *breached = false;
+    }
+    if metric == "battery" {
+        state.battery_pct = Some(value);
+        if value >= BATTERY_LOW_PCT {
+            state.battery_low = false;
+        }
+    }
+}
+
+/// Thresholds travel as `configuration_changed` events with key
+/// `assets.<id>.thresholds.<metric>` and value `>55 critical`, `<5 warning` or `none`.
+fn apply_threshold_change(state: &mut AssetState, key: &str, value: &str) {
+    let Some(metric) = key.rsplit_once(".thresholds.").map(|(_, m)| m) else {
+        return;
+    };
+    if value == "none" {
+        state.thresholds.remove(metric);
+        return;
+    }
+    let Some((bounds, severity)) = value.rsplit_once(' ') else {
+        return;
+    };
+    let severity = match severity {
+        "info" => Severity::Info,
+        "major" => Severity::Major,
+        "critical" => Severity::Critical,
+        _ => Severity::Warning,
+    };
+    let mut threshold = Threshold {
+        above: None,
+        below: None,
+        severity,
+    };
+    // ">55<5": each bound starts with its operator.
+    let mut rest = bounds;
+    while !rest.is_empty() {
+        let op = rest.as_bytes()[0];
+        let end = rest[1..].find(['>', '<']).map_or(rest.len(), |i| i + 1);
+        if let Ok(v) = rest[1..end].parse::<f64>() {
+            if op == b'>' {
+                threshold.above = Some(v)
+            } else {
+                threshold.below = Some(v)
+            }
+        }
+        rest = &rest[end..];
+    }
+    state
+        .thresholds
+        .insert(metric.to_owned(), (threshold, false));
+}
+
+impl fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests;

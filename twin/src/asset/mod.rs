@@ -1,0 +1,3 @@
+//! Assets: the pure logic (`logic`) and the actor that hosts it (`actor`).
+
+pub mod logic;
