@@ -154,7 +154,7 @@ pub struct AssetState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AssetCommand {
     /// Accept an observation about this asset (any event whose asset id is this asset's).
-    Observe(Event),
+    Observe(Box<Event>),
     /// Set (or clear, with `None`) a threshold on a metric.
     SetThreshold {
         /// The metric.

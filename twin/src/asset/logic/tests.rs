@@ -83,11 +83,11 @@ fn lifecycle_follows_the_allowed_transitions() {
     assert_eq!(
         decide(
             &state,
-            &AssetCommand::Observe(reading("s1", 1, "pm25", 3.0, 5))
+            &observe(reading("s1", 1, "pm25", 3.0, 5))
         ),
         Err(Rejection::UnknownAsset("s1".into()))
     );
-    let events = decide(&state, &AssetCommand::Observe(created("s1"))).unwrap();
+    let events = decide(&state, &observe(created("s1"))).unwrap();
     assert_eq!(kinds(&events), ["asset.created"]);
 
     let state = given(&events);
@@ -95,14 +95,14 @@ fn lifecycle_follows_the_allowed_transitions() {
     assert_eq!(
         decide(
             &state,
-            &AssetCommand::Observe(reading("s1", 1, "pm25", 3.0, 5))
+            &observe(reading("s1", 1, "pm25", 3.0, 5))
         )
         .unwrap_err()
         .to_string(),
         "asset \"s1\" is created: com.smartcities.asset.metric_recorded is not allowed"
     );
     assert_eq!(
-        decide(&state, &AssetCommand::Observe(created("s1"))),
+        decide(&state, &observe(created("s1"))),
         Err(Rejection::AlreadyExists("s1".into()))
     );
 
@@ -126,7 +126,7 @@ fn lifecycle_follows_the_allowed_transitions() {
     assert!(
         decide(
             &state,
-            &AssetCommand::Observe(maintenance(MaintenancePhase::Completed))
+            &observe(maintenance(MaintenancePhase::Completed))
         )
         .is_err()
     );
@@ -146,7 +146,7 @@ fn lifecycle_follows_the_allowed_transitions() {
     )
     .with_time(at(30));
     assert!(matches!(
-        decide(&state, &AssetCommand::Observe(delete.clone())),
+        decide(&state, &observe(delete.clone())),
         Err(Rejection::InvalidTransition { .. })
     ));
     let decommission = Event::new(
@@ -168,13 +168,13 @@ fn lifecycle_follows_the_allowed_transitions() {
     assert!(
         decide(
             &state,
-            &AssetCommand::Observe(reading("s1", 1, "pm25", 3.0, 40))
+            &observe(reading("s1", 1, "pm25", 3.0, 40))
         )
         .is_err(),
         "no readings after decommissioning"
     );
     assert_eq!(
-        kinds(&decide(&state, &AssetCommand::Observe(delete)).unwrap()),
+        kinds(&decide(&state, &observe(delete)).unwrap()),
         ["asset.deleted"]
     );
 }
@@ -185,7 +185,7 @@ fn first_reading_brings_the_asset_online_and_stats_accumulate() {
     let state = given(&history);
     let events = decide(
         &state,
-        &AssetCommand::Observe(reading("s1", 1, "pm25", 30.0, 60)),
+        &observe(reading("s1", 1, "pm25", 30.0, 60)),
     )
     .unwrap();
     assert_eq!(kinds(&events), ["asset.metric_recorded", "asset.online"]);
@@ -226,7 +226,7 @@ fn thresholds_alert_once_per_crossing() {
     let mut run = |n: u32, value: f64| {
         let events = decide(
             &given(&history),
-            &AssetCommand::Observe(reading("s1", n, "pm25", value, 60 + i64::from(n))),
+            &observe(reading("s1", n, "pm25", value, 60 + i64::from(n))),
         )
         .unwrap();
         history.extend(events.clone());
@@ -285,7 +285,7 @@ fn battery_low_is_derived_once_until_recharged() {
     let mut run = |n: u32, value: f64| {
         let events = decide(
             &given(&history),
-            &AssetCommand::Observe(reading("s1", n, "battery", value, 30 + i64::from(n))),
+            &observe(reading("s1", n, "battery", value, 30 + i64::from(n))),
         )
         .unwrap();
         history.extend(events.clone());
@@ -307,7 +307,7 @@ fn heartbeat_check_takes_a_silent_asset_offline() {
     history.extend(
         decide(
             &given(&history),
-            &AssetCommand::Observe(reading("s1", 1, "pm25", 1.0, 100)),
+            &observe(reading("s1", 1, "pm25", 1.0, 100)),
         )
         .unwrap(),
     );
@@ -336,7 +336,7 @@ fn heartbeat_check_takes_a_silent_asset_offline() {
     );
     let back = decide(
         &state,
-        &AssetCommand::Observe(reading("s1", 2, "pm25", 1.0, 1000)),
+        &observe(reading("s1", 2, "pm25", 1.0, 1000)),
     )
     .unwrap();
     assert_eq!(kinds(&back), ["asset.metric_recorded", "asset.online"]);
@@ -348,7 +348,7 @@ fn wrong_asset_and_untimed_events_are_rejected() {
     assert_eq!(
         decide(
             &state,
-            &AssetCommand::Observe(reading("s2", 1, "pm25", 1.0, 20))
+            &observe(reading("s2", 1, "pm25", 1.0, 20))
         ),
         Err(Rejection::WrongAsset {
             expected: "s1".into(),
@@ -358,7 +358,7 @@ fn wrong_asset_and_untimed_events_are_rejected() {
     let mut untimed = reading("s1", 1, "pm25", 1.0, 20);
     untimed.time = None;
     assert_eq!(
-        decide(&state, &AssetCommand::Observe(untimed)),
+        decide(&state, &observe(untimed)),
         Err(Rejection::Untimed("s1-r1".into()))
     );
 }
@@ -369,7 +369,7 @@ fn state_round_trips_through_a_snapshot() {
     history.extend(
         decide(
             &given(&history),
-            &AssetCommand::Observe(reading("s1", 1, "pm25", 42.0, 100)),
+            &observe(reading("s1", 1, "pm25", 42.0, 100)),
         )
         .unwrap(),
     );
@@ -377,4 +377,8 @@ fn state_round_trips_through_a_snapshot() {
     let bytes = rmp_serde::to_vec(&state).unwrap();
     let back: AssetState = rmp_serde::from_slice(&bytes).unwrap();
     assert_eq!(back, state);
+}
+
+fn observe(event: Event) -> AssetCommand {
+    AssetCommand::Observe(Box::new(event))
 }
