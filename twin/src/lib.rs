@@ -17,3 +17,5 @@
 //! distributed engine (scale-out goes through NATS JetStream).
 
 pub mod asset;
+pub mod deadletter;
+pub mod shard;

@@ -1,3 +1,4 @@
-//! Assets: the pure logic (`logic`) and the actor that hosts it (`actor`).
+//! Assets: the pure logic ([`logic`]) and the actor that hosts it ([`actor`]).
 
+pub mod actor;
 pub mod logic;

@@ -81,10 +81,7 @@ fn kinds(events: &[Event]) -> Vec<&str> {
 fn lifecycle_follows_the_allowed_transitions() {
     let state = given(&[]);
     assert_eq!(
-        decide(
-            &state,
-            &observe(reading("s1", 1, "pm25", 3.0, 5))
-        ),
+        decide(&state, &observe(reading("s1", 1, "pm25", 3.0, 5))),
         Err(Rejection::UnknownAsset("s1".into()))
     );
     let events = decide(&state, &observe(created("s1"))).unwrap();
@@ -93,12 +90,9 @@ fn lifecycle_follows_the_allowed_transitions() {
     let state = given(&events);
     assert_eq!(state.status, Lifecycle::Created);
     assert_eq!(
-        decide(
-            &state,
-            &observe(reading("s1", 1, "pm25", 3.0, 5))
-        )
-        .unwrap_err()
-        .to_string(),
+        decide(&state, &observe(reading("s1", 1, "pm25", 3.0, 5)))
+            .unwrap_err()
+            .to_string(),
         "asset \"s1\" is created: com.smartcities.asset.metric_recorded is not allowed"
     );
     assert_eq!(
@@ -123,13 +117,7 @@ fn lifecycle_follows_the_allowed_transitions() {
         )
         .with_time(at(20))
     };
-    assert!(
-        decide(
-            &state,
-            &observe(maintenance(MaintenancePhase::Completed))
-        )
-        .is_err()
-    );
+    assert!(decide(&state, &observe(maintenance(MaintenancePhase::Completed))).is_err());
     let state = given(&[
         created("s1"),
         commissioned("s1", 10),
@@ -166,11 +154,7 @@ fn lifecycle_follows_the_allowed_transitions() {
     ]);
     assert_eq!(state.status, Lifecycle::Decommissioned);
     assert!(
-        decide(
-            &state,
-            &observe(reading("s1", 1, "pm25", 3.0, 40))
-        )
-        .is_err(),
+        decide(&state, &observe(reading("s1", 1, "pm25", 3.0, 40))).is_err(),
         "no readings after decommissioning"
     );
     assert_eq!(
@@ -183,11 +167,7 @@ fn lifecycle_follows_the_allowed_transitions() {
 fn first_reading_brings_the_asset_online_and_stats_accumulate() {
     let history = [created("s1"), commissioned("s1", 10)];
     let state = given(&history);
-    let events = decide(
-        &state,
-        &observe(reading("s1", 1, "pm25", 30.0, 60)),
-    )
-    .unwrap();
+    let events = decide(&state, &observe(reading("s1", 1, "pm25", 30.0, 60))).unwrap();
     assert_eq!(kinds(&events), ["asset.metric_recorded", "asset.online"]);
     assert_eq!(events[1].ext.causationid.as_deref(), Some("s1-r1"));
     let mut all = history.to_vec();
@@ -334,11 +314,7 @@ fn heartbeat_check_takes_a_silent_asset_offline() {
             .is_empty(),
         "already offline"
     );
-    let back = decide(
-        &state,
-        &observe(reading("s1", 2, "pm25", 1.0, 1000)),
-    )
-    .unwrap();
+    let back = decide(&state, &observe(reading("s1", 2, "pm25", 1.0, 1000))).unwrap();
     assert_eq!(kinds(&back), ["asset.metric_recorded", "asset.online"]);
 }
 
@@ -346,10 +322,7 @@ fn heartbeat_check_takes_a_silent_asset_offline() {
 fn wrong_asset_and_untimed_events_are_rejected() {
     let state = given(&[created("s1"), commissioned("s1", 10)]);
     assert_eq!(
-        decide(
-            &state,
-            &observe(reading("s2", 1, "pm25", 1.0, 20))
-        ),
+        decide(&state, &observe(reading("s2", 1, "pm25", 1.0, 20))),
         Err(Rejection::WrongAsset {
             expected: "s1".into(),
             found: "s2".into()

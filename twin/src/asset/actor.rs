@@ -1,0 +1,392 @@
+//! `AssetActor`: hosts one asset's `decide` / `apply`, persists to the event log, publishes,
+//! replies, snapshots, detects missed heartbeats and passivates when idle.
+//!
+//! Message flow for a command: `decide` (a rejection goes back through the reply port and the
+//! actor carries on) → append the events to the asset's stream with the expected sequence
+//! (single writer) → `apply` → publish → reply. A panic in `decide` or `apply` is caught: the
+//! offending event goes to the dead-letter stream with the panic message and the actor fails,
+//! so its supervisor restarts it and it rebuilds from the log.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use citytwin_core::event::{Event, Timestamp};
+use citytwin_core::log::{Append, EventLog, Expected};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::broadcast;
+
+use super::logic::{AssetCommand, AssetState, Rejection, apply, decide, heartbeat_grace};
+use crate::deadletter::{DeadLetterReason, dead_letter};
+
+/// The log stream of an asset.
+pub fn asset_stream(asset_id: &str) -> String {
+    format!("asset:{asset_id}")
+}
+
+/// A source of "now" (event time in a simulation, wall time live).
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp::from_nanos(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
+    })
+}
+
+/// Settings shared by every asset actor.
+#[derive(Clone)]
+pub struct AssetConfig {
+    /// Save a snapshot after this many events since the last one.
+    pub snapshot_every: u64,
+    /// Stop (passivate) after this long without a message.
+    pub idle_timeout: Duration,
+    /// "Now", for heartbeat checks.
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for AssetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssetConfig")
+            .field("snapshot_every", &self.snapshot_every)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AssetConfig {
+    fn default() -> Self {
+        AssetConfig {
+            snapshot_every: 100,
+            idle_timeout: Duration::from_secs(300),
+            clock: system_clock(),
+        }
+    }
+}
+
+/// Why a command failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// A business rule refused it; nothing was written.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The log could not store it; nothing was acknowledged.
+    #[error("storing the events failed: {0}")]
+    Storage(String),
+    /// The command made the asset's logic panic; it is in the dead-letter queue.
+    #[error("the command crashed the asset (dead-lettered): {0}")]
+    Poison(String),
+}
+
+/// What a command produced: the events appended (empty when there was nothing to do).
+pub type CommandReply = Result<Vec<Event>, CommandError>;
+
+/// Messages of an [`AssetActor`].
+#[derive(Debug)]
+pub enum AssetMsg {
+    /// Decide, persist, apply, publish, reply.
+    Command(AssetCommand, RpcReplyPort<CommandReply>),
+    /// The current state.
+    GetState(RpcReplyPort<AssetState>),
+    /// A heartbeat deadline set when the asset was last heard from.
+    HeartbeatDeadline,
+    /// Periodic idleness check (passivation).
+    IdleCheck,
+    /// The shard agreed to passivate this actor: stop now (after everything queued before).
+    Passivate,
+}
+
+/// What an asset actor starts with.
+#[derive(Clone)]
+pub struct AssetArgs {
+    /// The asset.
+    pub asset_id: String,
+    /// The event log.
+    pub log: EventLog,
+    /// Settings.
+    pub config: AssetConfig,
+    /// Where committed events are published.
+    pub publish: Option<broadcast::Sender<Arc<Event>>>,
+    /// The supervising shard, asked for passivation (without one the actor stops by itself).
+    pub shard: Option<ActorRef<crate::shard::ShardMsg>>,
+}
+
+impl std::fmt::Debug for AssetArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssetArgs")
+            .field("asset_id", &self.asset_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The actor's state: the asset state plus bookkeeping.
+#[derive(Debug)]
+pub struct AssetActorState {
+    args: AssetArgs,
+    stream: String,
+    asset: AssetState,
+    since_snapshot: u64,
+    last_activity: tokio::time::Instant,
+}
+
+/// The asset actor (the behaviour; see the module documentation).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AssetActor;
+
+/// Rebuilds an asset from its latest snapshot and the records after it.
+///
+/// # Errors
+/// When the log cannot be read or holds undecodable records.
+pub fn rehydrate(log: &EventLog, asset_id: &str) -> Result<AssetState, ActorProcessingErr> {
+    let load = log.load_stream(&asset_stream(asset_id))?;
+    let mut state = match &load.snapshot {
+        Some(snapshot) => rmp_serde::from_slice(&snapshot.state)?,
+        None => AssetState {
+            asset_id: asset_id.to_owned(),
+            ..AssetState::default()
+        },
+    };
+    for record in &load.records {
+        apply(&mut state, &record.event()?);
+    }
+    Ok(state)
+}
+
+/// The state of an asset as it was at `time`: its events up to `time` folded from the start
+/// of its stream (time travel).
+///
+/// # Errors
+/// When the log cannot be read.
+pub fn state_at(
+    log: &EventLog,
+    asset_id: &str,
+    time: Timestamp,
+) -> Result<AssetState, ActorProcessingErr> {
+    let mut state = AssetState {
+        asset_id: asset_id.to_owned(),
+        ..AssetState::default()
+    };
+    for record in log.read_stream(&asset_stream(asset_id), 1)? {
+        if record.time > time {
+            break;
+        }
+        apply(&mut state, &record.event()?);
+    }
+    Ok(state)
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-text payload".to_owned())
+}
+
+impl AssetActor {
+    async fn run_command(
+        &self,
+        myself: &ActorRef<AssetMsg>,
+        command: AssetCommand,
+        state: &mut AssetActorState,
+    ) -> Result<CommandReply, ActorProcessingErr> {
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(test)]
+            tests::maybe_panic(&command);
+            decide(&state.asset, &command)
+        }));
+        let events = match decided {
+            Ok(Ok(events)) => events,
+            Ok(Err(rejection)) => return Ok(Err(CommandError::Rejected(rejection))),
+            Err(panic) => return Err(self.poisoned(command, panic_text(&*panic), state).await),
+        };
+        if events.is_empty() {
+            return Ok(Ok(events));
+        }
+        let (log, stream, expected) = (
+            state.args.log.clone(),
+            state.stream.clone(),
+            state.asset.version,
+        );
+        let to_store = events.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let batch: Vec<Append<'_>> = to_store
+                .iter()
+                .enumerate()
+                .map(|(i, event)| Append {
+                    stream: &stream,
+                    expected: if i == 0 {
+                        Expected::Seq(expected)
+                    } else {
+                        Expected::Any
+                    },
+                    event,
+                })
+                .collect();
+            log.append_batch(&batch)
+        })
+        .await?;
+        if let Err(error) = stored {
+            // Nothing was acknowledged; the log may be poisoned: let the supervisor decide.
+            let text = error.to_string();
+            tracing::error!(asset = %state.asset.asset_id, %text, "asset could not persist its events");
+            return Ok(Err(CommandError::Storage(text)));
+        }
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            for event in &events {
+                apply(&mut state.asset, event);
+            }
+        }));
+        if let Err(panic) = applied {
+            return Err(self.poisoned(command, panic_text(&*panic), state).await);
+        }
+        if let Some(publish) = &state.args.publish {
+            for event in &events {
+                // No subscriber is not an error: the bus fans out to whoever listens.
+                let _ = publish.send(Arc::new(event.clone()));
+            }
+        }
+        state.since_snapshot += events.len() as u64;
+        if state.since_snapshot >= state.args.config.snapshot_every {
+            self.snapshot(state).await?;
+        }
+        self.arm_heartbeat(myself, state);
+        Ok(Ok(events))
+    }
+
+    /// Sends the command's event to the dead-letter queue and returns the error that fails
+    /// the actor (so it restarts from the log).
+    async fn poisoned(
+        &self,
+        command: AssetCommand,
+        message: String,
+        state: &AssetActorState,
+    ) -> ActorProcessingErr {
+        tracing::error!(asset = %state.asset.asset_id, %message, "poison command: dead-lettering it and restarting the asset");
+        if let AssetCommand::Observe(event) = command {
+            let log = state.args.log.clone();
+            let reason = DeadLetterReason::Panicked(message.clone());
+            let stored =
+                tokio::task::spawn_blocking(move || dead_letter(&log, &event, &reason)).await;
+            if let Ok(Err(error)) | Err(error) =
+                stored.map_err(|e| citytwin_core::Error::Rejected(e.to_string()))
+            {
+                tracing::error!(%error, "could not dead-letter the poison event");
+            }
+        }
+        format!(
+            "asset {} crashed on a command: {message}",
+            state.asset.asset_id
+        )
+        .into()
+    }
+
+    async fn snapshot(&self, state: &mut AssetActorState) -> Result<(), ActorProcessingErr> {
+        let bytes = rmp_serde::to_vec(&state.asset)?;
+        let (log, stream, seq) = (
+            state.args.log.clone(),
+            state.stream.clone(),
+            state.asset.version,
+        );
+        tokio::task::spawn_blocking(move || log.save_snapshot(&stream, seq, &bytes)).await??;
+        state.since_snapshot = 0;
+        Ok(())
+    }
+
+    fn arm_heartbeat(&self, myself: &ActorRef<AssetMsg>, state: &AssetActorState) {
+        if let Some(interval) = state.asset.reporting_interval_s
+            && state.asset.status == super::logic::Lifecycle::Online
+        {
+            // NOTE: a timer per reading; stale ones find a newer last_seen and do nothing.
+            myself.send_after(heartbeat_grace(interval), || AssetMsg::HeartbeatDeadline);
+        }
+    }
+}
+
+impl Actor for AssetActor {
+    type Msg = AssetMsg;
+    type State = AssetActorState;
+    type Arguments = AssetArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AssetMsg>,
+        args: AssetArgs,
+    ) -> Result<AssetActorState, ActorProcessingErr> {
+        let (log, id) = (args.log.clone(), args.asset_id.clone());
+        let asset = tokio::task::spawn_blocking(move || rehydrate(&log, &id)).await??;
+        let idle = args.config.idle_timeout;
+        myself.send_interval(idle.max(Duration::from_millis(10)) / 2, || {
+            AssetMsg::IdleCheck
+        });
+        let state = AssetActorState {
+            stream: asset_stream(&args.asset_id),
+            args,
+            asset,
+            since_snapshot: 0,
+            last_activity: tokio::time::Instant::now(),
+        };
+        self.arm_heartbeat(&myself, &state);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AssetMsg>,
+        message: AssetMsg,
+        state: &mut AssetActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            AssetMsg::Command(command, reply) => {
+                state.last_activity = tokio::time::Instant::now();
+                let outcome = self.run_command(&myself, command, state).await;
+                match outcome {
+                    Ok(result) => {
+                        // A caller that gave up waiting is not an error of the asset.
+                        let _ = reply.send(result);
+                    }
+                    Err(failure) => {
+                        let _ = reply.send(Err(CommandError::Poison(failure.to_string())));
+                        return Err(failure);
+                    }
+                }
+            }
+            AssetMsg::GetState(reply) => {
+                state.last_activity = tokio::time::Instant::now();
+                let _ = reply.send(state.asset.clone());
+            }
+            AssetMsg::HeartbeatDeadline => {
+                let now = (state.args.config.clock)();
+                let outcome = self
+                    .run_command(&myself, AssetCommand::CheckHeartbeat { now }, state)
+                    .await?;
+                if let Err(error) = outcome {
+                    tracing::warn!(asset = %state.asset.asset_id, %error, "heartbeat check failed");
+                }
+            }
+            AssetMsg::IdleCheck => {
+                if state.last_activity.elapsed() >= state.args.config.idle_timeout {
+                    tracing::debug!(asset = %state.asset.asset_id, "asset idle: asking to passivate");
+                    match &state.args.shard {
+                        Some(shard) => {
+                            let _ = shard
+                                .cast(crate::shard::ShardMsg::Idle(state.asset.asset_id.clone()));
+                            // Ask once per idle period.
+                            state.last_activity = tokio::time::Instant::now();
+                        }
+                        None => myself.stop(Some("passivated".into())),
+                    }
+                }
+            }
+            AssetMsg::Passivate => myself.stop(Some("passivated".into())),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

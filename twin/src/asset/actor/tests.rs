@@ -1,0 +1,386 @@
+//! Asset actors under a shard, against a real event log in a temp dir.
+
+use std::time::Duration;
+
+use citytwin_core::event::{
+    AssetCommissioned, AssetCreated, Location, MetricRecorded, Payload, Unit,
+};
+use citytwin_core::log::{Durability, LogConfig};
+use ractor::rpc::CallResult;
+use tokio::sync::broadcast;
+
+use super::*;
+use crate::asset::logic::Lifecycle;
+use crate::deadletter::dead_letters;
+use crate::shard::{ShardActor, ShardArgs, ShardEvent, ShardMsg};
+
+/// Test-only fault injection: a reading of a metric named `poison*` panics inside the
+/// asset's logic, as a bug triggered by one event would.
+pub(crate) fn maybe_panic(command: &AssetCommand) {
+    if let AssetCommand::Observe(event) = command
+        && let Some(Payload::MetricRecorded(m)) = event.payload()
+        && m.metric_type.starts_with("poison")
+    {
+        panic!("poison pill in {}", event.id);
+    }
+}
+
+const T0: i64 = 1_736_899_200;
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Twin {
+    shard: ActorRef<ShardMsg>,
+    events: broadcast::Receiver<ShardEvent>,
+    published: broadcast::Receiver<Arc<Event>>,
+    log: EventLog,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+async fn start(dir: &std::path::Path, asset: AssetConfig) -> Twin {
+    let log = EventLog::open(
+        dir,
+        LogConfig {
+            durability: Durability::Always,
+            ..LogConfig::default()
+        },
+    )
+    .unwrap();
+    let (events_tx, events) = broadcast::channel(1024);
+    let (publish_tx, published) = broadcast::channel(1024);
+    let args = ShardArgs {
+        shard: 0,
+        log: log.clone(),
+        asset,
+        max_restarts: 3,
+        restart_window: Duration::from_secs(60),
+        publish: Some(publish_tx),
+        events: Some(events_tx),
+    };
+    let (shard, handle) = Actor::spawn(None, ShardActor, args).await.unwrap();
+    Twin {
+        shard,
+        events,
+        published,
+        log,
+        handle,
+    }
+}
+
+impl Twin {
+    async fn command(&self, asset: &str, command: AssetCommand) -> CommandReply {
+        let asset = asset.to_owned();
+        match self
+            .shard
+            .call(|reply| ShardMsg::Command(asset, command, reply), Some(WAIT))
+            .await
+            .unwrap()
+        {
+            CallResult::Success(reply) => reply,
+            other => panic!("no reply: {other:?}"),
+        }
+    }
+
+    async fn observe(&self, event: Event) -> CommandReply {
+        let asset = event.asset_id().unwrap().to_owned();
+        self.command(&asset, AssetCommand::Observe(Box::new(event)))
+            .await
+    }
+
+    async fn state(&self, asset: &str) -> AssetState {
+        let asset = asset.to_owned();
+        match self
+            .shard
+            .call(|reply| ShardMsg::GetState(asset, reply), Some(WAIT))
+            .await
+            .unwrap()
+        {
+            CallResult::Success(state) => state,
+            other => panic!("no reply: {other:?}"),
+        }
+    }
+
+    async fn live(&self) -> usize {
+        match self
+            .shard
+            .call(ShardMsg::LiveCount, Some(WAIT))
+            .await
+            .unwrap()
+        {
+            CallResult::Success(n) => n,
+            other => panic!("no reply: {other:?}"),
+        }
+    }
+
+    /// Waits (bounded) for a shard notification.
+    async fn expect_event(&mut self, expected: ShardEvent) {
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                if self.events.recv().await.unwrap() == expected {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(found.is_ok(), "no {expected:?} within {WAIT:?}");
+    }
+
+    async fn stop(self) {
+        self.shard.stop(None);
+        self.handle.await.unwrap();
+    }
+}
+
+fn created(id: &str, interval: Option<u32>) -> Event {
+    Event::new(
+        format!("{id}-created"),
+        "/inventory",
+        AssetCreated {
+            asset_id: id.into(),
+            asset_type: "air_quality_sensor".into(),
+            name: None,
+            location: Some(Location::new(40.7128, -74.006)),
+            reporting_interval_s: interval,
+            attributes: Default::default(),
+        },
+    )
+    .with_time(Timestamp::from_secs(T0))
+}
+
+fn commissioned(id: &str) -> Event {
+    Event::new(
+        format!("{id}-commissioned"),
+        "/inventory",
+        AssetCommissioned {
+            asset_id: id.into(),
+            commissioned_by: None,
+            firmware_version: None,
+        },
+    )
+    .with_time(Timestamp::from_secs(T0 + 1))
+}
+
+fn reading(id: &str, n: u32, metric: &str, value: f64, time: Timestamp) -> Event {
+    Event::new(
+        format!("{id}-r{n}"),
+        "/sensors",
+        MetricRecorded {
+            asset_id: id.into(),
+            metric_type: metric.into(),
+            value,
+            unit: Unit::from("ug/m3"),
+            location: None,
+        },
+    )
+    .with_time(time)
+}
+
+async fn bring_up(twin: &Twin, id: &str, interval: Option<u32>) {
+    twin.observe(created(id, interval)).await.unwrap();
+    twin.observe(commissioned(id)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_persist_and_the_state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = start(dir.path(), AssetConfig::default()).await;
+    bring_up(&twin, "s1", None).await;
+    let events = twin
+        .observe(reading(
+            "s1",
+            1,
+            "pm25",
+            42.0,
+            Timestamp::from_secs(T0 + 60),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2, "the reading and the derived asset.online");
+    let before = twin.state("s1").await;
+    assert_eq!((before.status, before.version), (Lifecycle::Online, 4));
+    assert_eq!(twin.log.stream_seq(&asset_stream("s1")), 4);
+    twin.stop().await;
+
+    let twin = start(dir.path(), AssetConfig::default()).await;
+    assert_eq!(twin.state("s1").await, before, "rebuilt from the log");
+    twin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_reply_and_the_actor_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut twin = start(dir.path(), AssetConfig::default()).await;
+    let early = twin
+        .observe(reading("s1", 1, "pm25", 1.0, Timestamp::from_secs(T0)))
+        .await;
+    assert_eq!(
+        early,
+        Err(CommandError::Rejected(Rejection::UnknownAsset("s1".into())))
+    );
+    twin.expect_event(ShardEvent::Started("s1".into())).await;
+    bring_up(&twin, "s1", None).await;
+    assert_eq!(twin.state("s1").await.status, Lifecycle::Commissioned);
+    assert_eq!(
+        twin.live().await,
+        1,
+        "the same actor served the rejection and what followed"
+    );
+    assert!(
+        twin.events.try_recv().is_err(),
+        "no restart, no second start"
+    );
+    assert_eq!(
+        twin.log.stream_seq(&asset_stream("s1")),
+        2,
+        "the rejected reading was not stored"
+    );
+    twin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_assets_passivate_and_rehydrate_on_the_next_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AssetConfig {
+        idle_timeout: Duration::from_millis(100),
+        ..AssetConfig::default()
+    };
+    let mut twin = start(dir.path(), config).await;
+    bring_up(&twin, "s1", None).await;
+    twin.observe(reading("s1", 1, "pm25", 7.0, Timestamp::from_secs(T0 + 60)))
+        .await
+        .unwrap();
+    let before = twin.state("s1").await;
+    twin.expect_event(ShardEvent::Started("s1".into())).await;
+    twin.expect_event(ShardEvent::Passivated("s1".into())).await;
+    assert_eq!(twin.live().await, 0, "only active assets stay in memory");
+    assert_eq!(twin.state("s1").await, before, "rehydrated from the log");
+    twin.expect_event(ShardEvent::Started("s1".into())).await;
+    twin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_taken_every_n_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AssetConfig {
+        snapshot_every: 3,
+        ..AssetConfig::default()
+    };
+    let twin = start(dir.path(), config).await;
+    bring_up(&twin, "s1", None).await;
+    for n in 0..4 {
+        twin.observe(reading(
+            "s1",
+            n,
+            "pm25",
+            f64::from(n),
+            Timestamp::from_secs(T0 + 60 + i64::from(n)),
+        ))
+        .await
+        .unwrap();
+    }
+    // 2 lifecycle + 4 readings + 1 online = 7 events; snapshots after 3 (at 4) and again at 7.
+    let load = twin.log.load_stream(&asset_stream("s1")).unwrap();
+    let snapshot = load.snapshot.expect("a snapshot");
+    assert_eq!(snapshot.seq, 7);
+    assert!(load.records.is_empty());
+    let state: AssetState = rmp_serde::from_slice(&snapshot.state).unwrap();
+    assert_eq!(state, twin.state("s1").await);
+    twin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_dead_lettered_the_actor_restarts_and_siblings_keep_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut twin = start(dir.path(), AssetConfig::default()).await;
+    bring_up(&twin, "s1", None).await;
+    bring_up(&twin, "s2", None).await;
+    let poison = twin
+        .observe(reading(
+            "s1",
+            9,
+            "poison_metric",
+            1.0,
+            Timestamp::from_secs(T0 + 60),
+        ))
+        .await;
+    let Err(CommandError::Poison(message)) = poison else {
+        panic!("expected a poison reply, got {poison:?}")
+    };
+    assert!(message.contains("poison pill in s1-r9"), "{message}");
+    twin.expect_event(ShardEvent::Restarted("s1".into())).await;
+    // The sibling never noticed; the restarted actor rebuilt from the log and carries on.
+    twin.observe(reading("s2", 1, "pm25", 5.0, Timestamp::from_secs(T0 + 61)))
+        .await
+        .unwrap();
+    twin.observe(reading("s1", 1, "pm25", 6.0, Timestamp::from_secs(T0 + 62)))
+        .await
+        .unwrap();
+    assert_eq!(twin.state("s1").await.metrics["pm25"].last, 6.0);
+    assert_eq!(twin.state("s2").await.metrics["pm25"].last, 5.0);
+    let letters = dead_letters(&twin.log).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, "panicked");
+    assert!(
+        letters[0].message.contains("poison pill in s1-r9"),
+        "{letters:?}"
+    );
+    assert_eq!(
+        letters[0].original.as_ref().map(|e| e.id.as_str()),
+        Some("s1-r9")
+    );
+    twin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_heartbeat_takes_the_asset_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut twin = start(dir.path(), AssetConfig::default()).await;
+    // Reporting every second: two seconds of silence means offline.
+    bring_up(&twin, "s1", Some(1)).await;
+    let now = (system_clock())();
+    twin.observe(reading("s1", 1, "pm25", 1.0, now))
+        .await
+        .unwrap();
+    let offline = tokio::time::timeout(WAIT, async {
+        loop {
+            let event = twin.published.recv().await.unwrap();
+            if event.ty.as_str() == "com.smartcities.asset.offline" {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("an asset.offline event");
+    let Some(Payload::AssetOffline(payload)) = offline.payload() else {
+        panic!()
+    };
+    assert_eq!(
+        (payload.reason.as_deref(), payload.last_seen),
+        (Some("heartbeat_timeout"), Some(now))
+    );
+    assert_eq!(twin.state("s1").await.status, Lifecycle::Offline);
+    twin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_at_a_past_time_is_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = start(dir.path(), AssetConfig::default()).await;
+    bring_up(&twin, "s1", None).await;
+    for n in 0..5 {
+        twin.observe(reading(
+            "s1",
+            n,
+            "pm25",
+            f64::from(n) * 10.0,
+            Timestamp::from_secs(T0 + 100 * i64::from(n + 1)),
+        ))
+        .await
+        .unwrap();
+    }
+    let at_250 = state_at(&twin.log, "s1", Timestamp::from_secs(T0 + 250)).unwrap();
+    assert_eq!(at_250.metrics["pm25"].count, 2);
+    assert_eq!(at_250.metrics["pm25"].last, 10.0);
+    let at_start = state_at(&twin.log, "s1", Timestamp::from_secs(T0)).unwrap();
+    assert_eq!(at_start.status, Lifecycle::Created);
+    twin.stop().await;
+}

@@ -1,0 +1,227 @@
+//! `ShardActor`: supervises the asset actors of one shard (assets hash to shards).
+//!
+//! It spawns an asset actor on the first message for the asset (rehydrating it from the
+//! log), forwards commands without waiting for them, passivates idle actors with a
+//! handshake (messages that arrive while an actor stops are held and delivered to its
+//! successor, so one asset never has two writers), and restarts actors that fail, up to
+//! `max_restarts` within `restart_window`; beyond that it fails itself (escalation to the
+//! city supervisor).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::broadcast;
+
+use crate::asset::actor::{AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandReply};
+use crate::asset::logic::{AssetCommand, AssetState};
+
+/// What a shard reports about its actors (for tests, metrics and the read side).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardEvent {
+    /// An asset actor started (fresh, rehydrated, or restarted).
+    Started(String),
+    /// An idle asset actor stopped.
+    Passivated(String),
+    /// An asset actor failed and was restarted.
+    Restarted(String),
+}
+
+/// Messages of a [`ShardActor`].
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Route a command to an asset.
+    Command(String, AssetCommand, RpcReplyPort<CommandReply>),
+    /// The state of an asset (rehydrated if passivated).
+    GetState(String, RpcReplyPort<AssetState>),
+    /// How many asset actors are alive.
+    LiveCount(RpcReplyPort<usize>),
+    /// An asset actor has been idle: passivate it.
+    Idle(String),
+}
+
+/// Shard settings.
+#[derive(Debug, Clone)]
+pub struct ShardArgs {
+    /// The shard's number (for names and logs).
+    pub shard: usize,
+    /// The event log.
+    pub log: citytwin_core::log::EventLog,
+    /// Asset actor settings.
+    pub asset: AssetConfig,
+    /// Restarts allowed within `restart_window` before escalating.
+    pub max_restarts: usize,
+    /// See `max_restarts`.
+    pub restart_window: Duration,
+    /// Committed events are published here.
+    pub publish: Option<broadcast::Sender<std::sync::Arc<citytwin_core::event::Event>>>,
+    /// Shard lifecycle notifications.
+    pub events: Option<broadcast::Sender<ShardEvent>>,
+}
+
+/// The shard's state.
+#[derive(Debug)]
+pub struct ShardState {
+    args: ShardArgs,
+    live: HashMap<String, ActorRef<AssetMsg>>,
+    ids: HashMap<ActorId, String>,
+    /// Assets whose actor is stopping, with messages held for the successor.
+    stopping: HashMap<String, Vec<AssetMsg>>,
+    restarts: VecDeque<tokio::time::Instant>,
+}
+
+/// The shard supervisor (see the module documentation).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardActor;
+
+impl ShardActor {
+    async fn actor_for(
+        &self,
+        myself: &ActorRef<ShardMsg>,
+        asset_id: &str,
+        state: &mut ShardState,
+    ) -> Result<ActorRef<AssetMsg>, ActorProcessingErr> {
+        if let Some(actor) = state.live.get(asset_id) {
+            return Ok(actor.clone());
+        }
+        let args = AssetArgs {
+            asset_id: asset_id.to_owned(),
+            log: state.args.log.clone(),
+            config: state.args.asset.clone(),
+            publish: state.args.publish.clone(),
+            shard: Some(myself.clone()),
+        };
+        let (actor, _) = Actor::spawn_linked(None, AssetActor, args, myself.get_cell()).await?;
+        state.ids.insert(actor.get_id(), asset_id.to_owned());
+        state.live.insert(asset_id.to_owned(), actor.clone());
+        notify(state, ShardEvent::Started(asset_id.to_owned()));
+        Ok(actor)
+    }
+
+    async fn deliver(
+        &self,
+        myself: &ActorRef<ShardMsg>,
+        asset_id: String,
+        message: AssetMsg,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(held) = state.stopping.get_mut(&asset_id) {
+            held.push(message);
+            return Ok(());
+        }
+        let actor = self.actor_for(myself, &asset_id, state).await?;
+        if let Err(error) = actor.cast(message) {
+            tracing::warn!(asset = %asset_id, %error, "asset actor gone; message dropped");
+        }
+        Ok(())
+    }
+}
+
+fn notify(state: &ShardState, event: ShardEvent) {
+    if let Some(events) = &state.args.events {
+        let _ = events.send(event);
+    }
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        args: ShardArgs,
+    ) -> Result<ShardState, ActorProcessingErr> {
+        Ok(ShardState {
+            args,
+            live: HashMap::new(),
+            ids: HashMap::new(),
+            stopping: HashMap::new(),
+            restarts: VecDeque::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        message: ShardMsg,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ShardMsg::Command(asset_id, command, reply) => {
+                self.deliver(&myself, asset_id, AssetMsg::Command(command, reply), state)
+                    .await?
+            }
+            ShardMsg::GetState(asset_id, reply) => {
+                self.deliver(&myself, asset_id, AssetMsg::GetState(reply), state)
+                    .await?
+            }
+            ShardMsg::LiveCount(reply) => {
+                let _ = reply.send(state.live.len());
+            }
+            ShardMsg::Idle(asset_id) => {
+                if let Some(actor) = state.live.remove(&asset_id) {
+                    state.stopping.insert(asset_id, Vec::new());
+                    // Processed after anything already in the actor's mailbox.
+                    let _ = actor.cast(AssetMsg::Passivate);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        event: SupervisionEvent,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                let Some(asset_id) = state.ids.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                state.live.remove(&asset_id);
+                let held = state.stopping.remove(&asset_id).unwrap_or_default();
+                notify(state, ShardEvent::Passivated(asset_id.clone()));
+                for message in held {
+                    self.deliver(&myself, asset_id.clone(), message, state)
+                        .await?;
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, error) => {
+                let Some(asset_id) = state.ids.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                state.live.remove(&asset_id);
+                let now = tokio::time::Instant::now();
+                state.restarts.push_back(now);
+                while state
+                    .restarts
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > state.args.restart_window)
+                {
+                    state.restarts.pop_front();
+                }
+                if state.restarts.len() > state.args.max_restarts {
+                    return Err(format!(
+                        "shard {}: more than {} asset restarts within {:?}; escalating (last: {asset_id}: {error})",
+                        state.args.shard, state.args.max_restarts, state.args.restart_window
+                    )
+                    .into());
+                }
+                tracing::warn!(shard = state.args.shard, asset = %asset_id, %error, "asset actor failed; restarting it from the log");
+                let held = state.stopping.remove(&asset_id).unwrap_or_default();
+                self.actor_for(&myself, &asset_id, state).await?;
+                notify(state, ShardEvent::Restarted(asset_id.clone()));
+                for message in held {
+                    self.deliver(&myself, asset_id.clone(), message, state)
+                        .await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
