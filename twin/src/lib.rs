@@ -19,3 +19,4 @@
 pub mod asset;
 pub mod deadletter;
 pub mod shard;
+pub mod writer;

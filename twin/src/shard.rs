@@ -47,6 +47,8 @@ pub struct ShardArgs {
     pub shard: usize,
     /// The event log.
     pub log: citytwin_core::log::EventLog,
+    /// The batching writer shared by the shard's assets.
+    pub writer: crate::writer::LogWriter,
     /// Asset actor settings.
     pub asset: AssetConfig,
     /// Restarts allowed within `restart_window` before escalating.
@@ -87,6 +89,7 @@ impl ShardActor {
         let args = AssetArgs {
             asset_id: asset_id.to_owned(),
             log: state.args.log.clone(),
+            writer: state.args.writer.clone(),
             config: state.args.asset.clone(),
             publish: state.args.publish.clone(),
             shard: Some(myself.clone()),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use citytwin_core::event::{Event, Timestamp};
-use citytwin_core::log::{Append, EventLog, Expected};
+use citytwin_core::log::{EventLog, Expected};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::broadcast;
 
@@ -105,8 +105,10 @@ pub enum AssetMsg {
 pub struct AssetArgs {
     /// The asset.
     pub asset_id: String,
-    /// The event log.
+    /// The event log (reads: rehydration, snapshots, dead letters).
     pub log: EventLog,
+    /// The batching writer (appends).
+    pub writer: crate::writer::LogWriter,
     /// Settings.
     pub config: AssetConfig,
     /// Where committed events are published.
@@ -207,35 +209,23 @@ impl AssetActor {
         if events.is_empty() {
             return Ok(Ok(events));
         }
-        let (log, stream, expected) = (
-            state.args.log.clone(),
-            state.stream.clone(),
-            state.asset.version,
-        );
-        let to_store = events.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            let batch: Vec<Append<'_>> = to_store
-                .iter()
-                .enumerate()
-                .map(|(i, event)| Append {
-                    stream: &stream,
-                    expected: if i == 0 {
-                        Expected::Seq(expected)
-                    } else {
-                        Expected::Any
-                    },
-                    event,
-                })
-                .collect();
-            log.append_batch(&batch)
-        })
-        .await?;
-        if let Err(error) = stored {
-            // Nothing was acknowledged; the log may be poisoned: let the supervisor decide.
-            let text = error.to_string();
-            tracing::error!(asset = %state.asset.asset_id, %text, "asset could not persist its events");
-            return Ok(Err(CommandError::Storage(text)));
-        }
+        let written = state
+            .args
+            .writer
+            .append(
+                state.stream.clone(),
+                Expected::Seq(state.asset.version),
+                events,
+            )
+            .await;
+        let events = match written {
+            Ok((_, events)) => events,
+            Err(error) => {
+                // Nothing was acknowledged; a poisoned log fails every later write too.
+                tracing::error!(asset = %state.asset.asset_id, %error, "asset could not persist its events");
+                return Ok(Err(CommandError::Storage(error.0)));
+            }
+        };
         let applied = catch_unwind(AssertUnwindSafe(|| {
             for event in &events {
                 apply(&mut state.asset, event);

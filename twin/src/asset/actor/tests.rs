@@ -50,6 +50,7 @@ async fn start(dir: &std::path::Path, asset: AssetConfig) -> Twin {
     let args = ShardArgs {
         shard: 0,
         log: log.clone(),
+        writer: crate::writer::LogWriter::start(log.clone(), 1024, 4096),
         asset,
         max_restarts: 3,
         restart_window: Duration::from_secs(60),
