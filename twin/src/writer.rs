@@ -20,11 +20,14 @@ use tokio::sync::{mpsc, oneshot};
 #[error("{0}")]
 pub struct WriteError(pub String);
 
+/// What an append gives back: where each event landed, and the events themselves.
+pub type Written = (Vec<Appended>, Vec<Event>);
+
 struct Request {
     stream: String,
     expected: Expected,
     events: Vec<Event>,
-    reply: oneshot::Sender<Result<(Vec<Appended>, Vec<Event>), WriteError>>,
+    reply: oneshot::Sender<Result<Written, WriteError>>,
 }
 
 /// A handle to the writer thread. Cheap to clone.
@@ -70,7 +73,7 @@ impl LogWriter {
         stream: String,
         expected: Expected,
         events: Vec<Event>,
-    ) -> Result<(Vec<Appended>, Vec<Event>), WriteError> {
+    ) -> Result<Written, WriteError> {
         let (reply, done) = oneshot::channel();
         self.tx
             .send(Request {
