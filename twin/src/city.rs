@@ -1,0 +1,380 @@
+//! The twin's front door: [`Twin`] (the narrow interface the simulator and the server use)
+//! and `CityActor`, the root supervisor of the shard supervisors.
+//!
+//! Supervision tree: `CityActor` → `ShardActor` × n → `AssetActor` per live asset. Assets hash
+//! to shards (FNV-1a of the asset id, stable across runs). A shard that fails is restarted
+//! (its assets rehydrate from the log on their next message) up to `max_restarts` within
+//! `restart_window`; beyond that the city stops and the failure is logged.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use citytwin_core::event::Event;
+use citytwin_core::log::{EventLog, Expected, LogConfig};
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::broadcast;
+
+use crate::asset::actor::{AssetConfig, CommandError};
+use crate::asset::logic::{AssetCommand, AssetState};
+use crate::deadletter::{DeadLetterReason, dead_letter};
+use crate::shard::{ShardActor, ShardArgs, ShardEvent, ShardMsg};
+use crate::writer::LogWriter;
+
+/// How a twin runs.
+#[derive(Debug, Clone)]
+pub struct TwinConfig {
+    /// Where the event log lives.
+    pub data_dir: PathBuf,
+    /// Event log settings.
+    pub log: LogConfig,
+    /// Number of shards.
+    pub shards: usize,
+    /// Asset actor settings.
+    pub asset: AssetConfig,
+    /// Restarts allowed per window before escalating (per shard for assets, for the city
+    /// for shards).
+    pub max_restarts: usize,
+    /// See `max_restarts`.
+    pub restart_window: Duration,
+    /// Capacity of the event bus (slow subscribers lag and are told how much they missed).
+    pub bus_capacity: usize,
+    /// Appends queued for the writer before producers wait.
+    pub writer_queue: usize,
+    /// Most events per log append.
+    pub writer_max_batch: usize,
+}
+
+impl TwinConfig {
+    /// Defaults with the log in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        TwinConfig {
+            data_dir: data_dir.into(),
+            log: LogConfig::default(),
+            shards: 8,
+            asset: AssetConfig::default(),
+            max_restarts: 10,
+            restart_window: Duration::from_secs(60),
+            bus_capacity: 65_536,
+            writer_queue: 16_384,
+            writer_max_batch: 8_192,
+        }
+    }
+}
+
+/// Why an event was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// Not a valid event (every problem listed); dead-lettered.
+    #[error("invalid event: {0}")]
+    Invalid(String),
+    /// The asset refused it; dead-lettered.
+    #[error(transparent)]
+    Refused(#[from] CommandError),
+    /// The twin is stopping or a shard is gone.
+    #[error("the twin is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Stable shard of an asset: FNV-1a of its id.
+pub fn shard_of(asset_id: &str, shards: usize) -> usize {
+    let hash = asset_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % shards.max(1) as u64) as usize
+}
+
+/// The log stream of events not about one asset (incidents, weather, outages).
+pub const CITY_STREAM: &str = "city";
+
+/// A running twin.
+#[derive(Debug)]
+pub struct Twin {
+    city: ActorRef<CityMsg>,
+    city_handle: tokio::task::JoinHandle<()>,
+    shards: Arc<RwLock<Vec<ActorRef<ShardMsg>>>>,
+    log: EventLog,
+    writer: LogWriter,
+    bus: broadcast::Sender<Arc<Event>>,
+    shard_events: broadcast::Sender<ShardEvent>,
+}
+
+impl Twin {
+    /// Opens the log (recovering it) and starts the supervision tree.
+    ///
+    /// # Errors
+    /// When the log cannot be opened or the actors cannot start.
+    pub async fn start(config: TwinConfig) -> Result<Twin, ActorProcessingErr> {
+        let (dir, log_config) = (config.data_dir.join("log"), config.log.clone());
+        let log = tokio::task::spawn_blocking(move || EventLog::open(dir, log_config)).await??;
+        let writer = LogWriter::start(log.clone(), config.writer_queue, config.writer_max_batch);
+        let (bus, _) = broadcast::channel(config.bus_capacity.max(1));
+        let (shard_events, _) = broadcast::channel(1024);
+        let shards = Arc::new(RwLock::new(Vec::new()));
+        let args = CityArgs {
+            config,
+            log: log.clone(),
+            writer: writer.clone(),
+            bus: bus.clone(),
+            shard_events: shard_events.clone(),
+            shards: Arc::clone(&shards),
+        };
+        let (city, city_handle) = Actor::spawn(None, CityActor, args).await?;
+        Ok(Twin {
+            city,
+            city_handle,
+            shards,
+            log,
+            writer,
+            bus,
+            shard_events,
+        })
+    }
+
+    /// The event log (read side: replay, time travel, dead letters).
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    /// Every committed event, as it is committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.bus.subscribe()
+    }
+
+    /// Shard notifications (actor starts, passivations, restarts).
+    pub fn shard_events(&self) -> broadcast::Receiver<ShardEvent> {
+        self.shard_events.subscribe()
+    }
+
+    fn shard_for(&self, asset_id: &str) -> Result<ActorRef<ShardMsg>, IngestError> {
+        let shards = self
+            .shards
+            .read()
+            .map_err(|_| IngestError::Unavailable("shard table poisoned".into()))?;
+        shards
+            .get(shard_of(asset_id, shards.len()))
+            .cloned()
+            .ok_or_else(|| IngestError::Unavailable("no shards".into()))
+    }
+
+    /// Validates and ingests one event: routed to its asset (which decides, persists and
+    /// publishes), or, for events about no asset, appended to the city stream and published.
+    /// Invalid and refused events go to the dead-letter queue with the reason.
+    ///
+    /// # Errors
+    /// See [`IngestError`].
+    pub async fn ingest(&self, event: Event) -> Result<Vec<Event>, IngestError> {
+        if let Err(error) = event.validate() {
+            let message = error.to_string();
+            self.dead_letter(event, DeadLetterReason::InvalidFormat(message.clone()))
+                .await;
+            return Err(IngestError::Invalid(message));
+        }
+        let Some(asset_id) = event.asset_id().map(str::to_owned) else {
+            let (_, events) = self
+                .writer
+                .append(CITY_STREAM.to_owned(), Expected::Any, vec![event])
+                .await
+                .map_err(|e| IngestError::Unavailable(e.0))?;
+            for event in &events {
+                let _ = self.bus.send(Arc::new(event.clone()));
+            }
+            return Ok(events);
+        };
+        let shard = self.shard_for(&asset_id)?;
+        let command = AssetCommand::Observe(Box::new(event.clone()));
+        let reply = shard
+            .call(
+                |reply| ShardMsg::Command(asset_id, command, reply),
+                Some(Duration::from_secs(30)),
+            )
+            .await
+            .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+        match reply {
+            CallResult::Success(Ok(events)) => Ok(events),
+            CallResult::Success(Err(error)) => {
+                if let CommandError::Rejected(rejection) = &error {
+                    self.dead_letter(event, DeadLetterReason::Rejected(rejection.to_string()))
+                        .await;
+                }
+                Err(IngestError::Refused(error))
+            }
+            other => Err(IngestError::Unavailable(format!("{other:?}"))),
+        }
+    }
+
+    async fn dead_letter(&self, event: Event, reason: DeadLetterReason) {
+        let log = self.log.clone();
+        let stored = tokio::task::spawn_blocking(move || dead_letter(&log, &event, &reason)).await;
+        if !matches!(stored, Ok(Ok(()))) {
+            tracing::error!(?stored, "could not dead-letter an event");
+        }
+    }
+
+    /// The current state of an asset (rehydrated if it was passivated).
+    ///
+    /// # Errors
+    /// When the twin is unavailable.
+    pub async fn asset_state(&self, asset_id: &str) -> Result<AssetState, IngestError> {
+        let shard = self.shard_for(asset_id)?;
+        let id = asset_id.to_owned();
+        match shard
+            .call(
+                |reply| ShardMsg::GetState(id, reply),
+                Some(Duration::from_secs(30)),
+            )
+            .await
+        {
+            Ok(CallResult::Success(state)) => Ok(state),
+            other => Err(IngestError::Unavailable(format!("{other:?}"))),
+        }
+    }
+
+    /// Asset actors alive, over all shards.
+    ///
+    /// # Errors
+    /// When the twin is unavailable.
+    pub async fn live_assets(&self) -> Result<usize, IngestError> {
+        let shards = self
+            .shards
+            .read()
+            .map_err(|_| IngestError::Unavailable("shard table poisoned".into()))?
+            .clone();
+        let mut total = 0;
+        for shard in shards {
+            match shard
+                .call(ShardMsg::LiveCount, Some(Duration::from_secs(30)))
+                .await
+            {
+                Ok(CallResult::Success(n)) => total += n,
+                other => return Err(IngestError::Unavailable(format!("{other:?}"))),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Stops every actor and flushes the log.
+    ///
+    /// # Errors
+    /// When the final sync fails.
+    pub async fn shutdown(self) -> Result<(), ActorProcessingErr> {
+        self.city.stop(None);
+        self.city_handle.await?;
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.flush()).await??;
+        Ok(())
+    }
+}
+
+/// Messages of the city supervisor (it only supervises).
+#[derive(Debug)]
+pub enum CityMsg {}
+
+/// What the city supervisor starts with (built by [`Twin::start`]).
+#[derive(Debug)]
+pub struct CityArgs {
+    config: TwinConfig,
+    log: EventLog,
+    writer: LogWriter,
+    bus: broadcast::Sender<Arc<Event>>,
+    shard_events: broadcast::Sender<ShardEvent>,
+    shards: Arc<RwLock<Vec<ActorRef<ShardMsg>>>>,
+}
+
+/// The city supervisor's state.
+#[derive(Debug)]
+pub struct CityState {
+    args: CityArgs,
+    ids: Vec<ActorId>,
+    restarts: VecDeque<tokio::time::Instant>,
+}
+
+/// The root supervisor (see the module documentation).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CityActor;
+
+impl CityActor {
+    async fn spawn_shard(
+        &self,
+        myself: &ActorRef<CityMsg>,
+        shard: usize,
+        state: &CityArgs,
+    ) -> Result<ActorRef<ShardMsg>, ActorProcessingErr> {
+        let args = ShardArgs {
+            shard,
+            log: state.log.clone(),
+            writer: state.writer.clone(),
+            asset: state.config.asset.clone(),
+            max_restarts: state.config.max_restarts,
+            restart_window: state.config.restart_window,
+            publish: Some(state.bus.clone()),
+            events: Some(state.shard_events.clone()),
+        };
+        let (actor, _) = Actor::spawn_linked(None, ShardActor, args, myself.get_cell()).await?;
+        Ok(actor)
+    }
+}
+
+impl Actor for CityActor {
+    type Msg = CityMsg;
+    type State = CityState;
+    type Arguments = CityArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CityMsg>,
+        args: CityArgs,
+    ) -> Result<CityState, ActorProcessingErr> {
+        let mut shards = Vec::with_capacity(args.config.shards);
+        for shard in 0..args.config.shards.max(1) {
+            shards.push(self.spawn_shard(&myself, shard, &args).await?);
+        }
+        let ids = shards.iter().map(|shard| shard.get_id()).collect();
+        *args.shards.write().map_err(|_| "shard table poisoned")? = shards;
+        Ok(CityState {
+            args,
+            ids,
+            restarts: VecDeque::new(),
+        })
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<CityMsg>,
+        event: SupervisionEvent,
+        state: &mut CityState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, error) = event {
+            let Some(shard) = state.ids.iter().position(|id| *id == cell.get_id()) else {
+                return Ok(());
+            };
+            let now = tokio::time::Instant::now();
+            state.restarts.push_back(now);
+            while state
+                .restarts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > state.args.config.restart_window)
+            {
+                state.restarts.pop_front();
+            }
+            if state.restarts.len() > state.args.config.max_restarts {
+                tracing::error!(shard, %error, "too many shard failures: stopping the twin");
+                return Err(
+                    format!("too many shard failures; last: shard {shard}: {error}").into(),
+                );
+            }
+            tracing::warn!(shard, %error, "shard failed; restarting it");
+            let actor = self.spawn_shard(&myself, shard, &state.args).await?;
+            state.ids[shard] = actor.get_id();
+            state
+                .args
+                .shards
+                .write()
+                .map_err(|_| "shard table poisoned")?[shard] = actor;
+        }
+        Ok(())
+    }
+}

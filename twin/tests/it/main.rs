@@ -1,0 +1,3 @@
+//! Integration tests of `citytwin-twin`: one binary, one module per area.
+
+mod twin;

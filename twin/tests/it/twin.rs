@@ -1,0 +1,202 @@
+//! The twin through its narrow interface: ingest, state, bus, dead letters, restart.
+
+use std::time::Duration;
+
+use citytwin_core::event::{
+    AssetCommissioned, AssetCreated, Event, Location, MetricRecorded, Severity, Timestamp,
+    TrafficIncidentReported, Unit,
+};
+use citytwin_core::log::{Durability, LogConfig};
+use citytwin_twin::asset::logic::Lifecycle;
+use citytwin_twin::city::{IngestError, Twin, TwinConfig, shard_of};
+use citytwin_twin::deadletter::dead_letters;
+
+const T0: i64 = 1_736_899_200;
+
+fn config(dir: &std::path::Path) -> TwinConfig {
+    TwinConfig {
+        shards: 3,
+        log: LogConfig {
+            durability: Durability::Always,
+            ..LogConfig::default()
+        },
+        ..TwinConfig::new(dir)
+    }
+}
+
+fn created(id: &str) -> Event {
+    Event::new(
+        format!("{id}-created"),
+        "/inventory",
+        AssetCreated {
+            asset_id: id.into(),
+            asset_type: "traffic_counter".into(),
+            name: None,
+            location: Some(Location::new(40.7128, -74.006)),
+            reporting_interval_s: None,
+            attributes: Default::default(),
+        },
+    )
+    .with_time(Timestamp::from_secs(T0))
+    .with_organization("org_a")
+}
+
+fn commissioned(id: &str) -> Event {
+    Event::new(
+        format!("{id}-commissioned"),
+        "/inventory",
+        AssetCommissioned {
+            asset_id: id.into(),
+            commissioned_by: None,
+            firmware_version: None,
+        },
+    )
+    .with_time(Timestamp::from_secs(T0 + 1))
+}
+
+fn reading(id: &str, n: u32, value: f64) -> Event {
+    Event::new(
+        format!("{id}-r{n}"),
+        "/sensors",
+        MetricRecorded {
+            asset_id: id.into(),
+            metric_type: "vehicle_count".into(),
+            value,
+            unit: Unit::from("{vehicles}"),
+            location: Some(Location::new(40.7128, -74.006)),
+        },
+    )
+    .with_time(Timestamp::from_secs(T0 + 60 + i64::from(n)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_routes_persists_publishes_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = Twin::start(config(dir.path())).await.unwrap();
+    let mut bus = twin.subscribe();
+    let assets = ["c1", "c2", "c3", "c4", "c5"];
+    assert!(
+        assets
+            .iter()
+            .map(|a| shard_of(a, 3))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            > 1,
+        "assets spread over shards"
+    );
+    for asset in assets {
+        twin.ingest(created(asset)).await.unwrap();
+        twin.ingest(commissioned(asset)).await.unwrap();
+        let events = twin.ingest(reading(asset, 1, 12.0)).await.unwrap();
+        assert_eq!(events.len(), 2, "reading + asset.online");
+    }
+    // Events about no asset go to the city stream, and to subscribers.
+    let incident = Event::new(
+        "i1",
+        "/traffic",
+        TrafficIncidentReported {
+            incident_id: "i1".into(),
+            kind: "accident".into(),
+            location: Location::new(40.7128, -74.006),
+            severity: Severity::Major,
+            expected_duration_s: None,
+            description: None,
+        },
+    )
+    .with_time(Timestamp::from_secs(T0 + 90));
+    twin.ingest(incident).await.unwrap();
+    let mut seen = Vec::new();
+    while let Ok(event) = bus.try_recv() {
+        seen.push(event.id.clone());
+    }
+    assert_eq!(
+        seen.len(),
+        5 * 4 + 1,
+        "every committed event was published: {seen:?}"
+    );
+    assert_eq!(seen.last().map(String::as_str), Some("i1"));
+    let before = twin.asset_state("c3").await.unwrap();
+    assert_eq!(
+        (before.status, before.metrics["vehicle_count"].last),
+        (Lifecycle::Online, 12.0)
+    );
+    twin.shutdown().await.unwrap();
+
+    let twin = Twin::start(config(dir.path())).await.unwrap();
+    assert_eq!(
+        twin.asset_state("c3").await.unwrap(),
+        before,
+        "rebuilt from the log after a restart"
+    );
+    assert_eq!(twin.log().next_position(), 21);
+    twin.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_and_refused_events_get_a_reason_and_go_to_the_dead_letter_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = Twin::start(config(dir.path())).await.unwrap();
+    let mut invalid = reading("c1", 1, 1.0);
+    invalid.source = "not a uri".into();
+    match twin.ingest(invalid).await {
+        Err(IngestError::Invalid(message)) => assert_eq!(message, "source is not a URI-reference"),
+        other => panic!("expected an invalid-event error, got {other:?}"),
+    }
+    let refused = twin.ingest(reading("ghost", 1, 1.0)).await.unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "unknown asset \"ghost\": it was never created"
+    );
+    let letters = dead_letters(twin.log()).unwrap();
+    let reasons: Vec<(&str, &str)> = letters
+        .iter()
+        .map(|l| (l.reason.as_str(), l.message.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("invalid_format", "source is not a URI-reference"),
+            ("rejected", "unknown asset \"ghost\": it was never created")
+        ]
+    );
+    assert_eq!(
+        letters[1].original.as_ref().map(|e| e.id.as_str()),
+        Some("ghost-r1")
+    );
+    // The twin keeps running.
+    twin.ingest(created("c1")).await.unwrap();
+    twin.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_active_assets_stay_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.asset.idle_timeout = Duration::from_millis(100);
+    let twin = Twin::start(config).await.unwrap();
+    let mut shard_events = twin.shard_events();
+    for i in 0..20 {
+        twin.ingest(created(&format!("a{i}"))).await.unwrap();
+    }
+    // All twenty passivate once idle.
+    let mut passivated = 0;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while passivated < 20 {
+            if let citytwin_twin::shard::ShardEvent::Passivated(_) =
+                shard_events.recv().await.unwrap()
+            {
+                passivated += 1;
+            }
+        }
+    })
+    .await
+    .expect("every idle asset passivates");
+    assert_eq!(twin.live_assets().await.unwrap(), 0);
+    assert_eq!(
+        twin.asset_state("a7").await.unwrap().status,
+        Lifecycle::Created,
+        "rehydrated on demand"
+    );
+    assert_eq!(twin.live_assets().await.unwrap(), 1);
+    twin.shutdown().await.unwrap();
+}
