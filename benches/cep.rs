@@ -64,19 +64,11 @@ fn metric_events(
 fn run(c: &mut Criterion, name: &str, rules: &str, events: &[Event]) {
     let rules = parse_rules(rules).unwrap();
     let mut group = c.benchmark_group("cep");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(10))
-        .warm_up_time(Duration::from_secs(1));
+    group.sample_size(10).measurement_time(Duration::from_secs(10)).warm_up_time(Duration::from_secs(1));
     group.throughput(Throughput::Elements(events.len() as u64));
     group.bench_function(name, |b| {
         b.iter_batched(
-            || {
-                (
-                    Engine::new(rules.clone(), EngineConfig::default()),
-                    Vec::with_capacity(1 << 16),
-                )
-            },
+            || (Engine::new(rules.clone(), EngineConfig::default()), Vec::with_capacity(1 << 16)),
             |(mut engine, mut out)| {
                 for event in events {
                     engine.process(event, &mut out);
@@ -146,20 +138,13 @@ pattern = { sequence = [{ metric = "pm25", op = ">", value = 95 }], absent = { m
         }
         i += 1;
     }
-    let congestion = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scenarios/rules/congestion.toml"
-    ))
-    .unwrap();
+    let congestion =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/rules/congestion.toml")).unwrap();
     let events = metric_events(
         N_EVENTS,
         10_000,
         |i| {
-            if i % 2 == 0 {
-                "vehicle_count"
-            } else {
-                "avg_speed"
-            }
+            if i % 2 == 0 { "vehicle_count" } else { "avg_speed" }
         },
         Some(&locations),
     );

@@ -33,14 +33,7 @@ fn event(i: u64) -> Event {
 }
 
 fn open(dir: &std::path::Path, durability: Durability) -> EventLog {
-    EventLog::open(
-        dir,
-        LogConfig {
-            durability,
-            ..LogConfig::default()
-        },
-    )
-    .unwrap()
+    EventLog::open(dir, LogConfig { durability, ..LogConfig::default() }).unwrap()
 }
 
 fn appends(c: &mut Criterion) {
@@ -49,16 +42,9 @@ fn appends(c: &mut Criterion) {
     let frame = citytwin_core::codec::msgpack::encode(&events[0]).len();
     eprintln!("event size in storage: {frame} bytes of MessagePack (+ frame header)");
     let mut group = c.benchmark_group("log_append");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(8))
-        .warm_up_time(Duration::from_secs(1));
+    group.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
     let cases: [(&str, Durability, usize); 5] = [
-        (
-            "interval_5ms_batch_1024",
-            Durability::Interval(Duration::from_millis(5)),
-            1024,
-        ),
+        ("interval_5ms_batch_1024", Durability::Interval(Duration::from_millis(5)), 1024),
         ("never_batch_1024", Durability::Never, 1024),
         ("always_batch_1", Durability::Always, 1),
         ("always_batch_64", Durability::Always, 64),
@@ -71,24 +57,16 @@ fn appends(c: &mut Criterion) {
         let batch: Vec<Append<'_>> = events[..batch_size]
             .iter()
             .zip(&streams)
-            .map(|(event, stream)| Append {
-                stream,
-                expected: Expected::Any,
-                event,
-            })
+            .map(|(event, stream)| Append { stream, expected: Expected::Any, event })
             .collect();
-        group.bench_function(name, |b| {
-            b.iter(|| black_box(log.append_batch(&batch).unwrap()))
-        });
+        group.bench_function(name, |b| b.iter(|| black_box(log.append_batch(&batch).unwrap())));
     }
     group.finish();
 }
 
 fn reads(c: &mut Criterion) {
-    let n_events: u64 = std::env::var("CITYTWIN_BENCH_LOG_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
+    let n_events: u64 =
+        std::env::var("CITYTWIN_BENCH_LOG_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), Durability::Never);
     // One stream ("needle") gets exactly 1,000 events spread evenly over the log.
@@ -102,21 +80,13 @@ fn reads(c: &mut Criterion) {
         streams.clear();
         for j in i..(i + 4096).min(n_events) {
             let needle = j % needle_every == needle_every / 2;
-            streams.push(if needle {
-                "needle".to_owned()
-            } else {
-                format!("sensor_{:06}", j % 100_000)
-            });
+            streams.push(if needle { "needle".to_owned() } else { format!("sensor_{:06}", j % 100_000) });
             events.push(event(j));
         }
         let batch: Vec<Append<'_>> = events
             .iter()
             .zip(&streams)
-            .map(|(event, stream)| Append {
-                stream,
-                expected: Expected::Any,
-                event,
-            })
+            .map(|(event, stream)| Append { stream, expected: Expected::Any, event })
             .collect();
         log.append_batch(&batch).unwrap();
         i += batch.len() as u64;
@@ -131,10 +101,7 @@ fn reads(c: &mut Criterion) {
     drop(log);
     let started = Instant::now();
     let log = open(dir.path(), Durability::Never);
-    eprintln!(
-        "reopen (verify every frame, rebuild indexes): {:.2?}",
-        started.elapsed()
-    );
+    eprintln!("reopen (verify every frame, rebuild indexes): {:.2?}", started.elapsed());
 
     let mut group = c.benchmark_group("log_read");
     group.sample_size(10).warm_up_time(Duration::from_secs(1));

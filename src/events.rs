@@ -18,9 +18,7 @@ pub(crate) enum EventsCommand {
     /// Input may be one CloudEvent (JSON), a batch (a JSON array), or JSON lines; each event
     /// may be CloudEvents structured JSON or the custom envelope (recognised by its
     /// `event_id` member). Exits 1 when any event is invalid.
-    #[command(
-        after_help = "Example:\n  citytwin events check scenarios/events/seed-examples.jsonl"
-    )]
+    #[command(after_help = "Example:\n  citytwin events check scenarios/events/seed-examples.jsonl")]
     Check {
         /// The file to read, or `-` for standard input.
         input: PathBuf,
@@ -28,9 +26,7 @@ pub(crate) enum EventsCommand {
     /// Validate events and write them in another encoding, one per line.
     ///
     /// Invalid events are reported on standard error and skipped (exit code 1).
-    #[command(
-        after_help = "Example:\n  citytwin events convert --to http scenarios/events/seed-examples.jsonl"
-    )]
+    #[command(after_help = "Example:\n  citytwin events convert --to http scenarios/events/seed-examples.jsonl")]
     Convert {
         /// The file to read, or `-` for standard input.
         input: PathBuf,
@@ -60,11 +56,7 @@ pub(crate) fn run(command: EventsCommand) -> anyhow::Result<ExitCode> {
         EventsCommand::Check { input } => {
             let (valid, invalid) = for_each_event(&input, |_| Ok(()))?;
             println!("{valid} valid, {invalid} invalid");
-            Ok(if invalid == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(if invalid == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         EventsCommand::Convert { input, to } => {
             let stdout = std::io::stdout();
@@ -73,11 +65,7 @@ pub(crate) fn run(command: EventsCommand) -> anyhow::Result<ExitCode> {
                 let line = encode(event, to);
                 writeln!(out, "{line}").context("writing to standard output")
             })?;
-            Ok(if invalid == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(if invalid == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
 }
@@ -96,10 +84,7 @@ fn encode(event: &Event, encoding: Encoding) -> String {
             serde_json::json!({"content_type": message.content_type, "user_properties": message.user_properties, "payload": text(message.payload)})
                 .to_string()
         }
-        Encoding::Msgpack => msgpack::encode(event)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        Encoding::Msgpack => msgpack::encode(event).iter().map(|b| format!("{b:02x}")).collect(),
     }
 }
 
@@ -130,9 +115,7 @@ pub(crate) fn for_each_event(
 fn read_input(input: &PathBuf) -> anyhow::Result<String> {
     if input.as_os_str() == "-" {
         let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading standard input")?;
+        std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
         Ok(text)
     } else {
         std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))
@@ -144,16 +127,10 @@ fn read_input(input: &PathBuf) -> anyhow::Result<String> {
 fn split_items(text: &str) -> anyhow::Result<Vec<(String, Value)>> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
-        let Value::Array(items) =
-            serde_json::from_str(text).context("not a JSON array of events")?
-        else {
+        let Value::Array(items) = serde_json::from_str(text).context("not a JSON array of events")? else {
             unreachable!("a JSON text starting with [ is an array")
         };
-        return Ok(items
-            .into_iter()
-            .enumerate()
-            .map(|(i, value)| (format!("event {i}"), value))
-            .collect());
+        return Ok(items.into_iter().enumerate().map(|(i, value)| (format!("event {i}"), value)).collect());
     }
     if let Ok(value) = serde_json::from_str::<Value>(text) {
         return Ok(vec![("event 0".to_owned(), value)]);
@@ -163,17 +140,12 @@ fn split_items(text: &str) -> anyhow::Result<Vec<(String, Value)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let value =
-            serde_json::from_str(line).with_context(|| format!("line {}: not JSON", i + 1))?;
+        let value = serde_json::from_str(line).with_context(|| format!("line {}: not JSON", i + 1))?;
         items.push((format!("line {}", i + 1), value));
     }
     Ok(items)
 }
 
 fn decode_any(value: Value) -> citytwin_core::Result<Event> {
-    if value.get("event_id").is_some() {
-        Envelope::from_value(value)?.into_event()
-    } else {
-        json::from_value(value)
-    }
+    if value.get("event_id").is_some() { Envelope::from_value(value)?.into_event() } else { json::from_value(value) }
 }

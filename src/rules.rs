@@ -24,9 +24,7 @@ pub(crate) enum RulesCommand {
     /// Events are read as for `citytwin events check` (CloudEvents JSON, batch, JSON lines or
     /// envelopes), in file order; at the end the watermark is advanced past the last event so
     /// every window closes and every negation is decided.
-    #[command(
-        after_help = "Example:\n  citytwin rules run --rules scenarios/rules/congestion.toml events.jsonl"
-    )]
+    #[command(after_help = "Example:\n  citytwin rules run --rules scenarios/rules/congestion.toml events.jsonl")]
     Run {
         /// Rule files.
         #[arg(long = "rules", required = true)]
@@ -59,26 +57,14 @@ pub(crate) fn run(command: RulesCommand) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
-        RulesCommand::Run {
-            rules,
-            events,
-            max_out_of_orderness,
-            alerts_as_events,
-        } => {
+        RulesCommand::Run { rules, events, max_out_of_orderness, alerts_as_events } => {
             let mut all = Vec::new();
             for file in &rules {
                 all.extend(load(file).map_err(anyhow::Error::msg)?);
             }
-            let config = EngineConfig {
-                max_out_of_orderness,
-                ..EngineConfig::default()
-            };
+            let config = EngineConfig { max_out_of_orderness, ..EngineConfig::default() };
             tracing::info!(rules = all.len(), max_out_of_orderness = %format_duration(max_out_of_orderness), "running rules");
             let mut engine = Engine::new(all, config);
             let mut outputs = Vec::new();
@@ -96,15 +82,8 @@ pub(crate) fn run(command: RulesCommand) -> anyhow::Result<ExitCode> {
                 );
                 print_outputs(&mut outputs, alerts_as_events);
             }
-            eprintln!(
-                "{} late events, {invalid} invalid events",
-                engine.late_count()
-            );
-            Ok(if invalid == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            eprintln!("{} late events, {invalid} invalid events", engine.late_count());
+            Ok(if invalid == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
 }
@@ -115,12 +94,7 @@ fn load(file: &PathBuf) -> Result<Vec<Rule>, String> {
         .with_context(|| format!("reading {}", file.display()))
         .map_err(|e| format!("{e:#}"))?;
     parse_rules(&text).map_err(|errors| {
-        errors
-            .0
-            .iter()
-            .map(|e| format!("{}: {}: {}", file.display(), e.path, e.message))
-            .collect::<Vec<_>>()
-            .join("\n")
+        errors.0.iter().map(|e| format!("{}: {}: {}", file.display(), e.path, e.message)).collect::<Vec<_>>().join("\n")
     })
 }
 
@@ -128,8 +102,7 @@ fn print_outputs(outputs: &mut Vec<Output>, alerts_as_events: bool) {
     for output in outputs.drain(..) {
         match output {
             Output::Window(w) => {
-                let values: Vec<String> =
-                    w.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let values: Vec<String> = w.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
                     "window {} {} [{}, {}) {:?} count={} {}",
                     w.rule_id,
@@ -145,8 +118,7 @@ fn print_outputs(outputs: &mut Vec<Output>, alerts_as_events: bool) {
                 println!("{}", String::from_utf8_lossy(&json::encode(&a.to_event())))
             }
             Output::Alert(a) => {
-                let values: Vec<String> =
-                    a.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let values: Vec<String> = a.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
                     "ALERT {} {} {} at {} {} causes={} actions={}",
                     a.severity,
@@ -158,10 +130,7 @@ fn print_outputs(outputs: &mut Vec<Output>, alerts_as_events: bool) {
                     a.actions.join(",")
                 );
             }
-            Output::Late(l) => println!(
-                "late {} {} time={} watermark={}",
-                l.rule_id, l.event_id, l.time, l.watermark
-            ),
+            Output::Late(l) => println!("late {} {} time={} watermark={}", l.rule_id, l.event_id, l.time, l.watermark),
             Output::Untimed { event_id } => println!("untimed {event_id} (no time attribute)"),
         }
     }

@@ -8,25 +8,20 @@ use std::time::Duration;
 /// # Errors
 /// A message saying what was expected, for a config error.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let expected =
-        || format!("expected a duration like \"5m\", \"30s\" or \"1h30m\", found {text:?}");
+    let expected = || format!("expected a duration like \"5m\", \"30s\" or \"1h30m\", found {text:?}");
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(expected());
     }
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(expected)?;
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(expected)?;
         if digits == 0 {
             return Err(expected());
         }
         let amount: u64 = rest[..digits].parse().map_err(|_| expected())?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let part = match &rest[..unit_len] {
             "ms" => Duration::from_millis(amount),
             "s" => Duration::from_secs(amount),
@@ -48,13 +43,7 @@ pub fn format_duration(duration: Duration) -> String {
         return "0s".to_owned();
     }
     let mut out = String::new();
-    for (unit, size) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1000),
-        ("ms", 1),
-    ] {
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)] {
         if ms >= size {
             out.push_str(&format!("{}{unit}", ms / size));
             ms %= size;

@@ -31,9 +31,7 @@ pub enum Error {
     },
     /// An earlier write or sync failed; the log refuses writes until it is reopened (which
     /// verifies and repairs the tail).
-    #[error(
-        "the event log is poisoned by an earlier I/O failure and refuses writes; reopen it to recover"
-    )]
+    #[error("the event log is poisoned by an earlier I/O failure and refuses writes; reopen it to recover")]
     Poisoned,
     /// Optimistic concurrency: the stream was not at the expected sequence; nothing was written.
     #[error("stream {stream:?} is at sequence {actual}, expected {expected}")]
@@ -69,9 +67,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn malformed(format: &'static str, reason: impl ToString) -> Self {
-        Error::Malformed {
-            format,
-            reason: reason.to_string(),
-        }
+        Error::Malformed { format, reason: reason.to_string() }
     }
 }

@@ -15,11 +15,7 @@ fn events_check_reports_every_problem_by_line() {
     let output = citytwin(&["events", "check", "scenarios/events/seed-examples.jsonl"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "one sample event is invalid; stderr: {stderr}"
-    );
+    assert_eq!(output.status.code(), Some(1), "one sample event is invalid; stderr: {stderr}");
     assert!(stdout.contains("3 valid, 1 invalid"), "{stdout}");
     for problem in [
         "line 4:",
@@ -28,54 +24,26 @@ fn events_check_reports_every_problem_by_line() {
         "source is not a URI-reference",
         "data does not match the schema",
     ] {
-        assert!(
-            stderr.contains(problem),
-            "stderr should contain {problem:?}: {stderr}"
-        );
+        assert!(stderr.contains(problem), "stderr should contain {problem:?}: {stderr}");
     }
 }
 
 #[test]
 fn events_convert_to_envelope_and_back() {
-    let output = citytwin(&[
-        "events",
-        "convert",
-        "--to",
-        "envelope",
-        "scenarios/events/seed-examples.jsonl",
-    ]);
+    let output = citytwin(&["events", "convert", "--to", "envelope", "scenarios/events/seed-examples.jsonl"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
-    assert!(
-        lines[0].contains("\"event_type\":\"metric.recorded\""),
-        "{}",
-        lines[0]
-    );
+    assert!(lines[0].contains("\"event_type\":\"metric.recorded\""), "{}", lines[0]);
     // Converting the envelopes back gives the same CloudEvents as converting the originals.
     let dir = std::env::temp_dir().join(format!("citytwin-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let envelopes = dir.join("envelopes.jsonl");
     std::fs::write(&envelopes, stdout.as_bytes()).unwrap();
-    let via_envelope = citytwin(&[
-        "events",
-        "convert",
-        "--to",
-        "json",
-        envelopes.to_str().unwrap(),
-    ]);
-    let direct = citytwin(&[
-        "events",
-        "convert",
-        "--to",
-        "json",
-        "scenarios/events/seed-examples.jsonl",
-    ]);
+    let via_envelope = citytwin(&["events", "convert", "--to", "json", envelopes.to_str().unwrap()]);
+    let direct = citytwin(&["events", "convert", "--to", "json", "scenarios/events/seed-examples.jsonl"]);
     assert_eq!(via_envelope.status.code(), Some(0));
-    assert_eq!(
-        String::from_utf8_lossy(&via_envelope.stdout),
-        String::from_utf8_lossy(&direct.stdout)
-    );
+    assert_eq!(String::from_utf8_lossy(&via_envelope.stdout), String::from_utf8_lossy(&direct.stdout));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -84,10 +52,7 @@ fn help_teaches_with_examples() {
     let output = citytwin(&["--help"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
-    assert!(
-        stdout.contains("Examples:") && stdout.contains("citytwin events check"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("Examples:") && stdout.contains("citytwin events check"), "{stdout}");
 }
 
 #[test]
@@ -100,30 +65,11 @@ fn rules_run_finds_congestion_but_not_where_an_incident_was_reported() {
         "scenarios/events/congestion-sample.jsonl",
     ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let alerts: Vec<&str> = stdout.lines().filter(|l| l.starts_with("ALERT")).collect();
-    assert_eq!(
-        alerts.len(),
-        1,
-        "one congested cell without incident: {stdout}"
-    );
-    assert!(
-        alerts[0].contains("sum(vehicle_count)=110") && alerts[0].contains("causes=c1,c2,s1"),
-        "{}",
-        alerts[0]
-    );
-    assert_eq!(
-        stdout
-            .lines()
-            .filter(|l| l.starts_with("window congestion"))
-            .count(),
-        2,
-        "{stdout}"
-    );
+    assert_eq!(alerts.len(), 1, "one congested cell without incident: {stdout}");
+    assert!(alerts[0].contains("sum(vehicle_count)=110") && alerts[0].contains("causes=c1,c2,s1"), "{}", alerts[0]);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("window congestion")).count(), 2, "{stdout}");
 
     let as_events = citytwin(&[
         "rules",
@@ -133,13 +79,8 @@ fn rules_run_finds_congestion_but_not_where_an_incident_was_reported() {
         "scenarios/rules/congestion.toml",
         "scenarios/events/congestion-sample.jsonl",
     ]);
-    let line = String::from_utf8_lossy(&as_events.stdout)
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .unwrap()
-        .to_owned();
-    let event =
-        citytwin_core::codec::json::decode(line.as_bytes()).expect("alerts are valid CloudEvents");
+    let line = String::from_utf8_lossy(&as_events.stdout).lines().find(|l| l.starts_with('{')).unwrap().to_owned();
+    let event = citytwin_core::codec::json::decode(line.as_bytes()).expect("alerts are valid CloudEvents");
     assert_eq!(event.ty.as_str(), "com.smartcities.alert.triggered");
     assert_eq!(event.ext.causationid.as_deref(), Some("c1,c2,s1"));
 }
@@ -149,19 +90,15 @@ fn rules_check_reports_errors_with_file_and_path() {
     let dir = std::env::temp_dir().join(format!("citytwin-rules-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[[rules]]\nid = \"x\"\npattern = { sequence = [{ type = \"a\" }, { type = \"b\" }], within = \"soon\" }\n").unwrap();
-    let output = citytwin(&[
-        "rules",
-        "check",
-        "scenarios/rules/congestion.toml",
-        bad.to_str().unwrap(),
-    ]);
+    std::fs::write(
+        &bad,
+        "[[rules]]\nid = \"x\"\npattern = { sequence = [{ type = \"a\" }, { type = \"b\" }], within = \"soon\" }\n",
+    )
+    .unwrap();
+    let output = citytwin(&["rules", "check", "scenarios/rules/congestion.toml", bad.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr.contains("bad.toml: rules[0].pattern.within: expected a duration"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("bad.toml: rules[0].pattern.within: expected a duration"), "{stderr}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("congestion ok"));
     std::fs::remove_dir_all(&dir).ok();
 }

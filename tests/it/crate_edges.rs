@@ -34,16 +34,8 @@ const RULES: &[Rule] = &[
         ],
         no_workspace_deps: true,
     },
-    Rule {
-        krate: "citytwin-visualizer",
-        forbidden: &["citytwin-twin"],
-        no_workspace_deps: false,
-    },
-    Rule {
-        krate: "citytwin-proto",
-        forbidden: &["citytwin-twin", "ractor", "bevy"],
-        no_workspace_deps: false,
-    },
+    Rule { krate: "citytwin-visualizer", forbidden: &["citytwin-twin"], no_workspace_deps: false },
+    Rule { krate: "citytwin-proto", forbidden: &["citytwin-twin", "ractor", "bevy"], no_workspace_deps: false },
 ];
 
 /// Every violation of `rules` in `metadata` (the output of `cargo metadata --format-version 1`),
@@ -53,36 +45,18 @@ fn violations(metadata: &Value, rules: &[Rule]) -> Vec<String> {
         .as_array()
         .expect("metadata has packages")
         .iter()
-        .map(|package| {
-            (
-                package["id"].as_str().unwrap(),
-                package["name"].as_str().unwrap(),
-            )
-        })
+        .map(|package| (package["id"].as_str().unwrap(), package["name"].as_str().unwrap()))
         .collect();
-    let members: BTreeSet<&str> = metadata["workspace_members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| names[id.as_str().unwrap()])
-        .collect();
+    let members: BTreeSet<&str> =
+        metadata["workspace_members"].as_array().unwrap().iter().map(|id| names[id.as_str().unwrap()]).collect();
     let mut edges: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for node in metadata["resolve"]["nodes"]
-        .as_array()
-        .expect("metadata has a resolve graph")
-    {
+    for node in metadata["resolve"]["nodes"].as_array().expect("metadata has a resolve graph") {
         let from = node["id"].as_str().unwrap();
         for dep in node["deps"].as_array().unwrap() {
-            let not_dev_only = dep["dep_kinds"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|kind| kind["kind"].as_str() != Some("dev"));
+            let not_dev_only =
+                dep["dep_kinds"].as_array().unwrap().iter().any(|kind| kind["kind"].as_str() != Some("dev"));
             if not_dev_only {
-                edges
-                    .entry(from)
-                    .or_default()
-                    .push(dep["pkg"].as_str().unwrap());
+                edges.entry(from).or_default().push(dep["pkg"].as_str().unwrap());
             }
         }
     }
@@ -105,8 +79,7 @@ fn violations(metadata: &Value, rules: &[Rule]) -> Vec<String> {
         }
         for &id in reached_from.keys() {
             let name = names[id];
-            let forbidden = rule.forbidden.contains(&name)
-                || (rule.no_workspace_deps && members.contains(name));
+            let forbidden = rule.forbidden.contains(&name) || (rule.no_workspace_deps && members.contains(name));
             if forbidden {
                 let mut path = vec![name];
                 let mut at = id;
@@ -117,11 +90,7 @@ fn violations(metadata: &Value, rules: &[Rule]) -> Vec<String> {
                 path.push(rule.krate);
                 path.dedup();
                 path.reverse();
-                found.push(format!(
-                    "{} must not depend on {name}: {}",
-                    rule.krate,
-                    path.join(" -> ")
-                ));
+                found.push(format!("{} must not depend on {name}: {}", rule.krate, path.join(" -> ")));
             }
         }
     }
@@ -136,19 +105,10 @@ fn workspace_respects_its_crate_boundaries() {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
         .output()
         .expect("cargo metadata runs");
-    assert!(
-        output.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let metadata: Value =
-        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    assert!(output.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
+    let metadata: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
     let found = violations(&metadata, RULES);
-    assert!(
-        found.is_empty(),
-        "forbidden crate edges:\n{}",
-        found.join("\n")
-    );
+    assert!(found.is_empty(), "forbidden crate edges:\n{}", found.join("\n"));
 }
 
 /// A tiny metadata document: `edges` are (from, to, kind) with kind `normal`, `dev` or `build`.
@@ -159,10 +119,7 @@ fn fake_metadata(members: &[&str], edges: &[(&str, &str, &str)]) -> Value {
         all.insert(to);
     }
     let id = |name: &str| format!("{name} 0.1.0");
-    let packages: Vec<Value> = all
-        .iter()
-        .map(|name| json!({"id": id(name), "name": name}))
-        .collect();
+    let packages: Vec<Value> = all.iter().map(|name| json!({"id": id(name), "name": name})).collect();
     let nodes: Vec<Value> = all
         .iter()
         .map(|name| {
@@ -182,12 +139,7 @@ fn fake_metadata(members: &[&str], edges: &[(&str, &str, &str)]) -> Value {
 
 #[test]
 fn checker_catches_direct_and_transitive_forbidden_edges() {
-    let members = [
-        "citytwin-core",
-        "citytwin-twin",
-        "citytwin-visualizer",
-        "citytwin-proto",
-    ];
+    let members = ["citytwin-core", "citytwin-twin", "citytwin-visualizer", "citytwin-proto"];
     let clean = fake_metadata(
         &members,
         &[
@@ -199,18 +151,10 @@ fn checker_catches_direct_and_transitive_forbidden_edges() {
     assert_eq!(violations(&clean, RULES), Vec::<String>::new());
 
     let direct = fake_metadata(&members, &[("citytwin-core", "tokio", "normal")]);
-    assert_eq!(
-        violations(&direct, RULES),
-        ["citytwin-core must not depend on tokio: citytwin-core -> tokio"]
-    );
+    assert_eq!(violations(&direct, RULES), ["citytwin-core must not depend on tokio: citytwin-core -> tokio"]);
 
-    let transitive = fake_metadata(
-        &members,
-        &[
-            ("citytwin-core", "some-helper", "normal"),
-            ("some-helper", "ractor", "build"),
-        ],
-    );
+    let transitive =
+        fake_metadata(&members, &[("citytwin-core", "some-helper", "normal"), ("some-helper", "ractor", "build")]);
     assert_eq!(
         violations(&transitive, RULES),
         ["citytwin-core must not depend on ractor: citytwin-core -> some-helper -> ractor"]
@@ -224,10 +168,7 @@ fn checker_catches_direct_and_transitive_forbidden_edges() {
 
     let visualizer = fake_metadata(
         &members,
-        &[
-            ("citytwin-visualizer", "citytwin-proto", "normal"),
-            ("citytwin-proto", "citytwin-twin", "normal"),
-        ],
+        &[("citytwin-visualizer", "citytwin-proto", "normal"), ("citytwin-proto", "citytwin-twin", "normal")],
     );
     let found = violations(&visualizer, RULES);
     assert!(found.contains(&"citytwin-visualizer must not depend on citytwin-twin: citytwin-visualizer -> citytwin-proto -> citytwin-twin".to_owned()), "{found:?}");

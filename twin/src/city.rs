@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 
 use crate::asset::actor::{AssetConfig, CommandError};
 use crate::asset::logic::{AssetCommand, AssetState};
+use crate::bus::{Bus, Filter, Subscription};
 use crate::deadletter::{DeadLetterReason, dead_letter};
 use crate::shard::{ShardActor, ShardArgs, ShardEvent, ShardMsg};
 use crate::writer::LogWriter;
@@ -81,9 +82,8 @@ pub enum IngestError {
 
 /// Stable shard of an asset: FNV-1a of its id.
 pub fn shard_of(asset_id: &str, shards: usize) -> usize {
-    let hash = asset_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash =
+        asset_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
     (hash % shards.max(1) as u64) as usize
 }
 
@@ -98,7 +98,7 @@ pub struct Twin {
     shards: Arc<RwLock<Vec<ActorRef<ShardMsg>>>>,
     log: EventLog,
     writer: LogWriter,
-    bus: broadcast::Sender<Arc<Event>>,
+    bus: Bus,
     shard_events: broadcast::Sender<ShardEvent>,
 }
 
@@ -111,7 +111,7 @@ impl Twin {
         let (dir, log_config) = (config.data_dir.join("log"), config.log.clone());
         let log = tokio::task::spawn_blocking(move || EventLog::open(dir, log_config)).await??;
         let writer = LogWriter::start(log.clone(), config.writer_queue, config.writer_max_batch);
-        let (bus, _) = broadcast::channel(config.bus_capacity.max(1));
+        let bus = Bus::new(log.clone(), config.bus_capacity);
         let (shard_events, _) = broadcast::channel(1024);
         let shards = Arc::new(RwLock::new(Vec::new()));
         let args = CityArgs {
@@ -123,15 +123,7 @@ impl Twin {
             shards: Arc::clone(&shards),
         };
         let (city, city_handle) = Actor::spawn(None, CityActor, args).await?;
-        Ok(Twin {
-            city,
-            city_handle,
-            shards,
-            log,
-            writer,
-            bus,
-            shard_events,
-        })
+        Ok(Twin { city, city_handle, shards, log, writer, bus, shard_events })
     }
 
     /// The event log (read side: replay, time travel, dead letters).
@@ -139,9 +131,14 @@ impl Twin {
         &self.log
     }
 
-    /// Every committed event, as it is committed.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.bus.subscribe()
+    /// Committed events that pass `filter`, from now on, gap-free.
+    pub fn subscribe(&self, filter: Filter) -> Subscription {
+        self.bus.subscribe(filter)
+    }
+
+    /// The bus (to publish from other components).
+    pub fn bus(&self) -> &Bus {
+        &self.bus
     }
 
     /// Shard notifications (actor starts, passivations, restarts).
@@ -150,10 +147,7 @@ impl Twin {
     }
 
     fn shard_for(&self, asset_id: &str) -> Result<ActorRef<ShardMsg>, IngestError> {
-        let shards = self
-            .shards
-            .read()
-            .map_err(|_| IngestError::Unavailable("shard table poisoned".into()))?;
+        let shards = self.shards.read().map_err(|_| IngestError::Unavailable("shard table poisoned".into()))?;
         shards
             .get(shard_of(asset_id, shards.len()))
             .cloned()
@@ -169,36 +163,31 @@ impl Twin {
     pub async fn ingest(&self, event: Event) -> Result<Vec<Event>, IngestError> {
         if let Err(error) = event.validate() {
             let message = error.to_string();
-            self.dead_letter(event, DeadLetterReason::InvalidFormat(message.clone()))
-                .await;
+            self.dead_letter(event, DeadLetterReason::InvalidFormat(message.clone())).await;
             return Err(IngestError::Invalid(message));
         }
         let Some(asset_id) = event.asset_id().map(str::to_owned) else {
-            let (_, events) = self
+            let (appended, events) = self
                 .writer
                 .append(CITY_STREAM.to_owned(), Expected::Any, vec![event])
                 .await
                 .map_err(|e| IngestError::Unavailable(e.0))?;
-            for event in &events {
-                let _ = self.bus.send(Arc::new(event.clone()));
+            for (at, event) in appended.iter().zip(&events) {
+                self.bus.publish(at.position, event.clone());
             }
             return Ok(events);
         };
         let shard = self.shard_for(&asset_id)?;
         let command = AssetCommand::Observe(Box::new(event.clone()));
         let reply = shard
-            .call(
-                |reply| ShardMsg::Command(asset_id, command, reply),
-                Some(Duration::from_secs(30)),
-            )
+            .call(|reply| ShardMsg::Command(asset_id, command, reply), Some(Duration::from_secs(30)))
             .await
             .map_err(|e| IngestError::Unavailable(e.to_string()))?;
         match reply {
             CallResult::Success(Ok(events)) => Ok(events),
             CallResult::Success(Err(error)) => {
                 if let CommandError::Rejected(rejection) = &error {
-                    self.dead_letter(event, DeadLetterReason::Rejected(rejection.to_string()))
-                        .await;
+                    self.dead_letter(event, DeadLetterReason::Rejected(rejection.to_string())).await;
                 }
                 Err(IngestError::Refused(error))
             }
@@ -221,13 +210,7 @@ impl Twin {
     pub async fn asset_state(&self, asset_id: &str) -> Result<AssetState, IngestError> {
         let shard = self.shard_for(asset_id)?;
         let id = asset_id.to_owned();
-        match shard
-            .call(
-                |reply| ShardMsg::GetState(id, reply),
-                Some(Duration::from_secs(30)),
-            )
-            .await
-        {
+        match shard.call(|reply| ShardMsg::GetState(id, reply), Some(Duration::from_secs(30))).await {
             Ok(CallResult::Success(state)) => Ok(state),
             other => Err(IngestError::Unavailable(format!("{other:?}"))),
         }
@@ -238,17 +221,10 @@ impl Twin {
     /// # Errors
     /// When the twin is unavailable.
     pub async fn live_assets(&self) -> Result<usize, IngestError> {
-        let shards = self
-            .shards
-            .read()
-            .map_err(|_| IngestError::Unavailable("shard table poisoned".into()))?
-            .clone();
+        let shards = self.shards.read().map_err(|_| IngestError::Unavailable("shard table poisoned".into()))?.clone();
         let mut total = 0;
         for shard in shards {
-            match shard
-                .call(ShardMsg::LiveCount, Some(Duration::from_secs(30)))
-                .await
-            {
+            match shard.call(ShardMsg::LiveCount, Some(Duration::from_secs(30))).await {
                 Ok(CallResult::Success(n)) => total += n,
                 other => return Err(IngestError::Unavailable(format!("{other:?}"))),
             }
@@ -279,7 +255,7 @@ pub struct CityArgs {
     config: TwinConfig,
     log: EventLog,
     writer: LogWriter,
-    bus: broadcast::Sender<Arc<Event>>,
+    bus: Bus,
     shard_events: broadcast::Sender<ShardEvent>,
     shards: Arc<RwLock<Vec<ActorRef<ShardMsg>>>>,
 }
@@ -323,22 +299,14 @@ impl Actor for CityActor {
     type State = CityState;
     type Arguments = CityArgs;
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<CityMsg>,
-        args: CityArgs,
-    ) -> Result<CityState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<CityMsg>, args: CityArgs) -> Result<CityState, ActorProcessingErr> {
         let mut shards = Vec::with_capacity(args.config.shards);
         for shard in 0..args.config.shards.max(1) {
             shards.push(self.spawn_shard(&myself, shard, &args).await?);
         }
         let ids = shards.iter().map(|shard| shard.get_id()).collect();
         *args.shards.write().map_err(|_| "shard table poisoned")? = shards;
-        Ok(CityState {
-            args,
-            ids,
-            restarts: VecDeque::new(),
-        })
+        Ok(CityState { args, ids, restarts: VecDeque::new() })
     }
 
     async fn handle_supervisor_evt(
@@ -353,27 +321,17 @@ impl Actor for CityActor {
             };
             let now = tokio::time::Instant::now();
             state.restarts.push_back(now);
-            while state
-                .restarts
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > state.args.config.restart_window)
-            {
+            while state.restarts.front().is_some_and(|t| now.duration_since(*t) > state.args.config.restart_window) {
                 state.restarts.pop_front();
             }
             if state.restarts.len() > state.args.config.max_restarts {
                 tracing::error!(shard, %error, "too many shard failures: stopping the twin");
-                return Err(
-                    format!("too many shard failures; last: shard {shard}: {error}").into(),
-                );
+                return Err(format!("too many shard failures; last: shard {shard}: {error}").into());
             }
             tracing::warn!(shard, %error, "shard failed; restarting it");
             let actor = self.spawn_shard(&myself, shard, &state.args).await?;
             state.ids[shard] = actor.get_id();
-            state
-                .args
-                .shards
-                .write()
-                .map_err(|_| "shard table poisoned")?[shard] = actor;
+            state.args.shards.write().map_err(|_| "shard table poisoned")?[shard] = actor;
         }
         Ok(())
     }

@@ -44,18 +44,10 @@ impl DeadLetterReason {
 ///
 /// # Errors
 /// When the log refuses the append.
-pub fn dead_letter(
-    log: &EventLog,
-    event: &Event,
-    reason: &DeadLetterReason,
-) -> citytwin_core::Result<()> {
+pub fn dead_letter(log: &EventLog, event: &Event, reason: &DeadLetterReason) -> citytwin_core::Result<()> {
     let (kind, message) = reason.parts();
     let data = json!({ "reason": kind, "message": message, "original": json::to_value(event) });
-    let mut entry = Event::untyped(
-        format!("dead-letter:{}", event.id),
-        "/twin/dead-letters",
-        DEAD_LETTER_TYPE,
-    );
+    let mut entry = Event::untyped(format!("dead-letter:{}", event.id), "/twin/dead-letters", DEAD_LETTER_TYPE);
     entry.time = event.time;
     entry.subject = event.asset_id().map(str::to_owned);
     entry.ext.organization.clone_from(&event.ext.organization);
@@ -83,10 +75,7 @@ pub struct DeadLetter {
 /// # Errors
 /// When the log cannot be read.
 pub fn dead_letters(log: &EventLog) -> citytwin_core::Result<Vec<DeadLetter>> {
-    let filter = ReplayFilter {
-        streams: vec![DEAD_LETTER_STREAM.to_owned()],
-        ..ReplayFilter::default()
-    };
+    let filter = ReplayFilter { streams: vec![DEAD_LETTER_STREAM.to_owned()], ..ReplayFilter::default() };
     log.replay(filter)
         .map(|record| {
             let record = record?;

@@ -17,6 +17,7 @@
 //! distributed engine (scale-out goes through NATS JetStream).
 
 pub mod asset;
+pub mod bus;
 pub mod city;
 pub mod deadletter;
 pub mod shard;

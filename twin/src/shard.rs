@@ -56,7 +56,7 @@ pub struct ShardArgs {
     /// See `max_restarts`.
     pub restart_window: Duration,
     /// Committed events are published here.
-    pub publish: Option<broadcast::Sender<std::sync::Arc<citytwin_core::event::Event>>>,
+    pub publish: Option<crate::bus::Bus>,
     /// Shard lifecycle notifications.
     pub events: Option<broadcast::Sender<ShardEvent>>,
 }
@@ -131,11 +131,7 @@ impl Actor for ShardActor {
     type State = ShardState;
     type Arguments = ShardArgs;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<ShardMsg>,
-        args: ShardArgs,
-    ) -> Result<ShardState, ActorProcessingErr> {
+    async fn pre_start(&self, _myself: ActorRef<ShardMsg>, args: ShardArgs) -> Result<ShardState, ActorProcessingErr> {
         Ok(ShardState {
             args,
             live: HashMap::new(),
@@ -153,12 +149,10 @@ impl Actor for ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ShardMsg::Command(asset_id, command, reply) => {
-                self.deliver(&myself, asset_id, AssetMsg::Command(command, reply), state)
-                    .await?
+                self.deliver(&myself, asset_id, AssetMsg::Command(command, reply), state).await?
             }
             ShardMsg::GetState(asset_id, reply) => {
-                self.deliver(&myself, asset_id, AssetMsg::GetState(reply), state)
-                    .await?
+                self.deliver(&myself, asset_id, AssetMsg::GetState(reply), state).await?
             }
             ShardMsg::LiveCount(reply) => {
                 let _ = reply.send(state.live.len());
@@ -189,8 +183,7 @@ impl Actor for ShardActor {
                 let held = state.stopping.remove(&asset_id).unwrap_or_default();
                 notify(state, ShardEvent::Passivated(asset_id.clone()));
                 for message in held {
-                    self.deliver(&myself, asset_id.clone(), message, state)
-                        .await?;
+                    self.deliver(&myself, asset_id.clone(), message, state).await?;
                 }
             }
             SupervisionEvent::ActorFailed(cell, error) => {
@@ -200,11 +193,7 @@ impl Actor for ShardActor {
                 state.live.remove(&asset_id);
                 let now = tokio::time::Instant::now();
                 state.restarts.push_back(now);
-                while state
-                    .restarts
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > state.args.restart_window)
-                {
+                while state.restarts.front().is_some_and(|t| now.duration_since(*t) > state.args.restart_window) {
                     state.restarts.pop_front();
                 }
                 if state.restarts.len() > state.args.max_restarts {
@@ -219,8 +208,7 @@ impl Actor for ShardActor {
                 self.actor_for(&myself, &asset_id, state).await?;
                 notify(state, ShardEvent::Restarted(asset_id.clone()));
                 for message in held {
-                    self.deliver(&myself, asset_id.clone(), message, state)
-                        .await?;
+                    self.deliver(&myself, asset_id.clone(), message, state).await?;
                 }
             }
             _ => {}

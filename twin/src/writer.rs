@@ -38,10 +38,7 @@ pub struct LogWriter {
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request")
-            .field("stream", &self.stream)
-            .field("events", &self.events.len())
-            .finish()
+        f.debug_struct("Request").field("stream", &self.stream).field("events", &self.events.len()).finish()
     }
 }
 
@@ -68,24 +65,13 @@ impl LogWriter {
     ///
     /// # Cancel safety
     /// Dropping the future does not cancel the append: the events may still be written.
-    pub async fn append(
-        &self,
-        stream: String,
-        expected: Expected,
-        events: Vec<Event>,
-    ) -> Result<Written, WriteError> {
+    pub async fn append(&self, stream: String, expected: Expected, events: Vec<Event>) -> Result<Written, WriteError> {
         let (reply, done) = oneshot::channel();
         self.tx
-            .send(Request {
-                stream,
-                expected,
-                events,
-                reply,
-            })
+            .send(Request { stream, expected, events, reply })
             .await
             .map_err(|_| WriteError("the log writer has stopped".into()))?;
-        done.await
-            .map_err(|_| WriteError("the log writer stopped before answering".into()))?
+        done.await.map_err(|_| WriteError("the log writer stopped before answering".into()))?
     }
 }
 
@@ -132,21 +118,14 @@ fn write(log: &EventLog, pending: &mut Vec<Request>) {
                     if failed.contains(&request.stream) {
                         continue;
                     }
-                    let mine: Vec<Appended> =
-                        appended.by_ref().take(request.events.len()).collect();
+                    let mine: Vec<Appended> = appended.by_ref().take(request.events.len()).collect();
                     let _ = request.reply.send(Ok((mine, request.events)));
                 }
                 return;
             }
-            Err(citytwin_core::Error::WrongExpectedSequence {
-                stream,
-                expected,
-                actual,
-            }) => {
-                let message =
-                    format!("stream {stream:?} is at sequence {actual}, expected {expected}");
-                let (refused, kept): (Vec<Request>, Vec<Request>) =
-                    pending.drain(..).partition(|r| r.stream == stream);
+            Err(citytwin_core::Error::WrongExpectedSequence { stream, expected, actual }) => {
+                let message = format!("stream {stream:?} is at sequence {actual}, expected {expected}");
+                let (refused, kept): (Vec<Request>, Vec<Request>) = pending.drain(..).partition(|r| r.stream == stream);
                 for request in refused {
                     let _ = request.reply.send(Err(WriteError(message.clone())));
                 }
@@ -175,33 +154,20 @@ mod tests {
     use super::*;
 
     fn event(n: u32) -> Event {
-        Event::untyped(format!("e{n}"), "/t", "com.example.t")
-            .with_time(Timestamp::from_secs(i64::from(n)))
+        Event::untyped(format!("e{n}"), "/t", "com.example.t").with_time(Timestamp::from_secs(i64::from(n)))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_share_batches_and_conflicts_fail_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(
-            dir.path(),
-            LogConfig {
-                durability: Durability::Always,
-                ..LogConfig::default()
-            },
-        )
-        .unwrap();
+        let log =
+            EventLog::open(dir.path(), LogConfig { durability: Durability::Always, ..LogConfig::default() }).unwrap();
         let writer = LogWriter::start(log.clone(), 1024, 4096);
         let tasks: Vec<_> = (0..50u32)
             .map(|i| {
                 let writer = writer.clone();
                 tokio::spawn(async move {
-                    writer
-                        .append(
-                            format!("s{i}"),
-                            Expected::Seq(0),
-                            vec![event(i), event(i + 1000)],
-                        )
-                        .await
+                    writer.append(format!("s{i}"), Expected::Seq(0), vec![event(i), event(i + 1000)]).await
                 })
             })
             .collect();
@@ -216,10 +182,7 @@ mod tests {
             writer.append("s1".into(), Expected::Seq(0), vec![event(1)]),
             writer.append("s2".into(), Expected::Seq(2), vec![event(2)]),
         );
-        assert_eq!(
-            bad.unwrap_err().0,
-            "stream \"s1\" is at sequence 2, expected 0"
-        );
+        assert_eq!(bad.unwrap_err().0, "stream \"s1\" is at sequence 2, expected 0");
         assert_eq!(good.unwrap().0[0].seq, 3);
         assert_eq!(log.next_position(), 101);
     }

@@ -78,18 +78,11 @@ impl Sketch {
             return;
         }
         let index = (magnitude.ln() / gamma().ln()).ceil() as i32;
-        if value > 0.0 {
-            self.positive.add(index, 1)
-        } else {
-            self.negative.add(index, 1)
-        }
+        if value > 0.0 { self.positive.add(index, 1) } else { self.negative.add(index, 1) }
     }
 
     pub(crate) fn merge(&mut self, other: &Sketch) {
-        for (bins, theirs) in [
-            (&mut self.positive, &other.positive),
-            (&mut self.negative, &other.negative),
-        ] {
+        for (bins, theirs) in [(&mut self.positive, &other.positive), (&mut self.negative, &other.negative)] {
             for (i, &n) in theirs.counts.iter().enumerate() {
                 if n > 0 {
                     bins.add(theirs.offset + i as i32, n);
@@ -214,10 +207,7 @@ mod tests {
         for q in [0.0, 0.1, 0.5, 0.9, 0.95, 0.99, 1.0] {
             let exact = values[(q * (values.len() - 1) as f64).round() as usize];
             let estimate = sketch.quantile(q).unwrap();
-            assert!(
-                (estimate - exact).abs() <= 0.01 * exact.abs() + 1e-9,
-                "q{q}: {estimate} vs {exact}"
-            );
+            assert!((estimate - exact).abs() <= 0.01 * exact.abs() + 1e-9, "q{q}: {estimate} vs {exact}");
         }
     }
 
@@ -229,10 +219,7 @@ mod tests {
         }
         assert!(sketch.positive.counts.len() <= Sketch::MAX_BINS);
         let high = sketch.quantile(0.99).unwrap();
-        assert!(
-            high > 1e25,
-            "the high quantiles stay accurate when low bins collapse: {high}"
-        );
+        assert!(high > 1e25, "the high quantiles stay accurate when low bins collapse: {high}");
     }
 
     #[test]
@@ -263,15 +250,8 @@ mod tests {
         acc.add(8.0, 20);
         assert_eq!(acc.value(AggFn::Sum), Some(12.0));
         assert_eq!(acc.value(AggFn::Avg), Some(4.0));
-        assert_eq!(
-            (acc.value(AggFn::Min), acc.value(AggFn::Max)),
-            (Some(1.0), Some(8.0))
-        );
-        assert_eq!(
-            acc.value(AggFn::Last),
-            Some(1.0),
-            "last is by event time, not arrival"
-        );
+        assert_eq!((acc.value(AggFn::Min), acc.value(AggFn::Max)), (Some(1.0), Some(8.0)));
+        assert_eq!(acc.value(AggFn::Last), Some(1.0), "last is by event time, not arrival");
         assert_eq!(acc.value(AggFn::P50), None, "no sketch was asked for");
     }
 }

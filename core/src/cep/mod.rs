@@ -52,10 +52,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig {
-            max_out_of_orderness: Duration::from_secs(5),
-            max_runs_per_key: 1024,
-        }
+        EngineConfig { max_out_of_orderness: Duration::from_secs(5), max_runs_per_key: 1024 }
     }
 }
 
@@ -252,16 +249,9 @@ pub(crate) struct Incoming<'a> {
 
 impl Matcher {
     pub(crate) fn matches(&self, event: &Event, fact: &Fact<'_>) -> bool {
-        self.types
-            .as_ref()
-            .is_none_or(|p| p.matches(event.ty.as_str()))
-            && self
-                .metric
-                .as_deref()
-                .is_none_or(|m| fact.metric == Some(m))
-            && self
-                .value
-                .is_none_or(|(op, threshold)| fact.value.is_some_and(|v| op.holds(v, threshold)))
+        self.types.as_ref().is_none_or(|p| p.matches(event.ty.as_str()))
+            && self.metric.as_deref().is_none_or(|m| fact.metric == Some(m))
+            && self.value.is_none_or(|(op, threshold)| fact.value.is_some_and(|v| op.holds(v, threshold)))
     }
 }
 
@@ -269,30 +259,14 @@ impl Matcher {
 /// without metric (with `battery_pct` as value for `battery_low`).
 fn facts(event: &Event, time: i64) -> Vec<Fact<'_>> {
     match event.payload() {
-        Some(Payload::MetricRecorded(m)) => vec![Fact {
-            time,
-            metric: Some(&m.metric_type),
-            value: Some(m.value),
-        }],
+        Some(Payload::MetricRecorded(m)) => vec![Fact { time, metric: Some(&m.metric_type), value: Some(m.value) }],
         Some(Payload::MetricBatchIngested(batch)) => batch
             .readings
             .iter()
-            .map(|r| Fact {
-                time: r.time.as_nanos(),
-                metric: Some(&r.metric_type),
-                value: Some(r.value),
-            })
+            .map(|r| Fact { time: r.time.as_nanos(), metric: Some(&r.metric_type), value: Some(r.value) })
             .collect(),
-        Some(Payload::BatteryLow(b)) => vec![Fact {
-            time,
-            metric: None,
-            value: Some(b.battery_pct),
-        }],
-        _ => vec![Fact {
-            time,
-            metric: None,
-            value: None,
-        }],
+        Some(Payload::BatteryLow(b)) => vec![Fact { time, metric: None, value: Some(b.battery_pct) }],
+        _ => vec![Fact { time, metric: None, value: None }],
     }
 }
 
@@ -315,18 +289,11 @@ pub(crate) fn key_bytes(
                 let Some(resolution) = resolution else {
                     return false;
                 };
-                let cell = incoming
-                    .event
-                    .ext
-                    .h3cell
-                    .or_else(|| incoming.event.location().and_then(|l| l.cell(resolution)));
-                let Some(cell) = cell.and_then(|c| {
-                    if c.resolution() >= resolution {
-                        c.parent(resolution)
-                    } else {
-                        None
-                    }
-                }) else {
+                let cell =
+                    incoming.event.ext.h3cell.or_else(|| incoming.event.location().and_then(|l| l.cell(resolution)));
+                let Some(cell) =
+                    cell.and_then(|c| if c.resolution() >= resolution { c.parent(resolution) } else { None })
+                else {
                     return false;
                 };
                 out.push(b'c');
@@ -356,9 +323,7 @@ pub(crate) fn decode_key(bytes: &[u8]) -> Key {
         if tag == b'c' {
             let raw = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
             at += 8;
-            parts.push(KeyPart::Cell(
-                CellIndex::try_from(raw).expect("key cells are valid"),
-            ));
+            parts.push(KeyPart::Cell(CellIndex::try_from(raw).expect("key cells are valid")));
             continue;
         }
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
@@ -384,11 +349,7 @@ pub(crate) struct KeyTable<S> {
 
 impl<S> Default for KeyTable<S> {
     fn default() -> Self {
-        KeyTable {
-            index: FxHashMap::default(),
-            slots: Vec::new(),
-            free: Vec::new(),
-        }
+        KeyTable { index: FxHashMap::default(), slots: Vec::new(), free: Vec::new() }
     }
 }
 
@@ -413,17 +374,11 @@ impl<S> KeyTable<S> {
     }
 
     pub(crate) fn get_mut(&mut self, slot: u32) -> Option<&mut S> {
-        self.slots
-            .get_mut(slot as usize)
-            .and_then(|s| s.as_mut())
-            .map(|(_, state)| state)
+        self.slots.get_mut(slot as usize).and_then(|s| s.as_mut()).map(|(_, state)| state)
     }
 
     pub(crate) fn key(&self, slot: u32) -> Option<&[u8]> {
-        self.slots
-            .get(slot as usize)
-            .and_then(|s| s.as_ref())
-            .map(|(key, _)| &**key)
+        self.slots.get(slot as usize).and_then(|s| s.as_ref()).map(|(key, _)| &**key)
     }
 
     pub(crate) fn remove(&mut self, slot: u32) {
@@ -490,10 +445,9 @@ impl Engine {
                 let rule = Arc::new(rule);
                 match &rule.kind {
                     RuleKind::Window(_) => Op::Window(window::WindowOp::new(Arc::clone(&rule))),
-                    RuleKind::Pattern(_) => Op::Pattern(pattern::PatternOp::new(
-                        Arc::clone(&rule),
-                        config.max_runs_per_key,
-                    )),
+                    RuleKind::Pattern(_) => {
+                        Op::Pattern(pattern::PatternOp::new(Arc::clone(&rule), config.max_runs_per_key))
+                    }
                 }
             })
             .collect();
@@ -542,19 +496,14 @@ impl Engine {
     /// Feeds one event; appends what it causes to `out`.
     pub fn process(&mut self, event: &Event, out: &mut Vec<Output>) {
         let Some(time) = event.time else {
-            out.push(Output::Untimed {
-                event_id: event.id.clone(),
-            });
+            out.push(Output::Untimed { event_id: event.id.clone() });
             return;
         };
         let time = time.as_nanos();
         if let Some(Payload::AssetCreated(created)) = event.payload() {
             self.register_asset(&created.asset_id, &created.asset_type);
         }
-        let asset_type = event
-            .asset_id()
-            .and_then(|id| self.asset_types.get(id))
-            .map(|t| &**t);
+        let asset_type = event.asset_id().and_then(|id| self.asset_types.get(id)).map(|t| &**t);
         let incoming = Incoming { event, asset_type };
         let facts = facts(event, time);
         let watermark = self.watermark;
@@ -568,8 +517,7 @@ impl Engine {
                 }
                 Op::Pattern(op) => {
                     for (fact_index, fact) in facts.iter().enumerate() {
-                        let Some((mask, key)) = op.classify(&incoming, fact, &mut self.key_buf)
-                        else {
+                        let Some((mask, key)) = op.classify(&incoming, fact, &mut self.key_buf) else {
                             continue;
                         };
                         if watermark.is_some_and(|wm| fact.time < wm) {
@@ -601,9 +549,9 @@ impl Engine {
             self.arrivals += 1;
             entry.arrival = self.arrivals;
             let at = match self.pending.back() {
-                Some(last) if (last.time, last.arrival) > (entry.time, entry.arrival) => self
-                    .pending
-                    .partition_point(|p| (p.time, p.arrival) <= (entry.time, entry.arrival)),
+                Some(last) if (last.time, last.arrival) > (entry.time, entry.arrival) => {
+                    self.pending.partition_point(|p| (p.time, p.arrival) <= (entry.time, entry.arrival))
+                }
                 _ => self.pending.len(),
             };
             self.pending.insert(at, entry);
@@ -611,8 +559,7 @@ impl Engine {
         let newest = facts.iter().map(|f| f.time).max().unwrap_or(time);
         if self.max_time.is_none_or(|max| newest > max) {
             self.max_time = Some(newest);
-            let bound =
-                i64::try_from(self.config.max_out_of_orderness.as_nanos()).unwrap_or(i64::MAX);
+            let bound = i64::try_from(self.config.max_out_of_orderness.as_nanos()).unwrap_or(i64::MAX);
             let candidate = newest.saturating_sub(bound);
             if self.watermark.is_none_or(|wm| candidate > wm) {
                 self.advance_to(candidate, out);

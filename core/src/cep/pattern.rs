@@ -48,12 +48,7 @@ impl KeyRuns {
         let (Some(within), None) = (within, self.expiry_at) else {
             return;
         };
-        let oldest = self
-            .runs
-            .iter()
-            .filter(|r| r.absent_until.is_none())
-            .map(|r| r.start)
-            .min();
+        let oldest = self.runs.iter().filter(|r| r.absent_until.is_none()).map(|r| r.start).min();
         if let Some(oldest) = oldest {
             let at = oldest.saturating_add(within);
             self.expiry_at = Some(at);
@@ -129,22 +124,10 @@ impl PatternOp {
                 mask |= 1 << i;
             }
         }
-        if pattern
-            .absent
-            .as_ref()
-            .is_some_and(|a| a.matcher.matches(incoming.event, fact))
-        {
+        if pattern.absent.as_ref().is_some_and(|a| a.matcher.matches(incoming.event, fact)) {
             mask |= ABSENT_BIT;
         }
-        if mask == 0
-            || !key_bytes(
-                &self.rule.group_by,
-                self.rule.cell_resolution,
-                incoming,
-                fact,
-                key_buf,
-            )
-        {
+        if mask == 0 || !key_bytes(&self.rule.group_by, self.rule.cell_resolution, incoming, fact, key_buf) {
             return None;
         }
         Some((mask, key_buf.as_slice().into()))
@@ -166,16 +149,11 @@ impl PatternOp {
         let before = state.runs.len();
         // 1. The negation: an absent-matching event cancels runs waiting it out.
         if mask & ABSENT_BIT != 0 {
-            state.runs.retain(|run| {
-                !run.absent_until
-                    .is_some_and(|until| run.last <= time && time < until)
-            });
+            state.runs.retain(|run| !run.absent_until.is_some_and(|until| run.last <= time && time < until));
         }
         // 2. Runs whose time bound passed can no longer complete.
         if let Some(within) = self.within {
-            state.runs.retain(|run| {
-                run.absent_until.is_some() || time < run.start.saturating_add(within)
-            });
+            state.runs.retain(|run| run.absent_until.is_some() || time < run.start.saturating_add(within));
         }
         // 3. Advance incomplete runs.
         let step_of = |run: &Run| run.next_step;
@@ -183,13 +161,7 @@ impl PatternOp {
         let mut spawned: Vec<Run> = Vec::new();
         let metric_name = |step: usize| {
             // `pm25[0]`: the value of step 0, a pm25 reading; `value[1]` for other events.
-            format!(
-                "{}[{step}]",
-                pattern_of(&self.rule).steps[step]
-                    .metric
-                    .as_deref()
-                    .unwrap_or("value")
-            )
+            format!("{}[{step}]", pattern_of(&self.rule).steps[step].metric.as_deref().unwrap_or("value"))
         };
         let mut kept = Vec::with_capacity(state.runs.len());
         for mut run in state.runs.drain(..) {
@@ -206,11 +178,7 @@ impl PatternOp {
                         spawned.push(run.clone());
                     }
                     advance(&mut run, entry, value, metric_name(step));
-                    if run.next_step == n_steps {
-                        completed.push(run)
-                    } else {
-                        kept.push(run)
-                    }
+                    if run.next_step == n_steps { completed.push(run) } else { kept.push(run) }
                 }
                 (Selection::StrictContiguity, false) => {}
                 (_, false) => kept.push(run),
@@ -231,11 +199,7 @@ impl PatternOp {
                 absent_until: None,
             };
             advance(&mut run, entry, value, metric_name(0));
-            if run.next_step == n_steps {
-                completed.push(run)
-            } else {
-                kept.push(run)
-            }
+            if run.next_step == n_steps { completed.push(run) } else { kept.push(run) }
         }
         state.runs = kept;
         state.schedule_expiry(self.within, slot, &mut self.timers);
@@ -244,19 +208,14 @@ impl PatternOp {
                 Some(within) => {
                     let until = run.last.saturating_add(within);
                     run.absent_until = Some(until);
-                    self.timers
-                        .push(Reverse((until, TimerKind::Absence, slot, run.id)));
+                    self.timers.push(Reverse((until, TimerKind::Absence, slot, run.id)));
                     state.runs.push(run);
                 }
                 None => {
                     let time = run.last;
-                    if let Some(alert) = alert_for(&self.rule, &self.rule_id, key, run, time, state)
-                    {
-                        if let Some(until) =
-                            self.rule.cooldown.map(|c| time.saturating_add(nanos(c)))
-                        {
-                            self.timers
-                                .push(Reverse((until, TimerKind::Forget, slot, 0)));
+                    if let Some(alert) = alert_for(&self.rule, &self.rule_id, key, run, time, state) {
+                        if let Some(until) = self.rule.cooldown.map(|c| time.saturating_add(nanos(c))) {
+                            self.timers.push(Reverse((until, TimerKind::Forget, slot, 0)));
                         }
                         out.push(Output::Alert(alert));
                     }
@@ -286,10 +245,7 @@ impl PatternOp {
             };
             match kind {
                 TimerKind::Absence => {
-                    let Some(index) = state
-                        .runs
-                        .iter()
-                        .position(|r| r.id == run_id && r.absent_until == Some(at))
+                    let Some(index) = state.runs.iter().position(|r| r.id == run_id && r.absent_until == Some(at))
                     else {
                         continue;
                     };
@@ -297,12 +253,9 @@ impl PatternOp {
                     self.runs -= 1;
                     let key = self.keys.key(slot).expect("live slot").to_vec();
                     let state = self.keys.get_mut(slot).expect("live slot");
-                    if let Some(alert) = alert_for(&self.rule, &self.rule_id, &key, run, at, state)
-                    {
-                        if let Some(until) = self.rule.cooldown.map(|c| at.saturating_add(nanos(c)))
-                        {
-                            self.timers
-                                .push(Reverse((until, TimerKind::Forget, slot, 0)));
+                    if let Some(alert) = alert_for(&self.rule, &self.rule_id, &key, run, at, state) {
+                        if let Some(until) = self.rule.cooldown.map(|c| at.saturating_add(nanos(c))) {
+                            self.timers.push(Reverse((until, TimerKind::Forget, slot, 0)));
                         }
                         out.push(Output::Alert(alert));
                     }
@@ -316,9 +269,7 @@ impl PatternOp {
                     state.expiry_at = None;
                     let within = self.within.unwrap_or(i64::MAX);
                     let before = state.runs.len();
-                    state.runs.retain(|r| {
-                        r.absent_until.is_some() || r.start.saturating_add(within) > at
-                    });
+                    state.runs.retain(|r| r.absent_until.is_some() || r.start.saturating_add(within) > at);
                     self.runs -= before - state.runs.len();
                     state.schedule_expiry(self.within, slot, &mut self.timers);
                 }
@@ -354,14 +305,7 @@ fn advance(run: &mut Run, entry: &Pending, value: Option<f64>, name: String) {
 }
 
 /// The alert for a completed run, unless the key is cooling down (then `None`).
-fn alert_for(
-    rule: &Rule,
-    rule_id: &Arc<str>,
-    key: &[u8],
-    run: Run,
-    time: i64,
-    state: &mut KeyRuns,
-) -> Option<Alert> {
+fn alert_for(rule: &Rule, rule_id: &Arc<str>, key: &[u8], run: Run, time: i64, state: &mut KeyRuns) -> Option<Alert> {
     if time < state.cooldown_until {
         return None;
     }

@@ -76,18 +76,9 @@ impl AggFn {
     }
 
     fn parse(text: &str) -> Option<Self> {
-        [
-            AggFn::Count,
-            AggFn::Sum,
-            AggFn::Avg,
-            AggFn::Min,
-            AggFn::Max,
-            AggFn::Last,
-            AggFn::P50,
-            AggFn::P95,
-        ]
-        .into_iter()
-        .find(|f| f.name() == text)
+        [AggFn::Count, AggFn::Sum, AggFn::Avg, AggFn::Min, AggFn::Max, AggFn::Last, AggFn::P50, AggFn::P95]
+            .into_iter()
+            .find(|f| f.name() == text)
     }
 
     /// Whether this function needs the percentile sketch.
@@ -315,10 +306,7 @@ impl fmt::Display for RuleErrors {
 /// Every problem, each with its path.
 pub fn parse_rules(text: &str) -> Result<Vec<Rule>, RuleErrors> {
     let table: Table = text.parse().map_err(|e: toml::de::Error| {
-        RuleErrors(vec![RuleError {
-            path: "(file)".into(),
-            message: e.message().to_owned(),
-        }])
+        RuleErrors(vec![RuleError { path: "(file)".into(), message: e.message().to_owned() }])
     })?;
     let mut walker = Walker::default();
     walker.known_keys("", &table, &["rules"]);
@@ -343,17 +331,10 @@ pub fn parse_rules(text: &str) -> Result<Vec<Rule>, RuleErrors> {
     let mut seen = std::collections::HashSet::new();
     for (i, rule) in rules.iter().enumerate() {
         if !seen.insert(rule.id.clone()) {
-            walker.error(
-                &format!("rules[{i}].id"),
-                &format!("duplicate rule id {:?}", rule.id),
-            );
+            walker.error(&format!("rules[{i}].id"), &format!("duplicate rule id {:?}", rule.id));
         }
     }
-    if walker.errors.is_empty() {
-        Ok(rules)
-    } else {
-        Err(RuleErrors(walker.errors))
-    }
+    if walker.errors.is_empty() { Ok(rules) } else { Err(RuleErrors(walker.errors)) }
 }
 
 #[derive(Default)]
@@ -362,28 +343,18 @@ struct Walker {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
 
 impl Walker {
     fn error(&mut self, path: &str, message: &str) {
-        self.errors.push(RuleError {
-            path: path.to_owned(),
-            message: message.to_owned(),
-        });
+        self.errors.push(RuleError { path: path.to_owned(), message: message.to_owned() });
     }
 
     fn known_keys(&mut self, path: &str, table: &Table, known: &[&str]) {
         for key in table.keys() {
             if !known.contains(&key.as_str()) {
-                self.error(
-                    &join(path, key),
-                    &format!("unknown key (expected one of: {})", known.join(", ")),
-                );
+                self.error(&join(path, key), &format!("unknown key (expected one of: {})", known.join(", ")));
             }
         }
     }
@@ -418,13 +389,7 @@ impl Walker {
         }
     }
 
-    fn duration(
-        &mut self,
-        path: &str,
-        table: &Table,
-        key: &str,
-        required: bool,
-    ) -> Option<Duration> {
+    fn duration(&mut self, path: &str, table: &Table, key: &str, required: bool) -> Option<Duration> {
         let text = self.string(path, table, key, required)?;
         match parse_duration(&text) {
             Ok(d) if d.is_zero() => {
@@ -531,14 +496,9 @@ impl Walker {
             .iter()
             .enumerate()
             .filter_map(|(i, part)| {
-                let found = [
-                    GroupBy::Asset,
-                    GroupBy::AssetType,
-                    GroupBy::Metric,
-                    GroupBy::Cell,
-                ]
-                .into_iter()
-                .find(|g| g.name() == part);
+                let found = [GroupBy::Asset, GroupBy::AssetType, GroupBy::Metric, GroupBy::Cell]
+                    .into_iter()
+                    .find(|g| g.name() == part);
                 if found.is_none() {
                     self.error(
                         &format!("{path}.group_by[{i}]"),
@@ -550,43 +510,25 @@ impl Walker {
             .collect();
         let cell_resolution = match table.get("cell_resolution") {
             None => None,
-            Some(Value::Integer(res)) => match u8::try_from(*res)
-                .ok()
-                .and_then(|r| Resolution::try_from(r).ok())
-            {
+            Some(Value::Integer(res)) => match u8::try_from(*res).ok().and_then(|r| Resolution::try_from(r).ok()) {
                 Some(res) => Some(res),
                 None => {
-                    self.error(
-                        &join(path, "cell_resolution"),
-                        "expected an H3 resolution 0..=15",
-                    );
+                    self.error(&join(path, "cell_resolution"), "expected an H3 resolution 0..=15");
                     None
                 }
             },
             Some(_) => {
-                self.error(
-                    &join(path, "cell_resolution"),
-                    "expected an integer H3 resolution 0..=15",
-                );
+                self.error(&join(path, "cell_resolution"), "expected an integer H3 resolution 0..=15");
                 None
             }
         };
-        if group_by.contains(&GroupBy::Cell)
-            && cell_resolution.is_none()
-            && !table.contains_key("cell_resolution")
-        {
-            self.error(
-                &join(path, "cell_resolution"),
-                "missing: grouping by cell needs a resolution",
-            );
+        if group_by.contains(&GroupBy::Cell) && cell_resolution.is_none() && !table.contains_key("cell_resolution") {
+            self.error(&join(path, "cell_resolution"), "missing: grouping by cell needs a resolution");
         }
         let actions = self.strings(path, table, "actions");
         let allowed_lateness = match table.get("allowed_lateness") {
             None => Some(Duration::ZERO),
-            Some(_) => match self
-                .string(path, table, "allowed_lateness", true)
-                .map(|t| parse_duration(&t))
-            {
+            Some(_) => match self.string(path, table, "allowed_lateness", true).map(|t| parse_duration(&t)) {
                 Some(Ok(d)) => Some(d),
                 Some(Err(message)) => {
                     self.error(&join(path, "allowed_lateness"), &message);
@@ -603,10 +545,7 @@ impl Walker {
                 None
             }
             (None, None) => {
-                self.error(
-                    path,
-                    "a rule needs a window (aggregates and conditions) or a pattern (sequence)",
-                );
+                self.error(path, "a rule needs a window (aggregates and conditions) or a pattern (sequence)");
                 None
             }
             (Some(_), None) => self.window_rule(path, table).map(RuleKind::Window),
@@ -617,9 +556,7 @@ impl Walker {
                     }
                 }
                 match pattern {
-                    Value::Table(pattern) => self
-                        .pattern_rule(&join(path, "pattern"), pattern)
-                        .map(RuleKind::Pattern),
+                    Value::Table(pattern) => self.pattern_rule(&join(path, "pattern"), pattern).map(RuleKind::Pattern),
                     _ => {
                         self.error(&join(path, "pattern"), "expected a table");
                         None
@@ -653,35 +590,26 @@ impl Walker {
                     Some("tumbling") => {
                         for key in ["slide", "gap"] {
                             if window.contains_key(key) {
-                                self.error(
-                                    &join(&window_path, key),
-                                    "tumbling windows take only a size",
-                                );
+                                self.error(&join(&window_path, key), "tumbling windows take only a size");
                             }
                         }
-                        self.duration(&window_path, window, "size", true)
-                            .map(|size| WindowSpec::Tumbling { size })
+                        self.duration(&window_path, window, "size", true).map(|size| WindowSpec::Tumbling { size })
                     }
                     Some("sliding") => {
                         let size = self.duration(&window_path, window, "size", true);
                         let slide = self.duration(&window_path, window, "slide", true);
                         match (size, slide) {
-                            (Some(size), Some(slide))
-                                if slide > size || size.as_nanos() % slide.as_nanos() != 0 =>
-                            {
-                                self.error(
-                                    &join(&window_path, "slide"),
-                                    "must divide the size (size = n × slide)",
-                                );
+                            (Some(size), Some(slide)) if slide > size || size.as_nanos() % slide.as_nanos() != 0 => {
+                                self.error(&join(&window_path, "slide"), "must divide the size (size = n × slide)");
                                 None
                             }
                             (Some(size), Some(slide)) => Some(WindowSpec::Sliding { size, slide }),
                             _ => None,
                         }
                     }
-                    Some("session") => self
-                        .duration(&window_path, window, "gap", true)
-                        .map(|gap| WindowSpec::Session { gap }),
+                    Some("session") => {
+                        self.duration(&window_path, window, "gap", true).map(|gap| WindowSpec::Session { gap })
+                    }
                     Some(other) => {
                         self.error(
                             &join(&window_path, "kind"),
@@ -693,10 +621,7 @@ impl Walker {
                 }
             }
             _ => {
-                self.error(
-                    &window_path,
-                    "expected a table like { kind = \"tumbling\", size = \"5m\" }",
-                );
+                self.error(&window_path, "expected a table like { kind = \"tumbling\", size = \"5m\" }");
                 None
             }
         };
@@ -720,10 +645,7 @@ impl Walker {
                 })
                 .collect();
             if functions.is_empty() && item.contains_key("functions") {
-                self.error(
-                    &join(&item_path, "functions"),
-                    "must name at least one function",
-                );
+                self.error(&join(&item_path, "functions"), "must name at least one function");
             }
             if let Some(metric) = metric {
                 aggregates.push((metric, functions));
@@ -736,21 +658,17 @@ impl Walker {
             let aggregate = self.string(&item_path, item, "aggregate", true).and_then(|name| {
                 let found = AggFn::parse(&name);
                 if found.is_none() {
-                    self.error(&join(&item_path, "aggregate"), &format!("expected one of count, sum, avg, min, max, last, p50, p95, found {name:?}"));
+                    self.error(
+                        &join(&item_path, "aggregate"),
+                        &format!("expected one of count, sum, avg, min, max, last, p50, p95, found {name:?}"),
+                    );
                 }
                 found
             });
             let op = self.op(&item_path, item, true);
             let value = self.number(&item_path, item, "value");
-            if let (Some(metric), Some(aggregate), Some(op), Some(value)) =
-                (metric, aggregate, op, value)
-            {
-                when.push(Condition {
-                    metric,
-                    aggregate,
-                    op,
-                    value,
-                });
+            if let (Some(metric), Some(aggregate), Some(op), Some(value)) = (metric, aggregate, op, value) {
+                when.push(Condition { metric, aggregate, op, value });
             }
         }
         let unless: Vec<Matcher> = self
@@ -766,37 +684,23 @@ impl Walker {
         }
         let early_every = self.duration(path, table, "early_every", false);
         if !table.contains_key("aggregates") && !table.contains_key("when") {
-            self.error(
-                path,
-                "a window rule needs aggregates to emit or when-conditions to alert on",
-            );
+            self.error(path, "a window rule needs aggregates to emit or when-conditions to alert on");
         }
-        Some(WindowRule {
-            window: window?,
-            aggregates,
-            when,
-            unless,
-            early_every,
-        })
+        Some(WindowRule { window: window?, aggregates, when, unless, early_every })
     }
 
     fn op(&mut self, path: &str, table: &Table, required: bool) -> Option<CmpOp> {
         let text = self.string(path, table, "op", required)?;
         let op = CmpOp::parse(&text);
         if op.is_none() {
-            self.error(
-                &join(path, "op"),
-                &format!("expected one of >, >=, <, <=, ==, !=, found {text:?}"),
-            );
+            self.error(&join(path, "op"), &format!("expected one of >, >=, <, <=, ==, !=, found {text:?}"));
         }
         op
     }
 
     fn matcher(&mut self, path: &str, table: &Table) -> Option<Matcher> {
         self.known_keys(path, table, &["type", "metric", "op", "value"]);
-        let types = self
-            .string(path, table, "type", false)
-            .map(TypePattern::new);
+        let types = self.string(path, table, "type", false).map(TypePattern::new);
         let metric = self.string(path, table, "metric", false);
         let value = match (table.contains_key("op"), table.contains_key("value")) {
             (false, false) => None,
@@ -815,17 +719,10 @@ impl Walker {
             }
         };
         if types.is_none() && metric.is_none() && value.is_none() {
-            self.error(
-                path,
-                "a matcher needs at least one of type, metric, or op and value",
-            );
+            self.error(path, "a matcher needs at least one of type, metric, or op and value");
             return None;
         }
-        Some(Matcher {
-            types,
-            metric,
-            value,
-        })
+        Some(Matcher { types, metric, value })
     }
 
     fn pattern_rule(&mut self, path: &str, table: &Table) -> Option<PatternRule> {
@@ -849,7 +746,9 @@ impl Walker {
             Some(other) => {
                 self.error(
                     &join(path, "selection"),
-                    &format!("expected strict_contiguity, skip_till_next_match or skip_till_any_match, found {other:?}"),
+                    &format!(
+                        "expected strict_contiguity, skip_till_next_match or skip_till_any_match, found {other:?}"
+                    ),
                 );
                 None
             }
@@ -868,25 +767,14 @@ impl Walker {
                 }
             }
             Some(_) => {
-                self.error(
-                    &join(path, "absent"),
-                    "expected a table like { type = \"...\", within = \"1m\" }",
-                );
+                self.error(&join(path, "absent"), "expected a table like { type = \"...\", within = \"1m\" }");
                 return None;
             }
         };
         if steps.len() > 1 && within.is_none() {
-            self.error(
-                &join(path, "within"),
-                "missing: a sequence of several steps needs a time bound like \"5m\"",
-            );
+            self.error(&join(path, "within"), "missing: a sequence of several steps needs a time bound like \"5m\"");
         }
         let steps: Option<Vec<Matcher>> = steps.into_iter().collect();
-        Some(PatternRule {
-            steps: steps?,
-            within,
-            selection: selection?,
-            absent,
-        })
+        Some(PatternRule { steps: steps?, within, selection: selection?, absent })
     }
 }

@@ -32,18 +32,13 @@ use std::time::Duration;
 use h3o::Resolution;
 
 use super::*;
-use crate::event::{
-    AssetCreated, AssetOnline, BatteryLow, Location, MetricRecorded, TrafficIncidentReported, Unit,
-};
+use crate::event::{AssetCreated, AssetOnline, BatteryLow, Location, MetricRecorded, TrafficIncidentReported, Unit};
 
 const BASE_SECS: i64 = 1_736_899_200; // 2025-01-15T00:00:00Z
 
 fn parse_time(text: &str) -> Timestamp {
     let (hms, millis) = text.split_once('.').unwrap_or((text, "0"));
-    let parts: Vec<i64> = hms
-        .split(':')
-        .map(|p| p.parse().unwrap_or_else(|_| panic!("bad time {text}")))
-        .collect();
+    let parts: Vec<i64> = hms.split(':').map(|p| p.parse().unwrap_or_else(|_| panic!("bad time {text}"))).collect();
     let secs = match parts.as_slice() {
         [h, m, s] => h * 3600 + m * 60 + s,
         [m, s] => m * 60 + s,
@@ -57,17 +52,8 @@ fn show_time(t: Timestamp) -> String {
     let (secs, ms) = (offset_ms.div_euclid(1000), offset_ms.rem_euclid(1000));
     let sign = if secs < 0 { "-" } else { "" };
     let secs = secs.abs();
-    let base = format!(
-        "{sign}{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    );
-    if ms == 0 {
-        base
-    } else {
-        format!("{base}.{ms:03}")
-    }
+    let base = format!("{sign}{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    if ms == 0 { base } else { format!("{base}.{ms:03}") }
 }
 
 enum Step {
@@ -84,14 +70,9 @@ struct Fixture {
 
 fn parse_fixture(text: &str) -> Fixture {
     let section = |name: &str| {
-        let start = text
-            .find(&format!("--- {name}\n"))
-            .unwrap_or_else(|| panic!("missing --- {name}"))
-            + name.len()
-            + 5;
-        let end = text[start..]
-            .find("\n--- ")
-            .map_or(text.len(), |e| start + e + 1);
+        let start =
+            text.find(&format!("--- {name}\n")).unwrap_or_else(|| panic!("missing --- {name}")) + name.len() + 5;
+        let end = text[start..].find("\n--- ").map_or(text.len(), |e| start + e + 1);
         text[start..end].to_owned()
     };
     let mut places: Vec<(String, Location)> = Vec::new();
@@ -104,10 +85,7 @@ fn parse_fixture(text: &str) -> Fixture {
         let words: Vec<&str> = line.split_whitespace().collect();
         if words[0] == "place" {
             let (lat, lng) = words[2].split_once(',').unwrap();
-            places.push((
-                words[1].to_owned(),
-                Location::new(lat.parse().unwrap(), lng.parse().unwrap()),
-            ));
+            places.push((words[1].to_owned(), Location::new(lat.parse().unwrap(), lng.parse().unwrap())));
             continue;
         }
         if words[0] == "watermark" {
@@ -125,16 +103,10 @@ fn parse_fixture(text: &str) -> Fixture {
                 _ => positional.push(*word),
             }
         }
-        let location = options.get("at").map(|name| {
-            places
-                .iter()
-                .find(|(p, _)| p == name)
-                .unwrap_or_else(|| panic!("unknown place {name}"))
-                .1
-        });
-        let id = options
-            .get("id")
-            .map_or_else(|| format!("e{}", n + 1), |id| (*id).to_owned());
+        let location = options
+            .get("at")
+            .map(|name| places.iter().find(|(p, _)| p == name).unwrap_or_else(|| panic!("unknown place {name}")).1);
+        let id = options.get("id").map_or_else(|| format!("e{}", n + 1), |id| (*id).to_owned());
         let mut event = match words[1] {
             "metric" => {
                 let (metric, value) = positional[1].split_once('=').unwrap();
@@ -171,14 +143,7 @@ fn parse_fixture(text: &str) -> Fixture {
                     threshold_pct: None,
                 },
             ),
-            "online" => Event::new(
-                &id,
-                "/fixture",
-                AssetOnline {
-                    asset_id: positional[0].to_owned(),
-                    location,
-                },
-            ),
+            "online" => Event::new(&id, "/fixture", AssetOnline { asset_id: positional[0].to_owned(), location }),
             "created" => Event::new(
                 &id,
                 "/fixture",
@@ -197,25 +162,16 @@ fn parse_fixture(text: &str) -> Fixture {
         if let Some(corr) = options.get("corr") {
             event = event.with_correlation(*corr);
         }
-        steps.push(Step::Event(Box::new(
-            event.with_derived_cell(Resolution::Ten),
-        )));
+        steps.push(Step::Event(Box::new(event.with_derived_cell(Resolution::Ten))));
     }
-    Fixture {
-        rules: section("rules"),
-        steps,
-        places,
-        expect: section("expect"),
-    }
+    Fixture { rules: section("rules"), steps, places, expect: section("expect") }
 }
 
 fn render(outputs: &[Output], places: &[(String, Location)]) -> String {
     let show_key = |key: &Key| {
         let mut text = key.to_string();
         if let Some(cell) = key.cell()
-            && let Some((name, _)) = places
-                .iter()
-                .find(|(_, loc)| loc.cell(cell.resolution()) == Some(cell))
+            && let Some((name, _)) = places.iter().find(|(_, loc)| loc.cell(cell.resolution()) == Some(cell))
         {
             text = text.replace(&cell.to_string(), &format!("@{name}"));
         }
@@ -245,11 +201,7 @@ fn render(outputs: &[Output], places: &[(String, Location)]) -> String {
                 }
             }
             Output::Alert(a) => {
-                let values: Vec<String> = a
-                    .values
-                    .iter()
-                    .map(|(k, v)| format!("{k}={}", round(*v)))
-                    .collect();
+                let values: Vec<String> = a.values.iter().map(|(k, v)| format!("{k}={}", round(*v))).collect();
                 write!(
                     out,
                     "alert {} {} {} at {} values{{{}}} causes={}",
@@ -268,15 +220,10 @@ fn render(outputs: &[Output], places: &[(String, Location)]) -> String {
                     write!(out, " actions={}", a.actions.join(",")).unwrap();
                 }
             }
-            Output::Late(l) => write!(
-                out,
-                "late {} {} t={} wm={}",
-                l.rule_id,
-                l.event_id,
-                show_time(l.time),
-                show_time(l.watermark)
-            )
-            .unwrap(),
+            Output::Late(l) => {
+                write!(out, "late {} {} t={} wm={}", l.rule_id, l.event_id, show_time(l.time), show_time(l.watermark))
+                    .unwrap()
+            }
             Output::Untimed { event_id } => write!(out, "untimed {event_id}").unwrap(),
         }
         out.push('\n');
@@ -298,20 +245,12 @@ fn run_fixture(name: &str) {
         .rules
         .lines()
         .map(|line| match line.strip_prefix("include ") {
-            Some(file) => {
-                std::fs::read_to_string(format!("{}/../{file}", env!("CARGO_MANIFEST_DIR")))
-                    .unwrap()
-                    + "\n"
-            }
+            Some(file) => std::fs::read_to_string(format!("{}/../{file}", env!("CARGO_MANIFEST_DIR"))).unwrap() + "\n",
             None => format!("{line}\n"),
         })
         .collect();
-    let rules =
-        parse_rules(&rules_text).unwrap_or_else(|e| panic!("{name}: rules do not parse:\n{e}"));
-    let config = EngineConfig {
-        max_out_of_orderness: Duration::from_secs(10),
-        ..EngineConfig::default()
-    };
+    let rules = parse_rules(&rules_text).unwrap_or_else(|e| panic!("{name}: rules do not parse:\n{e}"));
+    let config = EngineConfig { max_out_of_orderness: Duration::from_secs(10), ..EngineConfig::default() };
     let mut engine = Engine::new(rules, config);
     // Explicit watermark steps appear in the output, so fixtures show what a watermark fired.
     let mut found = String::new();
@@ -330,19 +269,11 @@ fn run_fixture(name: &str) {
         let start = text.find("--- expect\n").unwrap() + "--- expect\n".len();
         std::fs::write(&path, format!("{}{found}", &text[..start])).unwrap();
     } else {
-        assert_eq!(
-            found.trim(),
-            fixture.expect.trim(),
-            "{name}: outputs differ (left: found, right: expected)"
-        );
+        assert_eq!(found.trim(), fixture.expect.trim(), "{name}: outputs differ (left: found, right: expected)");
     }
     let mut rest = Vec::new();
     engine.advance_watermark(Timestamp::MAX, &mut rest);
-    assert_eq!(
-        engine.state_size(),
-        0,
-        "{name}: state must drain once the watermark passes everything: {engine:?}"
-    );
+    assert_eq!(engine.state_size(), 0, "{name}: state must drain once the watermark passes everything: {engine:?}");
 }
 
 macro_rules! fixtures {
@@ -402,11 +333,7 @@ mod reference {
                 .map(|(asset, step, value)| {
                     clock += step % 8;
                     let jitter = (step % 31) - 15;
-                    Input {
-                        asset,
-                        time: (clock + jitter).max(0),
-                        value: f64::from(value),
-                    }
+                    Input { asset, time: (clock + jitter).max(0), value: f64::from(value) }
                 })
                 .collect()
         })
@@ -448,10 +375,8 @@ mod reference {
     }
 
     fn run_engine(rules: &str, events: &[Event]) -> Vec<Output> {
-        let config = EngineConfig {
-            max_out_of_orderness: Duration::from_secs(BOUND_S as u64),
-            ..EngineConfig::default()
-        };
+        let config =
+            EngineConfig { max_out_of_orderness: Duration::from_secs(BOUND_S as u64), ..EngineConfig::default() };
         let mut engine = Engine::new(parse_rules(rules).unwrap(), config);
         let mut out = Vec::new();
         for event in events {
@@ -475,10 +400,7 @@ mod reference {
                     (w.start.as_secs() - BASE_SECS),
                     (w.end.as_secs() - BASE_SECS),
                     w.count,
-                    w.values
-                        .iter()
-                        .map(|(n, v)| (n.clone(), v.to_bits()))
-                        .collect(),
+                    w.values.iter().map(|(n, v)| (n.clone(), v.to_bits())).collect(),
                 )),
                 Output::Late(l) => late.push(l.event_id.clone()),
                 other => panic!("unexpected output {other:?}"),
@@ -502,10 +424,7 @@ mod reference {
                 if watermarks[i].is_some_and(|wm| start + size <= wm) {
                     was_late = true;
                 } else {
-                    windows
-                        .entry((input.asset, start))
-                        .or_default()
-                        .push(input.value);
+                    windows.entry((input.asset, start)).or_default().push(input.value);
                 }
             }
             if was_late {
@@ -527,13 +446,7 @@ mod reference {
                     ("min(x)".to_owned(), min.to_bits()),
                     ("max(x)".to_owned(), max.to_bits()),
                 ];
-                (
-                    format!("asset=a{asset}"),
-                    start,
-                    start + size,
-                    n,
-                    aggregates,
-                )
+                (format!("asset=a{asset}"), start, start + size, n, aggregates)
             })
             .collect();
         rows.sort();
@@ -565,11 +478,7 @@ mod reference {
         let mut late = Vec::new();
         for output in outputs {
             match output {
-                Output::Alert(a) => alerts.push((
-                    a.key.to_string(),
-                    a.time.as_secs() - BASE_SECS,
-                    a.causes.clone(),
-                )),
+                Output::Alert(a) => alerts.push((a.key.to_string(), a.time.as_secs() - BASE_SECS, a.causes.clone())),
                 Output::Late(l) => late.push(l.event_id.clone()),
                 other => panic!("unexpected output {other:?}"),
             }
@@ -669,21 +578,14 @@ fn state_returns_to_zero_after_the_stream_ends() {
     let rules = ["congestion", "air-quality", "sensor-offline", "battery-low"]
         .iter()
         .map(|name| {
-            std::fs::read_to_string(format!(
-                "{}/../scenarios/rules/{name}.toml",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap()
+            std::fs::read_to_string(format!("{}/../scenarios/rules/{name}.toml", env!("CARGO_MANIFEST_DIR"))).unwrap()
         })
         .collect::<Vec<_>>()
         .join("\n");
     let mut engine = Engine::new(parse_rules(&rules).unwrap(), EngineConfig::default());
     let mut out = Vec::new();
     for i in 0..5_000u32 {
-        let location = Location::new(
-            40.70 + f64::from(i % 50) * 0.002,
-            -74.0 + f64::from(i % 7) * 0.002,
-        );
+        let location = Location::new(40.70 + f64::from(i % 50) * 0.002, -74.0 + f64::from(i % 7) * 0.002);
         let metric = ["vehicle_count", "avg_speed", "pm25"][(i % 3) as usize];
         let event = Event::new(
             format!("e{i}"),
@@ -699,16 +601,10 @@ fn state_returns_to_zero_after_the_stream_ends() {
         .with_time(Timestamp::from_secs(BASE_SECS + i64::from(i)));
         engine.process(&event, &mut out);
     }
-    assert!(
-        engine.state_size() > 0,
-        "the stream left open windows and runs"
-    );
+    assert!(engine.state_size() > 0, "the stream left open windows and runs");
     engine.advance_watermark(Timestamp::from_secs(BASE_SECS + 10 * 86_400), &mut out);
     assert_eq!(engine.state_size(), 0, "{engine:?}");
-    assert!(
-        out.iter()
-            .any(|o| matches!(o, Output::Alert(a) if &*a.rule_id == "sensor_offline"))
-    );
+    assert!(out.iter().any(|o| matches!(o, Output::Alert(a) if &*a.rule_id == "sensor_offline")));
 }
 
 #[test]
@@ -716,34 +612,20 @@ fn untimed_events_are_reported() {
     let mut engine = Engine::new(Vec::new(), EngineConfig::default());
     let mut out = Vec::new();
     engine.process(&Event::untyped("x1", "/s", "com.example.t"), &mut out);
-    assert_eq!(
-        out,
-        [Output::Untimed {
-            event_id: "x1".into()
-        }]
-    );
+    assert_eq!(out, [Output::Untimed { event_id: "x1".into() }]);
 }
 
 #[test]
 fn alerts_become_alert_triggered_events() {
     let rules = parse_rules(
-        &std::fs::read_to_string(format!(
-            "{}/../scenarios/rules/congestion.toml",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap(),
+        &std::fs::read_to_string(format!("{}/../scenarios/rules/congestion.toml", env!("CARGO_MANIFEST_DIR"))).unwrap(),
     )
     .unwrap();
     let mut engine = Engine::new(rules, EngineConfig::default());
     let location = Location::new(40.7128, -74.006);
     let mut out = Vec::new();
-    for (i, (metric, value)) in [
-        ("vehicle_count", 70.0),
-        ("vehicle_count", 40.0),
-        ("avg_speed", 12.0),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, (metric, value)) in
+        [("vehicle_count", 70.0), ("vehicle_count", 40.0), ("avg_speed", 12.0)].into_iter().enumerate()
     {
         let event = Event::new(
             format!("src-{i}"),
@@ -774,14 +656,9 @@ fn alerts_become_alert_triggered_events() {
     assert_eq!(event.ext.causationid.as_deref(), Some("src-0,src-1,src-2"));
     assert_eq!(event.ext.correlationid.as_deref(), Some("rush-hour-1"));
     assert_eq!(event.ext.h3cell, location.cell(Resolution::Eight));
-    let Some(crate::event::Payload::AlertTriggered(payload)) = event.payload() else {
-        panic!()
-    };
+    let Some(crate::event::Payload::AlertTriggered(payload)) = event.payload() else { panic!() };
     assert_eq!(payload.rule_id, "congestion");
-    assert_eq!(
-        payload.actions,
-        ["update_traffic_map", "notify:traffic_management_center"]
-    );
+    assert_eq!(payload.actions, ["update_traffic_map", "notify:traffic_management_center"]);
     assert_eq!(payload.values.get("sum(vehicle_count)"), Some(&110.0));
 }
 
@@ -810,11 +687,7 @@ id = "ok"
 pattern = { sequence = [{}] }
 "#;
     let errors = parse_rules(text).unwrap_err();
-    let found: Vec<String> = errors
-        .0
-        .iter()
-        .map(|e| format!("{}: {}", e.path, e.message))
-        .collect();
+    let found: Vec<String> = errors.0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
     let expected = [
         "rules[1].group_by[1]: expected one of asset, asset_type, metric, cell, found \"street\"",
         "rules[1].cell_resolution: missing: grouping by cell needs a resolution",
@@ -829,28 +702,15 @@ pattern = { sequence = [{}] }
         "rules[3].pattern.sequence[0]: a matcher needs at least one of type, metric, or op and value",
     ];
     assert_eq!(found, expected, "\n{}", found.join("\n"));
-    assert!(
-        parse_rules("rules = 5")
-            .unwrap_err()
-            .to_string()
-            .contains("rules: expected an array of tables")
-    );
-    assert!(
-        parse_rules("[[rules]\n")
-            .unwrap_err()
-            .to_string()
-            .starts_with("(file):")
-    );
+    assert!(parse_rules("rules = 5").unwrap_err().to_string().contains("rules: expected an array of tables"));
+    assert!(parse_rules("[[rules]\n").unwrap_err().to_string().starts_with("(file):"));
 }
 
 #[test]
 fn shipped_rule_files_parse() {
     for name in ["congestion", "air-quality", "sensor-offline", "battery-low"] {
-        let text = std::fs::read_to_string(format!(
-            "{}/../scenarios/rules/{name}.toml",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
+        let text =
+            std::fs::read_to_string(format!("{}/../scenarios/rules/{name}.toml", env!("CARGO_MANIFEST_DIR"))).unwrap();
         let rules = parse_rules(&text).unwrap_or_else(|e| panic!("{name}.toml:\n{e}"));
         assert_eq!(rules.len(), 1, "{name}");
     }
@@ -900,13 +760,7 @@ pattern = { sequence = [{ metric = "x", op = ">", value = 5 }, { metric = "x", o
             _ => None,
         })
         .collect();
-    assert_eq!(
-        windows,
-        [
-            (0, vec![("sum(x)".to_owned(), 10.0)]),
-            (60, vec![("sum(x)".to_owned(), 1.0)])
-        ]
-    );
+    assert_eq!(windows, [(0, vec![("sum(x)".to_owned(), 10.0)]), (60, vec![("sum(x)".to_owned(), 1.0)])]);
     let alerts: Vec<i64> = out
         .iter()
         .filter_map(|o| match o {

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use super::agg::Acc;
 use super::rules::{AggFn, Rule, RuleKind, WindowRule, WindowSpec};
 use super::{
-    Alert, Emission, Fact, Incoming, KeyTable, LateEvent, MAX_CAUSES, Output, WindowResult,
-    decode_key, key_bytes,
+    Alert, Emission, Fact, Incoming, KeyTable, LateEvent, MAX_CAUSES, Output, WindowResult, decode_key, key_bytes,
 };
 use crate::event::Timestamp;
 
@@ -66,14 +65,7 @@ pub(crate) struct WindowOp {
 
 impl WindowOp {
     pub(crate) fn new(rule: Arc<Rule>) -> Self {
-        let RuleKind::Window(WindowRule {
-            window,
-            aggregates,
-            when,
-            early_every,
-            ..
-        }) = &rule.kind
-        else {
+        let RuleKind::Window(WindowRule { window, aggregates, when, early_every, .. }) = &rule.kind else {
             unreachable!("WindowOp is built for window rules")
         };
         let mut metrics: Vec<(String, Vec<AggFn>, bool)> = Vec::new();
@@ -145,36 +137,17 @@ impl WindowOp {
     ) -> u64 {
         let mut late = 0;
         for fact in facts {
-            let metric_index = fact
-                .metric
-                .and_then(|m| self.metrics.iter().position(|(name, _, _)| name == m));
-            let vetoes = self
-                .window_rule()
-                .unless
-                .iter()
-                .any(|m| m.matches(incoming.event, fact));
+            let metric_index = fact.metric.and_then(|m| self.metrics.iter().position(|(name, _, _)| name == m));
+            let vetoes = self.window_rule().unless.iter().any(|m| m.matches(incoming.event, fact));
             if metric_index.is_none() && !vetoes {
                 continue;
             }
-            if !key_bytes(
-                &self.rule.group_by,
-                self.rule.cell_resolution,
-                incoming,
-                fact,
-                key_buf,
-            ) {
+            if !key_bytes(&self.rule.group_by, self.rule.cell_resolution, incoming, fact, key_buf) {
                 continue;
             }
             let value = fact.value.unwrap_or(0.0);
-            let expired = self.assign(
-                key_buf,
-                fact.time,
-                metric_index.map(|i| (i, value)),
-                vetoes,
-                incoming,
-                watermark,
-                out,
-            );
+            let expired =
+                self.assign(key_buf, fact.time, metric_index.map(|i| (i, value)), vetoes, incoming, watermark, out);
             if expired {
                 late += 1;
                 out.push(Output::Late(LateEvent {
@@ -202,12 +175,7 @@ impl WindowOp {
         out: &mut Vec<Output>,
     ) -> bool {
         let metrics = &self.metrics;
-        let new_accs = || {
-            metrics
-                .iter()
-                .map(|(_, _, sketch)| Acc::new(*sketch))
-                .collect::<Vec<_>>()
-        };
+        let new_accs = || metrics.iter().map(|(_, _, sketch)| Acc::new(*sketch)).collect::<Vec<_>>();
         let wm = watermark.unwrap_or(i64::MIN);
         let mut expired = false;
         let mut updated_fired: Vec<i64> = Vec::new();
@@ -255,8 +223,7 @@ impl WindowOp {
             merged.accs[i].add(value, time);
             merged.count += 1;
             note_cause(&mut merged, incoming);
-            self.timers
-                .push(Reverse((merged.end, TimerKind::Close, slot, merged.start)));
+            self.timers.push(Reverse((merged.end, TimerKind::Close, slot, merged.start)));
             kept.push(merged);
             kept.sort_by_key(|w| w.start);
             state.windows = kept;
@@ -296,15 +263,9 @@ impl WindowOp {
                         correlation: None,
                     });
                     self.open_windows += 1;
-                    self.timers
-                        .push(Reverse((end, TimerKind::Close, slot, start)));
+                    self.timers.push(Reverse((end, TimerKind::Close, slot, start)));
                     if self.lateness > 0 {
-                        self.timers.push(Reverse((
-                            end.saturating_add(self.lateness),
-                            TimerKind::Purge,
-                            slot,
-                            start,
-                        )));
+                        self.timers.push(Reverse((end.saturating_add(self.lateness), TimerKind::Purge, slot, start)));
                     }
                     state.windows.last_mut().expect("just pushed")
                 }
@@ -363,8 +324,7 @@ impl WindowOp {
         for &(i, function, op, threshold) in &self.conditions {
             match win.accs[i].value(function) {
                 Some(value) if op.holds(value, threshold) => {
-                    alert_values
-                        .insert(format!("{}({})", function.name(), self.metrics[i].0), value);
+                    alert_values.insert(format!("{}({})", function.name(), self.metrics[i].0), value);
                 }
                 _ => return,
             }
@@ -375,18 +335,14 @@ impl WindowOp {
         win.alerted = true;
         if let Some(cooldown) = cooldown {
             state.cooldown_until = win.end.saturating_add(cooldown);
-            self.timers
-                .push(Reverse((state.cooldown_until, TimerKind::Forget, slot, 0)));
+            self.timers.push(Reverse((state.cooldown_until, TimerKind::Forget, slot, 0)));
         }
         out.push(Output::Alert(Alert {
             rule_id: Arc::clone(&self.rule_id),
             severity: self.rule.severity,
             key,
             time: Timestamp::from_nanos(win.end),
-            window: Some((
-                Timestamp::from_nanos(win.start),
-                Timestamp::from_nanos(win.end),
-            )),
+            window: Some((Timestamp::from_nanos(win.start), Timestamp::from_nanos(win.end))),
             values: alert_values,
             causes: win.causes.clone(),
             correlation: win.correlation.clone(),
@@ -397,10 +353,7 @@ impl WindowOp {
 
     pub(crate) fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Output>) {
         if let Some(every) = self.early_every {
-            let following = watermark
-                .div_euclid(every)
-                .saturating_mul(every)
-                .saturating_add(every);
+            let following = watermark.div_euclid(every).saturating_mul(every).saturating_add(every);
             let next = *self.next_early.get_or_insert(following);
             if watermark >= next {
                 self.next_early = Some(following);
@@ -463,10 +416,7 @@ impl WindowOp {
     }
 
     fn forget_if_idle(&mut self, slot: u32, watermark: i64) {
-        let idle = self
-            .keys
-            .get_mut(slot)
-            .is_some_and(|s| s.windows.is_empty() && s.cooldown_until <= watermark);
+        let idle = self.keys.get_mut(slot).is_some_and(|s| s.windows.is_empty() && s.cooldown_until <= watermark);
         if idle {
             self.keys.remove(slot);
         }
@@ -478,7 +428,6 @@ fn note_cause(win: &mut Win, incoming: &Incoming<'_>) {
         win.causes.push(incoming.event.id.clone());
     }
     if win.correlation.is_none() {
-        win.correlation
-            .clone_from(&incoming.event.ext.correlationid);
+        win.correlation.clone_from(&incoming.event.ext.correlationid);
     }
 }

@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use crate::event::{
-    CITYTWIN_EXTENSIONS, Data, Event, EventType, ExtensionValue, Extensions, Payload, Provenance,
-    SPEC_VERSION, Timestamp, ValidationError, Violation, is_valid_extension_name, parse_cell,
+    CITYTWIN_EXTENSIONS, Data, Event, EventType, ExtensionValue, Extensions, Payload, Provenance, SPEC_VERSION,
+    Timestamp, ValidationError, Violation, is_valid_extension_name, parse_cell,
 };
 use crate::{Error, Result};
 
@@ -40,8 +40,7 @@ impl EventBuilder {
         match value {
             Value::String(text) => Some(text),
             _ => {
-                self.violations
-                    .push(Violation::new(name, "must be a string"));
+                self.violations.push(Violation::new(name, "must be a string"));
                 None
             }
         }
@@ -56,8 +55,7 @@ impl EventBuilder {
             "specversion" => {
                 self.specversion = true;
                 if value.as_str() != Some(SPEC_VERSION) {
-                    self.violations
-                        .push(Violation::new("specversion", "must be \"1.0\""));
+                    self.violations.push(Violation::new("specversion", "must be \"1.0\""));
                 }
             }
             "id" => self.id = self.string(name, value),
@@ -70,9 +68,7 @@ impl EventBuilder {
                 if let Some(text) = self.string(name, value) {
                     match Timestamp::parse_rfc3339(&text) {
                         Ok(time) => self.time = Some(time),
-                        Err(_) => self
-                            .violations
-                            .push(Violation::new("time", "is not RFC 3339")),
+                        Err(_) => self.violations.push(Violation::new("time", "is not RFC 3339")),
                     }
                 }
             }
@@ -84,9 +80,7 @@ impl EventBuilder {
                 if let Some(text) = self.string(name, value) {
                     match parse_cell(&text) {
                         Ok(cell) => self.ext.h3cell = Some(cell),
-                        Err(_) => self
-                            .violations
-                            .push(Violation::new("h3cell", "is not an H3 cell index")),
+                        Err(_) => self.violations.push(Violation::new("h3cell", "is not an H3 cell index")),
                     }
                 }
             }
@@ -98,18 +92,12 @@ impl EventBuilder {
                 };
                 match parsed {
                     Some(sequence) => self.ext.sequence = Some(sequence),
-                    None => self.violations.push(Violation::new(
-                        "sequence",
-                        "must be a decimal unsigned integer",
-                    )),
+                    None => self.violations.push(Violation::new("sequence", "must be a decimal unsigned integer")),
                 }
             }
             "provenance" => match value.as_str().and_then(Provenance::parse) {
                 Some(provenance) => self.ext.provenance = Some(provenance),
-                None => self.violations.push(Violation::new(
-                    "provenance",
-                    "must be one of live, simulated, replayed",
-                )),
+                None => self.violations.push(Violation::new("provenance", "must be one of live, simulated, replayed")),
             },
             _ => {
                 if !is_valid_extension_name(name) {
@@ -122,10 +110,9 @@ impl EventBuilder {
                 let ext_value = match value {
                     Value::String(text) => Some(ExtensionValue::String(text)),
                     Value::Bool(flag) => Some(ExtensionValue::Bool(flag)),
-                    Value::Number(number) => number
-                        .as_i64()
-                        .and_then(|i| i32::try_from(i).ok())
-                        .map(ExtensionValue::Integer),
+                    Value::Number(number) => {
+                        number.as_i64().and_then(|i| i32::try_from(i).ok()).map(ExtensionValue::Integer)
+                    }
                     _ => None,
                 };
                 match ext_value {
@@ -144,14 +131,9 @@ impl EventBuilder {
     /// Builds the event with `data`, validates it, and returns it or every problem found.
     pub(crate) fn finish(mut self, data: Option<Data>) -> Result<Event> {
         if !self.specversion {
-            self.violations
-                .push(Violation::new("specversion", "is required"));
+            self.violations.push(Violation::new("specversion", "is required"));
         }
-        for (name, value) in [
-            ("id", &self.id),
-            ("source", &self.source),
-            ("type", &self.ty),
-        ] {
+        for (name, value) in [("id", &self.id), ("source", &self.source), ("type", &self.ty)] {
             if value.is_none() {
                 self.violations.push(Violation::new(name, "is required"));
             }
@@ -172,11 +154,7 @@ impl EventBuilder {
         if let Err(semantic) = event.validate() {
             self.violations.extend_from_slice(semantic.violations());
         }
-        if self.violations.is_empty() {
-            Ok(event)
-        } else {
-            Err(Error::Invalid(ValidationError::new(self.violations)))
-        }
+        if self.violations.is_empty() { Ok(event) } else { Err(Error::Invalid(ValidationError::new(self.violations))) }
     }
 }
 
@@ -204,15 +182,8 @@ pub(crate) fn text_attributes(event: &Event) -> Vec<(&str, String)> {
     if let Some(time) = event.time {
         out.push(("time", time.to_rfc3339()));
     }
-    let optional = [
-        ("subject", &event.subject),
-        ("dataschema", &event.dataschema),
-    ];
-    out.extend(
-        optional
-            .into_iter()
-            .filter_map(|(name, value)| value.clone().map(|v| (name, v))),
-    );
+    let optional = [("subject", &event.subject), ("dataschema", &event.dataschema)];
+    out.extend(optional.into_iter().filter_map(|(name, value)| value.clone().map(|v| (name, v))));
     extension_texts(&event.ext, &mut out);
     out
 }
@@ -225,11 +196,7 @@ pub(crate) fn extension_texts<'a>(ext: &'a Extensions, out: &mut Vec<(&'a str, S
         ("organization", &ext.organization),
         ("region", &ext.region),
     ];
-    out.extend(
-        texts
-            .into_iter()
-            .filter_map(|(name, value)| value.clone().map(|v| (name, v))),
-    );
+    out.extend(texts.into_iter().filter_map(|(name, value)| value.clone().map(|v| (name, v))));
     if let Some(cell) = ext.h3cell {
         out.push(("h3cell", cell.to_string()));
     }
@@ -239,16 +206,8 @@ pub(crate) fn extension_texts<'a>(ext: &'a Extensions, out: &mut Vec<(&'a str, S
     if let Some(provenance) = ext.provenance {
         out.push(("provenance", provenance.as_str().to_owned()));
     }
-    debug_assert!(
-        ext.other
-            .keys()
-            .all(|name| !CITYTWIN_EXTENSIONS.contains(&name.as_str()))
-    );
-    out.extend(
-        ext.other
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.to_text())),
-    );
+    debug_assert!(ext.other.keys().all(|name| !CITYTWIN_EXTENSIONS.contains(&name.as_str())));
+    out.extend(ext.other.iter().map(|(name, value)| (name.as_str(), value.to_text())));
 }
 
 /// The body of a binary-mode message (HTTP, MQTT 5): the data alone, in its content type.
@@ -261,12 +220,8 @@ pub(crate) fn encode_body(event: &Event) -> Vec<u8> {
         None => Vec::new(),
         Some(Data::Binary(bytes)) => bytes.clone(),
         Some(Data::Json(Value::String(text))) if !json => text.clone().into_bytes(),
-        Some(Data::Json(value)) => {
-            serde_json::to_vec(value).expect("serialising JSON data cannot fail")
-        }
-        Some(Data::Payload(payload)) => {
-            serde_json::to_vec(payload).expect("serialising a payload cannot fail")
-        }
+        Some(Data::Json(value)) => serde_json::to_vec(value).expect("serialising JSON data cannot fail"),
+        Some(Data::Payload(payload)) => serde_json::to_vec(payload).expect("serialising a payload cannot fail"),
     }
 }
 
@@ -283,10 +238,7 @@ pub(crate) fn decode_body(builder: &mut EventBuilder, body: &[u8]) -> Option<Dat
         match serde_json::from_slice::<Value>(body) {
             Ok(value) => Some(data_from_json(builder.event_type(), value)),
             Err(error) => {
-                builder.violations.push(Violation::new(
-                    "data",
-                    format!("is not valid JSON: {error}"),
-                ));
+                builder.violations.push(Violation::new("data", format!("is not valid JSON: {error}")));
                 None
             }
         }

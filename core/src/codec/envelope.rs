@@ -109,55 +109,32 @@ impl Envelope {
         let mut builder = EventBuilder::default();
         builder.attribute("specversion", Value::String(SPEC_VERSION.to_owned()));
         builder.attribute("id", Value::String(self.event_id));
-        let ty = EventKind::from_short_name(&self.event_type)
-            .map_or(self.event_type, |kind| kind.type_str().to_owned());
+        let ty =
+            EventKind::from_short_name(&self.event_type).map_or(self.event_type, |kind| kind.type_str().to_owned());
         builder.attribute("type", Value::String(ty));
         let mut other = self.metadata.other;
-        let source = other
-            .remove("source")
-            .or_else(|| default_source(self.source_asset.as_deref()).map(Value::String));
+        let source = other.remove("source").or_else(|| default_source(self.source_asset.as_deref()).map(Value::String));
         builder.attribute("source", source.unwrap_or(Value::Null));
         builder.attribute("time", self.timestamp.map_or(Value::Null, Value::String));
-        builder.attribute(
-            "subject",
-            self.source_asset.map_or(Value::Null, Value::String),
-        );
-        builder.attribute(
-            "correlationid",
-            self.correlation_id.map_or(Value::Null, Value::String),
-        );
-        builder.attribute(
-            "causationid",
-            self.causation_id.map_or(Value::Null, Value::String),
-        );
-        builder.attribute(
-            "organization",
-            self.metadata
-                .organization_id
-                .map_or(Value::Null, Value::String),
-        );
-        builder.attribute(
-            "region",
-            self.metadata.region.map_or(Value::Null, Value::String),
-        );
+        builder.attribute("subject", self.source_asset.map_or(Value::Null, Value::String));
+        builder.attribute("correlationid", self.correlation_id.map_or(Value::Null, Value::String));
+        builder.attribute("causationid", self.causation_id.map_or(Value::Null, Value::String));
+        builder.attribute("organization", self.metadata.organization_id.map_or(Value::Null, Value::String));
+        builder.attribute("region", self.metadata.region.map_or(Value::Null, Value::String));
         let data_base64 = other.remove("data_base64");
         for (name, value) in other {
             builder.attribute(&name, value);
         }
         let data = match (self.payload, data_base64) {
             (Some(_), Some(_)) => {
-                builder
-                    .violations
-                    .push(Violation::new("data", "and data_base64 are both present"));
+                builder.violations.push(Violation::new("data", "and data_base64 are both present"));
                 None
             }
             (Some(payload), None) => Some(data_from_json(builder.event_type(), payload)),
             (None, Some(encoded)) => match encoded.as_str().map(|text| BASE64.decode(text)) {
                 Some(Ok(bytes)) => Some(Data::Binary(bytes)),
                 _ => {
-                    builder
-                        .violations
-                        .push(Violation::new("data_base64", "is not base64 (RFC 4648)"));
+                    builder.violations.push(Violation::new("data_base64", "is not base64 (RFC 4648)"));
                     None
                 }
             },
@@ -172,10 +149,7 @@ impl Envelope {
         if default_source(event.subject.as_deref()).as_deref() != Some(event.source.as_str()) {
             other.insert("source".to_owned(), Value::String(event.source.clone()));
         }
-        for (name, value) in [
-            ("datacontenttype", &event.datacontenttype),
-            ("dataschema", &event.dataschema),
-        ] {
+        for (name, value) in [("datacontenttype", &event.datacontenttype), ("dataschema", &event.dataschema)] {
             if let Some(value) = value {
                 other.insert(name.to_owned(), Value::String(value.clone()));
             }
@@ -188,33 +162,22 @@ impl Envelope {
                 Some(ExtensionValue::Integer(int)) => Value::from(*int),
                 _ => Value::String(text),
             };
-            if !matches!(
-                name,
-                "correlationid" | "causationid" | "organization" | "region"
-            ) {
+            if !matches!(name, "correlationid" | "causationid" | "organization" | "region") {
                 other.insert(name.to_owned(), value);
             }
         }
         let payload = match &event.data {
             None => None,
-            Some(Data::Payload(payload)) => {
-                Some(serde_json::to_value(payload).expect("payloads serialise to JSON"))
-            }
+            Some(Data::Payload(payload)) => Some(serde_json::to_value(payload).expect("payloads serialise to JSON")),
             Some(Data::Json(value)) => Some(value.clone()),
             Some(Data::Binary(bytes)) => {
-                other.insert(
-                    "data_base64".to_owned(),
-                    Value::String(BASE64.encode(bytes)),
-                );
+                other.insert("data_base64".to_owned(), Value::String(BASE64.encode(bytes)));
                 None
             }
         };
         Envelope {
             event_id: event.id.clone(),
-            event_type: event.kind().map_or_else(
-                || event.ty.as_str().to_owned(),
-                |kind| kind.short_name().to_owned(),
-            ),
+            event_type: event.kind().map_or_else(|| event.ty.as_str().to_owned(), |kind| kind.short_name().to_owned()),
             timestamp: event.time.map(|time| time.to_rfc3339()),
             source_asset: event.subject.clone(),
             correlation_id: event.ext.correlationid.clone(),

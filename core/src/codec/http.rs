@@ -11,9 +11,7 @@
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde_json::Value;
 
-use super::attributes::{
-    EventBuilder, body_content_type, decode_body, encode_body, text_attributes,
-};
+use super::attributes::{EventBuilder, body_content_type, decode_body, encode_body, text_attributes};
 use crate::event::{Event, Violation};
 use crate::{Error, Result};
 
@@ -34,12 +32,7 @@ pub struct HttpMessage {
 pub fn encode(event: &Event) -> HttpMessage {
     let mut headers: Vec<(String, String)> = text_attributes(event)
         .into_iter()
-        .map(|(name, value)| {
-            (
-                format!("ce-{name}"),
-                utf8_percent_encode(&value, HEADER_ESCAPES).to_string(),
-            )
-        })
+        .map(|(name, value)| (format!("ce-{name}"), utf8_percent_encode(&value, HEADER_ESCAPES).to_string()))
         .collect();
     let body = encode_body(event);
     let content_type = body_content_type(event);
@@ -55,10 +48,7 @@ pub fn encode(event: &Event) -> HttpMessage {
 /// # Errors
 /// [`Error::Malformed`] when a `ce-*` value is not valid percent-encoded UTF-8 text;
 /// [`Error::Invalid`] listing every broken rule otherwise.
-pub fn decode<'a>(
-    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-    body: &[u8],
-) -> Result<Event> {
+pub fn decode<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>, body: &[u8]) -> Result<Event> {
     let mut builder = EventBuilder::default();
     for (name, raw) in headers {
         let name = name.to_ascii_lowercase();
@@ -67,15 +57,10 @@ pub fn decode<'a>(
                 .map_err(|_| Error::malformed("HTTP binary event", "Content-Type is not UTF-8"))?;
             builder.attribute("datacontenttype", Value::String(text.trim().to_owned()));
         } else if let Some(attribute) = name.strip_prefix("ce-") {
-            let text = std::str::from_utf8(raw)
-                .ok()
-                .and_then(|text| percent_decode_str(text).decode_utf8().ok())
-                .ok_or_else(|| {
-                    Error::malformed(
-                        "HTTP binary event",
-                        format!("header {name} is not percent-encoded UTF-8"),
-                    )
-                })?;
+            let text =
+                std::str::from_utf8(raw).ok().and_then(|text| percent_decode_str(text).decode_utf8().ok()).ok_or_else(
+                    || Error::malformed("HTTP binary event", format!("header {name} is not percent-encoded UTF-8")),
+                )?;
             if attribute == "datacontenttype" {
                 builder.violations.push(Violation::new(
                     "datacontenttype",

@@ -77,9 +77,7 @@ impl Serialize for Structured<'_> {
             None => {}
             Some(Data::Payload(payload)) => map.serialize_entry("data", payload)?,
             Some(Data::Json(value)) => map.serialize_entry("data", value)?,
-            Some(Data::Binary(bytes)) => {
-                map.serialize_entry("data_base64", &BASE64.encode(bytes))?
-            }
+            Some(Data::Binary(bytes)) => map.serialize_entry("data_base64", &BASE64.encode(bytes))?,
         }
         map.end()
     }
@@ -97,8 +95,7 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
     // NOTE: writing to a Vec cannot fail, and every value is serialisable JSON (the payloads
     // hold no non-string map keys); non-finite floats become `null`, which validation rejects
     // on the way in.
-    serde_json::to_writer(out, &Structured(event))
-        .expect("serialising an event to JSON cannot fail");
+    serde_json::to_writer(out, &Structured(event)).expect("serialising an event to JSON cannot fail");
 }
 
 /// Encodes one event as a `serde_json::Value` object.
@@ -136,10 +133,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
 /// As [`decode`].
 pub fn from_value(value: Value) -> Result<Event> {
     let Value::Object(members) = value else {
-        return Err(Error::malformed(
-            FORMAT,
-            "a CloudEvent must be a JSON object",
-        ));
+        return Err(Error::malformed(FORMAT, "a CloudEvent must be a JSON object"));
     };
     let mut builder = EventBuilder::default();
     let mut data = None;
@@ -153,9 +147,7 @@ pub fn from_value(value: Value) -> Result<Event> {
     }
     let data = match (data, data_base64) {
         (Some(_), Some(_)) => {
-            builder
-                .violations
-                .push(Violation::new("data", "and data_base64 are both present"));
+            builder.violations.push(Violation::new("data", "and data_base64 are both present"));
             None
         }
         (Some(Value::Null), None) | (None, None) | (None, Some(Value::Null)) => None,
@@ -163,16 +155,12 @@ pub fn from_value(value: Value) -> Result<Event> {
         (None, Some(Value::String(text))) => match BASE64.decode(text.as_bytes()) {
             Ok(bytes) => Some(Data::Binary(bytes)),
             Err(_) => {
-                builder
-                    .violations
-                    .push(Violation::new("data_base64", "is not base64 (RFC 4648)"));
+                builder.violations.push(Violation::new("data_base64", "is not base64 (RFC 4648)"));
                 None
             }
         },
         (None, Some(_)) => {
-            builder
-                .violations
-                .push(Violation::new("data_base64", "must be a base64 string"));
+            builder.violations.push(Violation::new("data_base64", "must be a base64 string"));
             None
         }
     };
@@ -187,10 +175,7 @@ pub fn from_value(value: Value) -> Result<Event> {
 pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Result<Event>>> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| Error::malformed(FORMAT, e))?;
     let Value::Array(items) = value else {
-        return Err(Error::malformed(
-            FORMAT,
-            "a batch must be a JSON array of CloudEvents",
-        ));
+        return Err(Error::malformed(FORMAT, "a batch must be a JSON array of CloudEvents"));
     };
     Ok(items.into_iter().map(from_value).collect())
 }

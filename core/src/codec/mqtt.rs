@@ -11,9 +11,7 @@
 
 use serde_json::Value;
 
-use super::attributes::{
-    EventBuilder, body_content_type, decode_body, encode_body, text_attributes,
-};
+use super::attributes::{EventBuilder, body_content_type, decode_body, encode_body, text_attributes};
 use crate::Result;
 use crate::event::{Event, Violation};
 
@@ -30,16 +28,9 @@ pub struct Mqtt5Message {
 
 /// Maps an event to an MQTT 5 binary-mode message.
 pub fn encode_v5(event: &Event) -> Mqtt5Message {
-    let user_properties = text_attributes(event)
-        .into_iter()
-        .map(|(name, value)| (name.to_owned(), value))
-        .collect();
+    let user_properties = text_attributes(event).into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
     let content_type = body_content_type(event);
-    Mqtt5Message {
-        content_type,
-        user_properties,
-        payload: encode_body(event),
-    }
+    Mqtt5Message { content_type, user_properties, payload: encode_body(event) }
 }
 
 /// Maps an MQTT 5 binary-mode message back to a validated event. User properties that are

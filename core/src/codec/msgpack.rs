@@ -18,9 +18,7 @@ use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::event::{
-    Data, Event, EventKind, EventType, ExtensionValue, Extensions, Payload, Provenance, Timestamp,
-};
+use crate::event::{Data, Event, EventKind, EventType, ExtensionValue, Extensions, Payload, Provenance, Timestamp};
 use crate::{Error, Result};
 
 /// The storage format this build writes and the newest it reads.
@@ -58,9 +56,7 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
         event.data.as_ref().map(DataRef),
     );
     // NOTE: writing to a Vec cannot fail and every field is MessagePack-representable.
-    stored
-        .serialize(&mut rmp_serde::Serializer::new(out))
-        .expect("encoding an event as MessagePack cannot fail");
+    stored.serialize(&mut rmp_serde::Serializer::new(out)).expect("encoding an event as MessagePack cannot fail");
 }
 
 /// Decodes a stored event.
@@ -69,14 +65,9 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
 /// [`Error::UnsupportedFormat`] for an unknown version byte, [`Error::Malformed`] for bytes
 /// that are not a stored event.
 pub fn decode(bytes: &[u8]) -> Result<Event> {
-    let (&version, rest) = bytes
-        .split_first()
-        .ok_or_else(|| Error::malformed(FORMAT, "empty input"))?;
+    let (&version, rest) = bytes.split_first().ok_or_else(|| Error::malformed(FORMAT, "empty input"))?;
     if version != FORMAT_VERSION {
-        return Err(Error::UnsupportedFormat {
-            found: version,
-            supported: FORMAT_VERSION,
-        });
+        return Err(Error::UnsupportedFormat { found: version, supported: FORMAT_VERSION });
     }
     let StoredOwned(
         id,
@@ -98,14 +89,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
     ) = rmp_serde::from_slice(rest).map_err(|e| Error::malformed(FORMAT, e))?;
     let h3cell = h3cell
         .map(|raw| {
-            CellIndex::try_from(raw)
-                .map_err(|_| Error::malformed(FORMAT, format!("{raw:#x} is not an H3 cell")))
+            CellIndex::try_from(raw).map_err(|_| Error::malformed(FORMAT, format!("{raw:#x} is not an H3 cell")))
         })
         .transpose()?;
     let provenance = provenance
         .map(|code| {
-            provenance_from_code(code)
-                .ok_or_else(|| Error::malformed(FORMAT, format!("unknown provenance {code}")))
+            provenance_from_code(code).ok_or_else(|| Error::malformed(FORMAT, format!("unknown provenance {code}")))
         })
         .transpose()?;
     Ok(Event {
@@ -116,16 +105,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         subject,
         datacontenttype,
         dataschema,
-        ext: Extensions {
-            correlationid,
-            causationid,
-            organization,
-            region,
-            h3cell,
-            sequence,
-            provenance,
-            other,
-        },
+        ext: Extensions { correlationid, causationid, organization, region, h3cell, sequence, provenance, other },
         data: data.map(|DataOwned(data)| data),
     })
 }
@@ -315,9 +295,8 @@ impl<'de> Deserialize<'de> for DataOwned {
                     TAG_PAYLOAD => {
                         let index: u8 = seq.next_element()?.ok_or_else(missing)?;
                         let version: u8 = seq.next_element()?.ok_or_else(missing)?;
-                        let kind = EventKind::from_storage_index(index).ok_or_else(|| {
-                            de::Error::custom(format!("unknown event kind index {index}"))
-                        })?;
+                        let kind = EventKind::from_storage_index(index)
+                            .ok_or_else(|| de::Error::custom(format!("unknown event kind index {index}")))?;
                         if version != kind.schema_version() {
                             // NOTE: the place for upcasters once a payload changes shape.
                             return Err(de::Error::custom(format!(
@@ -325,15 +304,10 @@ impl<'de> Deserialize<'de> for DataOwned {
                                 kind.schema_version()
                             )));
                         }
-                        Data::Payload(
-                            seq.next_element_seed(PayloadSeed(kind))?
-                                .ok_or_else(missing)?,
-                        )
+                        Data::Payload(seq.next_element_seed(PayloadSeed(kind))?.ok_or_else(missing)?)
                     }
                     TAG_JSON => Data::Json(seq.next_element()?.ok_or_else(missing)?),
-                    TAG_BINARY => {
-                        Data::Binary(seq.next_element::<ByteBuf>()?.ok_or_else(missing)?.0)
-                    }
+                    TAG_BINARY => Data::Binary(seq.next_element::<ByteBuf>()?.ok_or_else(missing)?.0),
                     other => return Err(de::Error::custom(format!("unknown data tag {other}"))),
                 };
                 Ok(DataOwned(data))

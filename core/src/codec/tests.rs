@@ -100,29 +100,16 @@ fn seed_envelope_converts_without_losing_a_field() {
     assert_eq!(event.ext.organization.as_deref(), Some("org_xyz"));
     assert_eq!(event.ext.region.as_deref(), Some("us-east"));
     assert_eq!(event.time.unwrap().to_rfc3339(), "2025-01-15T10:30:00Z");
-    let Some(crate::event::Payload::AlertTriggered(alert)) = event.payload() else {
-        panic!("typed alert expected")
-    };
-    assert_eq!(
-        (alert.threshold, alert.actual_value),
-        (Some(75.0), Some(85.5))
-    );
-    assert_eq!(
-        Envelope::from_event(&event).payload.unwrap()["alert_id"],
-        "alert_temp_high"
-    );
+    let Some(crate::event::Payload::AlertTriggered(alert)) = event.payload() else { panic!("typed alert expected") };
+    assert_eq!((alert.threshold, alert.actual_value), (Some(75.0), Some(85.5)));
+    assert_eq!(Envelope::from_event(&event).payload.unwrap()["alert_id"], "alert_temp_high");
 }
 
 #[test]
 fn http_headers_are_percent_encoded_and_case_insensitive() {
     let event = Event::untyped("id 1", "/s", "com.example.t").with_subject("café \"x\" 100%");
     let message = http::encode(&event);
-    let subject = &message
-        .headers
-        .iter()
-        .find(|(name, _)| name == "ce-subject")
-        .unwrap()
-        .1;
+    let subject = &message.headers.iter().find(|(name, _)| name == "ce-subject").unwrap().1;
     assert_eq!(subject, "caf%C3%A9%20%22x%22%20100%25");
     let headers = [
         ("CE-SpecVersion", "1.0"),
@@ -144,18 +131,9 @@ fn http_binary_rejects_bad_input_with_every_reason() {
         ("ce-time", "noon"),
         ("content-type", "application/json"),
     ];
-    let error = http::decode(
-        headers.iter().map(|(n, v)| (*n, v.as_bytes())),
-        b"{not json",
-    )
-    .unwrap_err();
+    let error = http::decode(headers.iter().map(|(n, v)| (*n, v.as_bytes())), b"{not json").unwrap_err();
     let text = error.to_string();
-    for part in [
-        "time is not RFC 3339",
-        "data is not valid JSON",
-        "id is required",
-        "source is required",
-    ] {
+    for part in ["time is not RFC 3339", "data is not valid JSON", "id is required", "source is required"] {
         assert!(text.contains(part), "{text:?} should contain {part:?}");
     }
 }
@@ -170,24 +148,10 @@ fn msgpack_is_compact_and_versioned() {
     .unwrap();
     let stored = msgpack::encode(&event);
     let as_json = json::encode(&event);
-    assert!(
-        stored.len() * 2 < as_json.len(),
-        "MessagePack {} bytes vs JSON {} bytes",
-        stored.len(),
-        as_json.len()
-    );
+    assert!(stored.len() * 2 < as_json.len(), "MessagePack {} bytes vs JSON {} bytes", stored.len(), as_json.len());
     let mut future = stored.clone();
     future[0] = msgpack::FORMAT_VERSION + 1;
-    assert!(matches!(
-        msgpack::decode(&future),
-        Err(crate::Error::UnsupportedFormat { .. })
-    ));
-    assert!(matches!(
-        msgpack::decode(&stored[..stored.len() / 2]),
-        Err(crate::Error::Malformed { .. })
-    ));
-    assert!(matches!(
-        msgpack::decode(&[]),
-        Err(crate::Error::Malformed { .. })
-    ));
+    assert!(matches!(msgpack::decode(&future), Err(crate::Error::UnsupportedFormat { .. })));
+    assert!(matches!(msgpack::decode(&stored[..stored.len() / 2]), Err(crate::Error::Malformed { .. })));
+    assert!(matches!(msgpack::decode(&[]), Err(crate::Error::Malformed { .. })));
 }

@@ -39,9 +39,7 @@ impl Location {
     /// not a valid WGS84 position.
     pub fn cell(&self, resolution: Resolution) -> Option<CellIndex> {
         self.check().ok()?;
-        LatLng::new(self.lat, self.lng)
-            .ok()
-            .map(|ll| ll.to_cell(resolution))
+        LatLng::new(self.lat, self.lng).ok().map(|ll| ll.to_cell(resolution))
     }
 }
 
@@ -50,10 +48,7 @@ impl Location {
 pub(crate) mod cell_serde {
     use super::*;
 
-    pub(crate) fn serialize<S: Serializer>(
-        cell: &CellIndex,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(cell: &CellIndex, serializer: S) -> Result<S::Ok, S::Error> {
         if serializer.is_human_readable() {
             serializer.collect_str(cell)
         } else {
@@ -61,17 +56,14 @@ pub(crate) mod cell_serde {
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<CellIndex, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<CellIndex, D::Error> {
         use serde::de::Error;
         if deserializer.is_human_readable() {
             let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
             parse_cell(&text).map_err(D::Error::custom)
         } else {
             let raw = u64::deserialize(deserializer)?;
-            CellIndex::try_from(raw)
-                .map_err(|_| D::Error::custom(format!("{raw:#x} is not an H3 cell index")))
+            CellIndex::try_from(raw).map_err(|_| D::Error::custom(format!("{raw:#x} is not an H3 cell index")))
         }
     }
 
@@ -79,10 +71,7 @@ pub(crate) mod cell_serde {
     pub(crate) mod option {
         use super::*;
 
-        pub(crate) fn serialize<S: Serializer>(
-            cell: &Option<CellIndex>,
-            serializer: S,
-        ) -> Result<S::Ok, S::Error> {
+        pub(crate) fn serialize<S: Serializer>(cell: &Option<CellIndex>, serializer: S) -> Result<S::Ok, S::Error> {
             struct Wrap<'a>(&'a CellIndex);
             impl Serialize for Wrap<'_> {
                 fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -95,9 +84,7 @@ pub(crate) mod cell_serde {
             }
         }
 
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-            deserializer: D,
-        ) -> Result<Option<CellIndex>, D::Error> {
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<CellIndex>, D::Error> {
             struct Wrap(CellIndex);
             impl<'de> Deserialize<'de> for Wrap {
                 fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -111,8 +98,7 @@ pub(crate) mod cell_serde {
 
 /// Parses an H3 cell from its hex form (`8828308281fffff`).
 pub fn parse_cell(text: &str) -> Result<CellIndex, String> {
-    text.parse::<CellIndex>()
-        .map_err(|_| format!("{text:?} is not an H3 cell index"))
+    text.parse::<CellIndex>().map_err(|_| format!("{text:?} is not an H3 cell index"))
 }
 
 /// The unit of a metric value: a UCUM-style code (`ug/m3`, `km/h`, `Cel`, `%`, `{vehicles}`)
@@ -201,9 +187,7 @@ mod tests {
 
     #[test]
     fn cell_is_derived_from_location() {
-        let cell = Location::new(40.7128, -74.006)
-            .cell(Resolution::Eight)
-            .unwrap();
+        let cell = Location::new(40.7128, -74.006).cell(Resolution::Eight).unwrap();
         assert_eq!(cell.resolution(), Resolution::Eight);
         assert_eq!(parse_cell(&cell.to_string()).unwrap(), cell);
         assert!(parse_cell("not-a-cell").is_err());

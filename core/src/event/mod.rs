@@ -29,8 +29,7 @@ pub use payload::*;
 pub use time::{Timestamp, TimestampParseError};
 pub use validate::{ValidationError, Violation, is_valid_extension_name};
 pub(crate) use validate::{
-    is_json_content_type as is_json_content_type_pub,
-    is_text_content_type as is_text_content_type_pub,
+    is_json_content_type as is_json_content_type_pub, is_text_content_type as is_text_content_type_pub,
 };
 
 /// The only CloudEvents version citytwin speaks.
@@ -176,29 +175,12 @@ pub struct Extensions {
 
 /// Names of the context attributes that are not extensions (plus the JSON format's
 /// `data_base64` member).
-pub const RESERVED_ATTRIBUTES: &[&str] = &[
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "time",
-    "subject",
-    "datacontenttype",
-    "dataschema",
-    "data",
-    "data_base64",
-];
+pub const RESERVED_ATTRIBUTES: &[&str] =
+    &["specversion", "id", "source", "type", "time", "subject", "datacontenttype", "dataschema", "data", "data_base64"];
 
 /// Names of citytwin's typed extension attributes.
-pub const CITYTWIN_EXTENSIONS: &[&str] = &[
-    "correlationid",
-    "causationid",
-    "organization",
-    "region",
-    "h3cell",
-    "sequence",
-    "provenance",
-];
+pub const CITYTWIN_EXTENSIONS: &[&str] =
+    &["correlationid", "causationid", "organization", "region", "h3cell", "sequence", "provenance"];
 
 /// An event's data.
 #[derive(Debug, Clone, PartialEq)]
@@ -237,11 +219,7 @@ pub struct Event {
 
 impl Event {
     /// An event of a known kind, with its typed payload as data.
-    pub fn new(
-        id: impl Into<String>,
-        source: impl Into<String>,
-        payload: impl Into<Payload>,
-    ) -> Self {
+    pub fn new(id: impl Into<String>, source: impl Into<String>, payload: impl Into<Payload>) -> Self {
         let payload = payload.into();
         Event {
             id: id.into(),
@@ -324,9 +302,7 @@ impl Event {
     /// `h3o`, never taken on trust); leaves it unset when the event has no valid location.
     #[must_use]
     pub fn with_derived_cell(mut self, resolution: Resolution) -> Self {
-        self.ext.h3cell = self
-            .location()
-            .and_then(|location| location.cell(resolution));
+        self.ext.h3cell = self.location().and_then(|location| location.cell(resolution));
         self
     }
 
@@ -345,9 +321,7 @@ impl Event {
 
     /// The asset this event is about: the payload's asset id, else the `subject`.
     pub fn asset_id(&self) -> Option<&str> {
-        self.payload()
-            .and_then(Payload::asset_id)
-            .or(self.subject.as_deref())
+        self.payload().and_then(Payload::asset_id).or(self.subject.as_deref())
     }
 
     /// The location the payload carries, if any.
@@ -362,11 +336,7 @@ impl Event {
     pub fn validate(&self) -> Result<(), ValidationError> {
         let mut violations = Vec::new();
         validate::check_event(self, &mut violations);
-        if violations.is_empty() {
-            Ok(())
-        } else {
-            Err(ValidationError::new(violations))
-        }
+        if violations.is_empty() { Ok(()) } else { Err(ValidationError::new(violations)) }
     }
 }
 

@@ -585,14 +585,8 @@ mod tests {
         for &kind in EventKind::ALL {
             assert_eq!(EventKind::from_type(kind.type_str()), Some(kind));
             assert_eq!(EventKind::from_short_name(kind.short_name()), Some(kind));
-            assert_eq!(
-                EventKind::from_storage_index(kind.storage_index()),
-                Some(kind)
-            );
-            assert!(
-                seen_index.insert(kind.storage_index()),
-                "duplicate index for {kind}"
-            );
+            assert_eq!(EventKind::from_storage_index(kind.storage_index()), Some(kind));
+            assert!(seen_index.insert(kind.storage_index()), "duplicate index for {kind}");
             assert!(kind.type_str().starts_with("com.smartcities."), "{kind}");
         }
         assert_eq!(EventKind::ALL.len(), 20);

@@ -13,23 +13,15 @@ fn check(event: serde_json::Value, expected: &[&str]) {
     let result = json::from_value(event.clone());
     let found: Vec<String> = match &result {
         Ok(_) => Vec::new(),
-        Err(crate::Error::Invalid(error)) => {
-            error.violations().iter().map(ToString::to_string).collect()
-        }
+        Err(crate::Error::Invalid(error)) => error.violations().iter().map(ToString::to_string).collect(),
         Err(other) => panic!("{event}: expected a validation result, got {other}"),
     };
     let matches = found.len() == expected.len()
-        && found
-            .iter()
-            .zip(expected)
-            .all(|(found, expected)| match expected.strip_suffix('…') {
-                Some(prefix) => found.starts_with(prefix),
-                None => found == expected,
-            });
-    assert!(
-        matches,
-        "{event}\n expected: {expected:#?}\n found:    {found:#?}"
-    );
+        && found.iter().zip(expected).all(|(found, expected)| match expected.strip_suffix('…') {
+            Some(prefix) => found.starts_with(prefix),
+            None => found == expected,
+        });
+    assert!(matches, "{event}\n expected: {expected:#?}\n found:    {found:#?}");
 }
 
 fn minimal() -> serde_json::Value {
@@ -89,19 +81,9 @@ fn valid_events_from_the_spec() {
         check(with(minimal(), "source", json!(source)), &[]);
     }
     // Time with an offset and fractional seconds; an optional attribute set to null is absent.
-    check(
-        with(minimal(), "time", json!("1985-04-12T23:20:50.52+01:00")),
-        &[],
-    );
+    check(with(minimal(), "time", json!("1985-04-12T23:20:50.52+01:00")), &[]);
     check(with(minimal(), "subject", json!(null)), &[]);
-    check(
-        with(
-            minimal(),
-            "dataschema",
-            json!("https://schemas.city.example/metric/v1"),
-        ),
-        &[],
-    );
+    check(with(minimal(), "dataschema", json!("https://schemas.city.example/metric/v1")), &[]);
     check(with(minimal(), "boolext", json!(true)), &[]);
     check(metric(), &[]);
 }
@@ -110,13 +92,8 @@ fn valid_events_from_the_spec() {
 fn known_types_decode_to_typed_payloads() {
     let event = json::from_value(metric()).unwrap();
     assert_eq!(event.kind(), Some(EventKind::MetricRecorded));
-    let Some(Payload::MetricRecorded(m)) = event.payload() else {
-        panic!("expected a typed payload: {event:?}")
-    };
-    assert_eq!(
-        (m.metric_type.as_str(), m.value, m.unit.canonical()),
-        ("pm25", 35.5, Some("ug/m3"))
-    );
+    let Some(Payload::MetricRecorded(m)) = event.payload() else { panic!("expected a typed payload: {event:?}") };
+    assert_eq!((m.metric_type.as_str(), m.value, m.unit.canonical()), ("pm25", 35.5, Some("ug/m3")));
     // Unknown types are carried through untyped.
     let unknown = json::from_value(with(minimal(), "data", json!({"anything": [1, 2]}))).unwrap();
     assert_eq!(unknown.data, Some(Data::Json(json!({"anything": [1, 2]}))));
@@ -124,81 +101,36 @@ fn known_types_decode_to_typed_payloads() {
 
 #[test]
 fn required_attributes() {
-    check(
-        without(minimal(), "specversion"),
-        &["specversion is required"],
-    );
+    check(without(minimal(), "specversion"), &["specversion is required"]);
     check(without(minimal(), "id"), &["id is required"]);
     check(without(minimal(), "source"), &["source is required"]);
     check(without(minimal(), "type"), &["type is required"]);
-    check(
-        with(minimal(), "id", json!("")),
-        &["id must be a non-empty string"],
-    );
-    check(
-        with(minimal(), "source", json!("")),
-        &["source must be a non-empty URI-reference"],
-    );
-    check(
-        with(minimal(), "type", json!("")),
-        &["type must be a non-empty string"],
-    );
-    check(
-        with(minimal(), "type", json!(5)),
-        &["type must be a string", "type is required"],
-    );
+    check(with(minimal(), "id", json!("")), &["id must be a non-empty string"]);
+    check(with(minimal(), "source", json!("")), &["source must be a non-empty URI-reference"]);
+    check(with(minimal(), "type", json!("")), &["type must be a non-empty string"]);
+    check(with(minimal(), "type", json!(5)), &["type must be a string", "type is required"]);
 }
 
 #[test]
 fn attribute_rules() {
-    check(
-        with(minimal(), "specversion", json!("0.3")),
-        &["specversion must be \"1.0\""],
-    );
-    check(
-        with(minimal(), "specversion", json!(1.0)),
-        &["specversion must be \"1.0\""],
-    );
-    check(
-        with(minimal(), "source", json!("not a uri")),
-        &["source is not a URI-reference"],
-    );
-    check(
-        with(minimal(), "source", json!("bad%zzescape")),
-        &["source is not a URI-reference"],
-    );
-    check(
-        with(minimal(), "time", json!("2025-01-15 10:30")),
-        &["time is not RFC 3339"],
-    );
-    check(
-        with(minimal(), "time", json!(1736937000)),
-        &["time must be a string"],
-    );
-    check(
-        with(minimal(), "subject", json!("")),
-        &["subject must be a non-empty string"],
-    );
-    check(
-        with(minimal(), "id", json!("bell\u{7}")),
-        &["id contains the forbidden character U+0007"],
-    );
+    check(with(minimal(), "specversion", json!("0.3")), &["specversion must be \"1.0\""]);
+    check(with(minimal(), "specversion", json!(1.0)), &["specversion must be \"1.0\""]);
+    check(with(minimal(), "source", json!("not a uri")), &["source is not a URI-reference"]);
+    check(with(minimal(), "source", json!("bad%zzescape")), &["source is not a URI-reference"]);
+    check(with(minimal(), "time", json!("2025-01-15 10:30")), &["time is not RFC 3339"]);
+    check(with(minimal(), "time", json!(1736937000)), &["time must be a string"]);
+    check(with(minimal(), "subject", json!("")), &["subject must be a non-empty string"]);
+    check(with(minimal(), "id", json!("bell\u{7}")), &["id contains the forbidden character U+0007"]);
     check(
         with(minimal(), "datacontenttype", json!("json")),
         &["datacontenttype is not an RFC 2046 media type like \"application/json\""],
     );
-    check(
-        with(minimal(), "dataschema", json!("/relative/schema")),
-        &["dataschema is not an absolute URI"],
-    );
+    check(with(minimal(), "dataschema", json!("/relative/schema")), &["dataschema is not an absolute URI"]);
 }
 
 #[test]
 fn extension_rules() {
-    check(
-        with(minimal(), "Upper_Case", json!("x")),
-        &["Upper_Case is not a valid extension attribute name…"],
-    );
+    check(with(minimal(), "Upper_Case", json!("x")), &["Upper_Case is not a valid extension attribute name…"]);
     check(
         with(minimal(), "abcdefghijklmnopqrstu", json!("x")),
         &["abcdefghijklmnopqrstu is not a valid extension attribute name…"],
@@ -215,60 +147,33 @@ fn extension_rules() {
         with(minimal(), "ratio", json!(0.5)),
         &["ratio must be a string, a boolean or an integer within the 32-bit signed range"],
     );
-    check(
-        with(minimal(), "sequence", json!("-4")),
-        &["sequence must be a decimal unsigned integer"],
-    );
-    check(
-        with(minimal(), "provenance", json!("guessed")),
-        &["provenance must be one of live, simulated, replayed"],
-    );
-    check(
-        with(minimal(), "h3cell", json!("zzz")),
-        &["h3cell is not an H3 cell index"],
-    );
+    check(with(minimal(), "sequence", json!("-4")), &["sequence must be a decimal unsigned integer"]);
+    check(with(minimal(), "provenance", json!("guessed")), &["provenance must be one of live, simulated, replayed"]);
+    check(with(minimal(), "h3cell", json!("zzz")), &["h3cell is not an H3 cell index"]);
 }
 
 #[test]
 fn data_rules() {
     check(
-        with(
-            with(minimal(), "data", json!({})),
-            "data_base64",
-            json!("AAAA"),
-        ),
+        with(with(minimal(), "data", json!({})), "data_base64", json!("AAAA")),
         &["data and data_base64 are both present"],
     );
-    check(
-        with(minimal(), "data_base64", json!("not base64!")),
-        &["data_base64 is not base64 (RFC 4648)"],
-    );
+    check(with(minimal(), "data_base64", json!("not base64!")), &["data_base64 is not base64 (RFC 4648)"]);
     let mut bad_value = metric();
     bad_value["data"]["value"] = json!("high");
-    check(
-        bad_value,
-        &["data does not match the schema of com.smartcities.asset.metric_recorded: invalid type…"],
-    );
+    check(bad_value, &["data does not match the schema of com.smartcities.asset.metric_recorded: invalid type…"]);
     let mut extra_field = metric();
     extra_field["data"]["colour"] = json!("grey");
     check(
         extra_field,
-        &[
-            "data does not match the schema of com.smartcities.asset.metric_recorded: unknown field `colour`…",
-        ],
+        &["data does not match the schema of com.smartcities.asset.metric_recorded: unknown field `colour`…"],
     );
     let mut bad_location = metric();
     bad_location["data"]["location"]["lat"] = json!(95.0);
-    check(
-        bad_location,
-        &["data.location.lat must be a number within -90..=90"],
-    );
+    check(bad_location, &["data.location.lat must be a number within -90..=90"]);
     let mut text_typed = metric();
     text_typed["datacontenttype"] = json!("text/plain");
-    check(
-        text_typed,
-        &["datacontenttype must be JSON for com.smartcities.asset.metric_recorded"],
-    );
+    check(text_typed, &["datacontenttype must be JSON for com.smartcities.asset.metric_recorded"]);
     let battery = json!({"specversion": "1.0", "id": "b1", "source": "/s", "type": "com.smartcities.asset.battery_low",
         "data": {"asset_id": "s1", "battery_pct": 150.0, "threshold_pct": 20.0}});
     check(battery, &["data.battery_pct must be within 0..=100"]);
@@ -278,14 +183,10 @@ fn data_rules() {
 fn h3cell_must_match_the_location() {
     let mut event = metric();
     // The cell of (40.7128, -74.0060) at resolution 8 is derived, never trusted.
-    let right = crate::event::Location::new(40.7128, -74.006)
-        .cell(h3o::Resolution::Eight)
-        .unwrap();
+    let right = crate::event::Location::new(40.7128, -74.006).cell(h3o::Resolution::Eight).unwrap();
     event["h3cell"] = json!(right.to_string());
     check(event.clone(), &[]);
-    let elsewhere = crate::event::Location::new(51.5, -0.12)
-        .cell(h3o::Resolution::Eight)
-        .unwrap();
+    let elsewhere = crate::event::Location::new(51.5, -0.12).cell(h3o::Resolution::Eight).unwrap();
     event["h3cell"] = json!(elsewhere.to_string());
     check(
         event,
@@ -316,22 +217,15 @@ fn every_problem_is_reported_at_once() {
 fn non_objects_are_malformed() {
     for text in ["[1]", "\"event\"", "{", ""] {
         let error = json::decode(text.as_bytes()).unwrap_err();
-        assert!(
-            matches!(error, crate::Error::Malformed { .. }),
-            "{text}: {error}"
-        );
+        assert!(matches!(error, crate::Error::Malformed { .. }), "{text}: {error}");
     }
 }
 
 #[test]
 fn docs_list_every_known_type() {
-    let docs =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/events.md")).unwrap();
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/events.md")).unwrap();
     for kind in EventKind::ALL {
         let row = format!("| `{}` | `{}` |", kind.short_name(), kind.type_str());
-        assert!(
-            docs.contains(&row),
-            "docs/events.md lacks the row for {kind}: {row}"
-        );
+        assert!(docs.contains(&row), "docs/events.md lacks the row for {kind}: {row}");
     }
 }

@@ -79,10 +79,7 @@ impl Timestamp {
     pub fn parse_rfc3339(text: &str) -> Result<Self, TimestampParseError> {
         let error = || TimestampParseError(text.to_owned());
         let parsed = DateTime::parse_from_rfc3339(text).map_err(|_| error())?;
-        parsed
-            .timestamp_nanos_opt()
-            .map(Timestamp)
-            .ok_or_else(error)
+        parsed.timestamp_nanos_opt().map(Timestamp).ok_or_else(error)
     }
 
     /// Formats as RFC 3339 in UTC with `Z`, with as many fractional digits (0, 3, 6 or 9) as
@@ -147,26 +144,15 @@ mod tests {
         let offset = Timestamp::parse_rfc3339("2025-01-15T12:30:00.5+02:00").unwrap();
         assert_eq!(offset.to_rfc3339(), "2025-01-15T10:30:00.500Z");
         let nanos = Timestamp::from_nanos(1_736_937_000_123_456_789);
-        assert_eq!(
-            Timestamp::parse_rfc3339(&nanos.to_rfc3339()).unwrap(),
-            nanos
-        );
+        assert_eq!(Timestamp::parse_rfc3339(&nanos.to_rfc3339()).unwrap(), nanos);
     }
 
     #[test]
     fn rejects_non_rfc3339() {
-        for bad in [
-            "2025-01-15",
-            "2025-01-15 10:30:00",
-            "10:30:00Z",
-            "2025-13-01T00:00:00Z",
-            "",
-            "9999-01-01T00:00:00Z",
-        ] {
-            assert!(
-                Timestamp::parse_rfc3339(bad).is_err(),
-                "{bad} should be rejected"
-            );
+        for bad in
+            ["2025-01-15", "2025-01-15 10:30:00", "10:30:00Z", "2025-13-01T00:00:00Z", "", "9999-01-01T00:00:00Z"]
+        {
+            assert!(Timestamp::parse_rfc3339(bad).is_err(), "{bad} should be rejected");
         }
     }
 }

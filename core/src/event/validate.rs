@@ -20,10 +20,7 @@ pub struct Violation {
 impl Violation {
     /// A violation of `rule` by `attribute`.
     pub fn new(attribute: impl Into<String>, rule: impl Into<String>) -> Self {
-        Violation {
-            attribute: attribute.into(),
-            rule: rule.into(),
-        }
+        Violation { attribute: attribute.into(), rule: rule.into() }
     }
 }
 
@@ -45,10 +42,7 @@ impl ValidationError {
     /// # Panics
     /// When `violations` is empty: an error must say what is wrong.
     pub fn new(violations: Vec<Violation>) -> Self {
-        assert!(
-            !violations.is_empty(),
-            "a ValidationError needs at least one violation"
-        );
+        assert!(!violations.is_empty(), "a ValidationError needs at least one violation");
         ValidationError { violations }
     }
 
@@ -83,9 +77,7 @@ impl fmt::Display for ValidationError {
 /// attribute name.
 pub fn is_valid_extension_name(name: &str) -> bool {
     (1..=20).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && !RESERVED_ATTRIBUTES.contains(&name)
 }
 
@@ -97,10 +89,7 @@ pub(crate) fn check_string_chars(attribute: &str, value: &str, out: &mut Vec<Vio
         c.is_control() || (0xFDD0..=0xFDEF).contains(&code) || (code & 0xFFFE) == 0xFFFE
     });
     if let Some(c) = bad {
-        out.push(Violation::new(
-            attribute,
-            format!("contains the forbidden character U+{:04X}", c as u32),
-        ));
+        out.push(Violation::new(attribute, format!("contains the forbidden character U+{:04X}", c as u32)));
     }
 }
 
@@ -139,10 +128,7 @@ pub(crate) fn is_uri_reference(text: &str) -> bool {
         let allowed = b.is_ascii_alphanumeric()
             || matches!(b, b'-' | b'.' | b'_' | b'~')
             || matches!(b, b':' | b'/' | b'?' | b'#' | b'[' | b']' | b'@')
-            || matches!(
-                b,
-                b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
-            );
+            || matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=');
         if !allowed {
             return false;
         }
@@ -176,37 +162,25 @@ pub(crate) fn is_uri_reference(text: &str) -> bool {
 
 /// Whether `text` is an absolute URI (a URI-reference with a scheme).
 pub(crate) fn is_absolute_uri(text: &str) -> bool {
-    is_uri_reference(text)
-        && text
-            .split_once(':')
-            .is_some_and(|(scheme, _)| is_scheme(scheme))
+    is_uri_reference(text) && text.split_once(':').is_some_and(|(scheme, _)| is_scheme(scheme))
 }
 
 /// RFC 2046 media type: `type/subtype` tokens with optional `; name=value` parameters.
 pub(crate) fn check_content_type(attribute: &str, value: &str, out: &mut Vec<Violation>) {
     fn is_token(text: &str) -> bool {
-        !text.is_empty()
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b))
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b))
     }
     let mut parts = value.split(';');
     let essence = parts.next().unwrap_or_default().trim();
-    let valid_essence = essence
-        .split_once('/')
-        .is_some_and(|(ty, sub)| is_token(ty) && is_token(sub));
+    let valid_essence = essence.split_once('/').is_some_and(|(ty, sub)| is_token(ty) && is_token(sub));
     let valid_params = parts.all(|param| {
         param.split_once('=').is_some_and(|(name, val)| {
             let val = val.trim();
-            is_token(name.trim())
-                && (is_token(val) || (val.len() >= 2 && val.starts_with('"') && val.ends_with('"')))
+            is_token(name.trim()) && (is_token(val) || (val.len() >= 2 && val.starts_with('"') && val.ends_with('"')))
         })
     });
     if !(valid_essence && valid_params) {
-        out.push(Violation::new(
-            attribute,
-            "is not an RFC 2046 media type like \"application/json\"",
-        ));
+        out.push(Violation::new(attribute, "is not an RFC 2046 media type like \"application/json\""));
     }
 }
 
@@ -215,33 +189,20 @@ pub(crate) fn is_json_content_type(content_type: Option<&str>) -> bool {
     let Some(content_type) = content_type else {
         return true;
     };
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 
 /// Whether a media type says the data is text (carried as a string, not bytes).
 pub(crate) fn is_text_content_type(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     essence.starts_with("text/") || essence == "application/xml" || essence.ends_with("+xml")
 }
 
 pub(super) fn check_event(event: &Event, out: &mut Vec<Violation>) {
     check_non_empty("id", &event.id, out);
     if event.source.is_empty() {
-        out.push(Violation::new(
-            "source",
-            "must be a non-empty URI-reference",
-        ));
+        out.push(Violation::new("source", "must be a non-empty URI-reference"));
     } else if !is_uri_reference(&event.source) {
         out.push(Violation::new("source", "is not a URI-reference"));
     }
@@ -281,10 +242,7 @@ fn check_extensions(event: &Event, out: &mut Vec<Violation>) {
                 "is not a valid extension attribute name (1 to 20 characters of a-z and 0-9, not a reserved name)",
             ));
         } else if super::CITYTWIN_EXTENSIONS.contains(&name.as_str()) {
-            out.push(Violation::new(
-                name.clone(),
-                "is a citytwin extension and must use its typed field",
-            ));
+            out.push(Violation::new(name.clone(), "is a citytwin extension and must use its typed field"));
         }
         if let super::ExtensionValue::String(text) = value {
             check_string_chars(name, text, out);
@@ -315,16 +273,10 @@ fn check_data(event: &Event, out: &mut Vec<Violation>) {
     match (event.kind(), data) {
         (Some(kind), Data::Payload(payload)) => {
             if payload.kind() != kind {
-                out.push(Violation::new(
-                    "data",
-                    format!("holds a {} payload but type is {kind}", payload.kind()),
-                ));
+                out.push(Violation::new("data", format!("holds a {} payload but type is {kind}", payload.kind())));
             }
             if !is_json_content_type(event.datacontenttype.as_deref()) {
-                out.push(Violation::new(
-                    "datacontenttype",
-                    format!("must be JSON for {kind}"),
-                ));
+                out.push(Violation::new("datacontenttype", format!("must be JSON for {kind}")));
             }
             check_payload(payload, out);
         }
@@ -333,26 +285,13 @@ fn check_data(event: &Event, out: &mut Vec<Violation>) {
                 Ok(_) => "is JSON but not decoded into its typed payload".to_owned(),
                 Err(error) => error.to_string(),
             };
-            out.push(Violation::new(
-                "data",
-                format!("does not match the schema of {kind}: {reason}"),
-            ));
+            out.push(Violation::new("data", format!("does not match the schema of {kind}: {reason}")));
         }
         (Some(kind), Data::Binary(_)) => {
-            out.push(Violation::new(
-                "data",
-                format!("must be a JSON object for {kind}, not binary"),
-            ));
+            out.push(Violation::new("data", format!("must be a JSON object for {kind}, not binary")));
         }
         (None, Data::Payload(payload)) => {
-            out.push(Violation::new(
-                "data",
-                format!(
-                    "holds a {} payload but type is {}",
-                    payload.kind(),
-                    event.ty
-                ),
-            ));
+            out.push(Violation::new("data", format!("holds a {} payload but type is {}", payload.kind(), event.ty)));
         }
         (None, Data::Json(_) | Data::Binary(_)) => {}
     }
@@ -365,24 +304,12 @@ fn check_location(path: &str, location: &Location, out: &mut Vec<Violation>) {
     }
 }
 
-fn check_metric(
-    path: &str,
-    metric_type: &str,
-    value: f64,
-    unit: &super::Unit,
-    out: &mut Vec<Violation>,
-) {
+fn check_metric(path: &str, metric_type: &str, value: f64, unit: &super::Unit, out: &mut Vec<Violation>) {
     if metric_type.is_empty() {
-        out.push(Violation::new(
-            format!("{path}.metric_type"),
-            "must be a non-empty string",
-        ));
+        out.push(Violation::new(format!("{path}.metric_type"), "must be a non-empty string"));
     }
     if !value.is_finite() {
-        out.push(Violation::new(
-            format!("{path}.value"),
-            "must be a finite number",
-        ));
+        out.push(Violation::new(format!("{path}.value"), "must be a finite number"));
     }
     if unit.as_str().is_empty() {
         out.push(Violation::new(
@@ -396,10 +323,7 @@ fn check_payload(payload: &Payload, out: &mut Vec<Violation>) {
     if let Some(asset_id) = payload.asset_id()
         && asset_id.is_empty()
     {
-        out.push(Violation::new(
-            "data.asset_id",
-            "must be a non-empty string",
-        ));
+        out.push(Violation::new("data.asset_id", "must be a non-empty string"));
     }
     if let Some(location) = payload.location() {
         check_location("data.location", &location, out);
@@ -408,19 +332,10 @@ fn check_payload(payload: &Payload, out: &mut Vec<Violation>) {
         Payload::MetricRecorded(m) => check_metric("data", &m.metric_type, m.value, &m.unit, out),
         Payload::MetricBatchIngested(batch) => {
             if batch.readings.is_empty() {
-                out.push(Violation::new(
-                    "data.readings",
-                    "must hold at least one reading",
-                ));
+                out.push(Violation::new("data.readings", "must hold at least one reading"));
             }
             for (i, reading) in batch.readings.iter().enumerate() {
-                check_metric(
-                    &format!("data.readings[{i}]"),
-                    &reading.metric_type,
-                    reading.value,
-                    &reading.unit,
-                    out,
-                );
+                check_metric(&format!("data.readings[{i}]"), &reading.metric_type, reading.value, &reading.unit, out);
             }
         }
         Payload::BatteryLow(b) => {
@@ -428,28 +343,19 @@ fn check_payload(payload: &Payload, out: &mut Vec<Violation>) {
                 out.push(Violation::new("data.battery_pct", "must be within 0..=100"));
             }
             if b.threshold_pct.is_some_and(|t| !(0.0..=100.0).contains(&t)) {
-                out.push(Violation::new(
-                    "data.threshold_pct",
-                    "must be within 0..=100",
-                ));
+                out.push(Violation::new("data.threshold_pct", "must be within 0..=100"));
             }
         }
         Payload::AlertTriggered(alert) => {
             if alert.alert_id.is_empty() {
-                out.push(Violation::new(
-                    "data.alert_id",
-                    "must be a non-empty string",
-                ));
+                out.push(Violation::new("data.alert_id", "must be a non-empty string"));
             }
             if alert.rule_id.is_empty() {
                 out.push(Violation::new("data.rule_id", "must be a non-empty string"));
             }
         }
         Payload::WeatherForecastUpdated(w) if w.valid_to < w.valid_from => {
-            out.push(Violation::new(
-                "data.valid_to",
-                "must not be before valid_from",
-            ));
+            out.push(Violation::new("data.valid_to", "must not be before valid_from"));
         }
         _ => {}
     }
@@ -473,21 +379,8 @@ mod tests {
         ] {
             assert!(is_uri_reference(good), "{good:?} should be a URI-reference");
         }
-        for bad in [
-            "has space",
-            "a%2",
-            "a%zz",
-            "1http://x",
-            "a#b#c",
-            "<x>",
-            "caf\u{e9}",
-            "x[1]",
-            "a\"b",
-        ] {
-            assert!(
-                !is_uri_reference(bad),
-                "{bad:?} should not be a URI-reference"
-            );
+        for bad in ["has space", "a%2", "a%zz", "1http://x", "a#b#c", "<x>", "caf\u{e9}", "x[1]", "a\"b"] {
+            assert!(!is_uri_reference(bad), "{bad:?} should not be a URI-reference");
         }
         assert!(is_absolute_uri("https://schemas.city.example/metric/v1"));
         assert!(!is_absolute_uri("/relative/path"));

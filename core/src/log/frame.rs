@@ -69,9 +69,7 @@ fn put_str(out: &mut Vec<u8>, text: &str) {
 
 /// Why a record cannot be written, if it cannot.
 pub(crate) fn check_lengths(stream: &str, event: &Event) -> Result<(), String> {
-    let too_long = |what: &str, len: usize| {
-        format!("{what} is {len} bytes; the log stores at most {}", u16::MAX)
-    };
+    let too_long = |what: &str, len: usize| format!("{what} is {len} bytes; the log stores at most {}", u16::MAX);
     if stream.len() > usize::from(u16::MAX) {
         return Err(too_long("the stream id", stream.len()));
     }
@@ -157,11 +155,7 @@ pub(crate) fn parse_body(body: &[u8]) -> Result<Header<'_>, &'static str> {
     }
     let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
     let cell_raw = u64_at(24);
-    let cell = if cell_raw == 0 {
-        None
-    } else {
-        Some(CellIndex::try_from(cell_raw).map_err(|_| "bad H3 cell")?)
-    };
+    let cell = if cell_raw == 0 { None } else { Some(CellIndex::try_from(cell_raw).map_err(|_| "bad H3 cell")?) };
     let prev_offset = u32::from_le_bytes(body[40..44].try_into().expect("4 bytes"));
     let kind_index = body[44];
     let kind = if kind_index == 0 {

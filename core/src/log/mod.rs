@@ -106,9 +106,8 @@ impl Default for LogConfig {
             segment_bytes: 64 << 20,
             retention: RetentionPolicy::default(),
             clock: Arc::new(|| {
-                let since_epoch = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
+                let since_epoch =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                 Timestamp::from_nanos(i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX))
             }),
         }
@@ -180,9 +179,7 @@ impl Record {
             seq: header.seq,
             time: header.time,
             stream: header.stream.to_owned(),
-            ty: header
-                .kind
-                .map_or_else(|| EventType::new(header.ty), EventType::from),
+            ty: header.kind.map_or_else(|| EventType::new(header.ty), EventType::from),
             cell: header.cell,
             organization: header.organization.map(str::to_owned),
             bytes: header.event.to_vec(),
@@ -225,9 +222,7 @@ pub enum RecoveryError {
         reason: String,
     },
     /// Segment files do not follow each other without gaps.
-    #[error(
-        "corrupt log: {file}: starts at position {found}, expected {expected} (a segment is missing)"
-    )]
+    #[error("corrupt log: {file}: starts at position {found}, expected {expected} (a segment is missing)")]
     Gap {
         /// The segment after the gap.
         file: PathBuf,
@@ -289,10 +284,7 @@ pub struct EventLog {
 
 impl std::fmt::Debug for EventLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventLog")
-            .field("dir", &self.inner.dir)
-            .field("config", &self.inner.config)
-            .finish()
+        f.debug_struct("EventLog").field("dir", &self.inner.dir).field("config", &self.inner.config).finish()
     }
 }
 
@@ -302,9 +294,7 @@ const RETIRED_FILE: &str = "retired.streams";
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // NOTE: a panic while holding a log lock leaves consistent data (state changes are
     // applied after I/O succeeds), so a poisoned mutex is still usable.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl EventLog {
@@ -316,8 +306,7 @@ impl EventLog {
         let dir = dir.as_ref().to_owned();
         let snapshot_dir = dir.join("snapshots");
         for d in [&dir, &snapshot_dir] {
-            std::fs::create_dir_all(d)
-                .map_err(|e| io_error(format!("creating {}", d.display()), e))?;
+            std::fs::create_dir_all(d).map_err(|e| io_error(format!("creating {}", d.display()), e))?;
         }
         let mut streams: FxHashMap<Box<str>, StreamHead> = load_retired(&dir)?;
         let files = segment::list(&dir)?;
@@ -329,31 +318,18 @@ impl EventLog {
             if let Some(prev) = segments.last()
                 && prev.next != base
             {
-                return Err(RecoveryError::Gap {
-                    file: path,
-                    found: base,
-                    expected: prev.next,
-                }
-                .into());
+                return Err(RecoveryError::Gap { file: path, found: base, expected: prev.next }.into());
             }
-            let read = File::open(&path)
-                .map_err(|e| io_error(format!("opening {}", path.display()), e))?;
-            let mut seg = Segment {
-                base,
-                next: base,
-                path: path.clone(),
-                file: Arc::new(read),
-                len: 0,
-                blocks: Vec::new(),
-            };
+            let read = File::open(&path).map_err(|e| io_error(format!("opening {}", path.display()), e))?;
+            let mut seg =
+                Segment { base, next: base, path: path.clone(), file: Arc::new(read), len: 0, blocks: Vec::new() };
             let (valid_len, damage) = segment::scan(&path, base, |found| {
                 let header = found.header;
                 let head = streams.get(header.stream);
                 // A stream's first record after retention deleted its predecessors points
                 // before the first segment: any sequence is then consistent.
-                let predecessor_deleted = head.is_none()
-                    && header.prev_position != frame::NO_PREV
-                    && header.prev_position < first_base;
+                let predecessor_deleted =
+                    head.is_none() && header.prev_position != frame::NO_PREV && header.prev_position < first_base;
                 let expected_seq = head.map_or(1, |h| h.seq + 1);
                 if header.seq != expected_seq && !predecessor_deleted {
                     return Err(format!(
@@ -362,11 +338,7 @@ impl EventLog {
                     ));
                 }
                 seg.note_frame(header.position, found.offset, header.time.as_nanos());
-                let head = StreamHead {
-                    seq: header.seq,
-                    position: header.position,
-                    offset: found.offset as u32,
-                };
+                let head = StreamHead { seq: header.seq, position: header.position, offset: found.offset as u32 };
                 match streams.get_mut(header.stream) {
                     Some(existing) => *existing = head,
                     None => {
@@ -376,9 +348,8 @@ impl EventLog {
                 Ok(())
             })?;
             seg.len = valid_len.max(segment::HEADER_LEN);
-            let file_len = std::fs::metadata(&path)
-                .map_err(|e| io_error(format!("reading {}", path.display()), e))?
-                .len();
+            let file_len =
+                std::fs::metadata(&path).map_err(|e| io_error(format!("reading {}", path.display()), e))?.len();
             match damage {
                 None if valid_len == file_len => {}
                 Some(damage) if is_tail && !damage.followed_by_valid_frame => {
@@ -393,12 +364,9 @@ impl EventLog {
                     seg.len = damage.offset.max(segment::HEADER_LEN);
                 }
                 Some(damage) => {
-                    return Err(RecoveryError::Corrupt {
-                        file: path,
-                        offset: damage.offset,
-                        reason: damage.reason,
-                    }
-                    .into());
+                    return Err(
+                        RecoveryError::Corrupt { file: path, offset: damage.offset, reason: damage.reason }.into()
+                    );
                 }
                 None => {
                     return Err(RecoveryError::Corrupt {
@@ -422,31 +390,18 @@ impl EventLog {
                 file
             }
         };
-        let active_sync = Arc::new(
-            active
-                .try_clone()
-                .map_err(|e| io_error("cloning the active segment handle".into(), e))?,
-        );
+        let active_sync =
+            Arc::new(active.try_clone().map_err(|e| io_error("cloning the active segment handle".into(), e))?);
         let next_position = segments.last().map_or(0, |s| s.next);
         let archived = read_archived(&dir)?;
-        let state = State {
-            segments,
-            active,
-            active_sync,
-            next_position,
-            streams,
-            buf: Vec::with_capacity(1 << 16),
-            archived,
-        };
+        let state =
+            State { segments, active, active_sync, next_position, streams, buf: Vec::with_capacity(1 << 16), archived };
         let inner = Arc::new(Inner {
             dir,
             snapshot_dir,
             config,
             state: Mutex::new(state),
-            sync: Mutex::new(SyncState {
-                synced: next_position,
-                syncing: false,
-            }),
+            sync: Mutex::new(SyncState { synced: next_position, syncing: false }),
             synced_cv: Condvar::new(),
             poisoned: AtomicBool::new(false),
         });
@@ -466,11 +421,7 @@ impl EventLog {
     /// # Errors
     /// As [`EventLog::append_batch`].
     pub fn append(&self, stream: &str, expected: Expected, event: &Event) -> Result<Appended> {
-        let appended = self.append_batch(&[Append {
-            stream,
-            expected,
-            event,
-        }])?;
+        let appended = self.append_batch(&[Append { stream, expected, event }])?;
         Ok(appended[0])
     }
 
@@ -495,11 +446,7 @@ impl EventLog {
     }
 
     fn check_poisoned(&self) -> Result<()> {
-        if self.inner.poisoned.load(Ordering::Acquire) {
-            Err(Error::Poisoned)
-        } else {
-            Ok(())
-        }
+        if self.inner.poisoned.load(Ordering::Acquire) { Err(Error::Poisoned) } else { Ok(()) }
     }
 
     fn poison(&self, error: Error) -> Error {
@@ -521,10 +468,7 @@ impl EventLog {
         self.check_poisoned()?;
         let state = &mut *guard;
 
-        let active = state
-            .segments
-            .last()
-            .expect("an active segment always exists");
+        let active = state.segments.last().expect("an active segment always exists");
         if active.len >= self.inner.config.segment_bytes && state.next_position > active.base {
             self.roll(state).map_err(|e| self.poison(e))?;
         }
@@ -551,8 +495,7 @@ impl EventLog {
                     actual: current,
                 });
             }
-            let (prev_position, prev_offset) =
-                prev.map_or((frame::NO_PREV, 0), |h| (h.position, h.offset));
+            let (prev_position, prev_offset) = prev.map_or((frame::NO_PREV, 0), |h| (h.position, h.offset));
             let position = state.next_position + i as u64;
             let seq = current + 1;
             let offset = base_offset + state.buf.len() as u64;
@@ -572,24 +515,14 @@ impl EventLog {
                 event: append.event,
             };
             frame::write_frame(&mut state.buf, &record);
-            local_heads.insert(
-                append.stream,
-                StreamHead {
-                    seq,
-                    position,
-                    offset: offset as u32,
-                },
-            );
+            local_heads.insert(append.stream, StreamHead { seq, position, offset: offset as u32 });
             appended.push(Appended { position, seq });
             notes.push((position, offset, time.as_nanos()));
         }
         if let Err(e) = state.active.write_all(&state.buf) {
             return Err(self.poison(io_error("appending to the event log".into(), e)));
         }
-        let segment = state
-            .segments
-            .last_mut()
-            .expect("an active segment always exists");
+        let segment = state.segments.last_mut().expect("an active segment always exists");
         for (position, offset, time) in notes {
             segment.note_frame(position, offset, time);
         }
@@ -612,19 +545,13 @@ impl EventLog {
 
     /// Seals the active segment (synced) and starts a new one.
     fn roll(&self, state: &mut State) -> Result<()> {
-        state
-            .active
-            .sync_data()
-            .map_err(|e| io_error("syncing a sealed segment".into(), e))?;
+        state.active.sync_data().map_err(|e| io_error("syncing a sealed segment".into(), e))?;
         {
             let mut sync = lock(&self.inner.sync);
             sync.synced = sync.synced.max(state.next_position);
         }
         let (file, segment) = segment::create(&self.inner.dir, state.next_position)?;
-        state.active_sync = Arc::new(
-            file.try_clone()
-                .map_err(|e| io_error("cloning a segment handle".into(), e))?,
-        );
+        state.active_sync = Arc::new(file.try_clone().map_err(|e| io_error("cloning a segment handle".into(), e))?);
         state.active = file;
         state.segments.push(segment);
         Ok(())
@@ -640,11 +567,7 @@ impl EventLog {
                 return Ok(());
             }
             if sync.syncing {
-                sync = self
-                    .inner
-                    .synced_cv
-                    .wait(sync)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                sync = self.inner.synced_cv.wait(sync).unwrap_or_else(std::sync::PoisonError::into_inner);
                 continue;
             }
             sync.syncing = true;
@@ -688,18 +611,12 @@ impl EventLog {
 
     /// The first position still in the log (retention deletes from the front).
     pub fn first_position(&self) -> Position {
-        lock(&self.inner.state)
-            .segments
-            .first()
-            .map_or(0, |s| s.base)
+        lock(&self.inner.state).segments.first().map_or(0, |s| s.base)
     }
 
     /// The last sequence of `stream` (0 when it has no record).
     pub fn stream_seq(&self, stream: &str) -> u64 {
-        lock(&self.inner.state)
-            .streams
-            .get(stream)
-            .map_or(0, |h| h.seq)
+        lock(&self.inner.state).streams.get(stream).map_or(0, |h| h.seq)
     }
 
     /// Number of streams the log knows.
@@ -728,11 +645,8 @@ impl EventLog {
             let Some(&head) = state.streams.get(stream) else {
                 return Ok(Vec::new());
             };
-            let segments: Vec<(u64, u64, PathBuf, Arc<File>)> = state
-                .segments
-                .iter()
-                .map(|s| (s.base, s.next, s.path.clone(), Arc::clone(&s.file)))
-                .collect();
+            let segments: Vec<(u64, u64, PathBuf, Arc<File>)> =
+                state.segments.iter().map(|s| (s.base, s.next, s.path.clone(), Arc::clone(&s.file))).collect();
             (head, segments)
         };
         let first = segments.first().map_or(0, |s| s.0);
@@ -745,14 +659,9 @@ impl EventLog {
                 break;
             };
             let body = read_frame_at(file, path, u64::from(offset), &mut buf)?;
-            let header = frame::parse_body(body)
-                .map_err(|reason| corrupt(path, u64::from(offset), reason))?;
+            let header = frame::parse_body(body).map_err(|reason| corrupt(path, u64::from(offset), reason))?;
             if header.position != position || header.stream != stream {
-                return Err(corrupt(
-                    path,
-                    u64::from(offset),
-                    "stream back-pointer leads to another record",
-                ));
+                return Err(corrupt(path, u64::from(offset), "stream back-pointer leads to another record"));
             }
             if header.seq < from_seq {
                 break;
@@ -770,10 +679,7 @@ impl EventLog {
     /// # Errors
     /// As [`EventLog::read_stream`].
     pub fn read(&self, position: Position) -> Result<Option<Record>> {
-        let filter = ReplayFilter {
-            from_position: position,
-            ..ReplayFilter::default()
-        };
+        let filter = ReplayFilter { from_position: position, ..ReplayFilter::default() };
         let mut replay = self.replay(filter);
         match replay.next() {
             Some(Ok(record)) if record.position == position => Ok(Some(record)),
@@ -803,14 +709,7 @@ impl EventLog {
                 "snapshot of {stream:?} at sequence {seq}, but the stream is at {current}"
             )));
         }
-        snapshot::save(
-            &self.inner.snapshot_dir,
-            stream,
-            &Snapshot {
-                seq,
-                state: state.to_vec(),
-            },
-        )
+        snapshot::save(&self.inner.snapshot_dir, stream, &Snapshot { seq, state: state.to_vec() })
     }
 
     /// The latest snapshot of `stream` and the records after it: what an actor needs to
@@ -825,12 +724,7 @@ impl EventLog {
         let snapshot = snapshot::load(&self.inner.snapshot_dir, stream)?;
         let snapshot = match snapshot {
             Some(s) if s.seq > current => {
-                tracing::warn!(
-                    stream,
-                    snapshot_seq = s.seq,
-                    log_seq = current,
-                    "ignoring a snapshot ahead of the log"
-                );
+                tracing::warn!(stream, snapshot_seq = s.seq, log_seq = current, "ignoring a snapshot ahead of the log");
                 None
             }
             other => other,
@@ -883,9 +777,7 @@ impl EventLog {
             let retired: Vec<(String, u64)> = state
                 .streams
                 .iter_mut()
-                .filter(|(_, head)| {
-                    head.position != frame::NO_PREV && head.position < first_remaining
-                })
+                .filter(|(_, head)| head.position != frame::NO_PREV && head.position < first_remaining)
                 .map(|(stream, head)| {
                     head.position = frame::NO_PREV;
                     (stream.to_string(), head.seq)
@@ -917,10 +809,7 @@ impl EventLog {
 impl Drop for Inner {
     fn drop(&mut self) {
         if !self.poisoned.load(Ordering::Acquire) {
-            let state = self
-                .state
-                .get_mut()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let state = self.state.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Err(error) = state.active.sync_data() {
                 tracing::error!(%error, "syncing the event log on close failed");
             }
@@ -930,48 +819,34 @@ impl Drop for Inner {
 
 /// Syncs the log every `interval` while it lives (the `Interval` durability policy).
 fn spawn_flusher(inner: Weak<Inner>, interval: Duration) {
-    let spawned = std::thread::Builder::new()
-        .name("citytwin-log-flush".into())
-        .spawn(move || {
-            loop {
-                std::thread::park_timeout(interval);
-                let Some(inner) = inner.upgrade() else { return };
-                let log = EventLog { inner };
-                if log.is_poisoned() {
-                    return;
-                }
-                let end = log.next_position();
-                if let Err(error) = log.wait_synced(end) {
-                    tracing::error!(%error, "periodic event log sync failed");
-                    return;
-                }
+    let spawned = std::thread::Builder::new().name("citytwin-log-flush".into()).spawn(move || {
+        loop {
+            std::thread::park_timeout(interval);
+            let Some(inner) = inner.upgrade() else { return };
+            let log = EventLog { inner };
+            if log.is_poisoned() {
+                return;
             }
-        });
+            let end = log.next_position();
+            if let Err(error) = log.wait_synced(end) {
+                tracing::error!(%error, "periodic event log sync failed");
+                return;
+            }
+        }
+    });
     if let Err(error) = spawned {
         tracing::error!(%error, "could not start the event log flusher; syncs happen on segment roll and close only");
     }
 }
 
 fn corrupt(path: &Path, offset: u64, reason: &str) -> Error {
-    RecoveryError::Corrupt {
-        file: path.to_owned(),
-        offset,
-        reason: reason.to_owned(),
-    }
-    .into()
+    RecoveryError::Corrupt { file: path.to_owned(), offset, reason: reason.to_owned() }.into()
 }
 
 /// Reads the frame at `offset` (one positional read for frames up to `buf.len()`), verifies
 /// its checksum and returns its body.
-fn read_frame_at<'a>(
-    file: &File,
-    path: &Path,
-    offset: u64,
-    buf: &'a mut Vec<u8>,
-) -> Result<&'a [u8]> {
-    let read = file
-        .read_at(buf, offset)
-        .map_err(|e| io_error(format!("reading {}", path.display()), e))?;
+fn read_frame_at<'a>(file: &File, path: &Path, offset: u64, buf: &'a mut Vec<u8>) -> Result<&'a [u8]> {
+    let read = file.read_at(buf, offset).map_err(|e| io_error(format!("reading {}", path.display()), e))?;
     let body_len = if read >= frame::PREFIX_LEN {
         u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize
     } else {
@@ -998,10 +873,7 @@ fn read_frame_at<'a>(
 /// Truncates a torn tail; rewrites the header when even that was torn.
 fn truncate(path: &Path, at: u64, header_torn: bool, base: u64) -> Result<()> {
     let context = || format!("truncating {}", path.display());
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| io_error(context(), e))?;
+    let file = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| io_error(context(), e))?;
     if header_torn && at < segment::HEADER_LEN {
         drop(file);
         std::fs::remove_file(path).map_err(|e| io_error(context(), e))?;
@@ -1031,18 +903,9 @@ fn read_archived(dir: &Path) -> Result<u64> {
         Ok(bytes) => bytes
             .get(..8)
             .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .ok_or_else(|| {
-                corrupt(
-                    &dir.join(ARCHIVE_FILE),
-                    0,
-                    "archive watermark shorter than 8 bytes",
-                )
-            }),
+            .ok_or_else(|| corrupt(&dir.join(ARCHIVE_FILE), 0, "archive watermark shorter than 8 bytes")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(io_error(
-            format!("reading {}", dir.join(ARCHIVE_FILE).display()),
-            e,
-        )),
+        Err(e) => Err(io_error(format!("reading {}", dir.join(ARCHIVE_FILE).display()), e)),
     }
 }
 
@@ -1065,20 +928,11 @@ fn load_retired(dir: &Path) -> Result<FxHashMap<Box<str>, StreamHead>> {
     };
     let mut heads = FxHashMap::default();
     for (i, line) in text.lines().enumerate() {
-        let parsed = line
-            .split_once(' ')
-            .and_then(|(seq, stream)| Some((seq.parse::<u64>().ok()?, unescape(stream)?)));
+        let parsed = line.split_once(' ').and_then(|(seq, stream)| Some((seq.parse::<u64>().ok()?, unescape(stream)?)));
         let Some((seq, stream)) = parsed else {
             return Err(corrupt(&path, i as u64, "unreadable line"));
         };
-        heads.insert(
-            stream.into_boxed_str(),
-            StreamHead {
-                seq,
-                position: frame::NO_PREV,
-                offset: 0,
-            },
-        );
+        heads.insert(stream.into_boxed_str(), StreamHead { seq, position: frame::NO_PREV, offset: 0 });
     }
     Ok(heads)
 }

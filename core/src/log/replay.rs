@@ -42,26 +42,19 @@ impl ReplayFilter {
             && (self.types.is_empty() || self.types.iter().any(|p| p.matches(header.ty)))
             && (self.streams.is_empty() || self.streams.iter().any(|s| s == header.stream))
             && (self.cells.is_empty()
-                || header
-                    .cell
-                    .is_some_and(|cell| self.cells.iter().any(|&c| cell_within(cell, c))))
-            && self
-                .organization
-                .as_deref()
-                .is_none_or(|org| header.organization == Some(org))
+                || header.cell.is_some_and(|cell| self.cells.iter().any(|&c| cell_within(cell, c))))
+            && self.organization.as_deref().is_none_or(|org| header.organization == Some(org))
     }
 
     fn block_may_match(&self, min_time: i64, max_time: i64) -> bool {
-        self.from_time
-            .is_none_or(|from| max_time >= from.as_nanos())
+        self.from_time.is_none_or(|from| max_time >= from.as_nanos())
             && self.to_time.is_none_or(|to| min_time < to.as_nanos())
     }
 }
 
 /// Whether `cell` is `area` or lies under it.
 fn cell_within(cell: CellIndex, area: CellIndex) -> bool {
-    cell == area
-        || (cell.resolution() > area.resolution() && cell.parent(area.resolution()) == Some(area))
+    cell == area || (cell.resolution() > area.resolution() && cell.parent(area.resolution()) == Some(area))
 }
 
 /// Replay iterator; see [`super::EventLog::replay`].
@@ -80,16 +73,7 @@ pub struct Replay {
 impl Replay {
     pub(crate) fn new(segments: Vec<Segment>, end: Position, filter: ReplayFilter) -> Self {
         let segment_idx = segments.partition_point(|s| s.next <= filter.from_position);
-        Replay {
-            segments,
-            end,
-            filter,
-            segment_idx,
-            block_idx: 0,
-            buf: Vec::new(),
-            cursor: 0,
-            failed: false,
-        }
+        Replay { segments, end, filter, segment_idx, block_idx: 0, buf: Vec::new(), cursor: 0, failed: false }
     }
 
     /// Loads the next block that may hold matches; false at the end.
@@ -108,10 +92,7 @@ impl Replay {
             };
             let i = self.block_idx;
             self.block_idx += 1;
-            let block_end_position = segment
-                .blocks
-                .get(i + 1)
-                .map_or(segment.next, |b| b.first_position);
+            let block_end_position = segment.blocks.get(i + 1).map_or(segment.next, |b| b.first_position);
             if block_end_position <= self.filter.from_position
                 || !self.filter.block_may_match(block.min_time, block.max_time)
             {

@@ -47,12 +47,7 @@ impl Segment {
     pub(crate) fn note_frame(&mut self, position: u64, offset: u64, time: i64) {
         let starts_block = (position - self.base).is_multiple_of(BLOCK_FRAMES);
         if starts_block || self.blocks.is_empty() {
-            self.blocks.push(Block {
-                first_position: position,
-                offset: offset as u32,
-                min_time: time,
-                max_time: time,
-            });
+            self.blocks.push(Block { first_position: position, offset: offset as u32, min_time: time, max_time: time });
         } else if let Some(block) = self.blocks.last_mut() {
             block.min_time = block.min_time.min(time);
             block.max_time = block.max_time.max(time);
@@ -68,10 +63,7 @@ impl Segment {
     /// Byte range `[start, end)` of block `i`.
     pub(crate) fn block_range(&self, i: usize) -> (u64, u64) {
         let start = u64::from(self.blocks[i].offset);
-        let end = self
-            .blocks
-            .get(i + 1)
-            .map_or(self.len, |next| u64::from(next.offset));
+        let end = self.blocks.get(i + 1).map_or(self.len, |next| u64::from(next.offset));
         (start, end)
     }
 }
@@ -83,8 +75,7 @@ pub(crate) fn segment_name(base: u64) -> String {
 /// The segment files in `dir`, sorted by base position.
 pub(crate) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
         let name = entry.file_name();
@@ -116,29 +107,18 @@ pub(crate) fn create(dir: &Path, base: u64) -> Result<(File, Segment)> {
         .append(true)
         .open(&path)
         .map_err(|e| io_error(format!("creating {}", path.display()), e))?;
-    file.write_all(&header_bytes(base))
-        .map_err(|e| io_error(format!("writing {}", path.display()), e))?;
-    file.sync_all()
-        .map_err(|e| io_error(format!("syncing {}", path.display()), e))?;
+    file.write_all(&header_bytes(base)).map_err(|e| io_error(format!("writing {}", path.display()), e))?;
+    file.sync_all().map_err(|e| io_error(format!("syncing {}", path.display()), e))?;
     sync_dir(dir)?;
     let read = File::open(&path).map_err(|e| io_error(format!("opening {}", path.display()), e))?;
-    let segment = Segment {
-        base,
-        next: base,
-        path,
-        file: Arc::new(read),
-        len: HEADER_LEN,
-        blocks: Vec::new(),
-    };
+    let segment = Segment { base, next: base, path, file: Arc::new(read), len: HEADER_LEN, blocks: Vec::new() };
     Ok((file, segment))
 }
 
 /// NOTE: a new or renamed file is only durable once its directory entry is; fsync the
 /// directory on Unix.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(format!("syncing directory {}", dir.display()), e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(format!("syncing directory {}", dir.display()), e))
 }
 
 /// One verified frame found by [`scan`], with what the indexes need.
@@ -173,11 +153,7 @@ pub(crate) fn scan(
     if bytes.len() < HEADER_LEN as usize {
         return Ok((
             0,
-            Some(Damage {
-                offset: 0,
-                reason: "segment header is incomplete".into(),
-                followed_by_valid_frame: false,
-            }),
+            Some(Damage { offset: 0, reason: "segment header is incomplete".into(), followed_by_valid_frame: false }),
         ));
     }
     if bytes[..HEADER_LEN as usize] != header_bytes(base) {
@@ -189,21 +165,13 @@ pub(crate) fn scan(
         } else {
             "segment header does not match its file name".to_owned()
         };
-        return Err(RecoveryError::Corrupt {
-            file: path.to_owned(),
-            offset: 0,
-            reason,
-        }
-        .into());
+        return Err(RecoveryError::Corrupt { file: path.to_owned(), offset: 0, reason }.into());
     }
     let mut offset = HEADER_LEN as usize;
     let mut expected = base;
     while offset < bytes.len() {
-        let damage = |reason: String, followed_by_valid_frame| Damage {
-            offset: offset as u64,
-            reason,
-            followed_by_valid_frame,
-        };
+        let damage =
+            |reason: String, followed_by_valid_frame| Damage { offset: offset as u64, reason, followed_by_valid_frame };
         match frame::probe(&bytes[offset..]) {
             Probe::Frame(len) => {
                 let body = &bytes[offset + frame::PREFIX_LEN..offset + len];
@@ -214,36 +182,17 @@ pub(crate) fn scan(
                     }
                 };
                 if header.position != expected {
-                    let reason = format!(
-                        "frame holds position {}, expected {expected}",
-                        header.position
-                    );
-                    return Err(RecoveryError::Corrupt {
-                        file: path.to_owned(),
-                        offset: offset as u64,
-                        reason,
-                    }
-                    .into());
+                    let reason = format!("frame holds position {}, expected {expected}", header.position);
+                    return Err(RecoveryError::Corrupt { file: path.to_owned(), offset: offset as u64, reason }.into());
                 }
-                if let Err(reason) = each(ScannedFrame {
-                    offset: offset as u64,
-                    header,
-                }) {
-                    return Err(RecoveryError::Corrupt {
-                        file: path.to_owned(),
-                        offset: offset as u64,
-                        reason,
-                    }
-                    .into());
+                if let Err(reason) = each(ScannedFrame { offset: offset as u64, header }) {
+                    return Err(RecoveryError::Corrupt { file: path.to_owned(), offset: offset as u64, reason }.into());
                 }
                 expected += 1;
                 offset += len;
             }
             Probe::Incomplete => {
-                return Ok((
-                    offset as u64,
-                    Some(damage("incomplete frame".into(), false)),
-                ));
+                return Ok((offset as u64, Some(damage("incomplete frame".into(), false))));
             }
             Probe::Bad(reason) => {
                 let followed = next_frame_is_valid(&bytes[offset..], expected + 1);

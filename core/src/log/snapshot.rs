@@ -33,16 +33,9 @@ fn file_name(stream: &str) -> String {
         format!("s{hex}.snap")
     } else {
         // FNV-1a, twice with different offsets, for a name that cannot collide in practice.
-        let fnv = |seed: u64| {
-            stream.bytes().fold(seed, |hash, b| {
-                (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-            })
-        };
-        format!(
-            "h{:016x}{:016x}.snap",
-            fnv(0xcbf2_9ce4_8422_2325),
-            fnv(0x6c62_272e_07bb_0142)
-        )
+        let fnv =
+            |seed: u64| stream.bytes().fold(seed, |hash, b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+        format!("h{:016x}{:016x}.snap", fnv(0xcbf2_9ce4_8422_2325), fnv(0x6c62_272e_07bb_0142))
     }
 }
 
@@ -83,11 +76,8 @@ pub(crate) fn load(dir: &Path, stream: &str) -> Result<Option<Snapshot>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error(format!("reading snapshot {}", path.display()), e)),
     };
-    let corrupt = |reason: &str| super::RecoveryError::Corrupt {
-        file: path.clone(),
-        offset: 0,
-        reason: reason.to_owned(),
-    };
+    let corrupt =
+        |reason: &str| super::RecoveryError::Corrupt { file: path.clone(), offset: 0, reason: reason.to_owned() };
     if bytes.len() < 26 || &bytes[..8] != MAGIC {
         return Err(corrupt("not a citytwin snapshot").into());
     }
@@ -107,8 +97,5 @@ pub(crate) fn load(dir: &Path, stream: &str) -> Result<Option<Snapshot>> {
     if stored_stream != stream.as_bytes() {
         return Err(corrupt("snapshot belongs to another stream").into());
     }
-    Ok(Some(Snapshot {
-        seq,
-        state: rest[10 + len..].to_vec(),
-    }))
+    Ok(Some(Snapshot { seq, state: rest[10 + len..].to_vec() }))
 }

@@ -27,26 +27,16 @@ impl Rng {
     }
 }
 
-const STREAMS: [&str; 6] = [
-    "sensor_001",
-    "sensor_002",
-    "bus_7",
-    "saga:commission:9",
-    "cell:8828308281fffff",
-    "ünïcode stream",
-];
+const STREAMS: [&str; 6] =
+    ["sensor_001", "sensor_002", "bus_7", "saga:commission:9", "cell:8828308281fffff", "ünïcode stream"];
 const ORGS: [&str; 2] = ["org_a", "org_b"];
 
 /// A deterministic event for position-independent content `n`.
 fn event(n: u64, stream: &str) -> Event {
-    let location = Location::new(
-        40.70 + (n % 7) as f64 * 0.01,
-        -74.00 - (n % 5) as f64 * 0.01,
-    );
+    let location = Location::new(40.70 + (n % 7) as f64 * 0.01, -74.00 - (n % 5) as f64 * 0.01);
     let time = Timestamp::from_secs(1_736_900_000 + (n % 1000) as i64 * 60);
     if n % 5 == 4 {
-        let mut event =
-            Event::untyped(format!("evt-{n}"), "/other", "com.example.other").with_time(time);
+        let mut event = Event::untyped(format!("evt-{n}"), "/other", "com.example.other").with_time(time);
         event.ext.organization = Some(ORGS[(n % 2) as usize].to_owned());
         return event;
     }
@@ -91,91 +81,46 @@ fn check_equal(seed: u64, step: usize, log: &EventLog, model: &Model) {
     let ctx = || format!("seed {seed}, step {step}");
     assert_eq!(log.next_position(), model.next_position, "{}", ctx());
     assert_eq!(log.first_position(), model.first_position, "{}", ctx());
-    let all: Vec<Record> = log
-        .replay(ReplayFilter::default())
-        .collect::<Result<_>>()
-        .unwrap();
+    let all: Vec<Record> = log.replay(ReplayFilter::default()).collect::<Result<_>>().unwrap();
     assert_eq!(all.len(), model.records.len(), "{}: replay length", ctx());
     for (record, (position, stream, seq, event)) in all.iter().zip(&model.records) {
-        assert_eq!(
-            (record.position, &record.stream, record.seq),
-            (*position, stream, *seq),
-            "{}",
-            ctx()
-        );
+        assert_eq!((record.position, &record.stream, record.seq), (*position, stream, *seq), "{}", ctx());
         assert_eq!(&record.event().unwrap(), event, "{}", ctx());
         assert_eq!(record.ty, event.ty, "{}", ctx());
         assert_eq!(record.cell, event.ext.h3cell, "{}", ctx());
     }
     for stream in STREAMS {
-        assert_eq!(
-            log.stream_seq(stream),
-            model.seqs.get(stream).copied().unwrap_or(0),
-            "{}: seq of {stream}",
-            ctx()
-        );
-        let expected: Vec<(u64, u64)> = model
-            .records
-            .iter()
-            .filter(|r| r.1 == stream)
-            .map(|r| (r.0, r.2))
-            .collect();
-        let found: Vec<(u64, u64)> = log
-            .read_stream(stream, 1)
-            .unwrap()
-            .iter()
-            .map(|r| (r.position, r.seq))
-            .collect();
+        assert_eq!(log.stream_seq(stream), model.seqs.get(stream).copied().unwrap_or(0), "{}: seq of {stream}", ctx());
+        let expected: Vec<(u64, u64)> = model.records.iter().filter(|r| r.1 == stream).map(|r| (r.0, r.2)).collect();
+        let found: Vec<(u64, u64)> = log.read_stream(stream, 1).unwrap().iter().map(|r| (r.position, r.seq)).collect();
         assert_eq!(found, expected, "{}: history of {stream}", ctx());
         let load = log.load_stream(stream).unwrap();
         let snapshot = model.snapshots.get(stream).cloned();
         let from = snapshot.as_ref().map_or(1, |s| s.seq + 1);
         assert_eq!(load.snapshot, snapshot, "{}: snapshot of {stream}", ctx());
         let tail: Vec<u64> = load.records.iter().map(|r| r.seq).collect();
-        let expected_tail: Vec<u64> = expected
-            .iter()
-            .map(|r| r.1)
-            .filter(|&s| s >= from)
-            .collect();
+        let expected_tail: Vec<u64> = expected.iter().map(|r| r.1).filter(|&s| s >= from).collect();
         assert_eq!(tail, expected_tail, "{}: tail of {stream}", ctx());
     }
     // Filtered replays equal the model filtered the same way.
     let some_cell = model.records.iter().find_map(|r| r.3.ext.h3cell);
     let filters = [
-        ReplayFilter {
-            types: vec![TypePattern::new("com.smartcities.asset.*")],
-            ..Default::default()
-        },
-        ReplayFilter {
-            streams: vec!["bus_7".into(), "sensor_001".into()],
-            ..Default::default()
-        },
-        ReplayFilter {
-            organization: Some("org_b".into()),
-            ..Default::default()
-        },
+        ReplayFilter { types: vec![TypePattern::new("com.smartcities.asset.*")], ..Default::default() },
+        ReplayFilter { streams: vec!["bus_7".into(), "sensor_001".into()], ..Default::default() },
+        ReplayFilter { organization: Some("org_b".into()), ..Default::default() },
         ReplayFilter {
             from_time: Some(Timestamp::from_secs(1_736_900_000 + 300 * 60)),
             to_time: Some(Timestamp::from_secs(1_736_900_000 + 600 * 60)),
             ..Default::default()
         },
+        ReplayFilter { from_position: model.next_position / 2, ..Default::default() },
         ReplayFilter {
-            from_position: model.next_position / 2,
-            ..Default::default()
-        },
-        ReplayFilter {
-            cells: some_cell
-                .and_then(|c| c.parent(Resolution::Seven))
-                .into_iter()
-                .collect(),
+            cells: some_cell.and_then(|c| c.parent(Resolution::Seven)).into_iter().collect(),
             ..Default::default()
         },
     ];
     for filter in filters {
-        let found: Vec<u64> = log
-            .replay(filter.clone())
-            .map(|r| r.unwrap().position)
-            .collect();
+        let found: Vec<u64> = log.replay(filter.clone()).map(|r| r.unwrap().position).collect();
         let expected: Vec<u64> = model
             .records
             .iter()
@@ -184,20 +129,14 @@ fn check_equal(seed: u64, step: usize, log: &EventLog, model: &Model) {
                 *position >= filter.from_position
                     && filter.from_time.is_none_or(|t| time >= t)
                     && filter.to_time.is_none_or(|t| time < t)
-                    && (filter.types.is_empty()
-                        || filter.types.iter().any(|p| p.matches(event.ty.as_str())))
+                    && (filter.types.is_empty() || filter.types.iter().any(|p| p.matches(event.ty.as_str())))
                     && (filter.streams.is_empty() || filter.streams.contains(stream))
-                    && filter
-                        .organization
-                        .as_ref()
-                        .is_none_or(|o| event.ext.organization.as_ref() == Some(o))
+                    && filter.organization.as_ref().is_none_or(|o| event.ext.organization.as_ref() == Some(o))
                     && (filter.cells.is_empty()
-                        || event.ext.h3cell.is_some_and(|c| {
-                            filter
-                                .cells
-                                .iter()
-                                .any(|&p| c.parent(p.resolution()) == Some(p))
-                        }))
+                        || event
+                            .ext
+                            .h3cell
+                            .is_some_and(|c| filter.cells.iter().any(|&p| c.parent(p.resolution()) == Some(p))))
             })
             .map(|r| r.0)
             .collect();
@@ -216,11 +155,7 @@ fn random_walk(seed: u64) -> (u32, usize, u32) {
     let mut rng = Rng(seed);
     let segment_bytes = 2_000 + rng.below(6_000);
     let mut cfg = config(Durability::Never, segment_bytes);
-    cfg.retention = RetentionPolicy {
-        max_age: None,
-        max_bytes: Some(20_000),
-        require_archive: true,
-    };
+    cfg.retention = RetentionPolicy { max_age: None, max_bytes: Some(20_000), require_archive: true };
     let mut log = EventLog::open(dir.path(), cfg.clone()).unwrap();
     let mut model = Model::default();
     let mut n = 0u64;
@@ -228,9 +163,7 @@ fn random_walk(seed: u64) -> (u32, usize, u32) {
         match rng.below(100) {
             0..=59 => {
                 let size = 1 + rng.below(12) as usize;
-                let picks: Vec<&str> = (0..size)
-                    .map(|_| STREAMS[rng.below(STREAMS.len() as u64) as usize])
-                    .collect();
+                let picks: Vec<&str> = (0..size).map(|_| STREAMS[rng.below(STREAMS.len() as u64) as usize]).collect();
                 let events: Vec<Event> = picks
                     .iter()
                     .map(|s| {
@@ -252,11 +185,7 @@ fn random_walk(seed: u64) -> (u32, usize, u32) {
                             (_, _, 0) => Expected::Any,
                             _ => Expected::Seq(current),
                         };
-                        Append {
-                            stream,
-                            expected,
-                            event,
-                        }
+                        Append { stream, expected, event }
                     })
                     .collect();
                 let result = log.append_batch(&batch);
@@ -268,18 +197,10 @@ fn random_walk(seed: u64) -> (u32, usize, u32) {
                 } else {
                     let appended = result.unwrap();
                     for ((append, done), event) in batch.iter().zip(&appended).zip(&events) {
-                        assert_eq!(
-                            done.position, model.next_position,
-                            "seed {seed}, step {step}"
-                        );
+                        assert_eq!(done.position, model.next_position, "seed {seed}, step {step}");
                         model.next_position += 1;
                         model.seqs.insert(append.stream.to_owned(), done.seq);
-                        model.records.push((
-                            done.position,
-                            append.stream.to_owned(),
-                            done.seq,
-                            event.clone(),
-                        ));
+                        model.records.push((done.position, append.stream.to_owned(), done.seq, event.clone()));
                     }
                 }
             }
@@ -307,10 +228,7 @@ fn random_walk(seed: u64) -> (u32, usize, u32) {
                     },
                 );
                 let cut = 1 + rng.below(frame_bytes.len() as u64 - 1) as usize;
-                let mut file = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(tail_segment(dir.path()))
-                    .unwrap();
+                let mut file = std::fs::OpenOptions::new().append(true).open(tail_segment(dir.path())).unwrap();
                 file.write_all(&frame_bytes[..cut]).unwrap();
                 drop(file);
                 stats.0 += 1;
@@ -321,26 +239,20 @@ fn random_walk(seed: u64) -> (u32, usize, u32) {
                 let seq = model.seqs.get(stream).copied().unwrap_or(0);
                 if seq > 0 {
                     let at = 1 + rng.below(seq);
-                    let snapshot = Snapshot {
-                        seq: at,
-                        state: format!("state of {stream} at {at}").into_bytes(),
-                    };
+                    let snapshot = Snapshot { seq: at, state: format!("state of {stream} at {at}").into_bytes() };
                     log.save_snapshot(stream, at, &snapshot.state).unwrap();
                     model.snapshots.insert(stream.to_owned(), snapshot);
                     stats.2 += 1;
                 }
             }
             _ => {
-                let proposed = model.first_position
-                    + rng.below(model.next_position - model.first_position + 1);
+                let proposed = model.first_position + rng.below(model.next_position - model.first_position + 1);
                 log.set_archived(proposed).unwrap();
                 // The watermark never moves back.
                 model.archived = model.archived.max(proposed);
                 let watermark = model.archived;
                 assert_eq!(log.archived(), watermark, "seed {seed}, step {step}");
-                let report = log
-                    .apply_retention(Timestamp::from_secs(1_800_000_000))
-                    .unwrap();
+                let report = log.apply_retention(Timestamp::from_secs(1_800_000_000)).unwrap();
                 let first = report.first_position;
                 stats.1 += report.deleted_segments.len();
                 assert!(
@@ -373,10 +285,7 @@ fn random_walk_matches_the_model() {
         totals = (totals.0 + torn, totals.1 + deleted, totals.2 + snapshots);
     }
     eprintln!("torn tails, deleted segments, snapshots: {totals:?}");
-    assert!(
-        totals.0 > 0 && totals.1 > 0 && totals.2 > 0,
-        "the walks must exercise every operation: {totals:?}"
-    );
+    assert!(totals.0 > 0 && totals.1 > 0 && totals.2 > 0, "the walks must exercise every operation: {totals:?}");
 }
 
 #[test]
@@ -386,68 +295,31 @@ fn wrong_expected_sequence_writes_nothing() {
     let e = event(1, "a");
     log.append("a", Expected::Seq(0), &e).unwrap();
     let batch = [
-        Append {
-            stream: "b",
-            expected: Expected::Seq(0),
-            event: &e,
-        },
-        Append {
-            stream: "a",
-            expected: Expected::Seq(0),
-            event: &e,
-        },
+        Append { stream: "b", expected: Expected::Seq(0), event: &e },
+        Append { stream: "a", expected: Expected::Seq(0), event: &e },
     ];
     match log.append_batch(&batch) {
-        Err(Error::WrongExpectedSequence {
-            stream,
-            expected,
-            actual,
-        }) => assert_eq!((stream.as_str(), expected, actual), ("a", 0, 1)),
+        Err(Error::WrongExpectedSequence { stream, expected, actual }) => {
+            assert_eq!((stream.as_str(), expected, actual), ("a", 0, 1))
+        }
         other => panic!("expected a sequence mismatch, got {other:?}"),
     }
     assert_eq!(log.next_position(), 1);
     assert_eq!(log.stream_seq("b"), 0);
     // Expectations are evaluated in batch order, so a batch may extend a stream twice.
     let batch = [
-        Append {
-            stream: "a",
-            expected: Expected::Seq(1),
-            event: &e,
-        },
-        Append {
-            stream: "a",
-            expected: Expected::Seq(2),
-            event: &e,
-        },
+        Append { stream: "a", expected: Expected::Seq(1), event: &e },
+        Append { stream: "a", expected: Expected::Seq(2), event: &e },
     ];
-    assert_eq!(
-        log.append_batch(&batch)
-            .unwrap()
-            .iter()
-            .map(|a| a.seq)
-            .collect::<Vec<_>>(),
-        [2, 3]
-    );
+    assert_eq!(log.append_batch(&batch).unwrap().iter().map(|a| a.seq).collect::<Vec<_>>(), [2, 3]);
 }
 
 #[test]
 fn concurrent_writers_get_gap_free_positions_and_whole_frames() {
     let dir = tempfile::tempdir().unwrap();
-    for durability in [
-        Durability::Always,
-        Durability::Interval(Duration::from_millis(2)),
-        Durability::Never,
-    ] {
-        let log = EventLog::open(
-            dir.path().join(format!("{durability:?}")),
-            config(durability, 64 << 10),
-        )
-        .unwrap();
-        let per_thread: u64 = if durability == Durability::Always {
-            60
-        } else {
-            600
-        };
+    for durability in [Durability::Always, Durability::Interval(Duration::from_millis(2)), Durability::Never] {
+        let log = EventLog::open(dir.path().join(format!("{durability:?}")), config(durability, 64 << 10)).unwrap();
+        let per_thread: u64 = if durability == Durability::Always { 60 } else { 600 };
         let threads = 4;
         let positions: Vec<Vec<Appended>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
@@ -457,16 +329,11 @@ fn concurrent_writers_get_gap_free_positions_and_whole_frames() {
                         let stream = format!("writer-{t}");
                         let mut out = Vec::new();
                         for i in 0..per_thread {
-                            let events: Vec<Event> = (0..(i % 3 + 1))
-                                .map(|k| event(t * 1_000_000 + i * 10 + k, &stream))
-                                .collect();
+                            let events: Vec<Event> =
+                                (0..(i % 3 + 1)).map(|k| event(t * 1_000_000 + i * 10 + k, &stream)).collect();
                             let batch: Vec<Append<'_>> = events
                                 .iter()
-                                .map(|e| Append {
-                                    stream: &stream,
-                                    expected: Expected::Any,
-                                    event: e,
-                                })
+                                .map(|e| Append { stream: &stream, expected: Expected::Any, event: e })
                                 .collect();
                             out.extend(log.append_batch(&batch).unwrap());
                         }
@@ -479,18 +346,10 @@ fn concurrent_writers_get_gap_free_positions_and_whole_frames() {
         let mut all: Vec<u64> = positions.iter().flatten().map(|a| a.position).collect();
         all.sort_unstable();
         let total = all.len() as u64;
-        assert_eq!(
-            all,
-            (0..total).collect::<Vec<_>>(),
-            "{durability:?}: positions must be gap-free"
-        );
+        assert_eq!(all, (0..total).collect::<Vec<_>>(), "{durability:?}: positions must be gap-free");
         drop(log);
         // Reopen verifies every frame's checksum; each stream's records arrive in order.
-        let log = EventLog::open(
-            dir.path().join(format!("{durability:?}")),
-            config(durability, 64 << 10),
-        )
-        .unwrap();
+        let log = EventLog::open(dir.path().join(format!("{durability:?}")), config(durability, 64 << 10)).unwrap();
         let mut last_seq: HashMap<String, u64> = HashMap::new();
         for record in log.replay(ReplayFilter::default()) {
             let record = record.unwrap();
@@ -512,30 +371,17 @@ fn concurrent_writers_get_gap_free_positions_and_whole_frames() {
 fn build_segments(dir: &Path, n: u64) -> Vec<PathBuf> {
     let log = EventLog::open(dir, config(Durability::Never, 4_096)).unwrap();
     for i in 0..n {
-        log.append(
-            STREAMS[(i % 3) as usize],
-            Expected::Any,
-            &event(i, STREAMS[(i % 3) as usize]),
-        )
-        .unwrap();
+        log.append(STREAMS[(i % 3) as usize], Expected::Any, &event(i, STREAMS[(i % 3) as usize])).unwrap();
     }
     drop(log);
-    segment::list(dir)
-        .unwrap()
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect()
+    segment::list(dir).unwrap().into_iter().map(|(_, p)| p).collect()
 }
 
 #[test]
 fn a_flipped_byte_in_a_middle_segment_fails_open_naming_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();
     let segments = build_segments(dir.path(), 200);
-    assert!(
-        segments.len() >= 3,
-        "need several segments, got {}",
-        segments.len()
-    );
+    assert!(segments.len() >= 3, "need several segments, got {}", segments.len());
     let middle = &segments[segments.len() / 2];
     let mut bytes = std::fs::read(middle).unwrap();
     let at = bytes.len() / 2;
@@ -543,15 +389,9 @@ fn a_flipped_byte_in_a_middle_segment_fails_open_naming_file_and_offset() {
     std::fs::write(middle, &bytes).unwrap();
     let error = EventLog::open(dir.path(), config(Durability::Never, 4_096)).unwrap_err();
     let text = error.to_string();
-    assert!(
-        matches!(error, Error::Recovery(RecoveryError::Corrupt { .. })),
-        "{text}"
-    );
+    assert!(matches!(error, Error::Recovery(RecoveryError::Corrupt { .. })), "{text}");
     let name = middle.file_name().unwrap().to_str().unwrap();
-    assert!(
-        text.contains(name) && text.contains("offset"),
-        "the error names the file and the offset: {text}"
-    );
+    assert!(text.contains(name) && text.contains("offset"), "the error names the file and the offset: {text}");
 }
 
 #[test]
@@ -587,19 +427,9 @@ fn a_torn_tail_is_truncated_and_logged_state_kept() {
         .write_all(&[0x55, 0x00, 0x00, 0x00, 1, 2, 3])
         .unwrap();
     let log = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap();
-    assert_eq!(
-        std::fs::metadata(&tail).unwrap().len(),
-        good_len,
-        "the torn bytes are cut off"
-    );
+    assert_eq!(std::fs::metadata(&tail).unwrap().len(), good_len, "the torn bytes are cut off");
     assert_eq!(log.next_position(), 5);
-    assert_eq!(
-        log.append("s", Expected::Seq(5), &event(5, "s")).unwrap(),
-        Appended {
-            position: 5,
-            seq: 6
-        }
-    );
+    assert_eq!(log.append("s", Expected::Seq(5), &event(5, "s")).unwrap(), Appended { position: 5, seq: 6 });
 }
 
 #[test]
@@ -609,10 +439,7 @@ fn snapshots_ahead_of_the_log_are_ignored() {
     for i in 0..3 {
         log.append("s", Expected::Any, &event(i, "s")).unwrap();
     }
-    assert!(matches!(
-        log.save_snapshot("s", 4, b"x"),
-        Err(Error::Rejected(_))
-    ));
+    assert!(matches!(log.save_snapshot("s", 4, b"x"), Err(Error::Rejected(_))));
     log.save_snapshot("s", 3, b"state@3").unwrap();
     drop(log);
     // Simulate losing the last record (an unsynced append under a relaxed policy).
@@ -625,54 +452,30 @@ fn snapshots_ahead_of_the_log_are_ignored() {
         u64::from(state.streams["s"].offset)
     };
     drop(log);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&tail)
-        .unwrap()
-        .set_len(offset_of_last + 5)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(&tail).unwrap().set_len(offset_of_last + 5).unwrap();
     let log = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap();
     let load = log.load_stream("s").unwrap();
-    assert_eq!(
-        load.snapshot, None,
-        "a snapshot at 3 when the log holds 2 must not be used"
-    );
-    assert_eq!(
-        load.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
-        [1, 2]
-    );
+    assert_eq!(load.snapshot, None, "a snapshot at 3 when the log holds 2 must not be used");
+    assert_eq!(load.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
 }
 
 #[test]
 fn retention_keeps_unarchived_segments_and_sequences_continue() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(Durability::Never, 4_096);
-    cfg.retention = RetentionPolicy {
-        max_age: Some(Duration::from_secs(3600)),
-        max_bytes: None,
-        require_archive: true,
-    };
+    cfg.retention =
+        RetentionPolicy { max_age: Some(Duration::from_secs(3600)), max_bytes: None, require_archive: true };
     let log = EventLog::open(dir.path(), cfg.clone()).unwrap();
     for i in 0..300 {
         let stream = if i < 100 { "old" } else { "new" };
-        log.append(stream, Expected::Any, &event(i, stream))
-            .unwrap();
+        log.append(stream, Expected::Any, &event(i, stream)).unwrap();
     }
     let now = Timestamp::from_secs(1_736_900_000 + 2_000 * 60);
-    assert!(
-        log.apply_retention(now)
-            .unwrap()
-            .deleted_segments
-            .is_empty(),
-        "nothing archived, nothing deleted"
-    );
+    assert!(log.apply_retention(now).unwrap().deleted_segments.is_empty(), "nothing archived, nothing deleted");
     log.set_archived(150).unwrap();
     let report = log.apply_retention(now).unwrap();
     assert!(!report.deleted_segments.is_empty());
-    assert!(
-        report.first_position <= 150 && report.first_position > 0,
-        "{report:?}"
-    );
+    assert!(report.first_position <= 150 && report.first_position > 0, "{report:?}");
     let first = report.first_position;
     assert!(log.read(first - 1).unwrap().is_none());
     assert_eq!(log.read(first).unwrap().unwrap().position, first);
@@ -680,17 +483,8 @@ fn retention_keeps_unarchived_segments_and_sequences_continue() {
     let log = EventLog::open(dir.path(), cfg).unwrap();
     assert_eq!(log.archived(), 150, "the watermark survives a restart");
     assert_eq!(log.first_position(), first);
-    assert_eq!(
-        log.stream_seq("old"),
-        100,
-        "a stream whose records were all deleted keeps its sequence"
-    );
-    assert_eq!(
-        log.append("old", Expected::Seq(100), &event(1, "old"))
-            .unwrap()
-            .seq,
-        101
-    );
+    assert_eq!(log.stream_seq("old"), 100, "a stream whose records were all deleted keeps its sequence");
+    assert_eq!(log.append("old", Expected::Seq(100), &event(1, "old")).unwrap().seq, 101);
 }
 
 #[test]
@@ -699,10 +493,7 @@ fn poisoned_log_refuses_writes() {
     let log = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap();
     log.append("s", Expected::Any, &event(1, "s")).unwrap();
     let _ = log.poison(Error::Rejected("simulated fsync failure".into()));
-    assert!(matches!(
-        log.append("s", Expected::Any, &event(2, "s")),
-        Err(Error::Poisoned)
-    ));
+    assert!(matches!(log.append("s", Expected::Any, &event(2, "s")), Err(Error::Poisoned)));
     assert!(log.is_poisoned());
     drop(log);
     let log = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap();
@@ -712,17 +503,7 @@ fn poisoned_log_refuses_writes() {
 
 #[test]
 fn retired_stream_names_round_trip() {
-    for name in [
-        "plain",
-        "with space",
-        "quote\"s",
-        "back\\slash",
-        "tab\tnew\nline",
-        "ünï ✓",
-    ] {
-        assert_eq!(
-            unescape(&name.escape_default().to_string()).as_deref(),
-            Some(name)
-        );
+    for name in ["plain", "with space", "quote\"s", "back\\slash", "tab\tnew\nline", "ünï ✓"] {
+        assert_eq!(unescape(&name.escape_default().to_string()).as_deref(), Some(name));
     }
 }

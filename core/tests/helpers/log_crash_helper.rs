@@ -15,15 +15,9 @@ use crash_event::expected_event;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let dir = args
-        .next()
-        .expect("usage: citytwin-log-crash-helper <dir> <writers>");
+    let dir = args.next().expect("usage: citytwin-log-crash-helper <dir> <writers>");
     let writers: usize = args.next().and_then(|w| w.parse().ok()).unwrap_or(2);
-    let config = LogConfig {
-        durability: Durability::Always,
-        segment_bytes: 8 << 10,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { durability: Durability::Always, segment_bytes: 8 << 10, ..LogConfig::default() };
     let log = EventLog::open(&dir, config).expect("the crash helper opens the log");
     let stdout = Arc::new(Mutex::new(std::io::stdout()));
     std::thread::scope(|scope| {
@@ -34,9 +28,7 @@ fn main() {
                 for _ in 0..100_000 / writers {
                     let seq = log.stream_seq(&stream);
                     let event = expected_event(&stream, seq + 1);
-                    let appended = log
-                        .append(&stream, Expected::Seq(seq), &event)
-                        .expect("append");
+                    let appended = log.append(&stream, Expected::Seq(seq), &event).expect("append");
                     let mut out = stdout.lock().unwrap();
                     writeln!(out, "ACK {} {stream} {}", appended.position, appended.seq).unwrap();
                     out.flush().unwrap();

@@ -27,20 +27,13 @@ impl Rng {
 }
 
 fn open(dir: &std::path::Path) -> EventLog {
-    let config = LogConfig {
-        durability: Durability::Always,
-        segment_bytes: 8 << 10,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { durability: Durability::Always, segment_bytes: 8 << 10, ..LogConfig::default() };
     EventLog::open(dir, config).expect("the log reopens after a crash")
 }
 
 #[test]
 fn sigkill_at_random_moments_loses_no_acknowledged_event() {
-    let seed: u64 = std::env::var("CITYTWIN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_128);
+    let seed: u64 = std::env::var("CITYTWIN_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20_261_128);
     eprintln!("crash test seed {seed} (rerun with CITYTWIN_SEED={seed})");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -76,83 +69,42 @@ fn sigkill_at_random_moments_loses_no_acknowledged_event() {
         }
 
         let log = open(dir.path());
-        let context = format!(
-            "seed {seed}, round {round}, killed after {kill_after} acks with {writers} writers"
-        );
-        let records: Vec<_> = log
-            .replay(ReplayFilter::default())
-            .collect::<Result<_, _>>()
-            .unwrap_or_else(|e| panic!("{context}: {e}"));
-        assert_eq!(
-            records.len() as u64,
-            log.next_position(),
-            "{context}: every frame before the end is readable"
-        );
+        let context = format!("seed {seed}, round {round}, killed after {kill_after} acks with {writers} writers");
+        let records: Vec<_> =
+            log.replay(ReplayFilter::default()).collect::<Result<_, _>>().unwrap_or_else(|e| panic!("{context}: {e}"));
+        assert_eq!(records.len() as u64, log.next_position(), "{context}: every frame before the end is readable");
         for (i, record) in records.iter().enumerate() {
-            assert_eq!(
-                record.position, i as u64,
-                "{context}: positions are gap-free"
-            );
-            let event = record
-                .event()
-                .unwrap_or_else(|e| panic!("{context}: position {i}: {e}"));
-            assert_eq!(
-                event,
-                expected_event(&record.stream, record.seq),
-                "{context}: position {i} is intact"
-            );
+            assert_eq!(record.position, i as u64, "{context}: positions are gap-free");
+            let event = record.event().unwrap_or_else(|e| panic!("{context}: position {i}: {e}"));
+            assert_eq!(event, expected_event(&record.stream, record.seq), "{context}: position {i} is intact");
         }
         for (position, (stream, seq)) in &acked {
             let record = records
                 .get(*position as usize)
                 .unwrap_or_else(|| panic!("{context}: acknowledged position {position} lost"));
-            assert_eq!(
-                (&record.stream, record.seq),
-                (stream, *seq),
-                "{context}: acknowledged position {position}"
-            );
+            assert_eq!((&record.stream, record.seq), (stream, *seq), "{context}: acknowledged position {position}");
         }
         // Recovery left nothing after the last good frame: a second open truncates nothing.
         let sizes = segment_sizes(dir.path());
         drop(log);
         drop(open(dir.path()));
-        assert_eq!(
-            segment_sizes(dir.path()),
-            sizes,
-            "{context}: a second recovery found more to cut"
-        );
+        assert_eq!(segment_sizes(dir.path()), sizes, "{context}: a second recovery found more to cut");
     }
-    assert!(
-        acked.len() > 100,
-        "the rounds acknowledged too few appends to mean anything: {}",
-        acked.len()
-    );
+    assert!(acked.len() > 100, "the rounds acknowledged too few appends to mean anything: {}", acked.len());
 
     // A flipped byte in a middle segment is corruption, not a torn tail.
     let segments: Vec<_> = segment_sizes(dir.path()).into_keys().collect();
-    assert!(
-        segments.len() >= 3,
-        "expected several segments, got {}",
-        segments.len()
-    );
+    assert!(segments.len() >= 3, "expected several segments, got {}", segments.len());
     let middle = &segments[segments.len() / 2];
     let mut bytes = std::fs::read(middle).unwrap();
     let at = bytes.len() / 3;
     bytes[at] ^= 0xff;
     std::fs::write(middle, &bytes).unwrap();
-    let config = LogConfig {
-        durability: Durability::Always,
-        segment_bytes: 8 << 10,
-        ..LogConfig::default()
-    };
-    let error = EventLog::open(dir.path(), config)
-        .expect_err("a flipped byte in a middle segment must fail open")
-        .to_string();
+    let config = LogConfig { durability: Durability::Always, segment_bytes: 8 << 10, ..LogConfig::default() };
+    let error =
+        EventLog::open(dir.path(), config).expect_err("a flipped byte in a middle segment must fail open").to_string();
     let name = middle.file_name().unwrap().to_string_lossy();
-    assert!(
-        error.contains(&*name) && error.contains("offset"),
-        "the error names the file and offset: {error}"
-    );
+    assert!(error.contains(&*name) && error.contains("offset"), "the error names the file and offset: {error}");
 }
 
 fn record_ack(line: &str, acked: &mut BTreeMap<u64, (String, u64)>) {
@@ -160,8 +112,7 @@ fn record_ack(line: &str, acked: &mut BTreeMap<u64, (String, u64)>) {
     if parts.next() != Some("ACK") {
         return;
     }
-    let (Some(position), Some(stream), Some(seq)) = (parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(position), Some(stream), Some(seq)) = (parts.next(), parts.next(), parts.next()) else {
         return;
     };
     let (Ok(position), Ok(seq)) = (position.parse(), seq.parse()) else {

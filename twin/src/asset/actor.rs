@@ -14,7 +14,6 @@ use std::time::Duration;
 use citytwin_core::event::{Event, Timestamp};
 use citytwin_core::log::{EventLog, Expected};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::broadcast;
 
 use super::logic::{AssetCommand, AssetState, Rejection, apply, decide, heartbeat_grace};
 use crate::deadletter::{DeadLetterReason, dead_letter};
@@ -30,9 +29,7 @@ pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 /// The system clock.
 pub fn system_clock() -> Clock {
     Arc::new(|| {
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp::from_nanos(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
     })
 }
@@ -59,11 +56,7 @@ impl std::fmt::Debug for AssetConfig {
 
 impl Default for AssetConfig {
     fn default() -> Self {
-        AssetConfig {
-            snapshot_every: 100,
-            idle_timeout: Duration::from_secs(300),
-            clock: system_clock(),
-        }
+        AssetConfig { snapshot_every: 100, idle_timeout: Duration::from_secs(300), clock: system_clock() }
     }
 }
 
@@ -112,16 +105,14 @@ pub struct AssetArgs {
     /// Settings.
     pub config: AssetConfig,
     /// Where committed events are published.
-    pub publish: Option<broadcast::Sender<Arc<Event>>>,
+    pub publish: Option<crate::bus::Bus>,
     /// The supervising shard, asked for passivation (without one the actor stops by itself).
     pub shard: Option<ActorRef<crate::shard::ShardMsg>>,
 }
 
 impl std::fmt::Debug for AssetArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AssetArgs")
-            .field("asset_id", &self.asset_id)
-            .finish_non_exhaustive()
+        f.debug_struct("AssetArgs").field("asset_id", &self.asset_id).finish_non_exhaustive()
     }
 }
 
@@ -147,10 +138,7 @@ pub fn rehydrate(log: &EventLog, asset_id: &str) -> Result<AssetState, ActorProc
     let load = log.load_stream(&asset_stream(asset_id))?;
     let mut state = match &load.snapshot {
         Some(snapshot) => rmp_serde::from_slice(&snapshot.state)?,
-        None => AssetState {
-            asset_id: asset_id.to_owned(),
-            ..AssetState::default()
-        },
+        None => AssetState { asset_id: asset_id.to_owned(), ..AssetState::default() },
     };
     for record in &load.records {
         apply(&mut state, &record.event()?);
@@ -163,15 +151,8 @@ pub fn rehydrate(log: &EventLog, asset_id: &str) -> Result<AssetState, ActorProc
 ///
 /// # Errors
 /// When the log cannot be read.
-pub fn state_at(
-    log: &EventLog,
-    asset_id: &str,
-    time: Timestamp,
-) -> Result<AssetState, ActorProcessingErr> {
-    let mut state = AssetState {
-        asset_id: asset_id.to_owned(),
-        ..AssetState::default()
-    };
+pub fn state_at(log: &EventLog, asset_id: &str, time: Timestamp) -> Result<AssetState, ActorProcessingErr> {
+    let mut state = AssetState { asset_id: asset_id.to_owned(), ..AssetState::default() };
     for record in log.read_stream(&asset_stream(asset_id), 1)? {
         if record.time > time {
             break;
@@ -209,17 +190,9 @@ impl AssetActor {
         if events.is_empty() {
             return Ok(Ok(events));
         }
-        let written = state
-            .args
-            .writer
-            .append(
-                state.stream.clone(),
-                Expected::Seq(state.asset.version),
-                events,
-            )
-            .await;
-        let events = match written {
-            Ok((_, events)) => events,
+        let written = state.args.writer.append(state.stream.clone(), Expected::Seq(state.asset.version), events).await;
+        let (appended, events) = match written {
+            Ok(written) => written,
             Err(error) => {
                 // Nothing was acknowledged; a poisoned log fails every later write too.
                 tracing::error!(asset = %state.asset.asset_id, %error, "asset could not persist its events");
@@ -234,10 +207,9 @@ impl AssetActor {
         if let Err(panic) = applied {
             return Err(self.poisoned(command, panic_text(&*panic), state).await);
         }
-        if let Some(publish) = &state.args.publish {
-            for event in &events {
-                // No subscriber is not an error: the bus fans out to whoever listens.
-                let _ = publish.send(Arc::new(event.clone()));
+        if let Some(bus) = &state.args.publish {
+            for (at, event) in appended.iter().zip(&events) {
+                bus.publish(at.position, event.clone());
             }
         }
         state.since_snapshot += events.len() as u64;
@@ -250,38 +222,22 @@ impl AssetActor {
 
     /// Sends the command's event to the dead-letter queue and returns the error that fails
     /// the actor (so it restarts from the log).
-    async fn poisoned(
-        &self,
-        command: AssetCommand,
-        message: String,
-        state: &AssetActorState,
-    ) -> ActorProcessingErr {
+    async fn poisoned(&self, command: AssetCommand, message: String, state: &AssetActorState) -> ActorProcessingErr {
         tracing::error!(asset = %state.asset.asset_id, %message, "poison command: dead-lettering it and restarting the asset");
         if let AssetCommand::Observe(event) = command {
             let log = state.args.log.clone();
             let reason = DeadLetterReason::Panicked(message.clone());
-            let stored =
-                tokio::task::spawn_blocking(move || dead_letter(&log, &event, &reason)).await;
-            if let Ok(Err(error)) | Err(error) =
-                stored.map_err(|e| citytwin_core::Error::Rejected(e.to_string()))
-            {
+            let stored = tokio::task::spawn_blocking(move || dead_letter(&log, &event, &reason)).await;
+            if let Ok(Err(error)) | Err(error) = stored.map_err(|e| citytwin_core::Error::Rejected(e.to_string())) {
                 tracing::error!(%error, "could not dead-letter the poison event");
             }
         }
-        format!(
-            "asset {} crashed on a command: {message}",
-            state.asset.asset_id
-        )
-        .into()
+        format!("asset {} crashed on a command: {message}", state.asset.asset_id).into()
     }
 
     async fn snapshot(&self, state: &mut AssetActorState) -> Result<(), ActorProcessingErr> {
         let bytes = rmp_serde::to_vec(&state.asset)?;
-        let (log, stream, seq) = (
-            state.args.log.clone(),
-            state.stream.clone(),
-            state.asset.version,
-        );
+        let (log, stream, seq) = (state.args.log.clone(), state.stream.clone(), state.asset.version);
         tokio::task::spawn_blocking(move || log.save_snapshot(&stream, seq, &bytes)).await??;
         state.since_snapshot = 0;
         Ok(())
@@ -310,9 +266,7 @@ impl Actor for AssetActor {
         let (log, id) = (args.log.clone(), args.asset_id.clone());
         let asset = tokio::task::spawn_blocking(move || rehydrate(&log, &id)).await??;
         let idle = args.config.idle_timeout;
-        myself.send_interval(idle.max(Duration::from_millis(10)) / 2, || {
-            AssetMsg::IdleCheck
-        });
+        myself.send_interval(idle.max(Duration::from_millis(10)) / 2, || AssetMsg::IdleCheck);
         let state = AssetActorState {
             stream: asset_stream(&args.asset_id),
             args,
@@ -351,9 +305,7 @@ impl Actor for AssetActor {
             }
             AssetMsg::HeartbeatDeadline => {
                 let now = (state.args.config.clock)();
-                let outcome = self
-                    .run_command(&myself, AssetCommand::CheckHeartbeat { now }, state)
-                    .await?;
+                let outcome = self.run_command(&myself, AssetCommand::CheckHeartbeat { now }, state).await?;
                 if let Err(error) = outcome {
                     tracing::warn!(asset = %state.asset.asset_id, %error, "heartbeat check failed");
                 }
@@ -363,8 +315,7 @@ impl Actor for AssetActor {
                     tracing::debug!(asset = %state.asset.asset_id, "asset idle: asking to passivate");
                     match &state.args.shard {
                         Some(shard) => {
-                            let _ = shard
-                                .cast(crate::shard::ShardMsg::Idle(state.asset.asset_id.clone()));
+                            let _ = shard.cast(crate::shard::ShardMsg::Idle(state.asset.asset_id.clone()));
                             // Ask once per idle period.
                             state.last_activity = tokio::time::Instant::now();
                         }

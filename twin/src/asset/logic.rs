@@ -14,8 +14,8 @@ use std::fmt;
 use std::time::Duration;
 
 use citytwin_core::event::{
-    AlertTriggered, AssetOffline, AssetOnline, BatteryLow, Event, EventKind, Location,
-    MaintenancePhase, Payload, Severity, Timestamp, Unit,
+    AlertTriggered, AssetOffline, AssetOnline, BatteryLow, Event, EventKind, Location, MaintenancePhase, Payload,
+    Severity, Timestamp, Unit,
 };
 use serde::{Deserialize, Serialize};
 
@@ -44,13 +44,7 @@ pub enum Lifecycle {
 impl Lifecycle {
     /// Whether the asset is in service (readings accepted).
     pub const fn in_service(self) -> bool {
-        matches!(
-            self,
-            Lifecycle::Commissioned
-                | Lifecycle::Online
-                | Lifecycle::Offline
-                | Lifecycle::Maintenance
-        )
+        matches!(self, Lifecycle::Commissioned | Lifecycle::Online | Lifecycle::Offline | Lifecycle::Maintenance)
     }
 
     /// The name used in read models and APIs.
@@ -215,19 +209,14 @@ fn transition_error(state: &AssetState, event: &Event) -> Rejection {
 }
 
 fn derived(cause: &Event, suffix: &str, payload: impl Into<Payload>, time: Timestamp) -> Event {
-    let mut event =
-        Event::new(format!("{}:{suffix}", cause.id), "/twin/assets", payload).with_time(time);
+    let mut event = Event::new(format!("{}:{suffix}", cause.id), "/twin/assets", payload).with_time(time);
     event.subject.clone_from(&cause.subject);
     event.ext.organization.clone_from(&cause.ext.organization);
     event.ext.region.clone_from(&cause.ext.region);
     event.ext.h3cell = cause.ext.h3cell;
     event.ext.provenance = cause.ext.provenance;
     event.ext.causationid = Some(cause.id.clone());
-    event.ext.correlationid = cause
-        .ext
-        .correlationid
-        .clone()
-        .or_else(|| Some(cause.id.clone()));
+    event.ext.correlationid = cause.ext.correlationid.clone().or_else(|| Some(cause.id.clone()));
     event
 }
 
@@ -238,12 +227,7 @@ fn derived(cause: &Event, suffix: &str, payload: impl Into<Payload>, time: Times
 pub fn decide(state: &AssetState, command: &AssetCommand) -> Result<Vec<Event>, Rejection> {
     match command {
         AssetCommand::Observe(event) => observe(state, event),
-        AssetCommand::SetThreshold {
-            metric,
-            threshold,
-            event_id,
-            time,
-        } => {
+        AssetCommand::SetThreshold { metric, threshold, event_id, time } => {
             if state.status == Lifecycle::Unregistered {
                 return Err(Rejection::UnknownAsset(state.asset_id.clone()));
             }
@@ -251,9 +235,7 @@ pub fn decide(state: &AssetState, command: &AssetCommand) -> Result<Vec<Event>, 
                 user_id: "twin".into(),
                 key: format!("assets.{}.thresholds.{metric}", state.asset_id),
                 old_value: state.thresholds.get(metric).map(|(t, _)| threshold_text(t)),
-                new_value: threshold
-                    .as_ref()
-                    .map_or_else(|| "none".to_owned(), threshold_text),
+                new_value: threshold.as_ref().map_or_else(|| "none".to_owned(), threshold_text),
             };
             Ok(vec![
                 Event::new(event_id.clone(), "/twin/assets", payload)
@@ -262,14 +244,11 @@ pub fn decide(state: &AssetState, command: &AssetCommand) -> Result<Vec<Event>, 
             ])
         }
         AssetCommand::CheckHeartbeat { now } => {
-            let (Some(interval), Some(last_seen)) = (state.reporting_interval_s, state.last_seen)
-            else {
+            let (Some(interval), Some(last_seen)) = (state.reporting_interval_s, state.last_seen) else {
                 return Ok(Vec::new());
             };
             let grace = heartbeat_grace(interval);
-            if state.status != Lifecycle::Online
-                || now.as_nanos() - last_seen.as_nanos() < grace.as_nanos() as i64
-            {
+            if state.status != Lifecycle::Online || now.as_nanos() - last_seen.as_nanos() < grace.as_nanos() as i64 {
                 return Ok(Vec::new());
             }
             let payload = AssetOffline {
@@ -277,13 +256,10 @@ pub fn decide(state: &AssetState, command: &AssetCommand) -> Result<Vec<Event>, 
                 reason: Some("heartbeat_timeout".into()),
                 last_seen: Some(last_seen),
             };
-            let mut event = Event::new(
-                format!("{}:offline:{}", state.asset_id, now.as_nanos()),
-                "/twin/assets",
-                payload,
-            )
-            .with_time(*now)
-            .with_subject(state.asset_id.clone());
+            let mut event =
+                Event::new(format!("{}:offline:{}", state.asset_id, now.as_nanos()), "/twin/assets", payload)
+                    .with_time(*now)
+                    .with_subject(state.asset_id.clone());
             event.ext.organization.clone_from(&state.organization);
             Ok(vec![event])
         }
@@ -297,12 +273,8 @@ pub fn heartbeat_grace(interval_s: u32) -> Duration {
 }
 
 fn threshold_text(threshold: &Threshold) -> String {
-    let above = threshold
-        .above
-        .map_or_else(String::new, |v| format!(">{v}"));
-    let below = threshold
-        .below
-        .map_or_else(String::new, |v| format!("<{v}"));
+    let above = threshold.above.map_or_else(String::new, |v| format!(">{v}"));
+    let below = threshold.below.map_or_else(String::new, |v| format!("<{v}"));
     format!("{above}{below} {}", threshold.severity)
 }
 
@@ -313,10 +285,7 @@ fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
     if let Some(found) = event.asset_id()
         && found != state.asset_id
     {
-        return Err(Rejection::WrongAsset {
-            expected: state.asset_id.clone(),
-            found: found.to_owned(),
-        });
+        return Err(Rejection::WrongAsset { expected: state.asset_id.clone(), found: found.to_owned() });
     }
     use Lifecycle as L;
     let status = state.status;
@@ -344,9 +313,7 @@ fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
             }
             _ => status == L::Maintenance,
         },
-        EventKind::AssetDecommissioned => {
-            !matches!(status, L::Unregistered | L::Decommissioned | L::Deleted)
-        }
+        EventKind::AssetDecommissioned => !matches!(status, L::Unregistered | L::Decommissioned | L::Deleted),
         EventKind::AssetDeleted => matches!(status, L::Created | L::Decommissioned),
         _ => status.in_service(),
     };
@@ -359,21 +326,10 @@ fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
     }
     let mut out = vec![event.clone()];
     // A reading from a silent asset brings it online.
-    let is_reading = matches!(
-        kind,
-        EventKind::MetricRecorded | EventKind::MetricBatchIngested | EventKind::BatteryLow
-    );
+    let is_reading = matches!(kind, EventKind::MetricRecorded | EventKind::MetricBatchIngested | EventKind::BatteryLow);
     if is_reading && matches!(status, L::Commissioned | L::Offline) {
         let location = event.location().or(state.location);
-        out.push(derived(
-            event,
-            "online",
-            AssetOnline {
-                asset_id: state.asset_id.clone(),
-                location,
-            },
-            time,
-        ));
+        out.push(derived(event, "online", AssetOnline { asset_id: state.asset_id.clone(), location }, time));
     }
     if let Some(Payload::MetricRecorded(m)) = event.payload() {
         if let Some((threshold, breached)) = state.thresholds.get(&m.metric_type) {
@@ -391,12 +347,7 @@ fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
                         actions: Vec::new(),
                         message: Some(format!("{} {} crossed {limit}", m.metric_type, m.value)),
                     };
-                    out.push(derived(
-                        event,
-                        &format!("threshold:{}", m.metric_type),
-                        alert,
-                        time,
-                    ));
+                    out.push(derived(event, &format!("threshold:{}", m.metric_type), alert, time));
                 }
                 _ => {}
             }
@@ -421,11 +372,7 @@ pub fn apply(state: &mut AssetState, event: &Event) {
         && state.last_seen.is_none_or(|seen| time > seen)
         && !matches!(
             event.kind(),
-            Some(
-                EventKind::AssetOffline
-                    | EventKind::ConfigurationChanged
-                    | EventKind::AlertTriggered
-            )
+            Some(EventKind::AssetOffline | EventKind::ConfigurationChanged | EventKind::AlertTriggered)
         )
     {
         state.last_seen = Some(time);
@@ -463,9 +410,7 @@ pub fn apply(state: &mut AssetState, event: &Event) {
         }
         Payload::AssetDecommissioned(_) => state.status = Lifecycle::Decommissioned,
         Payload::AssetDeleted(_) => state.status = Lifecycle::Deleted,
-        Payload::FirmwareUpdated(f)
-            if f.status == citytwin_core::event::FirmwareStatus::Succeeded =>
-        {
+        Payload::FirmwareUpdated(f) if f.status == citytwin_core::event::FirmwareStatus::Succeeded => {
             state.firmware = Some(f.to_version.clone());
         }
         Payload::BatteryLow(b) => {
@@ -481,13 +426,7 @@ pub fn apply(state: &mut AssetState, event: &Event) {
         }
         Payload::MetricBatchIngested(batch) => {
             for reading in &batch.readings {
-                record(
-                    state,
-                    &reading.metric_type,
-                    reading.value,
-                    &reading.unit,
-                    reading.time,
-                );
+                record(state, &reading.metric_type, reading.value, &reading.unit, reading.time);
             }
             if batch.location.is_some() {
                 state.location = batch.location;
@@ -500,26 +439,21 @@ pub fn apply(state: &mut AssetState, event: &Event) {
                 *breached = true;
             }
         }
-        Payload::ConfigurationChanged(change) => {
-            apply_threshold_change(state, &change.key, &change.new_value)
-        }
+        Payload::ConfigurationChanged(change) => apply_threshold_change(state, &change.key, &change.new_value),
         _ => {}
     }
 }
 
 fn record(state: &mut AssetState, metric: &str, value: f64, unit: &Unit, time: Timestamp) {
-    let stats = state
-        .metrics
-        .entry(metric.to_owned())
-        .or_insert_with(|| MetricStats {
-            last: value,
-            last_time: time,
-            unit: unit.clone(),
-            count: 0,
-            sum: 0.0,
-            min: value,
-            max: value,
-        });
+    let stats = state.metrics.entry(metric.to_owned()).or_insert_with(|| MetricStats {
+        last: value,
+        last_time: time,
+        unit: unit.clone(),
+        count: 0,
+        sum: 0.0,
+        min: value,
+        max: value,
+    });
     if time >= stats.last_time {
         stats.last = value;
         stats.last_time = time;
@@ -561,28 +495,18 @@ fn apply_threshold_change(state: &mut AssetState, key: &str, value: &str) {
         "critical" => Severity::Critical,
         _ => Severity::Warning,
     };
-    let mut threshold = Threshold {
-        above: None,
-        below: None,
-        severity,
-    };
+    let mut threshold = Threshold { above: None, below: None, severity };
     // ">55<5": each bound starts with its operator.
     let mut rest = bounds;
     while !rest.is_empty() {
         let op = rest.as_bytes()[0];
         let end = rest[1..].find(['>', '<']).map_or(rest.len(), |i| i + 1);
         if let Ok(v) = rest[1..end].parse::<f64>() {
-            if op == b'>' {
-                threshold.above = Some(v)
-            } else {
-                threshold.below = Some(v)
-            }
+            if op == b'>' { threshold.above = Some(v) } else { threshold.below = Some(v) }
         }
         rest = &rest[end..];
     }
-    state
-        .thresholds
-        .insert(metric.to_owned(), (threshold, false));
+    state.thresholds.insert(metric.to_owned(), (threshold, false));
 }
 
 impl fmt::Display for Lifecycle {

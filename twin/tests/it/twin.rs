@@ -3,11 +3,12 @@
 use std::time::Duration;
 
 use citytwin_core::event::{
-    AssetCommissioned, AssetCreated, Event, Location, MetricRecorded, Severity, Timestamp,
-    TrafficIncidentReported, Unit,
+    AssetCommissioned, AssetCreated, Event, Location, MetricRecorded, Severity, Timestamp, TrafficIncidentReported,
+    TypePattern, Unit,
 };
 use citytwin_core::log::{Durability, LogConfig};
 use citytwin_twin::asset::logic::Lifecycle;
+use citytwin_twin::bus::Filter;
 use citytwin_twin::city::{IngestError, Twin, TwinConfig, shard_of};
 use citytwin_twin::deadletter::dead_letters;
 
@@ -16,10 +17,7 @@ const T0: i64 = 1_736_899_200;
 fn config(dir: &std::path::Path) -> TwinConfig {
     TwinConfig {
         shards: 3,
-        log: LogConfig {
-            durability: Durability::Always,
-            ..LogConfig::default()
-        },
+        log: LogConfig { durability: Durability::Always, ..LogConfig::default() },
         ..TwinConfig::new(dir)
     }
 }
@@ -45,11 +43,7 @@ fn commissioned(id: &str) -> Event {
     Event::new(
         format!("{id}-commissioned"),
         "/inventory",
-        AssetCommissioned {
-            asset_id: id.into(),
-            commissioned_by: None,
-            firmware_version: None,
-        },
+        AssetCommissioned { asset_id: id.into(), commissioned_by: None, firmware_version: None },
     )
     .with_time(Timestamp::from_secs(T0 + 1))
 }
@@ -73,15 +67,12 @@ fn reading(id: &str, n: u32, value: f64) -> Event {
 async fn ingest_routes_persists_publishes_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let twin = Twin::start(config(dir.path())).await.unwrap();
-    let mut bus = twin.subscribe();
+    let mut bus = twin.subscribe(Filter::default());
+    let mut alerts_only =
+        twin.subscribe(Filter { types: vec![TypePattern::new("com.smartcities.traffic.*")], ..Filter::default() });
     let assets = ["c1", "c2", "c3", "c4", "c5"];
     assert!(
-        assets
-            .iter()
-            .map(|a| shard_of(a, 3))
-            .collect::<std::collections::HashSet<_>>()
-            .len()
-            > 1,
+        assets.iter().map(|a| shard_of(a, 3)).collect::<std::collections::HashSet<_>>().len() > 1,
         "assets spread over shards"
     );
     for asset in assets {
@@ -106,28 +97,25 @@ async fn ingest_routes_persists_publishes_and_survives_a_restart() {
     .with_time(Timestamp::from_secs(T0 + 90));
     twin.ingest(incident).await.unwrap();
     let mut seen = Vec::new();
-    while let Ok(event) = bus.try_recv() {
-        seen.push(event.id.clone());
+    while seen.len() < 21 {
+        let committed = tokio::time::timeout(Duration::from_secs(20), bus.recv()).await.expect("published").unwrap();
+        seen.push((committed.position, committed.event.id.clone()));
     }
+    seen.sort();
     assert_eq!(
-        seen.len(),
-        5 * 4 + 1,
-        "every committed event was published: {seen:?}"
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (0..21).collect::<Vec<_>>(),
+        "every event, with its position"
     );
-    assert_eq!(seen.last().map(String::as_str), Some("i1"));
+    assert_eq!(seen.last().map(|s| s.1.as_str()), Some("i1"));
+    let incident = tokio::time::timeout(Duration::from_secs(20), alerts_only.recv()).await.unwrap().unwrap();
+    assert_eq!(incident.event.id, "i1", "the filtered subscription skipped the asset events");
     let before = twin.asset_state("c3").await.unwrap();
-    assert_eq!(
-        (before.status, before.metrics["vehicle_count"].last),
-        (Lifecycle::Online, 12.0)
-    );
+    assert_eq!((before.status, before.metrics["vehicle_count"].last), (Lifecycle::Online, 12.0));
     twin.shutdown().await.unwrap();
 
     let twin = Twin::start(config(dir.path())).await.unwrap();
-    assert_eq!(
-        twin.asset_state("c3").await.unwrap(),
-        before,
-        "rebuilt from the log after a restart"
-    );
+    assert_eq!(twin.asset_state("c3").await.unwrap(), before, "rebuilt from the log after a restart");
     assert_eq!(twin.log().next_position(), 21);
     twin.shutdown().await.unwrap();
 }
@@ -143,15 +131,9 @@ async fn invalid_and_refused_events_get_a_reason_and_go_to_the_dead_letter_queue
         other => panic!("expected an invalid-event error, got {other:?}"),
     }
     let refused = twin.ingest(reading("ghost", 1, 1.0)).await.unwrap_err();
-    assert_eq!(
-        refused.to_string(),
-        "unknown asset \"ghost\": it was never created"
-    );
+    assert_eq!(refused.to_string(), "unknown asset \"ghost\": it was never created");
     let letters = dead_letters(twin.log()).unwrap();
-    let reasons: Vec<(&str, &str)> = letters
-        .iter()
-        .map(|l| (l.reason.as_str(), l.message.as_str()))
-        .collect();
+    let reasons: Vec<(&str, &str)> = letters.iter().map(|l| (l.reason.as_str(), l.message.as_str())).collect();
     assert_eq!(
         reasons,
         [
@@ -159,10 +141,7 @@ async fn invalid_and_refused_events_get_a_reason_and_go_to_the_dead_letter_queue
             ("rejected", "unknown asset \"ghost\": it was never created")
         ]
     );
-    assert_eq!(
-        letters[1].original.as_ref().map(|e| e.id.as_str()),
-        Some("ghost-r1")
-    );
+    assert_eq!(letters[1].original.as_ref().map(|e| e.id.as_str()), Some("ghost-r1"));
     // The twin keeps running.
     twin.ingest(created("c1")).await.unwrap();
     twin.shutdown().await.unwrap();
@@ -182,9 +161,7 @@ async fn only_active_assets_stay_in_memory() {
     let mut passivated = 0;
     tokio::time::timeout(Duration::from_secs(20), async {
         while passivated < 20 {
-            if let citytwin_twin::shard::ShardEvent::Passivated(_) =
-                shard_events.recv().await.unwrap()
-            {
+            if let citytwin_twin::shard::ShardEvent::Passivated(_) = shard_events.recv().await.unwrap() {
                 passivated += 1;
             }
         }
@@ -192,11 +169,7 @@ async fn only_active_assets_stay_in_memory() {
     .await
     .expect("every idle asset passivates");
     assert_eq!(twin.live_assets().await.unwrap(), 0);
-    assert_eq!(
-        twin.asset_state("a7").await.unwrap().status,
-        Lifecycle::Created,
-        "rehydrated on demand"
-    );
+    assert_eq!(twin.asset_state("a7").await.unwrap().status, Lifecycle::Created, "rehydrated on demand");
     assert_eq!(twin.live_assets().await.unwrap(), 1);
     twin.shutdown().await.unwrap();
 }

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use citytwin_core::event::{
-    AssetCommissioned, AssetCreated, Location, MetricRecorded, Payload, Unit,
-};
+use citytwin_core::event::{AssetCommissioned, AssetCreated, Location, MetricRecorded, Payload, Unit};
 use citytwin_core::log::{Durability, LogConfig};
 use ractor::rpc::CallResult;
 use tokio::sync::broadcast;
@@ -31,22 +29,16 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Twin {
     shard: ActorRef<ShardMsg>,
     events: broadcast::Receiver<ShardEvent>,
-    published: broadcast::Receiver<Arc<Event>>,
+    published: crate::bus::Subscription,
     log: EventLog,
     handle: tokio::task::JoinHandle<()>,
 }
 
 async fn start(dir: &std::path::Path, asset: AssetConfig) -> Twin {
-    let log = EventLog::open(
-        dir,
-        LogConfig {
-            durability: Durability::Always,
-            ..LogConfig::default()
-        },
-    )
-    .unwrap();
+    let log = EventLog::open(dir, LogConfig { durability: Durability::Always, ..LogConfig::default() }).unwrap();
     let (events_tx, events) = broadcast::channel(1024);
-    let (publish_tx, published) = broadcast::channel(1024);
+    let bus = crate::bus::Bus::new(log.clone(), 1024);
+    let published = bus.subscribe(crate::bus::Filter::default());
     let args = ShardArgs {
         shard: 0,
         log: log.clone(),
@@ -54,28 +46,17 @@ async fn start(dir: &std::path::Path, asset: AssetConfig) -> Twin {
         asset,
         max_restarts: 3,
         restart_window: Duration::from_secs(60),
-        publish: Some(publish_tx),
+        publish: Some(bus),
         events: Some(events_tx),
     };
     let (shard, handle) = Actor::spawn(None, ShardActor, args).await.unwrap();
-    Twin {
-        shard,
-        events,
-        published,
-        log,
-        handle,
-    }
+    Twin { shard, events, published, log, handle }
 }
 
 impl Twin {
     async fn command(&self, asset: &str, command: AssetCommand) -> CommandReply {
         let asset = asset.to_owned();
-        match self
-            .shard
-            .call(|reply| ShardMsg::Command(asset, command, reply), Some(WAIT))
-            .await
-            .unwrap()
-        {
+        match self.shard.call(|reply| ShardMsg::Command(asset, command, reply), Some(WAIT)).await.unwrap() {
             CallResult::Success(reply) => reply,
             other => panic!("no reply: {other:?}"),
         }
@@ -83,30 +64,19 @@ impl Twin {
 
     async fn observe(&self, event: Event) -> CommandReply {
         let asset = event.asset_id().unwrap().to_owned();
-        self.command(&asset, AssetCommand::Observe(Box::new(event)))
-            .await
+        self.command(&asset, AssetCommand::Observe(Box::new(event))).await
     }
 
     async fn state(&self, asset: &str) -> AssetState {
         let asset = asset.to_owned();
-        match self
-            .shard
-            .call(|reply| ShardMsg::GetState(asset, reply), Some(WAIT))
-            .await
-            .unwrap()
-        {
+        match self.shard.call(|reply| ShardMsg::GetState(asset, reply), Some(WAIT)).await.unwrap() {
             CallResult::Success(state) => state,
             other => panic!("no reply: {other:?}"),
         }
     }
 
     async fn live(&self) -> usize {
-        match self
-            .shard
-            .call(ShardMsg::LiveCount, Some(WAIT))
-            .await
-            .unwrap()
-        {
+        match self.shard.call(ShardMsg::LiveCount, Some(WAIT)).await.unwrap() {
             CallResult::Success(n) => n,
             other => panic!("no reply: {other:?}"),
         }
@@ -151,11 +121,7 @@ fn commissioned(id: &str) -> Event {
     Event::new(
         format!("{id}-commissioned"),
         "/inventory",
-        AssetCommissioned {
-            asset_id: id.into(),
-            commissioned_by: None,
-            firmware_version: None,
-        },
+        AssetCommissioned { asset_id: id.into(), commissioned_by: None, firmware_version: None },
     )
     .with_time(Timestamp::from_secs(T0 + 1))
 }
@@ -185,16 +151,7 @@ async fn commands_persist_and_the_state_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let twin = start(dir.path(), AssetConfig::default()).await;
     bring_up(&twin, "s1", None).await;
-    let events = twin
-        .observe(reading(
-            "s1",
-            1,
-            "pm25",
-            42.0,
-            Timestamp::from_secs(T0 + 60),
-        ))
-        .await
-        .unwrap();
+    let events = twin.observe(reading("s1", 1, "pm25", 42.0, Timestamp::from_secs(T0 + 60))).await.unwrap();
     assert_eq!(events.len(), 2, "the reading and the derived asset.online");
     let before = twin.state("s1").await;
     assert_eq!((before.status, before.version), (Lifecycle::Online, 4));
@@ -210,45 +167,24 @@ async fn commands_persist_and_the_state_survives_a_restart() {
 async fn rejections_reply_and_the_actor_keeps_running() {
     let dir = tempfile::tempdir().unwrap();
     let mut twin = start(dir.path(), AssetConfig::default()).await;
-    let early = twin
-        .observe(reading("s1", 1, "pm25", 1.0, Timestamp::from_secs(T0)))
-        .await;
-    assert_eq!(
-        early,
-        Err(CommandError::Rejected(Rejection::UnknownAsset("s1".into())))
-    );
+    let early = twin.observe(reading("s1", 1, "pm25", 1.0, Timestamp::from_secs(T0))).await;
+    assert_eq!(early, Err(CommandError::Rejected(Rejection::UnknownAsset("s1".into()))));
     twin.expect_event(ShardEvent::Started("s1".into())).await;
     bring_up(&twin, "s1", None).await;
     assert_eq!(twin.state("s1").await.status, Lifecycle::Commissioned);
-    assert_eq!(
-        twin.live().await,
-        1,
-        "the same actor served the rejection and what followed"
-    );
-    assert!(
-        twin.events.try_recv().is_err(),
-        "no restart, no second start"
-    );
-    assert_eq!(
-        twin.log.stream_seq(&asset_stream("s1")),
-        2,
-        "the rejected reading was not stored"
-    );
+    assert_eq!(twin.live().await, 1, "the same actor served the rejection and what followed");
+    assert!(twin.events.try_recv().is_err(), "no restart, no second start");
+    assert_eq!(twin.log.stream_seq(&asset_stream("s1")), 2, "the rejected reading was not stored");
     twin.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_assets_passivate_and_rehydrate_on_the_next_message() {
     let dir = tempfile::tempdir().unwrap();
-    let config = AssetConfig {
-        idle_timeout: Duration::from_millis(100),
-        ..AssetConfig::default()
-    };
+    let config = AssetConfig { idle_timeout: Duration::from_millis(100), ..AssetConfig::default() };
     let mut twin = start(dir.path(), config).await;
     bring_up(&twin, "s1", None).await;
-    twin.observe(reading("s1", 1, "pm25", 7.0, Timestamp::from_secs(T0 + 60)))
-        .await
-        .unwrap();
+    twin.observe(reading("s1", 1, "pm25", 7.0, Timestamp::from_secs(T0 + 60))).await.unwrap();
     let before = twin.state("s1").await;
     twin.expect_event(ShardEvent::Started("s1".into())).await;
     twin.expect_event(ShardEvent::Passivated("s1".into())).await;
@@ -261,22 +197,13 @@ async fn idle_assets_passivate_and_rehydrate_on_the_next_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_taken_every_n_events() {
     let dir = tempfile::tempdir().unwrap();
-    let config = AssetConfig {
-        snapshot_every: 3,
-        ..AssetConfig::default()
-    };
+    let config = AssetConfig { snapshot_every: 3, ..AssetConfig::default() };
     let twin = start(dir.path(), config).await;
     bring_up(&twin, "s1", None).await;
     for n in 0..4 {
-        twin.observe(reading(
-            "s1",
-            n,
-            "pm25",
-            f64::from(n),
-            Timestamp::from_secs(T0 + 60 + i64::from(n)),
-        ))
-        .await
-        .unwrap();
+        twin.observe(reading("s1", n, "pm25", f64::from(n), Timestamp::from_secs(T0 + 60 + i64::from(n))))
+            .await
+            .unwrap();
     }
     // 2 lifecycle + 4 readings + 1 online = 7 events; snapshots after 3 (at 4) and again at 7.
     let load = twin.log.load_stream(&asset_stream("s1")).unwrap();
@@ -294,40 +221,20 @@ async fn a_poison_event_is_dead_lettered_the_actor_restarts_and_siblings_keep_ru
     let mut twin = start(dir.path(), AssetConfig::default()).await;
     bring_up(&twin, "s1", None).await;
     bring_up(&twin, "s2", None).await;
-    let poison = twin
-        .observe(reading(
-            "s1",
-            9,
-            "poison_metric",
-            1.0,
-            Timestamp::from_secs(T0 + 60),
-        ))
-        .await;
-    let Err(CommandError::Poison(message)) = poison else {
-        panic!("expected a poison reply, got {poison:?}")
-    };
+    let poison = twin.observe(reading("s1", 9, "poison_metric", 1.0, Timestamp::from_secs(T0 + 60))).await;
+    let Err(CommandError::Poison(message)) = poison else { panic!("expected a poison reply, got {poison:?}") };
     assert!(message.contains("poison pill in s1-r9"), "{message}");
     twin.expect_event(ShardEvent::Restarted("s1".into())).await;
     // The sibling never noticed; the restarted actor rebuilt from the log and carries on.
-    twin.observe(reading("s2", 1, "pm25", 5.0, Timestamp::from_secs(T0 + 61)))
-        .await
-        .unwrap();
-    twin.observe(reading("s1", 1, "pm25", 6.0, Timestamp::from_secs(T0 + 62)))
-        .await
-        .unwrap();
+    twin.observe(reading("s2", 1, "pm25", 5.0, Timestamp::from_secs(T0 + 61))).await.unwrap();
+    twin.observe(reading("s1", 1, "pm25", 6.0, Timestamp::from_secs(T0 + 62))).await.unwrap();
     assert_eq!(twin.state("s1").await.metrics["pm25"].last, 6.0);
     assert_eq!(twin.state("s2").await.metrics["pm25"].last, 5.0);
     let letters = dead_letters(&twin.log).unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, "panicked");
-    assert!(
-        letters[0].message.contains("poison pill in s1-r9"),
-        "{letters:?}"
-    );
-    assert_eq!(
-        letters[0].original.as_ref().map(|e| e.id.as_str()),
-        Some("s1-r9")
-    );
+    assert!(letters[0].message.contains("poison pill in s1-r9"), "{letters:?}");
+    assert_eq!(letters[0].original.as_ref().map(|e| e.id.as_str()), Some("s1-r9"));
     twin.stop().await;
 }
 
@@ -338,26 +245,19 @@ async fn a_missed_heartbeat_takes_the_asset_offline() {
     // Reporting every second: two seconds of silence means offline.
     bring_up(&twin, "s1", Some(1)).await;
     let now = (system_clock())();
-    twin.observe(reading("s1", 1, "pm25", 1.0, now))
-        .await
-        .unwrap();
+    twin.observe(reading("s1", 1, "pm25", 1.0, now)).await.unwrap();
     let offline = tokio::time::timeout(WAIT, async {
         loop {
-            let event = twin.published.recv().await.unwrap();
-            if event.ty.as_str() == "com.smartcities.asset.offline" {
-                return event;
+            let committed = twin.published.recv().await.unwrap();
+            if committed.event.ty.as_str() == "com.smartcities.asset.offline" {
+                return committed.event.clone();
             }
         }
     })
     .await
     .expect("an asset.offline event");
-    let Some(Payload::AssetOffline(payload)) = offline.payload() else {
-        panic!()
-    };
-    assert_eq!(
-        (payload.reason.as_deref(), payload.last_seen),
-        (Some("heartbeat_timeout"), Some(now))
-    );
+    let Some(Payload::AssetOffline(payload)) = offline.payload() else { panic!() };
+    assert_eq!((payload.reason.as_deref(), payload.last_seen), (Some("heartbeat_timeout"), Some(now)));
     assert_eq!(twin.state("s1").await.status, Lifecycle::Offline);
     twin.stop().await;
 }
@@ -368,15 +268,9 @@ async fn state_at_a_past_time_is_rebuilt_from_the_log() {
     let twin = start(dir.path(), AssetConfig::default()).await;
     bring_up(&twin, "s1", None).await;
     for n in 0..5 {
-        twin.observe(reading(
-            "s1",
-            n,
-            "pm25",
-            f64::from(n) * 10.0,
-            Timestamp::from_secs(T0 + 100 * i64::from(n + 1)),
-        ))
-        .await
-        .unwrap();
+        twin.observe(reading("s1", n, "pm25", f64::from(n) * 10.0, Timestamp::from_secs(T0 + 100 * i64::from(n + 1))))
+            .await
+            .unwrap();
     }
     let at_250 = state_at(&twin.log, "s1", Timestamp::from_secs(T0 + 250)).unwrap();
     assert_eq!(at_250.metrics["pm25"].count, 2);

@@ -1,8 +1,7 @@
 //! Given / when / then tests of the asset logic, without actors.
 
 use citytwin_core::event::{
-    AssetCommissioned, AssetCreated, AssetDecommissioned, AssetDeleted, AssetMaintenance,
-    MetricRecorded,
+    AssetCommissioned, AssetCreated, AssetDecommissioned, AssetDeleted, AssetMaintenance, MetricRecorded,
 };
 
 use super::*;
@@ -34,11 +33,7 @@ fn commissioned(id: &str, secs: i64) -> Event {
     Event::new(
         format!("{id}-commissioned"),
         "/inventory",
-        AssetCommissioned {
-            asset_id: id.into(),
-            commissioned_by: None,
-            firmware_version: Some("1.0".into()),
-        },
+        AssetCommissioned { asset_id: id.into(), commissioned_by: None, firmware_version: Some("1.0".into()) },
     )
     .with_time(at(secs))
 }
@@ -60,10 +55,7 @@ fn reading(id: &str, n: u32, metric: &str, value: f64, secs: i64) -> Event {
 
 /// Given `history`, when `command`, then the result; the state is the fold of the history.
 fn given(history: &[Event]) -> AssetState {
-    let mut state = AssetState {
-        asset_id: "s1".into(),
-        ..AssetState::default()
-    };
+    let mut state = AssetState { asset_id: "s1".into(), ..AssetState::default() };
     for event in history {
         apply(&mut state, event);
     }
@@ -71,34 +63,23 @@ fn given(history: &[Event]) -> AssetState {
 }
 
 fn kinds(events: &[Event]) -> Vec<&str> {
-    events
-        .iter()
-        .map(|e| e.ty.as_str().trim_start_matches("com.smartcities."))
-        .collect()
+    events.iter().map(|e| e.ty.as_str().trim_start_matches("com.smartcities.")).collect()
 }
 
 #[test]
 fn lifecycle_follows_the_allowed_transitions() {
     let state = given(&[]);
-    assert_eq!(
-        decide(&state, &observe(reading("s1", 1, "pm25", 3.0, 5))),
-        Err(Rejection::UnknownAsset("s1".into()))
-    );
+    assert_eq!(decide(&state, &observe(reading("s1", 1, "pm25", 3.0, 5))), Err(Rejection::UnknownAsset("s1".into())));
     let events = decide(&state, &observe(created("s1"))).unwrap();
     assert_eq!(kinds(&events), ["asset.created"]);
 
     let state = given(&events);
     assert_eq!(state.status, Lifecycle::Created);
     assert_eq!(
-        decide(&state, &observe(reading("s1", 1, "pm25", 3.0, 5)))
-            .unwrap_err()
-            .to_string(),
+        decide(&state, &observe(reading("s1", 1, "pm25", 3.0, 5))).unwrap_err().to_string(),
         "asset \"s1\" is created: com.smartcities.asset.metric_recorded is not allowed"
     );
-    assert_eq!(
-        decide(&state, &observe(created("s1"))),
-        Err(Rejection::AlreadyExists("s1".into()))
-    );
+    assert_eq!(decide(&state, &observe(created("s1"))), Err(Rejection::AlreadyExists("s1".into())));
 
     let state = given(&[created("s1"), commissioned("s1", 10)]);
     assert_eq!(state.status, Lifecycle::Commissioned);
@@ -108,59 +89,21 @@ fn lifecycle_follows_the_allowed_transitions() {
         Event::new(
             format!("m-{phase:?}"),
             "/ops",
-            AssetMaintenance {
-                asset_id: "s1".into(),
-                reason: "calibration".into(),
-                phase,
-                until: None,
-            },
+            AssetMaintenance { asset_id: "s1".into(), reason: "calibration".into(), phase, until: None },
         )
         .with_time(at(20))
     };
     assert!(decide(&state, &observe(maintenance(MaintenancePhase::Completed))).is_err());
-    let state = given(&[
-        created("s1"),
-        commissioned("s1", 10),
-        maintenance(MaintenancePhase::Started),
-    ]);
+    let state = given(&[created("s1"), commissioned("s1", 10), maintenance(MaintenancePhase::Started)]);
     assert_eq!(state.status, Lifecycle::Maintenance);
-    let delete = Event::new(
-        "d",
-        "/inventory",
-        AssetDeleted {
-            asset_id: "s1".into(),
-            reason: None,
-        },
-    )
-    .with_time(at(30));
-    assert!(matches!(
-        decide(&state, &observe(delete.clone())),
-        Err(Rejection::InvalidTransition { .. })
-    ));
-    let decommission = Event::new(
-        "x",
-        "/inventory",
-        AssetDecommissioned {
-            asset_id: "s1".into(),
-            reason: None,
-        },
-    )
-    .with_time(at(30));
-    let state = given(&[
-        created("s1"),
-        commissioned("s1", 10),
-        maintenance(MaintenancePhase::Started),
-        decommission,
-    ]);
+    let delete = Event::new("d", "/inventory", AssetDeleted { asset_id: "s1".into(), reason: None }).with_time(at(30));
+    assert!(matches!(decide(&state, &observe(delete.clone())), Err(Rejection::InvalidTransition { .. })));
+    let decommission =
+        Event::new("x", "/inventory", AssetDecommissioned { asset_id: "s1".into(), reason: None }).with_time(at(30));
+    let state = given(&[created("s1"), commissioned("s1", 10), maintenance(MaintenancePhase::Started), decommission]);
     assert_eq!(state.status, Lifecycle::Decommissioned);
-    assert!(
-        decide(&state, &observe(reading("s1", 1, "pm25", 3.0, 40))).is_err(),
-        "no readings after decommissioning"
-    );
-    assert_eq!(
-        kinds(&decide(&state, &observe(delete)).unwrap()),
-        ["asset.deleted"]
-    );
+    assert!(decide(&state, &observe(reading("s1", 1, "pm25", 3.0, 40))).is_err(), "no readings after decommissioning");
+    assert_eq!(kinds(&decide(&state, &observe(delete)).unwrap()), ["asset.deleted"]);
 }
 
 #[test]
@@ -177,10 +120,7 @@ fn first_reading_brings_the_asset_online_and_stats_accumulate() {
     let state = given(&all);
     assert_eq!(state.status, Lifecycle::Online);
     let pm25 = &state.metrics["pm25"];
-    assert_eq!(
-        (pm25.count, pm25.last, pm25.min, pm25.max, pm25.mean()),
-        (3, 10.0, 10.0, 30.0, 20.0)
-    );
+    assert_eq!((pm25.count, pm25.last, pm25.min, pm25.max, pm25.mean()), (3, 10.0, 10.0, 30.0, 20.0));
     assert_eq!(state.last_seen, Some(at(120)));
     assert_eq!(state.version, 6);
 }
@@ -190,11 +130,7 @@ fn thresholds_alert_once_per_crossing() {
     let mut history = vec![created("s1"), commissioned("s1", 10)];
     let set = AssetCommand::SetThreshold {
         metric: "pm25".into(),
-        threshold: Some(Threshold {
-            above: Some(55.0),
-            below: None,
-            severity: Severity::Critical,
-        }),
+        threshold: Some(Threshold { above: Some(55.0), below: None, severity: Severity::Critical }),
         event_id: "cfg1".into(),
         time: at(11),
     };
@@ -204,75 +140,28 @@ fn thresholds_alert_once_per_crossing() {
     assert_eq!(state.thresholds["pm25"].0.severity, Severity::Critical);
 
     let mut run = |n: u32, value: f64| {
-        let events = decide(
-            &given(&history),
-            &observe(reading("s1", n, "pm25", value, 60 + i64::from(n))),
-        )
-        .unwrap();
+        let events = decide(&given(&history), &observe(reading("s1", n, "pm25", value, 60 + i64::from(n)))).unwrap();
         history.extend(events.clone());
         events
     };
-    assert_eq!(
-        kinds(&run(1, 40.0)),
-        ["asset.metric_recorded", "asset.online"]
-    );
+    assert_eq!(kinds(&run(1, 40.0)), ["asset.metric_recorded", "asset.online"]);
     let crossing = run(2, 80.0);
-    assert_eq!(
-        kinds(&crossing),
-        ["asset.metric_recorded", "alert.triggered"]
-    );
-    let Some(Payload::AlertTriggered(alert)) = crossing[1].payload() else {
-        panic!()
-    };
-    assert_eq!(
-        (alert.threshold, alert.actual_value, alert.severity),
-        (Some(55.0), Some(80.0), Severity::Critical)
-    );
-    assert_eq!(
-        kinds(&run(3, 90.0)),
-        ["asset.metric_recorded"],
-        "still above: no second alert"
-    );
-    assert_eq!(
-        kinds(&run(4, 30.0)),
-        ["asset.metric_recorded"],
-        "back within: re-armed"
-    );
-    assert_eq!(
-        kinds(&run(5, 60.0)),
-        ["asset.metric_recorded", "alert.triggered"]
-    );
+    assert_eq!(kinds(&crossing), ["asset.metric_recorded", "alert.triggered"]);
+    let Some(Payload::AlertTriggered(alert)) = crossing[1].payload() else { panic!() };
+    assert_eq!((alert.threshold, alert.actual_value, alert.severity), (Some(55.0), Some(80.0), Severity::Critical));
+    assert_eq!(kinds(&run(3, 90.0)), ["asset.metric_recorded"], "still above: no second alert");
+    assert_eq!(kinds(&run(4, 30.0)), ["asset.metric_recorded"], "back within: re-armed");
+    assert_eq!(kinds(&run(5, 60.0)), ["asset.metric_recorded", "alert.triggered"]);
 }
 
 #[test]
 fn battery_low_is_derived_once_until_recharged() {
-    let mut history = vec![
-        created("s1"),
-        commissioned("s1", 10),
-        reading("s1", 0, "pm25", 1.0, 20),
-    ];
-    history.push(
-        Event::new(
-            "on",
-            "/x",
-            AssetOnline {
-                asset_id: "s1".into(),
-                location: None,
-            },
-        )
-        .with_time(at(20)),
-    );
+    let mut history = vec![created("s1"), commissioned("s1", 10), reading("s1", 0, "pm25", 1.0, 20)];
+    history.push(Event::new("on", "/x", AssetOnline { asset_id: "s1".into(), location: None }).with_time(at(20)));
     let mut run = |n: u32, value: f64| {
-        let events = decide(
-            &given(&history),
-            &observe(reading("s1", n, "battery", value, 30 + i64::from(n))),
-        )
-        .unwrap();
+        let events = decide(&given(&history), &observe(reading("s1", n, "battery", value, 30 + i64::from(n)))).unwrap();
         history.extend(events.clone());
-        kinds(&events)
-            .iter()
-            .map(|k| (*k).to_owned())
-            .collect::<Vec<_>>()
+        kinds(&events).iter().map(|k| (*k).to_owned()).collect::<Vec<_>>()
     };
     assert_eq!(run(1, 50.0), ["asset.metric_recorded"]);
     assert_eq!(run(2, 15.0), ["asset.metric_recorded", "asset.battery_low"]);
@@ -284,36 +173,17 @@ fn battery_low_is_derived_once_until_recharged() {
 #[test]
 fn heartbeat_check_takes_a_silent_asset_offline() {
     let mut history = vec![created("s1"), commissioned("s1", 10)];
-    history.extend(
-        decide(
-            &given(&history),
-            &observe(reading("s1", 1, "pm25", 1.0, 100)),
-        )
-        .unwrap(),
-    );
+    history.extend(decide(&given(&history), &observe(reading("s1", 1, "pm25", 1.0, 100))).unwrap());
     let state = given(&history);
     // Interval 60 s, grace two intervals.
-    assert!(
-        decide(&state, &AssetCommand::CheckHeartbeat { now: at(219) })
-            .unwrap()
-            .is_empty()
-    );
+    assert!(decide(&state, &AssetCommand::CheckHeartbeat { now: at(219) }).unwrap().is_empty());
     let offline = decide(&state, &AssetCommand::CheckHeartbeat { now: at(220) }).unwrap();
     assert_eq!(kinds(&offline), ["asset.offline"]);
     history.extend(offline);
     let state = given(&history);
     assert_eq!(state.status, Lifecycle::Offline);
-    assert_eq!(
-        state.last_seen,
-        Some(at(100)),
-        "going offline is not a sign of life"
-    );
-    assert!(
-        decide(&state, &AssetCommand::CheckHeartbeat { now: at(1000) })
-            .unwrap()
-            .is_empty(),
-        "already offline"
-    );
+    assert_eq!(state.last_seen, Some(at(100)), "going offline is not a sign of life");
+    assert!(decide(&state, &AssetCommand::CheckHeartbeat { now: at(1000) }).unwrap().is_empty(), "already offline");
     let back = decide(&state, &observe(reading("s1", 2, "pm25", 1.0, 1000))).unwrap();
     assert_eq!(kinds(&back), ["asset.metric_recorded", "asset.online"]);
 }
@@ -323,29 +193,17 @@ fn wrong_asset_and_untimed_events_are_rejected() {
     let state = given(&[created("s1"), commissioned("s1", 10)]);
     assert_eq!(
         decide(&state, &observe(reading("s2", 1, "pm25", 1.0, 20))),
-        Err(Rejection::WrongAsset {
-            expected: "s1".into(),
-            found: "s2".into()
-        })
+        Err(Rejection::WrongAsset { expected: "s1".into(), found: "s2".into() })
     );
     let mut untimed = reading("s1", 1, "pm25", 1.0, 20);
     untimed.time = None;
-    assert_eq!(
-        decide(&state, &observe(untimed)),
-        Err(Rejection::Untimed("s1-r1".into()))
-    );
+    assert_eq!(decide(&state, &observe(untimed)), Err(Rejection::Untimed("s1-r1".into())));
 }
 
 #[test]
 fn state_round_trips_through_a_snapshot() {
     let mut history = vec![created("s1"), commissioned("s1", 10)];
-    history.extend(
-        decide(
-            &given(&history),
-            &observe(reading("s1", 1, "pm25", 42.0, 100)),
-        )
-        .unwrap(),
-    );
+    history.extend(decide(&given(&history), &observe(reading("s1", 1, "pm25", 42.0, 100))).unwrap());
     let state = given(&history);
     let bytes = rmp_serde::to_vec(&state).unwrap();
     let back: AssetState = rmp_serde::from_slice(&bytes).unwrap();
