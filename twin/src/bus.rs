@@ -196,7 +196,7 @@ mod tests {
             },
         )
         .with_time(Timestamp::from_secs(n as i64))
-        .with_organization(if n % 2 == 0 { "org_a" } else { "org_b" })
+        .with_organization(if n.is_multiple_of(2) { "org_a" } else { "org_b" })
         .with_derived_cell(Resolution::Ten)
     }
 
