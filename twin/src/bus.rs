@@ -148,6 +148,27 @@ impl Subscription {
         }
     }
 
+    /// The next matching event if one is ready now, without waiting.
+    pub fn try_recv(&mut self) -> Option<Arc<Committed>> {
+        loop {
+            if let Some(next) = self.backlog.pop_front() {
+                return Some(next);
+            }
+            match self.rx.try_recv() {
+                Ok(committed) => {
+                    if self.mark(committed.position) && self.filter.matches(&committed.event) {
+                        return Some(committed);
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "bus subscriber lagged: catching up from the log");
+                    self.catch_up();
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Replays every unseen position from the log into the backlog.
     fn catch_up(&mut self) {
         let filter = ReplayFilter { from_position: self.low_water, ..ReplayFilter::default() };

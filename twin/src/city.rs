@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 use crate::asset::actor::{AssetConfig, CommandError};
 use crate::asset::logic::{AssetCommand, AssetState};
 use crate::bus::{Bus, Filter, Subscription};
+use crate::cell::{CellConfig, CellRouterActor, CellRouterArgs, CellRouterMsg};
 use crate::deadletter::{DeadLetterReason, dead_letter};
 use crate::shard::{ShardActor, ShardArgs, ShardEvent, ShardMsg};
 use crate::writer::LogWriter;
@@ -46,6 +47,8 @@ pub struct TwinConfig {
     pub writer_queue: usize,
     /// Most events per log append.
     pub writer_max_batch: usize,
+    /// Cell actors and their CEP rules; `None` runs no cell actors.
+    pub cells: Option<CellConfig>,
 }
 
 impl TwinConfig {
@@ -61,6 +64,7 @@ impl TwinConfig {
             bus_capacity: 65_536,
             writer_queue: 16_384,
             writer_max_batch: 8_192,
+            cells: None,
         }
     }
 }
@@ -100,6 +104,7 @@ pub struct Twin {
     writer: LogWriter,
     bus: Bus,
     shard_events: broadcast::Sender<ShardEvent>,
+    cells: Option<(ActorRef<CellRouterMsg>, tokio::task::JoinHandle<()>)>,
 }
 
 impl Twin {
@@ -122,8 +127,16 @@ impl Twin {
             shard_events: shard_events.clone(),
             shards: Arc::clone(&shards),
         };
+        let cell_config = args.config.cells.clone();
         let (city, city_handle) = Actor::spawn(None, CityActor, args).await?;
-        Ok(Twin { city, city_handle, shards, log, writer, bus, shard_events })
+        let cells = match cell_config {
+            Some(config) => {
+                let args = CellRouterArgs { config, writer: writer.clone(), bus: bus.clone() };
+                Some(Actor::spawn(None, CellRouterActor, args).await?)
+            }
+            None => None,
+        };
+        Ok(Twin { city, city_handle, shards, log, writer, bus, shard_events, cells })
     }
 
     /// The event log (read side: replay, time travel, dead letters).
@@ -232,11 +245,30 @@ impl Twin {
         Ok(total)
     }
 
+    /// The latest window results of a routing cell (empty without cell actors).
+    ///
+    /// # Errors
+    /// When the twin is unavailable.
+    pub async fn cell_aggregates(
+        &self,
+        cell: h3o::CellIndex,
+    ) -> Result<Vec<citytwin_core::cep::WindowResult>, IngestError> {
+        let Some((router, _)) = &self.cells else { return Ok(Vec::new()) };
+        match router.call(|reply| CellRouterMsg::Aggregates(cell, reply), Some(Duration::from_secs(30))).await {
+            Ok(CallResult::Success(results)) => Ok(results),
+            other => Err(IngestError::Unavailable(format!("{other:?}"))),
+        }
+    }
+
     /// Stops every actor and flushes the log.
     ///
     /// # Errors
     /// When the final sync fails.
     pub async fn shutdown(self) -> Result<(), ActorProcessingErr> {
+        if let Some((router, handle)) = self.cells {
+            router.stop(None);
+            handle.await?;
+        }
         self.city.stop(None);
         self.city_handle.await?;
         let log = self.log.clone();

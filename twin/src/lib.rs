@@ -18,6 +18,7 @@
 
 pub mod asset;
 pub mod bus;
+pub mod cell;
 pub mod city;
 pub mod deadletter;
 pub mod shard;

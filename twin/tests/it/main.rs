@@ -1,3 +1,4 @@
 //! Integration tests of `citytwin-twin`: one binary, one module per area.
 
+mod cells;
 mod twin;

@@ -1,0 +1,352 @@
+//! Cell actors: geographic sharding of complex event processing.
+//!
+//! One `CellActor` per H3 cell at the routing resolution (default 8) runs the CEP rules
+//! (`citytwin_core::cep::Engine`) on the events located in its cell. A bus pump task feeds
+//! `CellRouterActor` with batches drained from a bus subscription; the router splits each
+//! batch by cell (one message per cell per batch, not per event), spawns cell actors on
+//! demand under its supervision, and advances every cell's watermark as global event time
+//! moves on, so quiet cells still close their windows and fire negations.
+//!
+//! Alerts become `alert.triggered` events: appended to the cell's stream (`cell:<hex>`) and
+//! published. Each cell keeps its latest window results (the per-cell aggregates read model).
+//! [`cell_aggregates_at`] rebuilds a cell's (or a parent cell's) aggregates as they were at a
+//! past time from the log.
+//!
+//! Rules must group at the routing resolution or finer (or by asset): a cell actor sees only
+//! its own cell. City-level views roll cells up to parents in the read side.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use citytwin_core::cep::{Engine, EngineConfig, Key, Output, Rule, WindowResult};
+use citytwin_core::event::Timestamp;
+use citytwin_core::log::{EventLog, Expected, ReplayFilter};
+use h3o::{CellIndex, Resolution};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::bus::{Bus, Committed, Filter};
+use crate::writer::LogWriter;
+
+/// The log stream of a cell's derived events.
+pub fn cell_stream(cell: CellIndex) -> String {
+    format!("cell:{cell}")
+}
+
+/// The routing cell of an event: its `h3cell` (or location) at `resolution`.
+pub fn routing_cell(event: &citytwin_core::event::Event, resolution: Resolution) -> Option<CellIndex> {
+    let cell = event.ext.h3cell.or_else(|| event.location().and_then(|l| l.cell(resolution)))?;
+    if cell.resolution() < resolution { None } else { cell.parent(resolution) }
+}
+
+/// Cell settings.
+#[derive(Debug, Clone)]
+pub struct CellConfig {
+    /// Routing resolution.
+    pub resolution: Resolution,
+    /// The rules every cell runs.
+    pub rules: Arc<Vec<Rule>>,
+    /// CEP settings.
+    pub engine: EngineConfig,
+    /// Advance every cell's watermark each time global event time moves this far.
+    pub tick: Duration,
+}
+
+impl CellConfig {
+    /// Resolution 8, no rules.
+    pub fn new(rules: Vec<Rule>) -> Self {
+        CellConfig {
+            resolution: Resolution::Eight,
+            rules: Arc::new(rules),
+            engine: EngineConfig::default(),
+            tick: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Messages of a cell actor.
+#[derive(Debug)]
+pub enum CellMsg {
+    /// Events located in this cell, in commit order.
+    Events(Vec<Arc<Committed>>),
+    /// Move the watermark (global event time has moved on).
+    Advance(Timestamp),
+    /// Latest window result per (rule, key).
+    Aggregates(RpcReplyPort<Vec<WindowResult>>),
+}
+
+/// What a cell actor starts with.
+#[derive(Debug, Clone)]
+pub struct CellArgs {
+    cell: CellIndex,
+    config: CellConfig,
+    writer: LogWriter,
+    bus: Bus,
+}
+
+/// A cell actor's state.
+#[derive(Debug)]
+pub struct CellState {
+    args: CellArgs,
+    engine: Engine,
+    latest: BTreeMap<(Arc<str>, Key), WindowResult>,
+    alerts: u64,
+}
+
+/// Runs the CEP rules of one cell (see the module documentation).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CellActor;
+
+impl CellActor {
+    async fn handle_outputs(&self, outputs: Vec<Output>, state: &mut CellState) -> Result<(), ActorProcessingErr> {
+        let mut alerts = Vec::new();
+        for output in outputs {
+            match output {
+                Output::Window(result) => {
+                    state.latest.insert((Arc::clone(&result.rule_id), result.key.clone()), result);
+                }
+                Output::Alert(alert) => alerts.push(alert.to_event()),
+                Output::Late(late) => {
+                    tracing::debug!(cell = %state.args.cell, rule = %late.rule_id, event = %late.event_id, "late event")
+                }
+                Output::Untimed { event_id } => {
+                    tracing::debug!(cell = %state.args.cell, event = %event_id, "untimed event")
+                }
+            }
+        }
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        state.alerts += alerts.len() as u64;
+        let (appended, events) = state.args.writer.append(cell_stream(state.args.cell), Expected::Any, alerts).await?;
+        for (at, event) in appended.iter().zip(events) {
+            state.args.bus.publish(at.position, event);
+        }
+        Ok(())
+    }
+}
+
+impl Actor for CellActor {
+    type Msg = CellMsg;
+    type State = CellState;
+    type Arguments = CellArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<CellMsg>, args: CellArgs) -> Result<CellState, ActorProcessingErr> {
+        let engine = Engine::new(args.config.rules.as_ref().clone(), args.config.engine);
+        Ok(CellState { args, engine, latest: BTreeMap::new(), alerts: 0 })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<CellMsg>,
+        message: CellMsg,
+        state: &mut CellState,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut outputs = Vec::new();
+        match message {
+            CellMsg::Events(batch) => {
+                for committed in &batch {
+                    state.engine.process(&committed.event, &mut outputs);
+                }
+            }
+            CellMsg::Advance(to) => state.engine.advance_watermark(to, &mut outputs),
+            CellMsg::Aggregates(reply) => {
+                let _ = reply.send(state.latest.values().cloned().collect());
+            }
+        }
+        self.handle_outputs(outputs, state).await
+    }
+}
+
+/// Messages of the cell router.
+#[derive(Debug)]
+pub enum CellRouterMsg {
+    /// A batch drained from the bus.
+    Route(Vec<Arc<Committed>>),
+    /// The latest aggregates of a cell (empty when it has no actor).
+    Aggregates(CellIndex, RpcReplyPort<Vec<WindowResult>>),
+    /// Cells with an actor.
+    Cells(RpcReplyPort<Vec<CellIndex>>),
+}
+
+/// What the router starts with.
+#[derive(Debug, Clone)]
+pub struct CellRouterArgs {
+    /// Cell settings.
+    pub config: CellConfig,
+    /// Appends alerts.
+    pub writer: LogWriter,
+    /// Publishes alerts; the router's pump subscribes to it.
+    pub bus: Bus,
+}
+
+/// The router's state.
+#[derive(Debug)]
+pub struct CellRouterState {
+    args: CellRouterArgs,
+    cells: HashMap<CellIndex, ActorRef<CellMsg>>,
+    ids: HashMap<ractor::ActorId, CellIndex>,
+    max_time: Option<Timestamp>,
+    next_tick: Option<Timestamp>,
+}
+
+/// Routes events to cell actors and supervises them (see the module documentation).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CellRouterActor;
+
+impl CellRouterActor {
+    async fn cell(
+        &self,
+        myself: &ActorRef<CellRouterMsg>,
+        cell: CellIndex,
+        state: &mut CellRouterState,
+    ) -> Result<ActorRef<CellMsg>, ActorProcessingErr> {
+        if let Some(actor) = state.cells.get(&cell) {
+            return Ok(actor.clone());
+        }
+        let args = CellArgs {
+            cell,
+            config: state.args.config.clone(),
+            writer: state.args.writer.clone(),
+            bus: state.args.bus.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, CellActor, args, myself.get_cell()).await?;
+        state.ids.insert(actor.get_id(), cell);
+        state.cells.insert(cell, actor.clone());
+        Ok(actor)
+    }
+}
+
+impl Actor for CellRouterActor {
+    type Msg = CellRouterMsg;
+    type State = CellRouterState;
+    type Arguments = CellRouterArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CellRouterMsg>,
+        args: CellRouterArgs,
+    ) -> Result<CellRouterState, ActorProcessingErr> {
+        // The pump: drain the bus in batches into the router's mailbox.
+        let mut subscription = args.bus.subscribe(Filter::default());
+        let router = myself.clone();
+        tokio::spawn(async move {
+            while let Some(first) = subscription.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < 4096 {
+                    match subscription.try_recv() {
+                        Some(next) => batch.push(next),
+                        None => break,
+                    }
+                }
+                if router.cast(CellRouterMsg::Route(batch)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(CellRouterState { args, cells: HashMap::new(), ids: HashMap::new(), max_time: None, next_tick: None })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CellRouterMsg>,
+        message: CellRouterMsg,
+        state: &mut CellRouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CellRouterMsg::Route(batch) => {
+                let resolution = state.args.config.resolution;
+                let mut by_cell: HashMap<CellIndex, Vec<Arc<Committed>>> = HashMap::new();
+                for committed in batch {
+                    if let Some(time) = committed.event.time {
+                        state.max_time = state.max_time.max(Some(time));
+                    }
+                    if let Some(cell) = routing_cell(&committed.event, resolution) {
+                        by_cell.entry(cell).or_default().push(committed);
+                    }
+                }
+                for (cell, events) in by_cell {
+                    let actor = self.cell(&myself, cell, state).await?;
+                    actor.cast(CellMsg::Events(events))?;
+                }
+                // Move quiet cells' watermarks along with global event time.
+                let tick = i64::try_from(state.args.config.tick.as_nanos()).unwrap_or(i64::MAX).max(1);
+                if let Some(max_time) = state.max_time {
+                    let due = state.next_tick.is_none_or(|next| max_time >= next);
+                    if due {
+                        let bound = state.args.config.engine.max_out_of_orderness;
+                        let watermark = max_time.saturating_sub(bound);
+                        for actor in state.cells.values() {
+                            actor.cast(CellMsg::Advance(watermark))?;
+                        }
+                        state.next_tick =
+                            Some(Timestamp::from_nanos((max_time.as_nanos() / tick + 1).saturating_mul(tick)));
+                    }
+                }
+            }
+            CellRouterMsg::Aggregates(cell, reply) => match state.cells.get(&cell) {
+                Some(actor) => actor.cast(CellMsg::Aggregates(reply))?,
+                None => {
+                    let _ = reply.send(Vec::new());
+                }
+            },
+            CellRouterMsg::Cells(reply) => {
+                let _ = reply.send(state.cells.keys().copied().collect());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<CellRouterMsg>,
+        event: SupervisionEvent,
+        state: &mut CellRouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, error) = match &event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.clone().unwrap_or_default()),
+            _ => return Ok(()),
+        };
+        if let Some(index) = state.ids.remove(&cell.get_id()) {
+            // The next event for the cell starts a fresh actor; windows it held are lost but
+            // can be rebuilt from the log with `cell_aggregates_at`.
+            tracing::warn!(cell = %index, %error, "cell actor stopped; it restarts on its next event");
+            state.cells.remove(&index);
+        }
+        Ok(())
+    }
+}
+
+/// The aggregates of `cell` (a routing cell, or a parent: then of every cell under it) as they
+/// were at `time`: the cell's events up to `time` replayed from the log through the rules.
+///
+/// # Errors
+/// When the log cannot be read.
+pub fn cell_aggregates_at(
+    log: &EventLog,
+    config: &CellConfig,
+    cell: CellIndex,
+    time: Timestamp,
+) -> citytwin_core::Result<Vec<WindowResult>> {
+    let filter = ReplayFilter { cells: vec![cell], to_time: Some(time), ..ReplayFilter::default() };
+    let mut engine = Engine::new(config.rules.as_ref().clone(), config.engine);
+    let mut outputs = Vec::new();
+    for record in log.replay(filter) {
+        let event = record?.event()?;
+        if event.kind() == Some(citytwin_core::event::EventKind::AlertTriggered) {
+            continue;
+        }
+        engine.process(&event, &mut outputs);
+    }
+    engine.advance_watermark(time, &mut outputs);
+    let mut latest: BTreeMap<(Arc<str>, Key), WindowResult> = BTreeMap::new();
+    for output in outputs {
+        if let Output::Window(result) = output
+            && result.end <= time
+        {
+            latest.insert((Arc::clone(&result.rule_id), result.key.clone()), result);
+        }
+    }
+    Ok(latest.into_values().collect())
+}
