@@ -21,5 +21,6 @@ pub mod bus;
 pub mod cell;
 pub mod city;
 pub mod deadletter;
+pub mod read;
 pub mod shard;
 pub mod writer;

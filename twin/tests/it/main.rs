@@ -1,4 +1,5 @@
 //! Integration tests of `citytwin-twin`: one binary, one module per area.
 
 mod cells;
+mod read_models;
 mod twin;
