@@ -22,5 +22,6 @@ pub mod cell;
 pub mod city;
 pub mod deadletter;
 pub mod read;
+pub mod saga;
 pub mod shard;
 pub mod writer;
