@@ -21,7 +21,7 @@ use crate::asset::actor::{AssetConfig, CommandError};
 use crate::asset::logic::{AssetCommand, AssetState};
 use crate::bus::{Bus, Filter, Subscription};
 use crate::cell::{CellConfig, CellRouterActor, CellRouterArgs, CellRouterMsg};
-use crate::deadletter::{DeadLetterReason, dead_letter};
+use crate::deadletter::{DeadLetterReason, ReprocessReport, RetryPolicy, dead_letter, reprocess};
 use crate::shard::{ShardActor, ShardArgs, ShardEvent, ShardMsg};
 use crate::writer::LogWriter;
 
@@ -174,10 +174,29 @@ impl Twin {
     /// # Errors
     /// See [`IngestError`].
     pub async fn ingest(&self, event: Event) -> Result<Vec<Event>, IngestError> {
+        let kept = event.clone();
+        let result = self.try_ingest(event).await;
+        let reason = match &result {
+            Err(IngestError::Invalid(message)) => Some(DeadLetterReason::InvalidFormat(message.clone())),
+            Err(IngestError::Refused(CommandError::Rejected(rejection))) => {
+                Some(DeadLetterReason::Rejected(rejection.to_string()))
+            }
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            self.dead_letter(kept, reason).await;
+        }
+        result
+    }
+
+    /// As [`Twin::ingest`], but a failure is only returned, not dead-lettered (for
+    /// reprocessing dead letters).
+    ///
+    /// # Errors
+    /// See [`IngestError`].
+    pub async fn try_ingest(&self, event: Event) -> Result<Vec<Event>, IngestError> {
         if let Err(error) = event.validate() {
-            let message = error.to_string();
-            self.dead_letter(event, DeadLetterReason::InvalidFormat(message.clone())).await;
-            return Err(IngestError::Invalid(message));
+            return Err(IngestError::Invalid(error.to_string()));
         }
         let Some(asset_id) = event.asset_id().map(str::to_owned) else {
             let (appended, events) = self
@@ -191,21 +210,28 @@ impl Twin {
             return Ok(events);
         };
         let shard = self.shard_for(&asset_id)?;
-        let command = AssetCommand::Observe(Box::new(event.clone()));
+        let command = AssetCommand::Observe(Box::new(event));
         let reply = shard
             .call(|reply| ShardMsg::Command(asset_id, command, reply), Some(Duration::from_secs(30)))
             .await
             .map_err(|e| IngestError::Unavailable(e.to_string()))?;
         match reply {
             CallResult::Success(Ok(events)) => Ok(events),
-            CallResult::Success(Err(error)) => {
-                if let CommandError::Rejected(rejection) = &error {
-                    self.dead_letter(event, DeadLetterReason::Rejected(rejection.to_string())).await;
-                }
-                Err(IngestError::Refused(error))
-            }
+            CallResult::Success(Err(error)) => Err(IngestError::Refused(error)),
             other => Err(IngestError::Unavailable(format!("{other:?}"))),
         }
+    }
+
+    /// Retries every pending dead letter whose original event is known, with exponential
+    /// backoff; marks each resolved or exhausted.
+    ///
+    /// # Errors
+    /// When the log cannot be read or written.
+    pub async fn reprocess_dead_letters(&self, policy: RetryPolicy) -> citytwin_core::Result<ReprocessReport> {
+        reprocess(&self.log, policy, |event| async move {
+            self.try_ingest(event).await.map(|_| ()).map_err(|e| e.to_string())
+        })
+        .await
     }
 
     async fn dead_letter(&self, event: Event, reason: DeadLetterReason) {

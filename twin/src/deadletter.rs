@@ -5,6 +5,8 @@ use citytwin_core::codec::json;
 use citytwin_core::event::{Data, Event};
 use citytwin_core::log::{EventLog, Expected, ReplayFilter};
 use serde_json::json;
+use std::future::Future;
+use std::time::Duration;
 
 /// The log stream of dead letters.
 pub const DEAD_LETTER_STREAM: &str = "dead-letters";
@@ -57,9 +59,27 @@ pub fn dead_letter(log: &EventLog, event: &Event, reason: &DeadLetterReason) -> 
     Ok(())
 }
 
+/// The type of the record saying a dead letter was reprocessed successfully.
+pub const RESOLVED_TYPE: &str = "com.smartcities.twin.dead_letter_resolved";
+/// The type of the record saying reprocessing a dead letter gave up.
+pub const EXHAUSTED_TYPE: &str = "com.smartcities.twin.dead_letter_exhausted";
+
+/// Where a dead letter stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterStatus {
+    /// Not reprocessed yet.
+    Pending,
+    /// Reprocessed successfully.
+    Resolved,
+    /// Reprocessing gave up after the retry policy's attempts.
+    Exhausted,
+}
+
 /// A dead letter read back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
+    /// Where it stands.
+    pub status: DeadLetterStatus,
     /// Its position in the log.
     pub position: u64,
     /// `panicked`, `invalid_format`, ...
@@ -70,26 +90,133 @@ pub struct DeadLetter {
     pub original: Option<Event>,
 }
 
-/// Every dead letter, oldest first.
+/// Every dead letter, oldest first, with its status.
 ///
 /// # Errors
 /// When the log cannot be read.
 pub fn dead_letters(log: &EventLog) -> citytwin_core::Result<Vec<DeadLetter>> {
     let filter = ReplayFilter { streams: vec![DEAD_LETTER_STREAM.to_owned()], ..ReplayFilter::default() };
-    log.replay(filter)
-        .map(|record| {
-            let record = record?;
-            let event = record.event()?;
-            let data = match event.data {
-                Some(Data::Json(value)) => value,
-                _ => serde_json::Value::Null,
-            };
-            Ok(DeadLetter {
-                position: record.position,
-                reason: data["reason"].as_str().unwrap_or_default().to_owned(),
-                message: data["message"].as_str().unwrap_or_default().to_owned(),
-                original: json::from_value(data["original"].clone()).ok(),
-            })
-        })
-        .collect()
+    let mut letters: Vec<DeadLetter> = Vec::new();
+    for record in log.replay(filter) {
+        let record = record?;
+        let event = record.event()?;
+        let data = match event.data {
+            Some(Data::Json(value)) => value,
+            _ => serde_json::Value::Null,
+        };
+        let status = match event.ty.as_str() {
+            RESOLVED_TYPE => DeadLetterStatus::Resolved,
+            EXHAUSTED_TYPE => DeadLetterStatus::Exhausted,
+            _ => {
+                letters.push(DeadLetter {
+                    status: DeadLetterStatus::Pending,
+                    position: record.position,
+                    reason: data["reason"].as_str().unwrap_or_default().to_owned(),
+                    message: data["message"].as_str().unwrap_or_default().to_owned(),
+                    original: json::from_value(data["original"].clone()).ok(),
+                });
+                continue;
+            }
+        };
+        let target = data["dead_letter"].as_u64();
+        if let Some(letter) = letters.iter_mut().find(|l| Some(l.position) == target) {
+            letter.status = status;
+        }
+    }
+    Ok(letters)
+}
+
+/// Retries with exponential backoff: `base_delay`, doubling up to `max_delay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per dead letter (at least 1).
+    pub max_attempts: u32,
+    /// Wait before the second attempt.
+    pub base_delay: Duration,
+    /// Longest wait.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 5, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(30) }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt` (0-based; 0 waits nothing).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        if attempt == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 2u32.saturating_pow(attempt - 1);
+        self.base_delay.saturating_mul(factor).min(self.max_delay)
+    }
+}
+
+/// What a reprocessing run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReprocessReport {
+    /// Dead letters that went through.
+    pub resolved: usize,
+    /// Dead letters given up on.
+    pub exhausted: usize,
+    /// Dead letters without a readable original (nothing to retry).
+    pub skipped: usize,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+fn mark(log: &EventLog, letter: &DeadLetter, ty: &str, detail: &str) -> citytwin_core::Result<()> {
+    let mut record = Event::untyped(format!("{ty}:{}", letter.position), "/twin/dead-letters", ty);
+    record.time = letter.original.as_ref().and_then(|e| e.time);
+    record.data = Some(Data::Json(json!({ "dead_letter": letter.position, "detail": detail })));
+    log.append(DEAD_LETTER_STREAM, Expected::Any, &record)?;
+    Ok(())
+}
+
+/// Retries every pending dead letter with `ingest`, waiting per `policy` between attempts,
+/// and records each outcome, so a dead letter is reprocessed at most once to completion.
+///
+/// # Errors
+/// When the log cannot be read or written.
+pub async fn reprocess<F, Fut>(
+    log: &EventLog,
+    policy: RetryPolicy,
+    mut ingest: F,
+) -> citytwin_core::Result<ReprocessReport>
+where
+    F: FnMut(Event) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut report = ReprocessReport::default();
+    for letter in dead_letters(log)?.into_iter().filter(|l| l.status == DeadLetterStatus::Pending) {
+        let Some(original) = letter.original.clone() else {
+            report.skipped += 1;
+            continue;
+        };
+        let mut last_error = String::new();
+        let mut resolved = false;
+        for attempt in 0..policy.max_attempts.max(1) {
+            // NOTE: production pacing between retries, not test synchronisation.
+            tokio::time::sleep(policy.delay(attempt)).await;
+            report.attempts += 1;
+            match ingest(original.clone()).await {
+                Ok(()) => {
+                    resolved = true;
+                    break;
+                }
+                Err(error) => last_error = error,
+            }
+        }
+        if resolved {
+            mark(log, &letter, RESOLVED_TYPE, "reprocessed")?;
+            report.resolved += 1;
+        } else {
+            tracing::warn!(position = letter.position, error = %last_error, "dead letter retries exhausted");
+            mark(log, &letter, EXHAUSTED_TYPE, &last_error)?;
+            report.exhausted += 1;
+        }
+    }
+    Ok(report)
 }

@@ -173,3 +173,34 @@ async fn only_active_assets_stay_in_memory() {
     assert_eq!(twin.live_assets().await.unwrap(), 1);
     twin.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_reprocessed_with_backoff_and_marked() {
+    use citytwin_twin::deadletter::{DeadLetterStatus, RetryPolicy};
+    let dir = tempfile::tempdir().unwrap();
+    let twin = Twin::start(config(dir.path())).await.unwrap();
+    // Readings that arrive before their asset exists are refused and dead-lettered.
+    assert!(twin.ingest(reading("late", 1, 5.0)).await.is_err());
+    assert!(twin.ingest(reading("ghost", 1, 5.0)).await.is_err());
+    twin.ingest(created("late")).await.unwrap();
+    twin.ingest(commissioned("late")).await.unwrap();
+    let policy =
+        RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(4) };
+    assert_eq!(
+        (policy.delay(0), policy.delay(1), policy.delay(2), policy.delay(5)),
+        (Duration::ZERO, Duration::from_millis(1), Duration::from_millis(2), Duration::from_millis(4))
+    );
+    let report = twin.reprocess_dead_letters(policy).await.unwrap();
+    assert_eq!((report.resolved, report.exhausted, report.attempts), (1, 1, 1 + 3));
+    let statuses: Vec<(String, DeadLetterStatus)> =
+        dead_letters(twin.log()).unwrap().into_iter().map(|l| (l.original.unwrap().id, l.status)).collect();
+    assert_eq!(
+        statuses,
+        [("late-r1".to_owned(), DeadLetterStatus::Resolved), ("ghost-r1".to_owned(), DeadLetterStatus::Exhausted)]
+    );
+    assert_eq!(twin.asset_state("late").await.unwrap().metrics["vehicle_count"].last, 5.0);
+    // Nothing pending: a second run retries nothing and creates no new dead letters.
+    assert_eq!(twin.reprocess_dead_letters(policy).await.unwrap().attempts, 0);
+    assert_eq!(dead_letters(twin.log()).unwrap().len(), 2);
+    twin.shutdown().await.unwrap();
+}
