@@ -1,6 +1,7 @@
 //! The `citytwin` command: thin glue that parses arguments, installs tracing and calls the
 //! library crates. Logic lives in the libraries.
 
+mod bench;
 mod events;
 mod rules;
 
@@ -42,6 +43,9 @@ enum Command {
     /// Check CEP rule files and run them over events.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
+    /// Measure end-to-end ingest throughput of an embedded twin.
+    #[command(after_help = "Example:\n  cargo run --release -- bench --assets 10000 --events 200000 --cells")]
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Events(command) => events::run(command),
         Command::Rules(command) => rules::run(command),
+        Command::Bench(args) => bench::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,178 @@
+//! `citytwin bench`: end-to-end throughput of an embedded twin (asset actors, batching log
+//! writer, bus, cell actors running the shipped rules), with a report of where time goes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use citytwin_core::cep::parse_rules;
+use citytwin_core::event::{AssetCommissioned, AssetCreated, Event, Location, MetricRecorded, Timestamp, Unit};
+use citytwin_core::log::{Durability, LogConfig};
+use citytwin_twin::cell::CellConfig;
+use citytwin_twin::city::{Twin, TwinConfig};
+use clap::Args;
+use h3o::Resolution;
+
+/// Options of `citytwin bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Assets to create (spread over a 20 km square around Manhattan).
+    #[arg(long, default_value_t = 10_000)]
+    assets: u32,
+    /// `metric.recorded` events to ingest after setup.
+    #[arg(long, default_value_t = 200_000)]
+    events: u32,
+    /// Concurrent ingest tasks (each awaits its acknowledgement).
+    #[arg(long, default_value_t = 512)]
+    concurrency: u32,
+    /// Shards (asset supervisors).
+    #[arg(long, default_value_t = 8)]
+    shards: usize,
+    /// Durability: `always`, `interval` (5 ms) or `never`.
+    #[arg(long, default_value = "interval")]
+    durability: String,
+    /// Also run cell actors with the shipped rules (congestion, air quality, offline, battery).
+    #[arg(long)]
+    cells: bool,
+    /// Where to put the data (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+}
+
+fn location(i: u32) -> Location {
+    Location::new(40.70 + f64::from(i % 200) * 0.0009, -74.02 + f64::from(i / 200 % 200) * 0.0012)
+}
+
+fn rules() -> anyhow::Result<Vec<citytwin_core::cep::Rule>> {
+    let mut all = Vec::new();
+    for name in ["congestion", "air-quality", "sensor-offline", "battery-low"] {
+        let path = format!("{}/scenarios/rules/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        all.extend(parse_rules(&text).map_err(anyhow::Error::msg)?);
+    }
+    Ok(all)
+}
+
+async fn ingest_all(twin: &Arc<Twin>, events: Vec<Event>, concurrency: u32) -> anyhow::Result<(Duration, u64)> {
+    let started = Instant::now();
+    let queue = Arc::new(std::sync::Mutex::new(events));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (twin, queue) = (Arc::clone(twin), Arc::clone(&queue));
+        tasks.push(tokio::spawn(async move {
+            let mut failures = 0u64;
+            loop {
+                let next = queue.lock().expect("queue lock").pop();
+                let Some(event) = next else { return failures };
+                if twin.ingest(event).await.is_err() {
+                    failures += 1;
+                }
+            }
+        }));
+    }
+    let mut failures = 0;
+    for task in tasks {
+        failures += task.await?;
+    }
+    Ok((started.elapsed(), failures))
+}
+
+pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(bench(args))
+}
+
+async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let dir = args.data_dir.clone().unwrap_or_else(|| temp.path().to_owned());
+    let durability = match args.durability.as_str() {
+        "always" => Durability::Always,
+        "never" => Durability::Never,
+        _ => Durability::Interval(Duration::from_millis(5)),
+    };
+    let cells = if args.cells { Some(CellConfig::new(rules()?)) } else { None };
+    let config = TwinConfig {
+        shards: args.shards,
+        log: LogConfig { durability, ..LogConfig::default() },
+        cells,
+        ..TwinConfig::new(&dir)
+    };
+    let twin = Arc::new(Twin::start(config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?);
+    let t0 = Timestamp::from_secs(1_736_899_200);
+    let mut setup = Vec::with_capacity(args.assets as usize * 2);
+    for i in 0..args.assets {
+        let id = format!("sensor_{i:07}");
+        setup.push(
+            Event::new(
+                format!("{id}-created"),
+                "/bench",
+                AssetCreated {
+                    asset_id: id.clone(),
+                    asset_type: if i % 2 == 0 { "traffic_counter" } else { "air_quality_sensor" }.into(),
+                    name: None,
+                    location: Some(location(i)),
+                    reporting_interval_s: Some(60),
+                    attributes: Default::default(),
+                },
+            )
+            .with_time(t0),
+        );
+    }
+    let (created_in, _) = ingest_all(&twin, setup, args.concurrency).await?;
+    let commissions: Vec<Event> = (0..args.assets)
+        .map(|i| {
+            let id = format!("sensor_{i:07}");
+            Event::new(
+                format!("{id}-commissioned"),
+                "/bench",
+                AssetCommissioned { asset_id: id, commissioned_by: None, firmware_version: None },
+            )
+            .with_time(t0)
+        })
+        .collect();
+    ingest_all(&twin, commissions, args.concurrency).await?;
+    let metrics = ["vehicle_count", "avg_speed", "pm25"];
+    let mut readings: Vec<Event> = (0..args.events)
+        .map(|n| {
+            let i = n % args.assets.max(1);
+            let id = format!("sensor_{i:07}");
+            Event::new(
+                format!("r{n}"),
+                "/bench",
+                MetricRecorded {
+                    asset_id: id,
+                    metric_type: metrics[(n % 3) as usize].into(),
+                    value: f64::from(n % 97),
+                    unit: Unit::from("1"),
+                    location: Some(location(i)),
+                },
+            )
+            .with_time(Timestamp::from_millis(t0.as_millis() + 60_000 + i64::from(n)))
+            .with_derived_cell(Resolution::Ten)
+        })
+        .collect();
+    readings.reverse(); // the workers pop from the end: keep time order
+    let (elapsed, failures) = ingest_all(&twin, readings, args.concurrency).await?;
+    let rate = f64::from(args.events) / elapsed.as_secs_f64();
+    println!("setup: {} assets created in {:.2?}", args.assets, created_in);
+    println!(
+        "ingest: {} events in {:.2?} = {:.0} events/s ({} refused), durability {}, {} shards, {} concurrent producers{}",
+        args.events,
+        elapsed,
+        rate,
+        failures,
+        args.durability,
+        args.shards,
+        args.concurrency,
+        if args.cells { ", cell actors with the shipped rules" } else { "" }
+    );
+    println!("log: {} records, {:.1} MB", twin.log().next_position(), twin.log().size_bytes() as f64 / 1e6);
+    println!("live asset actors: {}", twin.live_assets().await?);
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(rss) = status.lines().find(|l| l.starts_with("VmHWM"))
+    {
+        println!("peak RSS: {}", rss.trim_start_matches("VmHWM:").trim());
+    }
+    Arc::into_inner(twin).context("the twin is still in use")?.shutdown().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
