@@ -22,6 +22,7 @@ use crate::asset::logic::{AssetCommand, AssetState};
 use crate::bus::{Bus, Filter, Subscription};
 use crate::cell::{CellConfig, CellRouterActor, CellRouterArgs, CellRouterMsg};
 use crate::deadletter::{DeadLetterReason, ReprocessReport, RetryPolicy, dead_letter, reprocess};
+use crate::delivery::{DeliveryClass, DeliveryClasses, IngestCounts, IngestStats};
 use crate::shard::{ShardActor, ShardArgs, ShardEvent, ShardMsg};
 use crate::writer::LogWriter;
 
@@ -49,6 +50,10 @@ pub struct TwinConfig {
     pub writer_max_batch: usize,
     /// Cell actors and their CEP rules; `None` runs no cell actors.
     pub cells: Option<CellConfig>,
+    /// Commands in flight through the actors at most (bounds every mailbox).
+    pub max_in_flight: usize,
+    /// Delivery class per event type.
+    pub delivery: DeliveryClasses,
 }
 
 impl TwinConfig {
@@ -65,6 +70,8 @@ impl TwinConfig {
             writer_queue: 16_384,
             writer_max_batch: 8_192,
             cells: None,
+            max_in_flight: 65_536,
+            delivery: DeliveryClasses::default(),
         }
     }
 }
@@ -79,6 +86,12 @@ pub enum IngestError {
     /// The asset refused it; dead-lettered.
     #[error(transparent)]
     Refused(#[from] CommandError),
+    /// Too much load: the (at-most-once) event was shed; retry after the hint.
+    #[error("overloaded: event shed (at-most-once telemetry); retry after {retry_after:?}")]
+    Overloaded {
+        /// A hint for the producer.
+        retry_after: Duration,
+    },
     /// The twin is stopping or a shard is gone.
     #[error("the twin is unavailable: {0}")]
     Unavailable(String),
@@ -105,6 +118,9 @@ pub struct Twin {
     bus: Bus,
     shard_events: broadcast::Sender<ShardEvent>,
     cells: Option<(ActorRef<CellRouterMsg>, tokio::task::JoinHandle<()>)>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    delivery: DeliveryClasses,
+    stats: Arc<IngestStats>,
 }
 
 impl Twin {
@@ -128,6 +144,8 @@ impl Twin {
             shards: Arc::clone(&shards),
         };
         let cell_config = args.config.cells.clone();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(args.config.max_in_flight.max(1)));
+        let delivery = args.config.delivery.clone();
         let (city, city_handle) = Actor::spawn(None, CityActor, args).await?;
         let cells = match cell_config {
             Some(config) => {
@@ -136,7 +154,8 @@ impl Twin {
             }
             None => None,
         };
-        Ok(Twin { city, city_handle, shards, log, writer, bus, shard_events, cells })
+        let stats = Arc::new(IngestStats::default());
+        Ok(Twin { city, city_handle, shards, log, writer, bus, shard_events, cells, in_flight, delivery, stats })
     }
 
     /// The event log (read side: replay, time travel, dead letters).
@@ -181,6 +200,9 @@ impl Twin {
             Err(IngestError::Refused(CommandError::Rejected(rejection))) => {
                 Some(DeadLetterReason::Rejected(rejection.to_string()))
             }
+            Err(IngestError::Overloaded { .. }) => {
+                Some(DeadLetterReason::Shed("at-most-once event shed under overload".into()))
+            }
             _ => None,
         };
         if let Some(reason) = reason {
@@ -196,8 +218,39 @@ impl Twin {
     /// See [`IngestError`].
     pub async fn try_ingest(&self, event: Event) -> Result<Vec<Event>, IngestError> {
         if let Err(error) = event.validate() {
+            IngestStats::add(&self.stats.invalid);
             return Err(IngestError::Invalid(error.to_string()));
         }
+        // Bounded load: at-most-once telemetry is shed when every slot is taken; everything
+        // else waits for one (backpressure on the producer).
+        let _permit = match self.delivery.class_of(event.ty.as_str()) {
+            DeliveryClass::AtMostOnce => match Arc::clone(&self.in_flight).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    IngestStats::add(&self.stats.shed);
+                    return Err(IngestError::Overloaded { retry_after: Duration::from_millis(100) });
+                }
+            },
+            DeliveryClass::AtLeastOnce => Arc::clone(&self.in_flight)
+                .acquire_owned()
+                .await
+                .map_err(|_| IngestError::Unavailable("the twin is stopping".into()))?,
+        };
+        let result = self.route(event).await;
+        match &result {
+            Ok(_) => IngestStats::add(&self.stats.accepted),
+            Err(IngestError::Refused(CommandError::Rejected(_))) => IngestStats::add(&self.stats.rejected),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Counters of the ingest path (accepted, shed, invalid, rejected).
+    pub fn stats(&self) -> IngestCounts {
+        self.stats.counts()
+    }
+
+    async fn route(&self, event: Event) -> Result<Vec<Event>, IngestError> {
         let Some(asset_id) = event.asset_id().map(str::to_owned) else {
             let (appended, events) = self
                 .writer

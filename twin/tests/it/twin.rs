@@ -204,3 +204,48 @@ async fn dead_letters_are_reprocessed_with_backoff_and_marked() {
     assert_eq!(dead_letters(twin.log()).unwrap().len(), 2);
     twin.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_sheds_telemetry_visibly_and_makes_everything_else_wait() {
+    use citytwin_twin::deadletter::dead_letters;
+    let dir = tempfile::tempdir().unwrap();
+    let twin = Twin::start(TwinConfig { max_in_flight: 1, ..config(dir.path()) }).await.unwrap();
+    for asset in ["c1", "c2"] {
+        twin.ingest(created(asset)).await.unwrap();
+        twin.ingest(commissioned(asset)).await.unwrap();
+    }
+    // 50 readings offered at once through one slot: the first takes it, the rest are shed.
+    let offered: Vec<_> = (0..50).map(|n| twin.ingest(reading("c1", n, 1.0))).collect();
+    let results = futures_join_all(offered).await;
+    let shed = results.iter().filter(|r| matches!(r, Err(IngestError::Overloaded { .. }))).count();
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(accepted + shed, 50, "every offered event is either accepted or visibly shed");
+    assert!(shed >= 1, "one slot cannot take 50 at once");
+    assert_eq!(twin.stats().shed as usize, shed);
+    let letters = dead_letters(twin.log()).unwrap();
+    assert_eq!(letters.iter().filter(|l| l.reason == "shed").count(), shed, "each shed event is dead-lettered");
+    // At-least-once events never shed: they wait for the slot.
+    let lifecycle: Vec<_> = ["c3", "c4", "c5"].iter().map(|a| twin.ingest(created(a))).collect();
+    assert!(futures_join_all(lifecycle).await.iter().all(Result::is_ok));
+    twin.shutdown().await.unwrap();
+}
+
+/// Polls every future in one task (so they contend for the twin's slots at the same time).
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("every future finished")).collect()
+}
