@@ -22,7 +22,9 @@ pub mod cell;
 pub mod city;
 pub mod consumer;
 pub mod deadletter;
+
 pub mod delivery;
+pub mod outbox;
 pub mod read;
 pub mod saga;
 pub mod shard;
