@@ -23,8 +23,11 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 200_000)]
     events: u32,
     /// Concurrent ingest tasks (each awaits its acknowledgement).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 64)]
     concurrency: u32,
+    /// Events per `ingest_batch` call (1: one `ingest` call per event).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
     /// Shards (asset supervisors).
     #[arg(long, default_value_t = 8)]
     shards: usize,
@@ -53,7 +56,12 @@ fn rules() -> anyhow::Result<Vec<citytwin_core::cep::Rule>> {
     Ok(all)
 }
 
-async fn ingest_all(twin: &Arc<Twin>, events: Vec<Event>, concurrency: u32) -> anyhow::Result<(Duration, u64)> {
+async fn ingest_all(
+    twin: &Arc<Twin>,
+    events: Vec<Event>,
+    concurrency: u32,
+    batch: usize,
+) -> anyhow::Result<(Duration, u64)> {
     let started = Instant::now();
     let queue = Arc::new(std::sync::Mutex::new(events));
     let mut tasks = Vec::new();
@@ -62,10 +70,22 @@ async fn ingest_all(twin: &Arc<Twin>, events: Vec<Event>, concurrency: u32) -> a
         tasks.push(tokio::spawn(async move {
             let mut failures = 0u64;
             loop {
-                let next = queue.lock().expect("queue lock").pop();
-                let Some(event) = next else { return failures };
-                if twin.ingest(event).await.is_err() {
-                    failures += 1;
+                let next: Vec<Event> = {
+                    let mut queue = queue.lock().expect("queue lock");
+                    let keep = queue.len().saturating_sub(batch.max(1));
+                    queue.split_off(keep)
+                };
+                if next.is_empty() {
+                    return failures;
+                }
+                if batch <= 1 {
+                    for event in next {
+                        failures += u64::from(twin.ingest(event).await.is_err());
+                    }
+                } else {
+                    let mut next = next;
+                    next.reverse(); // split_off took the tail, which is the earliest in time
+                    failures += twin.ingest_batch(next).await.iter().filter(|r| r.is_err()).count() as u64;
                 }
             }
         }));
@@ -118,7 +138,8 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             .with_time(t0),
         );
     }
-    let (created_in, _) = ingest_all(&twin, setup, args.concurrency).await?;
+    setup.reverse();
+    let (created_in, _) = ingest_all(&twin, setup, args.concurrency, args.batch).await?;
     let commissions: Vec<Event> = (0..args.assets)
         .map(|i| {
             let id = format!("sensor_{i:07}");
@@ -130,7 +151,9 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             .with_time(t0)
         })
         .collect();
-    ingest_all(&twin, commissions, args.concurrency).await?;
+    let mut commissions = commissions;
+    commissions.reverse();
+    ingest_all(&twin, commissions, args.concurrency, args.batch).await?;
     let metrics = ["vehicle_count", "avg_speed", "pm25"];
     let mut readings: Vec<Event> = (0..args.events)
         .map(|n| {
@@ -152,11 +175,11 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         })
         .collect();
     readings.reverse(); // the workers pop from the end: keep time order
-    let (elapsed, failures) = ingest_all(&twin, readings, args.concurrency).await?;
+    let (elapsed, failures) = ingest_all(&twin, readings, args.concurrency, args.batch).await?;
     let rate = f64::from(args.events) / elapsed.as_secs_f64();
     println!("setup: {} assets created in {:.2?}", args.assets, created_in);
     println!(
-        "ingest: {} events in {:.2?} = {:.0} events/s ({} refused), durability {}, {} shards, {} concurrent producers{}",
+        "ingest: {} events in {:.2?} = {:.0} events/s ({} refused), durability {}, {} shards, {} concurrent producers, batches of {}{}",
         args.events,
         elapsed,
         rate,
@@ -164,6 +187,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         args.durability,
         args.shards,
         args.concurrency,
+        args.batch,
         if args.cells { ", cell actors with the shipped rules" } else { "" }
     );
     println!("log: {} records, {:.1} MB", twin.log().next_position(), twin.log().size_bytes() as f64 / 1e6);

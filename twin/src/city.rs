@@ -245,6 +245,105 @@ impl Twin {
         result
     }
 
+    /// Validates and ingests many events with one message per shard and one per asset (each
+    /// asset persists its share in one append): the high-throughput path for the simulator and
+    /// the gateways. Returns one result per event, in order; invalid and refused events are
+    /// dead-lettered. Batches wait for capacity (backpressure) rather than shed.
+    ///
+    /// # Errors
+    /// Per event, see [`IngestError`].
+    pub async fn ingest_batch(&self, events: Vec<Event>) -> Vec<Result<Vec<Event>, IngestError>> {
+        let total = events.len();
+        let mut results: Vec<Option<Result<Vec<Event>, IngestError>>> = (0..total).map(|_| None).collect();
+        let permits = u32::try_from(total.min(self.in_flight.available_permits().max(1))).unwrap_or(u32::MAX);
+        let _permit = match Arc::clone(&self.in_flight).acquire_many_owned(permits.max(1)).await {
+            Ok(permit) => permit,
+            Err(_) => {
+                return (0..total).map(|_| Err(IngestError::Unavailable("the twin is stopping".into()))).collect();
+            }
+        };
+        let shard_count = self.shards.read().map(|s| s.len()).unwrap_or(0).max(1);
+        let mut per_shard: Vec<(Vec<usize>, Vec<(String, AssetCommand)>)> =
+            (0..shard_count).map(|_| Default::default()).collect();
+        let mut city: (Vec<usize>, Vec<Event>) = Default::default();
+        let mut originals: Vec<Option<Event>> = Vec::with_capacity(total);
+        for (index, event) in events.into_iter().enumerate() {
+            if let Err(error) = event.validate() {
+                IngestStats::add(&self.stats.invalid);
+                let message = error.to_string();
+                self.dead_letter(event, DeadLetterReason::InvalidFormat(message.clone())).await;
+                results[index] = Some(Err(IngestError::Invalid(message)));
+                originals.push(None);
+                continue;
+            }
+            originals.push(Some(event.clone()));
+            match event.asset_id().map(str::to_owned) {
+                Some(asset_id) => {
+                    let shard = shard_of(&asset_id, shard_count);
+                    per_shard[shard].0.push(index);
+                    per_shard[shard].1.push((asset_id, AssetCommand::Observe(Box::new(event))));
+                }
+                None => {
+                    city.0.push(index);
+                    city.1.push(event);
+                }
+            }
+        }
+        if !city.1.is_empty() {
+            match self.writer.append(CITY_STREAM.to_owned(), Expected::Any, city.1).await {
+                Ok((appended, events)) => {
+                    for ((index, at), event) in city.0.iter().zip(&appended).zip(events) {
+                        self.bus.publish(at.position, event.clone());
+                        results[*index] = Some(Ok(vec![event]));
+                    }
+                }
+                Err(error) => {
+                    for index in city.0 {
+                        results[index] = Some(Err(IngestError::Unavailable(error.0.clone())));
+                    }
+                }
+            }
+        }
+        let mut waiting = Vec::new();
+        for (shard, (indices, commands)) in per_shard.into_iter().enumerate() {
+            if commands.is_empty() {
+                continue;
+            }
+            let actor = self.shards.read().ok().and_then(|s| s.get(shard).cloned());
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            match actor.map(|a| a.cast(ShardMsg::Batch(commands, tx))) {
+                Some(Ok(())) => waiting.push((indices, Some(rx))),
+                _ => waiting.push((indices, None)),
+            }
+        }
+        for (indices, rx) in waiting {
+            let answers = match rx {
+                Some(rx) => rx.await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let mut answers = answers.into_iter();
+            for index in indices {
+                results[index] = Some(match answers.next() {
+                    Some(Ok(events)) => {
+                        IngestStats::add(&self.stats.accepted);
+                        Ok(events)
+                    }
+                    Some(Err(error)) => {
+                        if let CommandError::Rejected(rejection) = &error {
+                            IngestStats::add(&self.stats.rejected);
+                            if let Some(original) = originals[index].take() {
+                                self.dead_letter(original, DeadLetterReason::Rejected(rejection.to_string())).await;
+                            }
+                        }
+                        Err(IngestError::Refused(error))
+                    }
+                    None => Err(IngestError::Unavailable("a shard did not answer".into())),
+                });
+            }
+        }
+        results.into_iter().map(|r| r.expect("every event has a result")).collect()
+    }
+
     /// Counters of the ingest path (accepted, shed, invalid, rejected).
     pub fn stats(&self) -> IngestCounts {
         self.stats.counts()

@@ -13,7 +13,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::broadcast;
 
-use crate::asset::actor::{AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandReply};
+use crate::asset::actor::{AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandError, CommandReply};
 use crate::asset::logic::{AssetCommand, AssetState};
 
 /// What a shard reports about its actors (for tests, metrics and the read side).
@@ -32,6 +32,8 @@ pub enum ShardEvent {
 pub enum ShardMsg {
     /// Route a command to an asset.
     Command(String, AssetCommand, RpcReplyPort<CommandReply>),
+    /// Commands for several assets: one result per command, in order.
+    Batch(Vec<(String, AssetCommand)>, tokio::sync::oneshot::Sender<Vec<CommandReply>>),
     /// The state of an asset (rehydrated if passivated).
     GetState(String, RpcReplyPort<AssetState>),
     /// How many asset actors are alive.
@@ -153,6 +155,36 @@ impl Actor for ShardActor {
             }
             ShardMsg::GetState(asset_id, reply) => {
                 self.deliver(&myself, asset_id, AssetMsg::GetState(reply), state).await?
+            }
+            ShardMsg::Batch(commands, reply) => {
+                // One message per asset; a task gathers the answers so the shard never waits.
+                let total = commands.len();
+                let mut by_asset: HashMap<String, (Vec<usize>, Vec<AssetCommand>)> = HashMap::new();
+                for (index, (asset_id, command)) in commands.into_iter().enumerate() {
+                    let entry = by_asset.entry(asset_id).or_default();
+                    entry.0.push(index);
+                    entry.1.push(command);
+                }
+                let mut waiting = Vec::with_capacity(by_asset.len());
+                for (asset_id, (indices, commands)) in by_asset {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    self.deliver(&myself, asset_id, AssetMsg::Batch(commands, tx), state).await?;
+                    waiting.push((indices, rx));
+                }
+                tokio::spawn(async move {
+                    let mut results: Vec<Option<CommandReply>> = (0..total).map(|_| None).collect();
+                    for (indices, rx) in waiting {
+                        let mut answers = rx.await.unwrap_or_default().into_iter();
+                        for index in indices {
+                            results[index] = Some(
+                                answers
+                                    .next()
+                                    .unwrap_or_else(|| Err(CommandError::Storage("the asset actor stopped".into()))),
+                            );
+                        }
+                    }
+                    let _ = reply.send(results.into_iter().map(|r| r.expect("every index answered")).collect());
+                });
             }
             ShardMsg::LiveCount(reply) => {
                 let _ = reply.send(state.live.len());

@@ -83,6 +83,9 @@ pub type CommandReply = Result<Vec<Event>, CommandError>;
 pub enum AssetMsg {
     /// Decide, persist, apply, publish, reply.
     Command(AssetCommand, RpcReplyPort<CommandReply>),
+    /// Several commands: decided and applied in order, persisted in one append, replied
+    /// together (one result per command, in order).
+    Batch(Vec<AssetCommand>, tokio::sync::oneshot::Sender<Vec<CommandReply>>),
     /// The current state.
     GetState(RpcReplyPort<AssetState>),
     /// A heartbeat deadline set when the asset was last heard from.
@@ -124,6 +127,10 @@ pub struct AssetActorState {
     asset: AssetState,
     since_snapshot: u64,
     last_activity: tokio::time::Instant,
+    /// When the asset was last heard from (receive time), and whether a heartbeat timer is
+    /// pending: one timer per asset, re-armed when it fires early.
+    last_heard: tokio::time::Instant,
+    heartbeat_armed: bool,
 }
 
 /// The asset actor (the behaviour; see the module documentation).
@@ -220,6 +227,101 @@ impl AssetActor {
         Ok(Ok(events))
     }
 
+    /// Runs a batch: each command is decided against the state left by the previous ones and
+    /// applied at once; all resulting events are persisted in one append. Returns one result
+    /// per command and, when the actor must restart (a panic while applying, or a failed
+    /// append after applying), the failure.
+    async fn run_batch(
+        &self,
+        myself: &ActorRef<AssetMsg>,
+        commands: Vec<AssetCommand>,
+        state: &mut AssetActorState,
+    ) -> (Vec<CommandReply>, Option<ActorProcessingErr>) {
+        enum Outcome {
+            Events(usize),
+            Failed(CommandError),
+        }
+        let start_version = state.asset.version;
+        let mut outcomes = Vec::with_capacity(commands.len());
+        let mut events: Vec<Event> = Vec::new();
+        let mut failure = None;
+        let mut commands = commands.into_iter();
+        for command in commands.by_ref() {
+            let decided = catch_unwind(AssertUnwindSafe(|| {
+                #[cfg(test)]
+                tests::maybe_panic(&command);
+                decide(&state.asset, &command)
+            }));
+            match decided {
+                Ok(Ok(decided)) => {
+                    let applied = catch_unwind(AssertUnwindSafe(|| {
+                        for event in &decided {
+                            apply(&mut state.asset, event);
+                        }
+                    }));
+                    if let Err(panic) = applied {
+                        let error = self.poisoned(command, panic_text(&*panic), state).await;
+                        outcomes.push(Outcome::Failed(CommandError::Poison(error.to_string())));
+                        failure = Some(error);
+                        break;
+                    }
+                    outcomes.push(Outcome::Events(decided.len()));
+                    events.extend(decided);
+                }
+                Ok(Err(rejection)) => outcomes.push(Outcome::Failed(CommandError::Rejected(rejection))),
+                Err(panic) => {
+                    // `decide` is pure: the state is intact, the rest of the batch goes on.
+                    let error = self.poisoned(command, panic_text(&*panic), state).await;
+                    outcomes.push(Outcome::Failed(CommandError::Poison(error.to_string())));
+                }
+            }
+        }
+        let unprocessed = commands.len();
+        let mut stored: Result<Vec<Event>, CommandError> = Ok(Vec::new());
+        if !events.is_empty() {
+            match state.args.writer.append(state.stream.clone(), Expected::Seq(start_version), events).await {
+                Ok((appended, events)) => {
+                    if let Some(bus) = &state.args.publish {
+                        for (at, event) in appended.iter().zip(&events) {
+                            bus.publish(at.position, event.clone());
+                        }
+                    }
+                    state.since_snapshot += events.len() as u64;
+                    stored = Ok(events);
+                }
+                Err(error) => {
+                    tracing::error!(asset = %state.asset.asset_id, %error, "asset could not persist a batch; restarting it");
+                    failure.get_or_insert_with(|| format!("persisting a batch failed: {error}").into());
+                    stored = Err(CommandError::Storage(error.0));
+                }
+            }
+        }
+        if failure.is_none()
+            && state.since_snapshot >= state.args.config.snapshot_every
+            && let Err(error) = self.snapshot(state).await
+        {
+            failure = Some(error);
+        }
+        if failure.is_none() {
+            self.arm_heartbeat(myself, state);
+        }
+        let mut results = Vec::with_capacity(outcomes.len() + unprocessed);
+        let mut remaining = stored.as_ref().map(|events| events.iter()).ok();
+        for outcome in outcomes {
+            results.push(match (outcome, &stored) {
+                (Outcome::Failed(error), _) => Err(error),
+                (Outcome::Events(n), Ok(_)) => {
+                    Ok(remaining.as_mut().map(|it| it.by_ref().take(n).cloned().collect()).unwrap_or_default())
+                }
+                (Outcome::Events(_), Err(error)) => Err(error.clone()),
+            });
+        }
+        results.extend(
+            (0..unprocessed).map(|_| Err(CommandError::Storage("the asset restarted before this command ran".into()))),
+        );
+        (results, failure)
+    }
+
     /// Sends the command's event to the dead-letter queue and returns the error that fails
     /// the actor (so it restarts from the log).
     async fn poisoned(&self, command: AssetCommand, message: String, state: &AssetActorState) -> ActorProcessingErr {
@@ -243,11 +345,14 @@ impl AssetActor {
         Ok(())
     }
 
-    fn arm_heartbeat(&self, myself: &ActorRef<AssetMsg>, state: &AssetActorState) {
+    /// Notes that the asset was heard from and makes sure one heartbeat timer is pending.
+    fn arm_heartbeat(&self, myself: &ActorRef<AssetMsg>, state: &mut AssetActorState) {
+        state.last_heard = tokio::time::Instant::now();
         if let Some(interval) = state.asset.reporting_interval_s
             && state.asset.status == super::logic::Lifecycle::Online
+            && !state.heartbeat_armed
         {
-            // NOTE: a timer per reading; stale ones find a newer last_seen and do nothing.
+            state.heartbeat_armed = true;
             myself.send_after(heartbeat_grace(interval), || AssetMsg::HeartbeatDeadline);
         }
     }
@@ -267,14 +372,16 @@ impl Actor for AssetActor {
         let asset = tokio::task::spawn_blocking(move || rehydrate(&log, &id)).await??;
         let idle = args.config.idle_timeout;
         myself.send_interval(idle.max(Duration::from_millis(10)) / 2, || AssetMsg::IdleCheck);
-        let state = AssetActorState {
+        let mut state = AssetActorState {
             stream: asset_stream(&args.asset_id),
             args,
             asset,
             since_snapshot: 0,
             last_activity: tokio::time::Instant::now(),
+            last_heard: tokio::time::Instant::now(),
+            heartbeat_armed: false,
         };
-        self.arm_heartbeat(&myself, &state);
+        self.arm_heartbeat(&myself, &mut state);
         Ok(state)
     }
 
@@ -299,11 +406,29 @@ impl Actor for AssetActor {
                     }
                 }
             }
+            AssetMsg::Batch(commands, reply) => {
+                state.last_activity = tokio::time::Instant::now();
+                let (results, failure) = self.run_batch(&myself, commands, state).await;
+                let _ = reply.send(results);
+                if let Some(failure) = failure {
+                    return Err(failure);
+                }
+            }
             AssetMsg::GetState(reply) => {
                 state.last_activity = tokio::time::Instant::now();
                 let _ = reply.send(state.asset.clone());
             }
             AssetMsg::HeartbeatDeadline => {
+                state.heartbeat_armed = false;
+                if let Some(interval) = state.asset.reporting_interval_s {
+                    // Heard from since the timer was set: wait out the rest of the grace.
+                    let remaining = heartbeat_grace(interval).saturating_sub(state.last_heard.elapsed());
+                    if !remaining.is_zero() {
+                        state.heartbeat_armed = true;
+                        myself.send_after(remaining, || AssetMsg::HeartbeatDeadline);
+                        return Ok(());
+                    }
+                }
                 let now = (state.args.config.clock)();
                 let outcome = self.run_command(&myself, AssetCommand::CheckHeartbeat { now }, state).await?;
                 if let Err(error) = outcome {

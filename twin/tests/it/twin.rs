@@ -249,3 +249,55 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     .await;
     outputs.into_iter().map(|o| o.expect("every future finished")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_ingest_answers_each_event_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = Twin::start(config(dir.path())).await.unwrap();
+    let mut invalid = reading("c1", 9, 1.0);
+    invalid.source = "not a uri".into();
+    let incident = Event::new(
+        "i1",
+        "/traffic",
+        TrafficIncidentReported {
+            incident_id: "i1".into(),
+            kind: "roadwork".into(),
+            location: Location::new(40.7128, -74.006),
+            severity: Severity::Info,
+            expected_duration_s: None,
+            description: None,
+        },
+    )
+    .with_time(Timestamp::from_secs(T0 + 5));
+    let batch = vec![
+        created("c1"),
+        created("c2"),
+        commissioned("c1"),
+        reading("c1", 1, 10.0),
+        reading("c1", 2, 20.0),
+        invalid,
+        reading("c2", 1, 5.0), // c2 is not commissioned: refused
+        incident,
+        commissioned("c2"),
+        reading("c2", 2, 7.0),
+    ];
+    let results = twin.ingest_batch(batch).await;
+    let summary: Vec<String> = results
+        .iter()
+        .map(|r| match r {
+            Ok(events) => format!("ok:{}", events.len()),
+            Err(IngestError::Invalid(_)) => "invalid".into(),
+            Err(IngestError::Refused(_)) => "refused".into(),
+            Err(other) => format!("{other}"),
+        })
+        .collect();
+    assert_eq!(summary, ["ok:1", "ok:1", "ok:1", "ok:2", "ok:1", "invalid", "refused", "ok:1", "ok:1", "ok:2"]);
+    let c1 = twin.asset_state("c1").await.unwrap();
+    assert_eq!((c1.metrics["vehicle_count"].count, c1.metrics["vehicle_count"].last), (2, 20.0));
+    assert_eq!(twin.asset_state("c2").await.unwrap().metrics["vehicle_count"].last, 7.0);
+    let reasons: Vec<String> = dead_letters(twin.log()).unwrap().into_iter().map(|l| l.reason).collect();
+    assert_eq!(reasons, ["invalid_format", "rejected"]);
+    let stats = twin.stats();
+    assert_eq!((stats.accepted, stats.invalid, stats.rejected), (7, 1, 1));
+    twin.shutdown().await.unwrap();
+}
