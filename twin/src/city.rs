@@ -104,6 +104,13 @@ pub fn shard_of(asset_id: &str, shards: usize) -> usize {
     (hash % shards.max(1) as u64) as usize
 }
 
+/// The commands of one batch for one shard, with their places in the batch.
+#[derive(Debug, Default)]
+struct ShardBatch {
+    indices: Vec<usize>,
+    commands: Vec<(String, AssetCommand)>,
+}
+
 /// The log stream of events not about one asset (incidents, weather, outages).
 pub const CITY_STREAM: &str = "city";
 
@@ -263,8 +270,7 @@ impl Twin {
             }
         };
         let shard_count = self.shards.read().map(|s| s.len()).unwrap_or(0).max(1);
-        let mut per_shard: Vec<(Vec<usize>, Vec<(String, AssetCommand)>)> =
-            (0..shard_count).map(|_| Default::default()).collect();
+        let mut per_shard: Vec<ShardBatch> = (0..shard_count).map(|_| ShardBatch::default()).collect();
         let mut city: (Vec<usize>, Vec<Event>) = Default::default();
         let mut originals: Vec<Option<Event>> = Vec::with_capacity(total);
         for (index, event) in events.into_iter().enumerate() {
@@ -280,8 +286,8 @@ impl Twin {
             match event.asset_id().map(str::to_owned) {
                 Some(asset_id) => {
                     let shard = shard_of(&asset_id, shard_count);
-                    per_shard[shard].0.push(index);
-                    per_shard[shard].1.push((asset_id, AssetCommand::Observe(Box::new(event))));
+                    per_shard[shard].indices.push(index);
+                    per_shard[shard].commands.push((asset_id, AssetCommand::Observe(Box::new(event))));
                 }
                 None => {
                     city.0.push(index);
@@ -305,16 +311,14 @@ impl Twin {
             }
         }
         let mut waiting = Vec::new();
-        for (shard, (indices, commands)) in per_shard.into_iter().enumerate() {
+        for (shard, ShardBatch { indices, commands }) in per_shard.into_iter().enumerate() {
             if commands.is_empty() {
                 continue;
             }
             let actor = self.shards.read().ok().and_then(|s| s.get(shard).cloned());
             let (tx, rx) = tokio::sync::oneshot::channel();
-            match actor.map(|a| a.cast(ShardMsg::Batch(commands, tx))) {
-                Some(Ok(())) => waiting.push((indices, Some(rx))),
-                _ => waiting.push((indices, None)),
-            }
+            let sent = actor.is_some_and(|a| a.cast(ShardMsg::Batch(commands, tx)).is_ok());
+            waiting.push((indices, sent.then_some(rx)));
         }
         for (indices, rx) in waiting {
             let answers = match rx {
