@@ -37,6 +37,10 @@ pub(crate) struct BenchArgs {
     /// Also run cell actors with the shipped rules (congestion, air quality, offline, battery).
     #[arg(long)]
     cells: bool,
+    /// Passivate asset actors after this many idle milliseconds, and report memory with every
+    /// asset live and after they all passivated.
+    #[arg(long)]
+    idle_ms: Option<u64>,
     /// Where to put the data (default: a temporary directory, removed afterwards).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
@@ -97,6 +101,13 @@ async fn ingest_all(
     Ok((started.elapsed(), failures))
 }
 
+/// A memory figure of this process from /proc (kB).
+fn rss_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.trim_start_matches(field).trim_start_matches(':').trim().trim_end_matches("kB").trim().parse().ok()
+}
+
 pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(bench(args))
@@ -111,12 +122,18 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         _ => Durability::Interval(Duration::from_millis(5)),
     };
     let cells = if args.cells { Some(CellConfig::new(rules()?)) } else { None };
+    let mut asset = citytwin_twin::asset::actor::AssetConfig::default();
+    if let Some(idle) = args.idle_ms {
+        asset.idle_timeout = Duration::from_millis(idle);
+    }
     let config = TwinConfig {
+        asset,
         shards: args.shards,
         log: LogConfig { durability, ..LogConfig::default() },
         cells,
         ..TwinConfig::new(&dir)
     };
+    let rss_start = rss_kb("VmRSS");
     let twin = Arc::new(Twin::start(config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?);
     let t0 = Timestamp::from_secs(1_736_899_200);
     let mut setup = Vec::with_capacity(args.assets as usize * 2);
@@ -139,7 +156,10 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     setup.reverse();
+    let mut shard_events = twin.shard_events();
     let (created_in, _) = ingest_all(&twin, setup, args.concurrency, args.batch).await?;
+    let rss_live = rss_kb("VmRSS");
+    let live_after_setup = twin.live_assets().await?;
     let commissions: Vec<Event> = (0..args.assets)
         .map(|i| {
             let id = format!("sensor_{i:07}");
@@ -178,6 +198,12 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let (elapsed, failures) = ingest_all(&twin, readings, args.concurrency, args.batch).await?;
     let rate = f64::from(args.events) / elapsed.as_secs_f64();
     println!("setup: {} assets created in {:.2?}", args.assets, created_in);
+    if let (Some(start), Some(live)) = (rss_start, rss_live) {
+        println!(
+            "memory: RSS {start} kB before setup, {live} kB with {live_after_setup} live asset actors: about {:.1} KB per live asset",
+            (live.saturating_sub(start)) as f64 / f64::from(live_after_setup.max(1) as u32)
+        );
+    }
     println!(
         "ingest: {} events in {:.2?} = {:.0} events/s ({} refused), durability {}, {} shards, {} concurrent producers, batches of {}{}",
         args.events,
@@ -192,10 +218,20 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     );
     println!("log: {} records, {:.1} MB", twin.log().next_position(), twin.log().size_bytes() as f64 / 1e6);
     println!("live asset actors: {}", twin.live_assets().await?);
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
-        && let Some(rss) = status.lines().find(|l| l.starts_with("VmHWM"))
-    {
-        println!("peak RSS: {}", rss.trim_start_matches("VmHWM:").trim());
+    if args.idle_ms.is_some() {
+        // Wait (bounded) for every asset to passivate, counting the notifications.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while twin.live_assets().await? > 0 && tokio::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout(Duration::from_secs(1), shard_events.recv()).await;
+        }
+        println!(
+            "after passivation: {} live asset actors, RSS {} kB (freed memory is not always returned to the OS)",
+            twin.live_assets().await?,
+            rss_kb("VmRSS").unwrap_or(0)
+        );
+    }
+    if let Some(peak) = rss_kb("VmHWM") {
+        println!("peak RSS: {peak} kB");
     }
     Arc::into_inner(twin).context("the twin is still in use")?.shutdown().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
