@@ -294,3 +294,140 @@ mod tests {
         );
     }
 }
+
+/// The commissioning saga's effects on a running twin.
+///
+/// - reserve id: an append with expected sequence 0 to `reservation:<asset>` (optimistic
+///   concurrency makes the reservation unique; a reservation by the same saga counts as done);
+/// - configure device: the `configure` callback (the device-management integration);
+/// - register in inventory: ingest `asset.created`;
+/// - activate monitoring: ingest `asset.commissioned`.
+///
+/// Compensations release the reservation, call `reset`, ingest `asset.deleted` and
+/// `asset.decommissioned`. Every step tolerates having been done already (idempotent).
+pub struct TwinEffects<'a, C, R> {
+    /// The twin.
+    pub twin: &'a crate::city::Twin,
+    /// What to register.
+    pub asset: citytwin_core::event::AssetCreated,
+    /// The owning organization.
+    pub organization: Option<String>,
+    /// Configures the device.
+    pub configure: C,
+    /// Resets the device.
+    pub reset: R,
+    /// Time stamp of the saga's events.
+    pub now: Timestamp,
+}
+
+impl<C, R> std::fmt::Debug for TwinEffects<'_, C, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwinEffects").field("asset", &self.asset.asset_id).finish_non_exhaustive()
+    }
+}
+
+fn reservation_stream(asset_id: &str) -> String {
+    format!("reservation:{asset_id}")
+}
+
+impl<C, R> TwinEffects<'_, C, R>
+where
+    C: Fn(&str) -> Result<(), String> + Send + Sync,
+    R: Fn(&str) -> Result<(), String> + Send + Sync,
+{
+    fn lifecycle_event(&self, saga_id: &str, suffix: &str, payload: impl Into<citytwin_core::event::Payload>) -> Event {
+        let mut event = Event::new(format!("{saga_id}:{suffix}"), "/twin/sagas", payload).with_time(self.now);
+        event.subject = Some(self.asset.asset_id.clone());
+        event.ext.organization.clone_from(&self.organization);
+        event.ext.correlationid = Some(saga_id.to_owned());
+        event
+    }
+
+    async fn ingest_idempotent(&self, event: Event) -> Result<(), String> {
+        use crate::asset::actor::CommandError;
+        use crate::asset::logic::Rejection;
+        match self.twin.try_ingest(event).await {
+            Ok(_) => Ok(()),
+            // Done before (a resumed saga): fine.
+            Err(crate::city::IngestError::Refused(CommandError::Rejected(
+                Rejection::AlreadyExists(_) | Rejection::InvalidTransition { .. },
+            ))) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+impl<C, R> CommissioningEffects for TwinEffects<'_, C, R>
+where
+    C: Fn(&str) -> Result<(), String> + Send + Sync,
+    R: Fn(&str) -> Result<(), String> + Send + Sync,
+{
+    async fn execute(&self, saga_id: &str, step: Step) -> Result<(), String> {
+        let asset_id = self.asset.asset_id.as_str();
+        match step {
+            Step::ReserveId => {
+                let stream = reservation_stream(asset_id);
+                let log = self.twin.log();
+                let mut event =
+                    Event::untyped(format!("{saga_id}:reserved"), "/twin/sagas", "com.smartcities.saga.id_reserved")
+                        .with_time(self.now);
+                event.data = Some(Data::Json(json!({ "asset_id": asset_id, "saga_id": saga_id })));
+                let current = log.stream_seq(&stream);
+                let holder = log
+                    .read_stream(&stream, current.max(1))
+                    .ok()
+                    .and_then(|records| records.last().and_then(|r| r.event().ok()))
+                    .filter(|e| e.ty.as_str() == "com.smartcities.saga.id_reserved");
+                match holder {
+                    Some(held) if held.id == event.id => Ok(()),
+                    Some(_) => Err(format!("asset id {asset_id:?} is reserved by another saga")),
+                    None if log.stream_seq(&crate::asset::actor::asset_stream(asset_id)) > 0 => {
+                        Err(format!("asset id {asset_id:?} is already in use"))
+                    }
+                    None => log.append(&stream, Expected::Seq(current), &event).map(|_| ()).map_err(|e| e.to_string()),
+                }
+            }
+            Step::ConfigureDevice => (self.configure)(asset_id),
+            Step::RegisterInventory => {
+                self.ingest_idempotent(self.lifecycle_event(saga_id, "created", self.asset.clone())).await
+            }
+            Step::ActivateMonitoring => {
+                let payload = citytwin_core::event::AssetCommissioned {
+                    asset_id: asset_id.to_owned(),
+                    commissioned_by: Some(format!("saga {saga_id}")),
+                    firmware_version: None,
+                };
+                self.ingest_idempotent(self.lifecycle_event(saga_id, "commissioned", payload)).await
+            }
+        }
+    }
+
+    async fn compensate(&self, saga_id: &str, step: Step) -> Result<(), String> {
+        let asset_id = self.asset.asset_id.as_str();
+        match step {
+            Step::ReserveId => {
+                let stream = reservation_stream(asset_id);
+                let mut event =
+                    Event::untyped(format!("{saga_id}:released"), "/twin/sagas", "com.smartcities.saga.id_released")
+                        .with_time(self.now);
+                event.data = Some(Data::Json(json!({ "asset_id": asset_id, "saga_id": saga_id })));
+                self.twin.log().append(&stream, Expected::Any, &event).map(|_| ()).map_err(|e| e.to_string())
+            }
+            Step::ConfigureDevice => (self.reset)(asset_id),
+            Step::RegisterInventory => {
+                let payload = citytwin_core::event::AssetDeleted {
+                    asset_id: asset_id.to_owned(),
+                    reason: Some(format!("saga {saga_id} compensated")),
+                };
+                self.ingest_idempotent(self.lifecycle_event(saga_id, "deleted", payload)).await
+            }
+            Step::ActivateMonitoring => {
+                let payload = citytwin_core::event::AssetDecommissioned {
+                    asset_id: asset_id.to_owned(),
+                    reason: Some(format!("saga {saga_id} compensated")),
+                };
+                self.ingest_idempotent(self.lifecycle_event(saga_id, "decommissioned", payload)).await
+            }
+        }
+    }
+}

@@ -2,4 +2,5 @@
 
 mod cells;
 mod read_models;
+mod saga;
 mod twin;
