@@ -178,123 +178,6 @@ impl CommissioningSaga {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use citytwin_core::log::{Durability, LogConfig};
-
-    use super::*;
-
-    /// Records every effect; fails `fail_at`; can "crash" (stop answering) after `crash_after` effects.
-    #[derive(Default)]
-    struct Effects {
-        fail_at: Option<Step>,
-        crash_after: Option<usize>,
-        crashed: tokio::sync::Notify,
-        calls: Mutex<Vec<String>>,
-    }
-
-    impl CommissioningEffects for Effects {
-        async fn execute(&self, _saga: &str, step: Step) -> Result<(), String> {
-            let crashed = {
-                let mut calls = self.calls.lock().unwrap();
-                let crashed = self.crash_after.is_some_and(|n| calls.len() >= n);
-                if !crashed {
-                    calls.push(format!("do {step}"));
-                }
-                crashed
-            };
-            if crashed {
-                // A crash: say so, and never complete.
-                self.crashed.notify_one();
-                std::future::pending::<()>().await;
-            }
-            if self.fail_at == Some(step) { Err(format!("{step} refused by the device")) } else { Ok(()) }
-        }
-
-        async fn compensate(&self, _saga: &str, step: Step) -> Result<(), String> {
-            self.calls.lock().unwrap().push(format!("undo {step}"));
-            Ok(())
-        }
-    }
-
-    fn log(dir: &std::path::Path) -> EventLog {
-        EventLog::open(dir, LogConfig { durability: Durability::Always, ..LogConfig::default() }).unwrap()
-    }
-
-    fn now() -> Timestamp {
-        Timestamp::from_secs(1_736_899_200)
-    }
-
-    #[tokio::test]
-    async fn completes_every_step_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let saga = CommissioningSaga::new(log(dir.path()), "s-1");
-        let effects = Effects::default();
-        assert_eq!(saga.run(&effects, now).await, Ok(SagaOutcome::Completed));
-        assert_eq!(
-            *effects.calls.lock().unwrap(),
-            ["do reserve_id", "do configure_device", "do register_inventory", "do activate_monitoring"]
-        );
-        assert_eq!(saga.state().unwrap().completed, Step::ALL);
-        // Running a completed saga again does nothing.
-        let again = Effects::default();
-        assert_eq!(saga.run(&again, now).await, Ok(SagaOutcome::Completed));
-        assert!(again.calls.lock().unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_failure_at_each_step_compensates_the_completed_ones_in_reverse() {
-        for (i, failing) in Step::ALL.into_iter().enumerate() {
-            let dir = tempfile::tempdir().unwrap();
-            let saga = CommissioningSaga::new(log(dir.path()), format!("s-{i}"));
-            let effects = Effects { fail_at: Some(failing), ..Effects::default() };
-            let outcome = saga.run(&effects, now).await.unwrap();
-            assert_eq!(
-                outcome,
-                SagaOutcome::Compensated { failed: failing, reason: format!("{failing} refused by the device") }
-            );
-            let mut expected: Vec<String> = Step::ALL[..=i].iter().map(|s| format!("do {s}")).collect();
-            expected.extend(Step::ALL[..i].iter().rev().map(|s| format!("undo {s}")));
-            assert_eq!(*effects.calls.lock().unwrap(), expected, "failing at {failing}");
-            let state = saga.state().unwrap();
-            assert_eq!(state.compensated, Step::ALL[..i].iter().rev().copied().collect::<Vec<_>>());
-        }
-    }
-
-    #[tokio::test]
-    async fn a_crash_mid_saga_resumes_without_repeating_recorded_steps() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = log(dir.path());
-        let saga = CommissioningSaga::new(log.clone(), "s-crash");
-        let crashing = Effects { crash_after: Some(2), ..Effects::default() };
-        // The third effect hangs forever, like a process that died: abandon the run there.
-        tokio::select! {
-            outcome = saga.run(&crashing, now) => panic!("the run should have crashed: {outcome:?}"),
-            () = crashing.crashed.notified() => {}
-        }
-        assert_eq!(saga.state().unwrap().completed, [Step::ReserveId, Step::ConfigureDevice]);
-        drop(log);
-
-        // A new process reopens the log and resumes.
-        let saga = CommissioningSaga::new(EventLog::open(dir.path(), LogConfig::default()).unwrap(), "s-crash");
-        let resumed = Effects { fail_at: Some(Step::ActivateMonitoring), ..Effects::default() };
-        let outcome = saga.run(&resumed, now).await.unwrap();
-        assert!(matches!(outcome, SagaOutcome::Compensated { failed: Step::ActivateMonitoring, .. }));
-        assert_eq!(
-            *resumed.calls.lock().unwrap(),
-            [
-                "do register_inventory",
-                "do activate_monitoring",
-                "undo register_inventory",
-                "undo configure_device",
-                "undo reserve_id"
-            ]
-        );
-    }
-}
-
 /// The commissioning saga's effects on a running twin.
 ///
 /// - reserve id: an append with expected sequence 0 to `reservation:<asset>` (optimistic
@@ -429,5 +312,122 @@ where
                 self.ingest_idempotent(self.lifecycle_event(saga_id, "decommissioned", payload)).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use citytwin_core::log::{Durability, LogConfig};
+
+    use super::*;
+
+    /// Records every effect; fails `fail_at`; can "crash" (stop answering) after `crash_after` effects.
+    #[derive(Default)]
+    struct Effects {
+        fail_at: Option<Step>,
+        crash_after: Option<usize>,
+        crashed: tokio::sync::Notify,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl CommissioningEffects for Effects {
+        async fn execute(&self, _saga: &str, step: Step) -> Result<(), String> {
+            let crashed = {
+                let mut calls = self.calls.lock().unwrap();
+                let crashed = self.crash_after.is_some_and(|n| calls.len() >= n);
+                if !crashed {
+                    calls.push(format!("do {step}"));
+                }
+                crashed
+            };
+            if crashed {
+                // A crash: say so, and never complete.
+                self.crashed.notify_one();
+                std::future::pending::<()>().await;
+            }
+            if self.fail_at == Some(step) { Err(format!("{step} refused by the device")) } else { Ok(()) }
+        }
+
+        async fn compensate(&self, _saga: &str, step: Step) -> Result<(), String> {
+            self.calls.lock().unwrap().push(format!("undo {step}"));
+            Ok(())
+        }
+    }
+
+    fn log(dir: &std::path::Path) -> EventLog {
+        EventLog::open(dir, LogConfig { durability: Durability::Always, ..LogConfig::default() }).unwrap()
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_secs(1_736_899_200)
+    }
+
+    #[tokio::test]
+    async fn completes_every_step_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let saga = CommissioningSaga::new(log(dir.path()), "s-1");
+        let effects = Effects::default();
+        assert_eq!(saga.run(&effects, now).await, Ok(SagaOutcome::Completed));
+        assert_eq!(
+            *effects.calls.lock().unwrap(),
+            ["do reserve_id", "do configure_device", "do register_inventory", "do activate_monitoring"]
+        );
+        assert_eq!(saga.state().unwrap().completed, Step::ALL);
+        // Running a completed saga again does nothing.
+        let again = Effects::default();
+        assert_eq!(saga.run(&again, now).await, Ok(SagaOutcome::Completed));
+        assert!(again.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failure_at_each_step_compensates_the_completed_ones_in_reverse() {
+        for (i, failing) in Step::ALL.into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let saga = CommissioningSaga::new(log(dir.path()), format!("s-{i}"));
+            let effects = Effects { fail_at: Some(failing), ..Effects::default() };
+            let outcome = saga.run(&effects, now).await.unwrap();
+            assert_eq!(
+                outcome,
+                SagaOutcome::Compensated { failed: failing, reason: format!("{failing} refused by the device") }
+            );
+            let mut expected: Vec<String> = Step::ALL[..=i].iter().map(|s| format!("do {s}")).collect();
+            expected.extend(Step::ALL[..i].iter().rev().map(|s| format!("undo {s}")));
+            assert_eq!(*effects.calls.lock().unwrap(), expected, "failing at {failing}");
+            let state = saga.state().unwrap();
+            assert_eq!(state.compensated, Step::ALL[..i].iter().rev().copied().collect::<Vec<_>>());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crash_mid_saga_resumes_without_repeating_recorded_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        let saga = CommissioningSaga::new(log.clone(), "s-crash");
+        let crashing = Effects { crash_after: Some(2), ..Effects::default() };
+        // The third effect hangs forever, like a process that died: abandon the run there.
+        tokio::select! {
+            outcome = saga.run(&crashing, now) => panic!("the run should have crashed: {outcome:?}"),
+            () = crashing.crashed.notified() => {}
+        }
+        assert_eq!(saga.state().unwrap().completed, [Step::ReserveId, Step::ConfigureDevice]);
+        drop(log);
+
+        // A new process reopens the log and resumes.
+        let saga = CommissioningSaga::new(EventLog::open(dir.path(), LogConfig::default()).unwrap(), "s-crash");
+        let resumed = Effects { fail_at: Some(Step::ActivateMonitoring), ..Effects::default() };
+        let outcome = saga.run(&resumed, now).await.unwrap();
+        assert!(matches!(outcome, SagaOutcome::Compensated { failed: Step::ActivateMonitoring, .. }));
+        assert_eq!(
+            *resumed.calls.lock().unwrap(),
+            [
+                "do register_inventory",
+                "do activate_monitoring",
+                "undo register_inventory",
+                "undo configure_device",
+                "undo reserve_id"
+            ]
+        );
     }
 }
