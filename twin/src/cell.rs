@@ -26,6 +26,7 @@ use h3o::{CellIndex, Resolution};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::bus::{Bus, Committed, Filter};
+use crate::rollup::Rollups;
 use crate::writer::LogWriter;
 
 /// The log stream of a cell's derived events.
@@ -50,16 +51,19 @@ pub struct CellConfig {
     pub engine: EngineConfig,
     /// Advance every cell's watermark each time global event time moves this far.
     pub tick: Duration,
+    /// City-level rollups fed with every final window result.
+    pub rollups: Rollups,
 }
 
 impl CellConfig {
-    /// Resolution 8, no rules.
+    /// Routing at resolution 8, rollups at 6 and 4.
     pub fn new(rules: Vec<Rule>) -> Self {
         CellConfig {
             resolution: Resolution::Eight,
             rules: Arc::new(rules),
             engine: EngineConfig::default(),
             tick: Duration::from_secs(10),
+            rollups: Rollups::new(vec![Resolution::Six, Resolution::Four]),
         }
     }
 }
@@ -103,6 +107,9 @@ impl CellActor {
         for output in outputs {
             match output {
                 Output::Window(result) => {
+                    if result.emission == citytwin_core::cep::Emission::Final {
+                        state.args.config.rollups.add(&result);
+                    }
                     state.latest.insert((Arc::clone(&result.rule_id), result.key.clone()), result);
                 }
                 Output::Alert(alert) => alerts.push(alert.to_event()),

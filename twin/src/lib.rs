@@ -26,6 +26,7 @@ pub mod deadletter;
 pub mod delivery;
 pub mod outbox;
 pub mod read;
+pub mod rollup;
 pub mod saga;
 pub mod shard;
 pub mod writer;

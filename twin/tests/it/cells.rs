@@ -123,6 +123,10 @@ async fn congestion_alerts_come_from_the_cell_actors() {
     assert_eq!(live, rebuilt);
     let earlier = cell_aggregates_at(twin.log(), &cells, cell_a, Timestamp::from_secs(T0 + 200)).unwrap();
     assert!(earlier.is_empty(), "before 00:05 the window had not closed");
+    // City-level rollups: A's window is in its resolution-6 parent.
+    let rollups = cells.rollups.latest("congestion", Resolution::Six);
+    let (_, a_parent) = &rollups[&cell_a.parent(Resolution::Six).unwrap()];
+    assert!(a_parent.values["sum(vehicle_count)"] >= 115.0);
     // The parent cell at resolution 6 holds A's results too.
     let parent =
         cell_aggregates_at(twin.log(), &cells, cell_a.parent(Resolution::Six).unwrap(), Timestamp::from_secs(T0 + 400))
