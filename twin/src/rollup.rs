@@ -23,11 +23,14 @@ pub struct Rollup {
     weights: BTreeMap<String, f64>,
 }
 
+/// (rule, parent resolution, parent cell, window start).
+type RollupKey = (Arc<str>, Resolution, CellIndex, Timestamp);
+
 /// Rollups per (rule, resolution, parent cell, window start). Cheap to clone (shared).
 #[derive(Debug, Clone)]
 pub struct Rollups {
     resolutions: Vec<Resolution>,
-    inner: Arc<RwLock<BTreeMap<(Arc<str>, Resolution, CellIndex, Timestamp), Rollup>>>,
+    inner: Arc<RwLock<BTreeMap<RollupKey, Rollup>>>,
 }
 
 fn split(name: &str) -> Option<(&str, &str)> {
