@@ -13,7 +13,9 @@
 //! past time from the log.
 //!
 //! Rules must group at the routing resolution or finer (or by asset): a cell actor sees only
-//! its own cell. City-level views roll cells up to parents in the read side.
+//! its own cell, except for neighbourhood rules (`neighbours = k`), which see the events of the
+//! cell's k-ring, keyed by the centre cell (the router sends each event to every cell within k
+//! of it). City-level views roll cells up to parents ([`crate::rollup`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -56,6 +58,14 @@ pub struct CellConfig {
 }
 
 impl CellConfig {
+    /// The distinct k-ring distances of the neighbourhood rules.
+    pub fn ring_distances(&self) -> Vec<u32> {
+        let mut distances: Vec<u32> = self.rules.iter().map(|r| r.neighbours).filter(|k| *k > 0).collect();
+        distances.sort_unstable();
+        distances.dedup();
+        distances
+    }
+
     /// Routing at resolution 8, rollups at 6 and 4.
     pub fn new(rules: Vec<Rule>) -> Self {
         CellConfig {
@@ -73,6 +83,8 @@ impl CellConfig {
 pub enum CellMsg {
     /// Events located in this cell, in commit order.
     Events(Vec<Arc<Committed>>),
+    /// Events located within `k` steps of this cell, for its neighbourhood rules of distance k.
+    Ring(u32, Vec<Arc<Committed>>),
     /// Move the watermark (global event time has moved on).
     Advance(Timestamp),
     /// Latest window result per (rule, key).
@@ -92,7 +104,10 @@ pub struct CellArgs {
 #[derive(Debug)]
 pub struct CellState {
     args: CellArgs,
+    /// Rules over the cell's own events.
     engine: Engine,
+    /// Neighbourhood rules by k-ring distance, over the events of the cell and its ring.
+    rings: BTreeMap<u32, Engine>,
     latest: BTreeMap<(Arc<str>, Key), WindowResult>,
     alerts: u64,
 }
@@ -139,8 +154,14 @@ impl Actor for CellActor {
     type Arguments = CellArgs;
 
     async fn pre_start(&self, _myself: ActorRef<CellMsg>, args: CellArgs) -> Result<CellState, ActorProcessingErr> {
-        let engine = Engine::new(args.config.rules.as_ref().clone(), args.config.engine);
-        Ok(CellState { args, engine, latest: BTreeMap::new(), alerts: 0 })
+        let local: Vec<Rule> = args.config.rules.iter().filter(|r| r.neighbours == 0).cloned().collect();
+        let engine = Engine::new(local, args.config.engine);
+        let mut rings = BTreeMap::new();
+        for k in args.config.ring_distances() {
+            let rules: Vec<Rule> = args.config.rules.iter().filter(|r| r.neighbours == k).cloned().collect();
+            rings.insert(k, Engine::new(rules, args.config.engine));
+        }
+        Ok(CellState { args, engine, rings, latest: BTreeMap::new(), alerts: 0 })
     }
 
     async fn handle(
@@ -156,7 +177,23 @@ impl Actor for CellActor {
                     state.engine.process(&committed.event, &mut outputs);
                 }
             }
-            CellMsg::Advance(to) => state.engine.advance_watermark(to, &mut outputs),
+            CellMsg::Ring(k, batch) => {
+                if let Some(engine) = state.rings.get_mut(&k) {
+                    // Neighbourhood rules key by the centre cell: present each event as if
+                    // it were located here.
+                    for committed in &batch {
+                        let mut event = committed.event.clone();
+                        event.ext.h3cell = Some(state.args.cell);
+                        engine.process(&event, &mut outputs);
+                    }
+                }
+            }
+            CellMsg::Advance(to) => {
+                state.engine.advance_watermark(to, &mut outputs);
+                for engine in state.rings.values_mut() {
+                    engine.advance_watermark(to, &mut outputs);
+                }
+            }
             CellMsg::Aggregates(reply) => {
                 let _ = reply.send(state.latest.values().cloned().collect());
             }
@@ -272,9 +309,22 @@ impl Actor for CellRouterActor {
                         by_cell.entry(cell).or_default().push(committed);
                     }
                 }
+                // Neighbourhood rules: every cell within k of an event's cell gets it too.
+                let mut rings: HashMap<(CellIndex, u32), Vec<Arc<Committed>>> = HashMap::new();
+                for k in state.args.config.ring_distances() {
+                    for (cell, events) in &by_cell {
+                        for neighbour in cell.grid_disk::<Vec<_>>(k) {
+                            rings.entry((neighbour, k)).or_default().extend(events.iter().cloned());
+                        }
+                    }
+                }
                 for (cell, events) in by_cell {
                     let actor = self.cell(&myself, cell, state).await?;
                     actor.cast(CellMsg::Events(events))?;
+                }
+                for ((cell, k), events) in rings {
+                    let actor = self.cell(&myself, cell, state).await?;
+                    actor.cast(CellMsg::Ring(k, events))?;
                 }
                 // Move quiet cells' watermarks along with global event time.
                 let tick = i64::try_from(state.args.config.tick.as_nanos()).unwrap_or(i64::MAX).max(1);

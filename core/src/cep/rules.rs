@@ -271,6 +271,9 @@ pub struct Rule {
     pub allowed_lateness: Duration,
     /// After an alert for a key, suppress the rule's alerts for that key this long.
     pub cooldown: Option<Duration>,
+    /// Neighbourhood: a cell host evaluates the rule over the events of the cell and its
+    /// k-ring (cells within `neighbours` steps), keyed by the centre cell. 0: the cell alone.
+    pub neighbours: u32,
     /// Window or pattern.
     pub kind: RuleKind,
 }
@@ -463,6 +466,7 @@ impl Walker {
                 "message",
                 "allowed_lateness",
                 "cooldown",
+                "neighbours",
                 "window",
                 "aggregates",
                 "when",
@@ -538,6 +542,17 @@ impl Walker {
             },
         };
         let cooldown = self.duration(path, table, "cooldown", false);
+        let neighbours = match table.get("neighbours") {
+            None => 0,
+            Some(Value::Integer(k)) if (0..=3).contains(k) => *k as u32,
+            Some(_) => {
+                self.error(&join(path, "neighbours"), "expected a k-ring distance 0..=3");
+                0
+            }
+        };
+        if neighbours > 0 && !group_by.contains(&GroupBy::Cell) {
+            self.error(&join(path, "neighbours"), "a neighbourhood rule must group by cell (the centre cell)");
+        }
 
         let kind = match (table.get("window"), table.get("pattern")) {
             (Some(_), Some(_)) => {
@@ -577,6 +592,7 @@ impl Walker {
             message,
             allowed_lateness: allowed_lateness?,
             cooldown,
+            neighbours,
             kind: kind?,
         })
     }

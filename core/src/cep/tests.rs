@@ -695,7 +695,7 @@ pattern = { sequence = [{}] }
         "rules[1].when[0].aggregate: expected one of count, sum, avg, min, max, last, p50, p95, found \"median\"",
         "rules[1].when[0].op: expected one of >, >=, <, <=, ==, !=, found \"=>\"",
         "rules[1].when[0].value: expected a finite number",
-        "rules[2].extra: unknown key (expected one of: id, name, severity, group_by, cell_resolution, actions, message, allowed_lateness, cooldown, window, aggregates, when, unless, early_every, pattern)",
+        "rules[2].extra: unknown key (expected one of: id, name, severity, group_by, cell_resolution, actions, message, allowed_lateness, cooldown, neighbours, window, aggregates, when, unless, early_every, pattern)",
         "rules[2].severity: expected one of info, warning, major, critical, found \"apocalyptic\"",
         "rules[2].pattern.within: expected a duration like \"5m\", \"30s\" or \"1h30m\", found \"five minutes\"",
         "rules[2].pattern.absent.within: missing",

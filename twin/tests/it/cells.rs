@@ -134,3 +134,58 @@ async fn congestion_alerts_come_from_the_cell_actors() {
     assert!(parent.iter().any(|r| r.key.cell() == Some(cell_a)));
     twin.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbourhood_rules_see_the_k_ring_keyed_by_the_centre_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = parse_rules(
+        r#"
+[[rules]]
+id = "busy_area"
+group_by = ["cell"]
+cell_resolution = 8
+neighbours = 1
+window = { kind = "tumbling", size = "5m" }
+when = [{ metric = "vehicle_count", aggregate = "sum", op = ">", value = 100 }]
+"#,
+    )
+    .unwrap();
+    let config = TwinConfig {
+        shards: 2,
+        log: LogConfig { durability: Durability::Never, ..LogConfig::default() },
+        cells: Some(CellConfig::new(rules)),
+        ..TwinConfig::new(dir.path())
+    };
+    let twin = Twin::start(config).await.unwrap();
+    let mut alerts =
+        twin.subscribe(Filter { types: vec![TypePattern::new("com.smartcities.alert.*")], ..Filter::default() });
+    let cell_a = A.cell(Resolution::Eight).unwrap();
+    let cell_n = cell_a.grid_disk::<Vec<_>>(1).into_iter().find(|c| *c != cell_a).unwrap();
+    let n_centre: h3o::LatLng = cell_n.into();
+    let n = Location::new(n_centre.lat(), n_centre.lng());
+    for (id, at) in [("ca", A), ("cn", n), ("cc", C)] {
+        sensor(&twin, id, at).await;
+    }
+    // 60 vehicles in each of two adjacent cells: each alone is under 100, their rings are not.
+    reading(&twin, "ca", "vehicle_count", 60.0, A, 10).await;
+    reading(&twin, "cn", "vehicle_count", 60.0, n, 20).await;
+    reading(&twin, "cc", "vehicle_count", 1.0, C, 400).await;
+    let mut centres = Vec::new();
+    while centres.len() < 4 {
+        let alert =
+            tokio::time::timeout(Duration::from_secs(20), alerts.recv()).await.expect("neighbourhood alerts").unwrap();
+        centres.push(alert.event.ext.h3cell.unwrap());
+    }
+    // The cells whose 1-ring holds both: A, N and the two cells next to both.
+    let expected: Vec<_> = {
+        let ring_a: Vec<_> = cell_a.grid_disk(1);
+        let ring_n: Vec<_> = cell_n.grid_disk(1);
+        let mut both: Vec<_> = ring_a.into_iter().filter(|c| ring_n.contains(c)).collect();
+        both.sort();
+        both
+    };
+    centres.sort();
+    assert_eq!(centres, expected);
+    assert!(centres.contains(&cell_a) && centres.contains(&cell_n));
+    twin.shutdown().await.unwrap();
+}
