@@ -115,8 +115,16 @@ impl ShardActor {
             return Ok(());
         }
         let actor = self.actor_for(myself, &asset_id, state).await?;
-        if let Err(error) = actor.cast(message) {
-            tracing::warn!(asset = %asset_id, %error, "asset actor gone; message dropped");
+        match actor.cast(message) {
+            Ok(()) => {}
+            Err(ractor::MessagingErr::SendErr(message)) => {
+                // The actor is failing and its supervision event is on its way: hold the
+                // message for the successor instead of losing it.
+                tracing::debug!(asset = %asset_id, "asset actor is stopping; holding the message for its successor");
+                state.live.remove(&asset_id);
+                state.stopping.entry(asset_id).or_default().push(message);
+            }
+            Err(error) => tracing::error!(asset = %asset_id, %error, "asset actor unreachable; message dropped"),
         }
         Ok(())
     }

@@ -279,3 +279,32 @@ async fn state_at_a_past_time_is_rebuilt_from_the_log() {
     assert_eq!(at_start.status, Lifecycle::Created);
     twin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_escalates_after_too_many_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path(), LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap();
+    let args = ShardArgs {
+        shard: 7,
+        log: log.clone(),
+        writer: crate::writer::LogWriter::start(log.clone(), 64, 64),
+        asset: AssetConfig::default(),
+        max_restarts: 1,
+        restart_window: Duration::from_secs(600),
+        publish: None,
+        events: None,
+    };
+    let (shard, handle) = Actor::spawn(None, ShardActor, args).await.unwrap();
+    let command = |n: u32| {
+        let event = reading("s1", n, "poison_metric", 1.0, Timestamp::from_secs(T0 + i64::from(n)));
+        move |reply| ShardMsg::Command("s1".into(), AssetCommand::Observe(Box::new(event)), reply)
+    };
+    // The asset is unknown, but the poison pill fires in `decide` before any rule.
+    let first = shard.call(command(1), Some(WAIT)).await.unwrap();
+    assert!(matches!(first, CallResult::Success(Err(CommandError::Poison(_)))));
+    // The second failure within the window exceeds max_restarts = 1: the shard fails.
+    let _ = shard.call(command(2), Some(WAIT)).await;
+    let finished = tokio::time::timeout(WAIT, handle).await;
+    assert!(finished.is_ok(), "the shard escalated (stopped) instead of restarting forever");
+    assert_eq!(dead_letters(&log).unwrap().len(), 2, "both poison events were dead-lettered");
+}
