@@ -84,6 +84,13 @@ impl Bus {
         let _ = self.tx.send(Arc::new(Committed { position, event }));
     }
 
+    /// Publishes events just appended, each with its position (as a writer append returns them).
+    pub fn publish_appended(&self, appended: &[citytwin_core::log::Appended], events: &[Event]) {
+        for (at, event) in appended.iter().zip(events) {
+            self.publish(at.position, event.clone());
+        }
+    }
+
     /// Subscribes to every event committed from now on that passes `filter`.
     pub fn subscribe(&self, filter: Filter) -> Subscription {
         let rx = self.tx.subscribe();

@@ -141,9 +141,7 @@ impl CellActor {
         }
         state.alerts += alerts.len() as u64;
         let (appended, events) = state.args.writer.append(cell_stream(state.args.cell), Expected::Any, alerts).await?;
-        for (at, event) in appended.iter().zip(events) {
-            state.args.bus.publish(at.position, event);
-        }
+        state.args.bus.publish_appended(&appended, &events);
         Ok(())
     }
 }

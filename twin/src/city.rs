@@ -360,9 +360,7 @@ impl Twin {
                 .append(CITY_STREAM.to_owned(), Expected::Any, vec![event])
                 .await
                 .map_err(|e| IngestError::Unavailable(e.0))?;
-            for (at, event) in appended.iter().zip(&events) {
-                self.bus.publish(at.position, event.clone());
-            }
+            self.bus.publish_appended(&appended, &events);
             return Ok(events);
         };
         let shard = self.shard_for(&asset_id)?;

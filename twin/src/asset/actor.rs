@@ -215,9 +215,7 @@ impl AssetActor {
             return Err(self.poisoned(command, panic_text(&*panic), state).await);
         }
         if let Some(bus) = &state.args.publish {
-            for (at, event) in appended.iter().zip(&events) {
-                bus.publish(at.position, event.clone());
-            }
+            bus.publish_appended(&appended, &events);
         }
         state.since_snapshot += events.len() as u64;
         if state.since_snapshot >= state.args.config.snapshot_every {
@@ -282,9 +280,7 @@ impl AssetActor {
             match state.args.writer.append(state.stream.clone(), Expected::Seq(start_version), events).await {
                 Ok((appended, events)) => {
                     if let Some(bus) = &state.args.publish {
-                        for (at, event) in appended.iter().zip(&events) {
-                            bus.publish(at.position, event.clone());
-                        }
+                        bus.publish_appended(&appended, &events);
                     }
                     state.since_snapshot += events.len() as u64;
                     stored = Ok(events);
