@@ -1,7 +1,8 @@
 //! `LogWriter`: one thread that owns appends to the event log and batches them.
 //!
-//! Asset actors hand their decided events to the writer and await the durable
-//! acknowledgement. The writer drains everything queued (up to `max_batch` events) into one
+//! Under `Durability::Always`, asset actors hand their decided events to the writer and await
+//! the durable acknowledgement (with relaxed policies they append inline: there is no fsync to
+//! share). Cell actors and the twin's city stream always go through it. The writer drains everything queued (up to `max_batch` events) into one
 //! `append_batch`, so one fsync (group commit) covers the events of many actors: batching
 //! per mailbox drain. A stream whose expected sequence does not hold fails alone; the rest of
 //! the batch is retried without it.

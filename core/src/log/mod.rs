@@ -416,6 +416,11 @@ impl EventLog {
         &self.inner.dir
     }
 
+    /// The durability policy appends wait for.
+    pub fn durability(&self) -> Durability {
+        self.inner.config.durability
+    }
+
     /// Appends one event to `stream`.
     ///
     /// # Errors
