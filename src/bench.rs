@@ -28,6 +28,10 @@ pub(crate) struct BenchArgs {
     /// Events per `ingest_batch` call (1: one `ingest` call per event).
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Commands in flight through the actors at most; beyond it telemetry is shed (counted)
+    /// and everything else waits. Offer more concurrency than this to see overload behaviour.
+    #[arg(long, default_value_t = 65_536)]
+    max_in_flight: usize,
     /// Shards (asset supervisors).
     #[arg(long, default_value_t = 8)]
     shards: usize,
@@ -132,6 +136,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let config = TwinConfig {
         asset,
+        max_in_flight: args.max_in_flight,
         shards: args.shards,
         log: LogConfig { durability, ..LogConfig::default() },
         cells,
@@ -219,6 +224,11 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         args.concurrency,
         args.batch,
         if args.cells { ", cell actors with the shipped rules" } else { "" }
+    );
+    let stats = twin.stats();
+    println!(
+        "ingest counters: {} accepted, {} shed under overload (counted and dead-lettered), {} invalid, {} rejected",
+        stats.accepted, stats.shed, stats.invalid, stats.rejected
     );
     println!("log: {} records, {:.1} MB", twin.log().next_position(), twin.log().size_bytes() as f64 / 1e6);
     println!("live asset actors: {}", twin.live_assets().await?);

@@ -21,7 +21,9 @@ use crate::asset::actor::{AssetConfig, CommandError};
 use crate::asset::logic::{AssetCommand, AssetState};
 use crate::bus::{Bus, Filter, Subscription};
 use crate::cell::{CellConfig, CellRouterActor, CellRouterArgs, CellRouterMsg};
-use crate::deadletter::{DeadLetterReason, ReprocessReport, RetryPolicy, dead_letter, reprocess};
+use crate::deadletter::{
+    DEAD_LETTER_STREAM, DeadLetterReason, ReprocessReport, RetryPolicy, dead_letter_entry, reprocess,
+};
 use crate::delivery::{DeliveryClass, DeliveryClasses, IngestCounts, IngestStats};
 use crate::shard::{ShardActor, ShardArgs, ShardEvent, ShardMsg};
 use crate::writer::LogWriter;
@@ -388,11 +390,12 @@ impl Twin {
         .await
     }
 
+    /// Dead-letters through the batching writer, so that a burst (shedding under overload)
+    /// costs one append per batch, not one per event.
     async fn dead_letter(&self, event: Event, reason: DeadLetterReason) {
-        let log = self.log.clone();
-        let stored = tokio::task::spawn_blocking(move || dead_letter(&log, &event, &reason)).await;
-        if !matches!(stored, Ok(Ok(()))) {
-            tracing::error!(?stored, "could not dead-letter an event");
+        let entry = dead_letter_entry(&event, &reason);
+        if let Err(error) = self.writer.append(DEAD_LETTER_STREAM.to_owned(), Expected::Any, vec![entry]).await {
+            tracing::error!(%error, event = %event.id, "could not dead-letter an event");
         }
     }
 

@@ -47,6 +47,12 @@ impl DeadLetterReason {
 /// # Errors
 /// When the log refuses the append.
 pub fn dead_letter(log: &EventLog, event: &Event, reason: &DeadLetterReason) -> citytwin_core::Result<()> {
+    log.append(DEAD_LETTER_STREAM, Expected::Any, &dead_letter_entry(event, reason))?;
+    Ok(())
+}
+
+/// The dead-letter entry for `event` (to append to [`DEAD_LETTER_STREAM`]).
+pub fn dead_letter_entry(event: &Event, reason: &DeadLetterReason) -> Event {
     let (kind, message) = reason.parts();
     let data = json!({ "reason": kind, "message": message, "original": json::to_value(event) });
     let mut entry = Event::untyped(format!("dead-letter:{}", event.id), "/twin/dead-letters", DEAD_LETTER_TYPE);
@@ -55,8 +61,7 @@ pub fn dead_letter(log: &EventLog, event: &Event, reason: &DeadLetterReason) -> 
     entry.ext.organization.clone_from(&event.ext.organization);
     entry.ext.causationid = Some(event.id.clone());
     entry.data = Some(Data::Json(data));
-    log.append(DEAD_LETTER_STREAM, Expected::Any, &entry)?;
-    Ok(())
+    entry
 }
 
 /// The type of the record saying a dead letter was reprocessed successfully.
