@@ -1,5 +1,5 @@
-//! The twin: the pure asset logic, and end-to-end ingest through a running twin (asset
-//! actors, batching writer with `Interval(5ms)` durability, bus).
+//! The twin: the pure asset logic, end-to-end ingest through a running twin (asset actors,
+//! `Interval(5ms)` durability, bus), an asset actor round trip, and the cell router's fan-out.
 //!
 //! Run with `cargo bench --bench twin`; `citytwin bench` covers larger populations and the
 //! cell actors.
@@ -129,5 +129,82 @@ fn ingest(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, logic, ingest);
+fn actors(c: &mut Criterion) {
+    use citytwin_core::cep::parse_rules;
+    use citytwin_twin::asset::actor::{AssetActor, AssetArgs, AssetConfig, AssetMsg};
+    use citytwin_twin::bus::{Bus, Committed};
+    use citytwin_twin::cell::{CellConfig, CellRouterActor, CellRouterArgs, CellRouterMsg};
+    use citytwin_twin::writer::LogWriter;
+    use ractor::Actor;
+    use ractor::rpc::CallResult;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = citytwin_core::log::EventLog::open(
+        dir.path(),
+        LogConfig { durability: Durability::Never, ..LogConfig::default() },
+    )
+    .unwrap();
+    let writer = LogWriter::start(log.clone(), 1024, 4096);
+    let bus = Bus::new(log.clone(), 1 << 16);
+    let (asset, router) = runtime.block_on(async {
+        let args = AssetArgs {
+            asset_id: "a1".into(),
+            log: log.clone(),
+            writer: writer.clone(),
+            config: AssetConfig::default(),
+            publish: None,
+            shard: None,
+        };
+        let (asset, _) = Actor::spawn(None, AssetActor, args).await.unwrap();
+        let rules =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/rules/congestion.toml")).unwrap();
+        let config = CellConfig::new(parse_rules(&rules).unwrap());
+        let (router, _) = Actor::spawn(None, CellRouterActor, CellRouterArgs { config, writer, bus }).await.unwrap();
+        (asset, router)
+    });
+    let mut group = c.benchmark_group("twin");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("asset_actor_round_trip", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                match asset.call(AssetMsg::GetState, None).await.unwrap() {
+                    CallResult::Success(state) => state.version,
+                    other => panic!("{other:?}"),
+                }
+            })
+        })
+    });
+    // 10,000 readings over 1,000 cells: one Route message, fanned out as one message per cell.
+    let batch: Vec<Arc<Committed>> = (0..10_000u64)
+        .map(|n| {
+            let cell = n % 1000;
+            let location = Location::new(40.5 + (cell / 40) as f64 * 0.012, -74.3 + (cell % 40) as f64 * 0.012);
+            let mut event = reading(&format!("a{cell}"), n);
+            if let Some(citytwin_core::event::Payload::MetricRecorded(m)) = event.data.as_mut().and_then(|d| match d {
+                citytwin_core::event::Data::Payload(p) => Some(p),
+                _ => None,
+            }) {
+                m.location = Some(location);
+            }
+            Arc::new(Committed { position: n, event: event.with_derived_cell(h3o::Resolution::Ten) })
+        })
+        .collect();
+    group.throughput(Throughput::Elements(batch.len() as u64));
+    group.bench_function("cell_fan_out_10k_readings_1000_cells", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                router.cast(CellRouterMsg::Route(batch.clone())).unwrap();
+                // The router answers after it has routed the batch (mailbox order).
+                match router.call(CellRouterMsg::Cells, None).await.unwrap() {
+                    CallResult::Success(cells) => cells.len(),
+                    other => panic!("{other:?}"),
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, logic, ingest, actors);
 criterion_main!(benches);
