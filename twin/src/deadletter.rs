@@ -3,7 +3,7 @@
 
 use citytwin_core::codec::json;
 use citytwin_core::event::{Data, Event};
-use citytwin_core::log::{EventLog, Expected, ReplayFilter};
+use citytwin_core::log::{EventLog, Expected};
 use serde_json::json;
 use std::future::Future;
 use std::time::Duration;
@@ -100,10 +100,9 @@ pub struct DeadLetter {
 /// # Errors
 /// When the log cannot be read.
 pub fn dead_letters(log: &EventLog) -> citytwin_core::Result<Vec<DeadLetter>> {
-    let filter = ReplayFilter { streams: vec![DEAD_LETTER_STREAM.to_owned()], ..ReplayFilter::default() };
     let mut letters: Vec<DeadLetter> = Vec::new();
-    for record in log.replay(filter) {
-        let record = record?;
+    // The stream's back-pointers: no scan of the rest of the log.
+    for record in log.read_stream(DEAD_LETTER_STREAM, 1)? {
         let event = record.event()?;
         let data = match event.data {
             Some(Data::Json(value)) => value,

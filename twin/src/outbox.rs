@@ -107,13 +107,14 @@ impl<S: Sink> OutboxRelay<S> {
         let mut report = RelayReport::default();
         let filter = ReplayFilter { from_position: self.cursor, types: self.select.clone(), ..ReplayFilter::default() };
         let end = self.log.next_position();
-        let pending: Vec<(u64, Event)> = self
-            .log
-            .replay(filter)
-            .filter_map(|r| r.ok())
-            .filter(|r| r.position < end)
-            .filter_map(|r| r.event().ok().map(|e| (r.position, e)))
-            .collect();
+        let mut pending: Vec<(u64, Event)> = Vec::new();
+        for record in self.log.replay(filter) {
+            // A damaged record is an error, never skipped silently.
+            let record = record?;
+            if record.position < end {
+                pending.push((record.position, record.event()?));
+            }
+        }
         for (position, event) in pending {
             let payload = json::encode(&event);
             match self.breaker.call(self.sink.publish(&event.id, payload)).await {
