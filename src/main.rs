@@ -2,6 +2,7 @@
 //! library crates. Logic lives in the libraries.
 
 mod bench;
+mod dlq;
 mod events;
 mod rules;
 
@@ -43,6 +44,9 @@ enum Command {
     /// Check CEP rule files and run them over events.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
+    /// Inspect and reprocess the dead-letter queue of a local twin.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Measure end-to-end ingest throughput of an embedded twin.
     #[command(after_help = "Example:\n  cargo run --release -- bench --assets 10000 --events 200000 --cells")]
     Bench(bench::BenchArgs),
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Command::Events(command) => events::run(command),
         Command::Rules(command) => rules::run(command),
         Command::Bench(args) => bench::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Dlq(command) => dlq::run(command).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

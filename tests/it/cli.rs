@@ -102,3 +102,41 @@ fn rules_check_reports_errors_with_file_and_path() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("congestion ok"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn dlq_list_and_reprocess_work_on_a_local_data_dir() {
+    use citytwin_core::event::{Event, MetricRecorded, Timestamp, Unit};
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let twin = citytwin_twin::city::Twin::start(citytwin_twin::city::TwinConfig::new(dir.path())).await.unwrap();
+        let reading = |source: &str| {
+            Event::new(
+                "r1",
+                source,
+                MetricRecorded {
+                    asset_id: "ghost".into(),
+                    metric_type: "pm25".into(),
+                    value: 1.0,
+                    unit: Unit::from("ug/m3"),
+                    location: None,
+                },
+            )
+            .with_time(Timestamp::from_secs(1_736_899_200))
+        };
+        assert!(twin.ingest(reading("not a uri")).await.is_err());
+        assert!(twin.ingest(reading("/sensors")).await.is_err());
+        twin.shutdown().await.unwrap();
+    });
+    let data_dir = dir.path().to_str().unwrap();
+    let list = citytwin(&["dlq", "list", "--data-dir", data_dir]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    assert!(text.contains("invalid_format") && text.contains("rejected") && text.contains("2 dead letters"), "{text}");
+    let reprocess = citytwin(&["dlq", "reprocess", "--data-dir", data_dir, "--attempts", "2", "--backoff", "1ms"]);
+    let text = String::from_utf8_lossy(&reprocess.stdout);
+    assert!(reprocess.status.success(), "{}", String::from_utf8_lossy(&reprocess.stderr));
+    assert!(text.contains("0 resolved, 1 exhausted, 1 without an original, 2 attempts"), "{text}");
+    let after = citytwin(&["dlq", "list", "--data-dir", data_dir]);
+    assert!(String::from_utf8_lossy(&after.stdout).contains("exhausted"));
+}
