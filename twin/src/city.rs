@@ -17,6 +17,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::broadcast;
 
+use crate::asset::actor::AssetMsg;
 use crate::asset::actor::{AssetConfig, CommandError};
 use crate::asset::logic::{AssetCommand, AssetState};
 use crate::bus::{Bus, Filter, Subscription};
@@ -25,7 +26,7 @@ use crate::deadletter::{
     DEAD_LETTER_STREAM, DeadLetterReason, ReprocessReport, RetryPolicy, dead_letter_entry, reprocess,
 };
 use crate::delivery::{DeliveryClass, DeliveryClasses, IngestCounts, IngestStats};
-use crate::shard::{ShardActor, ShardArgs, ShardEvent, ShardMsg};
+use crate::shard::{Directory, ShardActor, ShardArgs, ShardEvent, ShardMsg};
 use crate::writer::LogWriter;
 
 /// How a twin runs.
@@ -130,6 +131,7 @@ pub struct Twin {
     in_flight: Arc<tokio::sync::Semaphore>,
     delivery: DeliveryClasses,
     stats: Arc<IngestStats>,
+    directories: Vec<Directory>,
 }
 
 impl Twin {
@@ -144,7 +146,9 @@ impl Twin {
         let bus = Bus::new(log.clone(), config.bus_capacity);
         let (shard_events, _) = broadcast::channel(1024);
         let shards = Arc::new(RwLock::new(Vec::new()));
+        let directories: Vec<Directory> = (0..config.shards.max(1)).map(|_| Directory::default()).collect();
         let args = CityArgs {
+            directories: directories.clone(),
             config,
             log: log.clone(),
             writer: writer.clone(),
@@ -164,7 +168,20 @@ impl Twin {
             None => None,
         };
         let stats = Arc::new(IngestStats::default());
-        Ok(Twin { city, city_handle, shards, log, writer, bus, shard_events, cells, in_flight, delivery, stats })
+        Ok(Twin {
+            city,
+            city_handle,
+            shards,
+            log,
+            writer,
+            bus,
+            shard_events,
+            cells,
+            in_flight,
+            delivery,
+            stats,
+            directories,
+        })
     }
 
     /// The event log (read side: replay, time travel, dead letters).
@@ -365,6 +382,29 @@ impl Twin {
             self.bus.publish_appended(&appended, &events);
             return Ok(events);
         };
+        // Fast path: straight to the live actor. A command it did not take (it stopped first:
+        // passivation, failure) was not processed, so it is safe to go round through the shard,
+        // which holds messages for successors.
+        let live = self
+            .directories
+            .get(shard_of(&asset_id, self.directories.len()))
+            .and_then(|directory| directory.read().ok().and_then(|d| d.get(&asset_id).cloned()));
+        let event = match live {
+            Some(actor) => {
+                let retry = event.clone();
+                let command = AssetCommand::Observe(Box::new(event));
+                match actor.call(|reply| AssetMsg::Command(command, reply), Some(Duration::from_secs(30))).await {
+                    Ok(CallResult::Success(Ok(events))) => return Ok(events),
+                    Ok(CallResult::Success(Err(error))) => return Err(IngestError::Refused(error)),
+                    // Unknown whether it ran: do not run it twice.
+                    Ok(CallResult::Timeout) => {
+                        return Err(IngestError::Unavailable("the asset did not answer in time".into()));
+                    }
+                    Ok(CallResult::SenderError) | Err(_) => retry,
+                }
+            }
+            None => event,
+        };
         let shard = self.shard_for(&asset_id)?;
         let command = AssetCommand::Observe(Box::new(event));
         let reply = shard
@@ -467,6 +507,7 @@ pub enum CityMsg {}
 /// What the city supervisor starts with (built by [`Twin::start`]).
 #[derive(Debug)]
 pub struct CityArgs {
+    directories: Vec<Directory>,
     config: TwinConfig,
     log: EventLog,
     writer: LogWriter,
@@ -503,6 +544,7 @@ impl CityActor {
             restart_window: state.config.restart_window,
             publish: Some(state.bus.clone()),
             events: Some(state.shard_events.clone()),
+            directory: state.directories.get(shard).cloned(),
         };
         let (actor, _) = Actor::spawn_linked(None, ShardActor, args, myself.get_cell()).await?;
         Ok(actor)

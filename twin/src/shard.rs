@@ -16,6 +16,11 @@ use tokio::sync::broadcast;
 use crate::asset::actor::{AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandError, CommandReply};
 use crate::asset::logic::{AssetCommand, AssetState};
 
+/// The live asset actors of one shard, shared read-only with the twin so that commands for a
+/// live actor go to it directly (the shard stays on the path for spawning, passivation and
+/// restarts). Only the shard writes it.
+pub type Directory = std::sync::Arc<std::sync::RwLock<HashMap<String, ActorRef<AssetMsg>>>>;
+
 /// What a shard reports about its actors (for tests, metrics and the read side).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardEvent {
@@ -61,6 +66,8 @@ pub struct ShardArgs {
     pub publish: Option<crate::bus::Bus>,
     /// Shard lifecycle notifications.
     pub events: Option<broadcast::Sender<ShardEvent>>,
+    /// The shared directory of live actors (see [`Directory`]).
+    pub directory: Option<Directory>,
 }
 
 /// The shard's state.
@@ -72,6 +79,26 @@ pub struct ShardState {
     /// Assets whose actor is stopping, with messages held for the successor.
     stopping: HashMap<String, Vec<AssetMsg>>,
     restarts: VecDeque<tokio::time::Instant>,
+}
+
+impl ShardState {
+    fn set_live(&mut self, asset_id: &str, actor: ActorRef<AssetMsg>) {
+        if let Some(directory) = &self.args.directory
+            && let Ok(mut directory) = directory.write()
+        {
+            directory.insert(asset_id.to_owned(), actor.clone());
+        }
+        self.live.insert(asset_id.to_owned(), actor);
+    }
+
+    fn unset_live(&mut self, asset_id: &str) -> Option<ActorRef<AssetMsg>> {
+        if let Some(directory) = &self.args.directory
+            && let Ok(mut directory) = directory.write()
+        {
+            directory.remove(asset_id);
+        }
+        self.live.remove(asset_id)
+    }
 }
 
 /// The shard supervisor (see the module documentation).
@@ -98,7 +125,7 @@ impl ShardActor {
         };
         let (actor, _) = Actor::spawn_linked(None, AssetActor, args, myself.get_cell()).await?;
         state.ids.insert(actor.get_id(), asset_id.to_owned());
-        state.live.insert(asset_id.to_owned(), actor.clone());
+        state.set_live(asset_id, actor.clone());
         notify(state, ShardEvent::Started(asset_id.to_owned()));
         Ok(actor)
     }
@@ -121,7 +148,7 @@ impl ShardActor {
                 // The actor is failing and its supervision event is on its way: hold the
                 // message for the successor instead of losing it.
                 tracing::debug!(asset = %asset_id, "asset actor is stopping; holding the message for its successor");
-                state.live.remove(&asset_id);
+                state.unset_live(&asset_id);
                 state.stopping.entry(asset_id).or_default().push(message);
             }
             Err(error) => tracing::error!(asset = %asset_id, %error, "asset actor unreachable; message dropped"),
@@ -142,6 +169,12 @@ impl Actor for ShardActor {
     type Arguments = ShardArgs;
 
     async fn pre_start(&self, _myself: ActorRef<ShardMsg>, args: ShardArgs) -> Result<ShardState, ActorProcessingErr> {
+        // A restarted shard starts with no live actors: forget its predecessor's.
+        if let Some(directory) = &args.directory
+            && let Ok(mut directory) = directory.write()
+        {
+            directory.clear();
+        }
         Ok(ShardState {
             args,
             live: HashMap::new(),
@@ -198,7 +231,7 @@ impl Actor for ShardActor {
                 let _ = reply.send(state.live.len());
             }
             ShardMsg::Idle(asset_id) => {
-                if let Some(actor) = state.live.remove(&asset_id) {
+                if let Some(actor) = state.unset_live(&asset_id) {
                     state.stopping.insert(asset_id, Vec::new());
                     // Processed after anything already in the actor's mailbox.
                     let _ = actor.cast(AssetMsg::Passivate);
@@ -219,7 +252,7 @@ impl Actor for ShardActor {
                 let Some(asset_id) = state.ids.remove(&cell.get_id()) else {
                     return Ok(());
                 };
-                state.live.remove(&asset_id);
+                state.unset_live(&asset_id);
                 let held = state.stopping.remove(&asset_id).unwrap_or_default();
                 notify(state, ShardEvent::Passivated(asset_id.clone()));
                 for message in held {
@@ -230,7 +263,7 @@ impl Actor for ShardActor {
                 let Some(asset_id) = state.ids.remove(&cell.get_id()) else {
                     return Ok(());
                 };
-                state.live.remove(&asset_id);
+                state.unset_live(&asset_id);
                 let now = tokio::time::Instant::now();
                 state.restarts.push_back(now);
                 while state.restarts.front().is_some_and(|t| now.duration_since(*t) > state.args.restart_window) {

@@ -301,3 +301,47 @@ async fn batch_ingest_answers_each_event_in_order() {
     assert_eq!((stats.accepted, stats.invalid, stats.rejected), (7, 1, 1));
     twin.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_is_lost_or_doubled_while_assets_passivate_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    // An idle timeout of zero: every idle check (each 5 ms) passivates the asset, busy or not,
+    // so ingest constantly races with passivation and rehydration.
+    config.asset.idle_timeout = Duration::ZERO;
+    let twin = std::sync::Arc::new(Twin::start(config).await.unwrap());
+    let mut shard_events = twin.shard_events();
+    for asset in ["p1", "p2"] {
+        twin.ingest(created(asset)).await.unwrap();
+        twin.ingest(commissioned(asset)).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for t in 0..8u32 {
+        let twin = std::sync::Arc::clone(&twin);
+        tasks.push(tokio::spawn(async move {
+            for n in 0..200u32 {
+                let asset = if (t + n) % 2 == 0 { "p1" } else { "p2" };
+                twin.ingest(reading(asset, t * 1000 + n, 1.0)).await.unwrap();
+                if n % 7 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let total: u64 = ["p1", "p2"].iter().map(|a| twin.log().stream_seq(&format!("asset:{a}"))).sum();
+    let p1 = twin.asset_state("p1").await.unwrap();
+    let p2 = twin.asset_state("p2").await.unwrap();
+    let readings = p1.metrics["vehicle_count"].count + p2.metrics["vehicle_count"].count;
+    assert_eq!(readings, 8 * 200, "every acknowledged reading applied exactly once");
+    // 2 lifecycle events each, the readings, and one asset.online each.
+    assert_eq!(total, 2 * 2 + 8 * 200 + 2);
+    let mut passivations = 0;
+    while let Ok(event) = shard_events.try_recv() {
+        passivations += u32::from(matches!(event, citytwin_twin::shard::ShardEvent::Passivated(_)));
+    }
+    assert!(passivations > 0, "the test must actually race with passivation");
+    std::sync::Arc::into_inner(twin).unwrap().shutdown().await.unwrap();
+}

@@ -48,6 +48,7 @@ async fn start(dir: &std::path::Path, asset: AssetConfig) -> Twin {
         restart_window: Duration::from_secs(60),
         publish: Some(bus),
         events: Some(events_tx),
+        directory: None,
     };
     let (shard, handle) = Actor::spawn(None, ShardActor, args).await.unwrap();
     Twin { shard, events, published, log, handle }
@@ -293,6 +294,7 @@ async fn a_shard_escalates_after_too_many_restarts() {
         restart_window: Duration::from_secs(600),
         publish: None,
         events: None,
+        directory: None,
     };
     let (shard, handle) = Actor::spawn(None, ShardActor, args).await.unwrap();
     let command = |n: u32| {
