@@ -13,7 +13,8 @@
 //!   is read without scanning (only each stream's head is kept in memory); a sparse block
 //!   index (time range and first position per 1,024 frames) serves time-range and
 //!   position-based reads. Both are rebuilt from the segments on open: they are caches.
-//! - Snapshots per stream; [`EventLog::load_stream`] = latest snapshot + tail.
+//! - Snapshots per stream (caches: not fsynced, ignored when damaged);
+//!   [`EventLog::load_stream`] = latest snapshot + tail.
 //! - Filtered replay ([`ReplayFilter`]): time range, type patterns, streams, H3 cells (or any
 //!   cell under a parent), organization, start position.
 //! - Retention by age and size, whole segments only, never past the archive watermark.

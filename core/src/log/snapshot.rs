@@ -1,16 +1,19 @@
 //! Per-stream snapshots: the latest state bytes of a stream and the sequence they include.
 //!
 //! File `snapshots/<name>.snap`: magic `CTWINSNP`, u32 version, u32 CRC32C of the rest,
-//! u64 sequence, u16 stream length, stream id, state bytes. Written to a temporary file,
-//! synced, renamed over the old one, and the directory synced: a crash leaves either the
-//! old or the new snapshot, never a mix.
+//! u64 sequence, u16 stream length, stream id, state bytes. Written to a temporary file and
+//! renamed over the old one.
+//!
+//! A key design decision: snapshots are caches. The log is the truth; a missing or damaged
+//! snapshot only means replaying more of the stream. So they are not fsynced (a snapshot every
+//! N events would otherwise cost an fsync each), and a snapshot that fails its checks is
+//! logged and ignored rather than failing the load.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::io_error;
-use super::segment::sync_dir;
 use crate::Result;
 
 const MAGIC: &[u8; 8] = b"CTWINSNP";
@@ -60,15 +63,13 @@ pub(crate) fn save(dir: &Path, stream: &str, snapshot: &Snapshot) -> Result<()> 
     let write = || -> std::io::Result<()> {
         let mut file = File::create(&temp)?;
         file.write_all(&bytes)?;
-        file.sync_all()?;
         std::fs::rename(&temp, &target)
     };
-    write().map_err(|e| io_error(format!("writing snapshot {}", target.display()), e))?;
-    sync_dir(dir)
+    write().map_err(|e| io_error(format!("writing snapshot {}", target.display()), e))
 }
 
-/// The stream's snapshot, if one exists and is intact. A damaged snapshot is reported as
-/// an error: snapshots are fsynced before they are used, so damage means bad media.
+/// The stream's snapshot, if one exists and is intact. A damaged snapshot (a crash before the
+/// file reached the disk, bad media) is logged and ignored: the stream is replayed instead.
 pub(crate) fn load(dir: &Path, stream: &str) -> Result<Option<Snapshot>> {
     let path = path(dir, stream);
     let bytes = match std::fs::read(&path) {
@@ -76,26 +77,26 @@ pub(crate) fn load(dir: &Path, stream: &str) -> Result<Option<Snapshot>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error(format!("reading snapshot {}", path.display()), e)),
     };
-    let corrupt =
-        |reason: &str| super::RecoveryError::Corrupt { file: path.clone(), offset: 0, reason: reason.to_owned() };
+    let ignore = |reason: &str| {
+        tracing::warn!(file = %path.display(), reason, "ignoring a damaged snapshot; the stream is replayed from the log");
+        Ok(None)
+    };
     if bytes.len() < 26 || &bytes[..8] != MAGIC {
-        return Err(corrupt("not a citytwin snapshot").into());
+        return ignore("not a citytwin snapshot");
     }
     if u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != VERSION {
-        return Err(corrupt("unsupported snapshot version").into());
+        return ignore("unsupported snapshot version");
     }
     let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
     let rest = &bytes[16..];
     if crc32c::crc32c(rest) != crc {
-        return Err(corrupt("snapshot checksum mismatch").into());
+        return ignore("snapshot checksum mismatch");
     }
     let seq = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
     let len = usize::from(u16::from_le_bytes(rest[8..10].try_into().expect("2 bytes")));
-    let Some(stored_stream) = rest.get(10..10 + len) else {
-        return Err(corrupt("truncated snapshot").into());
-    };
+    let Some(stored_stream) = rest.get(10..10 + len) else { return ignore("truncated snapshot") };
     if stored_stream != stream.as_bytes() {
-        return Err(corrupt("snapshot belongs to another stream").into());
+        return ignore("snapshot belongs to another stream");
     }
     Ok(Some(Snapshot { seq, state: rest[10 + len..].to_vec() }))
 }

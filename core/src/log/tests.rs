@@ -507,3 +507,22 @@ fn retired_stream_names_round_trip() {
         assert_eq!(unescape(&name.escape_default().to_string()).as_deref(), Some(name));
     }
 }
+
+#[test]
+fn a_damaged_snapshot_is_ignored_and_the_stream_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap();
+    for i in 0..4 {
+        log.append("s", Expected::Any, &event(i, "s")).unwrap();
+    }
+    log.save_snapshot("s", 3, b"state@3").unwrap();
+    assert_eq!(log.load_stream("s").unwrap().snapshot.map(|s| s.seq), Some(3));
+    let path = snapshot::path(&dir.path().join("snapshots"), "s");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let load = log.load_stream("s").unwrap();
+    assert_eq!(load.snapshot, None, "a snapshot is a cache: damage means replaying more");
+    assert_eq!(load.records.len(), 4);
+}
