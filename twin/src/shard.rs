@@ -1,8 +1,8 @@
 //! `ShardActor`: supervises the asset actors of one shard (assets hash to shards).
 //!
 //! It spawns an asset actor on the first message for the asset (rehydrating it from the
-//! log), forwards commands without waiting for them, passivates idle actors with a
-//! handshake (messages that arrive while an actor stops are held and delivered to its
+//! log), forwards commands without waiting for them, sweeps its live actors with idle checks
+//! (one timer per shard, not per actor), passivates idle actors with a handshake (messages that arrive while an actor stops are held and delivered to its
 //! successor, so one asset never has two writers), and restarts actors that fail, up to
 //! `max_restarts` within `restart_window`; beyond that it fails itself (escalation to the
 //! city supervisor).
@@ -45,6 +45,8 @@ pub enum ShardMsg {
     LiveCount(RpcReplyPort<usize>),
     /// An asset actor has been idle: passivate it.
     Idle(String),
+    /// Periodic: ask every live asset actor whether it has been idle.
+    Sweep,
 }
 
 /// Shard settings.
@@ -168,7 +170,10 @@ impl Actor for ShardActor {
     type State = ShardState;
     type Arguments = ShardArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<ShardMsg>, args: ShardArgs) -> Result<ShardState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<ShardMsg>, args: ShardArgs) -> Result<ShardState, ActorProcessingErr> {
+        // One timer per shard drives passivation of its actors (not one per actor).
+        let sweep = args.asset.idle_timeout.max(Duration::from_millis(10)) / 2;
+        myself.send_interval(sweep, || ShardMsg::Sweep);
         // A restarted shard starts with no live actors: forget its predecessor's.
         if let Some(directory) = &args.directory
             && let Ok(mut directory) = directory.write()
@@ -226,6 +231,11 @@ impl Actor for ShardActor {
                     }
                     let _ = reply.send(results.into_iter().map(|r| r.expect("every index answered")).collect());
                 });
+            }
+            ShardMsg::Sweep => {
+                for actor in state.live.values() {
+                    let _ = actor.cast(AssetMsg::IdleCheck);
+                }
             }
             ShardMsg::LiveCount(reply) => {
                 let _ = reply.send(state.live.len());

@@ -393,7 +393,10 @@ impl Actor for AssetActor {
         let (log, id) = (args.log.clone(), args.asset_id.clone());
         let asset = tokio::task::spawn_blocking(move || rehydrate(&log, &id)).await??;
         let idle = args.config.idle_timeout;
-        myself.send_interval(idle.max(Duration::from_millis(10)) / 2, || AssetMsg::IdleCheck);
+        if args.shard.is_none() {
+            // Under a shard, the shard's sweep sends the idle checks: no timer task per actor.
+            myself.send_interval(idle.max(Duration::from_millis(10)) / 2, || AssetMsg::IdleCheck);
+        }
         let mut state = AssetActorState {
             stream: asset_stream(&args.asset_id),
             args,
