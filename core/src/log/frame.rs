@@ -87,8 +87,8 @@ pub(crate) fn check_lengths(stream: &str, event: &Event) -> Result<(), String> {
     Ok(())
 }
 
-/// Appends one complete frame for `record` to `out`; returns the frame's length.
-pub(crate) fn write_frame(out: &mut Vec<u8>, record: &NewRecord<'_>) -> usize {
+/// Appends one complete frame for `record` to `out`.
+pub(crate) fn write_frame(out: &mut Vec<u8>, record: &NewRecord<'_>) {
     let start = out.len();
     out.extend_from_slice(&[0; PREFIX_LEN]);
     let body_start = out.len();
@@ -111,7 +111,6 @@ pub(crate) fn write_frame(out: &mut Vec<u8>, record: &NewRecord<'_>) -> usize {
     let crc = crc32c::crc32c(&out[body_start..]);
     out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    out.len() - start
 }
 
 /// What is at a frame boundary.
