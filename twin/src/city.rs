@@ -219,22 +219,24 @@ impl Twin {
     /// # Errors
     /// See [`IngestError`].
     pub async fn ingest(&self, event: Event) -> Result<Vec<Event>, IngestError> {
-        let kept = event.clone();
-        let result = self.try_ingest(event).await;
-        let reason = match &result {
-            Err(IngestError::Invalid(message)) => Some(DeadLetterReason::InvalidFormat(message.clone())),
-            Err(IngestError::Refused(CommandError::Rejected(rejection))) => {
+        let (error, event) = match self.ingest_inner(event).await {
+            Ok(events) => return Ok(events),
+            Err(failed) => failed,
+        };
+        let reason = match &error {
+            IngestError::Invalid(message) => Some(DeadLetterReason::InvalidFormat(message.clone())),
+            IngestError::Refused(CommandError::Rejected(rejection)) => {
                 Some(DeadLetterReason::Rejected(rejection.to_string()))
             }
-            Err(IngestError::Overloaded { .. }) => {
+            IngestError::Overloaded { .. } => {
                 Some(DeadLetterReason::Shed("at-most-once event shed under overload".into()))
             }
             _ => None,
         };
-        if let Some(reason) = reason {
-            self.dead_letter(kept, reason).await;
+        if let (Some(reason), Some(event)) = (reason, event) {
+            self.dead_letter(event, reason).await;
         }
-        result
+        Err(error)
     }
 
     /// As [`Twin::ingest`], but a failure is only returned, not dead-lettered (for
@@ -243,9 +245,15 @@ impl Twin {
     /// # Errors
     /// See [`IngestError`].
     pub async fn try_ingest(&self, event: Event) -> Result<Vec<Event>, IngestError> {
+        self.ingest_inner(event).await.map_err(|(error, _)| error)
+    }
+
+    /// Ingests; a failure comes back with the event when it is still at hand (for the
+    /// dead-letter queue), so the success path never copies it.
+    async fn ingest_inner(&self, event: Event) -> Result<Vec<Event>, (IngestError, Option<Event>)> {
         if let Err(error) = event.validate() {
             IngestStats::add(&self.stats.invalid);
-            return Err(IngestError::Invalid(error.to_string()));
+            return Err((IngestError::Invalid(error.to_string()), Some(event)));
         }
         // Bounded load: at-most-once telemetry is shed when every slot is taken; everything
         // else waits for one (backpressure on the producer).
@@ -254,18 +262,18 @@ impl Twin {
                 Ok(permit) => permit,
                 Err(_) => {
                     IngestStats::add(&self.stats.shed);
-                    return Err(IngestError::Overloaded { retry_after: Duration::from_millis(100) });
+                    return Err((IngestError::Overloaded { retry_after: Duration::from_millis(100) }, Some(event)));
                 }
             },
-            DeliveryClass::AtLeastOnce => Arc::clone(&self.in_flight)
-                .acquire_owned()
-                .await
-                .map_err(|_| IngestError::Unavailable("the twin is stopping".into()))?,
+            DeliveryClass::AtLeastOnce => match Arc::clone(&self.in_flight).acquire_owned().await {
+                Ok(permit) => permit,
+                Err(_) => return Err((IngestError::Unavailable("the twin is stopping".into()), Some(event))),
+            },
         };
         let result = self.route(event).await;
         match &result {
             Ok(_) => IngestStats::add(&self.stats.accepted),
-            Err(IngestError::Refused(CommandError::Rejected(_))) => IngestStats::add(&self.stats.rejected),
+            Err((IngestError::Refused(CommandError::Rejected(_)), _)) => IngestStats::add(&self.stats.rejected),
             Err(_) => {}
         }
         result
@@ -372,51 +380,54 @@ impl Twin {
         self.stats.counts()
     }
 
-    async fn route(&self, event: Event) -> Result<Vec<Event>, IngestError> {
+    async fn route(&self, event: Event) -> Result<Vec<Event>, (IngestError, Option<Event>)> {
         let Some(asset_id) = event.asset_id().map(str::to_owned) else {
             let (appended, events) = self
                 .writer
                 .append(CITY_STREAM.to_owned(), Expected::Any, vec![event])
                 .await
-                .map_err(|e| IngestError::Unavailable(e.0))?;
+                .map_err(|e| (IngestError::Unavailable(e.0), None))?;
             self.bus.publish_appended(&appended, &events);
             return Ok(events);
         };
         // Fast path: straight to the live actor. A command it did not take (it stopped first:
         // passivation, failure) was not processed, so it is safe to go round through the shard,
-        // which holds messages for successors.
+        // which holds messages for successors. The one copy kept for that also serves the
+        // dead-letter queue when the asset refuses the event.
         let live = self
             .directories
             .get(shard_of(&asset_id, self.directories.len()))
             .and_then(|directory| directory.read().ok().and_then(|d| d.get(&asset_id).cloned()));
         let event = match live {
             Some(actor) => {
-                let retry = event.clone();
+                let kept = event.clone();
                 let command = AssetCommand::Observe(Box::new(event));
                 // NOTE: no timeout: a live actor always answers or drops the reply port (then
                 // SenderError below); a timeout would cost a timer per command (measured 7 %).
                 match actor.call(|reply| AssetMsg::Command(command, reply), None).await {
                     Ok(CallResult::Success(Ok(events))) => return Ok(events),
-                    Ok(CallResult::Success(Err(error))) => return Err(IngestError::Refused(error)),
+                    Ok(CallResult::Success(Err(error))) => return Err((IngestError::Refused(error), Some(kept))),
                     // Unknown whether it ran: do not run it twice.
                     Ok(CallResult::Timeout) => {
-                        return Err(IngestError::Unavailable("the asset did not answer in time".into()));
+                        return Err((IngestError::Unavailable("the asset did not answer in time".into()), None));
                     }
-                    Ok(CallResult::SenderError) | Err(_) => retry,
+                    Ok(CallResult::SenderError) | Err(_) => kept,
                 }
             }
             None => event,
         };
-        let shard = self.shard_for(&asset_id)?;
+        // Slow path (first message to an asset, or one passivating): through the shard.
+        let kept = event.clone();
+        let shard = self.shard_for(&asset_id).map_err(|e| (e, None))?;
         let command = AssetCommand::Observe(Box::new(event));
         let reply = shard
             .call(|reply| ShardMsg::Command(asset_id, command, reply), Some(Duration::from_secs(30)))
             .await
-            .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+            .map_err(|e| (IngestError::Unavailable(e.to_string()), None))?;
         match reply {
             CallResult::Success(Ok(events)) => Ok(events),
-            CallResult::Success(Err(error)) => Err(IngestError::Refused(error)),
-            other => Err(IngestError::Unavailable(format!("{other:?}"))),
+            CallResult::Success(Err(error)) => Err((IngestError::Refused(error), Some(kept))),
+            other => Err((IngestError::Unavailable(format!("{other:?}")), None)),
         }
     }
 
