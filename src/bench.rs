@@ -109,6 +109,17 @@ async fn ingest_all(
     Ok((started.elapsed(), failures))
 }
 
+/// CPU time this process has used (user + system), from /proc: on a shared machine, CPU time
+/// per event is a steadier figure than wall time.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses): utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10)) // USER_HZ is 100 on Linux
+}
+
 /// A memory figure of this process from /proc (kB).
 fn rss_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -204,7 +215,9 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         })
         .collect();
     readings.reverse(); // the workers pop from the end: keep time order
+    let cpu_before = cpu_time();
     let (elapsed, failures) = ingest_all(&twin, readings, args.concurrency, args.batch).await?;
+    let cpu = cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let rate = f64::from(args.events) / elapsed.as_secs_f64();
     println!("setup: {} assets created in {:.2?}", args.assets, created_in);
     if let (Some(start), Some(live)) = (rss_start, rss_live) {
@@ -225,6 +238,14 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         args.batch,
         if args.cells { ", cell actors with the shipped rules" } else { "" }
     );
+    if let Some(cpu) = cpu {
+        println!(
+            "cpu: {:.2?} of CPU time for the readings = {:.2} µs per event ({:.1} cores busy on average)",
+            cpu,
+            cpu.as_secs_f64() * 1e6 / f64::from(args.events.max(1)),
+            cpu.as_secs_f64() / elapsed.as_secs_f64()
+        );
+    }
     let stats = twin.stats();
     println!(
         "ingest counters: {} accepted, {} shed under overload (counted and dead-lettered), {} invalid, {} rejected",

@@ -91,6 +91,13 @@ impl Bus {
         }
     }
 
+    /// As [`Bus::publish_appended`], taking the events (no copies).
+    pub fn publish_owned(&self, appended: &[citytwin_core::log::Appended], events: Vec<Event>) {
+        for (at, event) in appended.iter().zip(events) {
+            self.publish(at.position, event);
+        }
+    }
+
     /// Subscribes to every event committed from now on that passes `filter`.
     pub fn subscribe(&self, filter: Filter) -> Subscription {
         let rx = self.tx.subscribe();

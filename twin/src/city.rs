@@ -17,8 +17,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::broadcast;
 
-use crate::asset::actor::AssetMsg;
-use crate::asset::actor::{AssetConfig, CommandError};
+use crate::asset::actor::{AssetConfig, AssetMsg, BatchFailure, CommandError};
 use crate::asset::logic::{AssetCommand, AssetState};
 use crate::bus::{Bus, Filter, Subscription};
 use crate::cell::{CellConfig, CellRouterActor, CellRouterArgs, CellRouterMsg};
@@ -281,14 +280,16 @@ impl Twin {
 
     /// Validates and ingests many events with one message per shard and one per asset (each
     /// asset persists its share in one append): the high-throughput path for the simulator and
-    /// the gateways. Returns one result per event, in order; invalid and refused events are
-    /// dead-lettered. Batches wait for capacity (backpressure) rather than shed.
+    /// the gateways. Returns one result per event, in order: how many events it appended (the
+    /// event itself plus derived ones, such as `asset.online`); invalid and refused events are
+    /// dead-lettered. Batches wait for capacity (backpressure) rather than shed. Nothing is
+    /// copied on the way: the events move into the log and onto the bus.
     ///
     /// # Errors
     /// Per event, see [`IngestError`].
-    pub async fn ingest_batch(&self, events: Vec<Event>) -> Vec<Result<Vec<Event>, IngestError>> {
+    pub async fn ingest_batch(&self, events: Vec<Event>) -> Vec<Result<usize, IngestError>> {
         let total = events.len();
-        let mut results: Vec<Option<Result<Vec<Event>, IngestError>>> = (0..total).map(|_| None).collect();
+        let mut results: Vec<Option<Result<usize, IngestError>>> = (0..total).map(|_| None).collect();
         let permits = u32::try_from(total.min(self.in_flight.available_permits().max(1))).unwrap_or(u32::MAX);
         let _permit = match Arc::clone(&self.in_flight).acquire_many_owned(permits.max(1)).await {
             Ok(permit) => permit,
@@ -299,17 +300,14 @@ impl Twin {
         let shard_count = self.shards.read().map(|s| s.len()).unwrap_or(0).max(1);
         let mut per_shard: Vec<ShardBatch> = (0..shard_count).map(|_| ShardBatch::default()).collect();
         let mut city: (Vec<usize>, Vec<Event>) = Default::default();
-        let mut originals: Vec<Option<Event>> = Vec::with_capacity(total);
         for (index, event) in events.into_iter().enumerate() {
             if let Err(error) = event.validate() {
                 IngestStats::add(&self.stats.invalid);
                 let message = error.to_string();
                 self.dead_letter(event, DeadLetterReason::InvalidFormat(message.clone())).await;
                 results[index] = Some(Err(IngestError::Invalid(message)));
-                originals.push(None);
                 continue;
             }
-            originals.push(Some(event.clone()));
             match event.asset_id().map(str::to_owned) {
                 Some(asset_id) => {
                     let shard = shard_of(&asset_id, shard_count);
@@ -325,10 +323,10 @@ impl Twin {
         if !city.1.is_empty() {
             match self.writer.append(CITY_STREAM.to_owned(), Expected::Any, city.1).await {
                 Ok((appended, events)) => {
-                    for ((index, at), event) in city.0.iter().zip(&appended).zip(events) {
-                        self.bus.publish(at.position, event.clone());
-                        results[*index] = Some(Ok(vec![event]));
+                    for index in &city.0 {
+                        results[*index] = Some(Ok(1));
                     }
+                    self.bus.publish_owned(&appended, events);
                 }
                 Err(error) => {
                     for index in city.0 {
@@ -355,15 +353,15 @@ impl Twin {
             let mut answers = answers.into_iter();
             for index in indices {
                 results[index] = Some(match answers.next() {
-                    Some(Ok(events)) => {
+                    Some(Ok(appended)) => {
                         IngestStats::add(&self.stats.accepted);
-                        Ok(events)
+                        Ok(appended)
                     }
-                    Some(Err(error)) => {
+                    Some(Err(BatchFailure { error, event })) => {
                         if let CommandError::Rejected(rejection) = &error {
                             IngestStats::add(&self.stats.rejected);
-                            if let Some(original) = originals[index].take() {
-                                self.dead_letter(original, DeadLetterReason::Rejected(rejection.to_string())).await;
+                            if let Some(event) = event {
+                                self.dead_letter(*event, DeadLetterReason::Rejected(rejection.to_string())).await;
                             }
                         }
                         Err(IngestError::Refused(error))

@@ -13,7 +13,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::broadcast;
 
-use crate::asset::actor::{AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandError, CommandReply};
+use crate::asset::actor::{AssetActor, AssetArgs, AssetConfig, AssetMsg, BatchReply, CommandError, CommandReply};
 use crate::asset::logic::{AssetCommand, AssetState};
 
 /// The live asset actors of one shard, shared read-only with the twin so that commands for a
@@ -38,7 +38,7 @@ pub enum ShardMsg {
     /// Route a command to an asset.
     Command(String, AssetCommand, RpcReplyPort<CommandReply>),
     /// Commands for several assets: one result per command, in order.
-    Batch(Vec<(String, AssetCommand)>, tokio::sync::oneshot::Sender<Vec<CommandReply>>),
+    Batch(Vec<(String, AssetCommand)>, tokio::sync::oneshot::Sender<Vec<BatchReply>>),
     /// The state of an asset (rehydrated if passivated).
     GetState(String, RpcReplyPort<AssetState>),
     /// How many asset actors are alive.
@@ -218,15 +218,13 @@ impl Actor for ShardActor {
                     waiting.push((indices, rx));
                 }
                 tokio::spawn(async move {
-                    let mut results: Vec<Option<CommandReply>> = (0..total).map(|_| None).collect();
+                    let mut results: Vec<Option<BatchReply>> = (0..total).map(|_| None).collect();
                     for (indices, rx) in waiting {
                         let mut answers = rx.await.unwrap_or_default().into_iter();
                         for index in indices {
-                            results[index] = Some(
-                                answers
-                                    .next()
-                                    .unwrap_or_else(|| Err(CommandError::Storage("the asset actor stopped".into()))),
-                            );
+                            results[index] = Some(answers.next().unwrap_or_else(|| {
+                                Err(CommandError::Storage("the asset actor stopped".into()).into())
+                            }));
                         }
                     }
                     let _ = reply.send(results.into_iter().map(|r| r.expect("every index answered")).collect());

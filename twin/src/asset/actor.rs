@@ -15,7 +15,7 @@ use citytwin_core::event::{Event, Timestamp};
 use citytwin_core::log::{EventLog, Expected};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::logic::{AssetCommand, AssetState, Rejection, apply, decide, heartbeat_grace};
+use super::logic::{AssetCommand, AssetState, Rejection, apply, decide, decide_lean, heartbeat_grace};
 use crate::deadletter::{DeadLetterReason, dead_letter};
 
 /// The log stream of an asset.
@@ -78,6 +78,26 @@ pub enum CommandError {
 /// What a command produced: the events appended (empty when there was nothing to do).
 pub type CommandReply = Result<Vec<Event>, CommandError>;
 
+/// A command of a batch that failed, with its observed event handed back when the asset still
+/// holds it (a rejection), so the caller can dead-letter it without having kept a copy.
+#[derive(Debug)]
+pub struct BatchFailure {
+    /// Why.
+    pub error: CommandError,
+    /// The observed event, when it was not already dead-lettered by the asset.
+    pub event: Option<Box<Event>>,
+}
+
+impl From<CommandError> for BatchFailure {
+    fn from(error: CommandError) -> Self {
+        BatchFailure { error, event: None }
+    }
+}
+
+/// What a command of a batch produced: how many events it appended (the high-throughput path
+/// answers with counts; the events themselves went to the log and the bus).
+pub type BatchReply = Result<usize, BatchFailure>;
+
 /// Messages of an [`AssetActor`].
 #[derive(Debug)]
 pub enum AssetMsg {
@@ -85,7 +105,7 @@ pub enum AssetMsg {
     Command(AssetCommand, RpcReplyPort<CommandReply>),
     /// Several commands: decided and applied in order, persisted in one append, replied
     /// together (one result per command, in order).
-    Batch(Vec<AssetCommand>, tokio::sync::oneshot::Sender<Vec<CommandReply>>),
+    Batch(Vec<AssetCommand>, tokio::sync::oneshot::Sender<Vec<BatchReply>>),
     /// The current state.
     GetState(RpcReplyPort<AssetState>),
     /// A heartbeat deadline set when the asset was last heard from.
@@ -195,6 +215,14 @@ async fn persist(
     }
 }
 
+/// The event a command carries (an observation), if any.
+fn observed_event(command: AssetCommand) -> Option<Box<Event>> {
+    match command {
+        AssetCommand::Observe(event) => Some(event),
+        _ => None,
+    }
+}
+
 fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
@@ -218,7 +246,7 @@ impl AssetActor {
         let events = match decided {
             Ok(Ok(events)) => events,
             Ok(Err(rejection)) => return Ok(Err(CommandError::Rejected(rejection))),
-            Err(panic) => return Err(self.poisoned(command, panic_text(&*panic), state).await),
+            Err(panic) => return Err(self.poisoned(observed_event(command), panic_text(&*panic), state).await),
         };
         if events.is_empty() {
             return Ok(Ok(events));
@@ -238,7 +266,7 @@ impl AssetActor {
             }
         }));
         if let Err(panic) = applied {
-            return Err(self.poisoned(command, panic_text(&*panic), state).await);
+            return Err(self.poisoned(observed_event(command), panic_text(&*panic), state).await);
         }
         if let Some(bus) = &state.args.publish {
             bus.publish_appended(&appended, &events);
@@ -260,10 +288,10 @@ impl AssetActor {
         myself: &ActorRef<AssetMsg>,
         commands: Vec<AssetCommand>,
         state: &mut AssetActorState,
-    ) -> (Vec<CommandReply>, Option<ActorProcessingErr>) {
+    ) -> (Vec<BatchReply>, Option<ActorProcessingErr>) {
         enum Outcome {
             Events(usize),
-            Failed(CommandError),
+            Failed(BatchFailure),
         }
         let start_version = state.asset.version;
         let mut outcomes = Vec::with_capacity(commands.len());
@@ -274,42 +302,48 @@ impl AssetActor {
             let decided = catch_unwind(AssertUnwindSafe(|| {
                 #[cfg(test)]
                 tests::maybe_panic(&command);
-                decide(&state.asset, &command)
+                decide_lean(&state.asset, &command)
             }));
             match decided {
-                Ok(Ok(decided)) => {
+                Ok(Ok(decision)) => {
+                    let observed = decision.keeps_event;
+                    let mut decided = decision.into_events(command);
                     let applied = catch_unwind(AssertUnwindSafe(|| {
                         for event in &decided {
                             apply(&mut state.asset, event);
                         }
                     }));
                     if let Err(panic) = applied {
-                        let error = self.poisoned(command, panic_text(&*panic), state).await;
-                        outcomes.push(Outcome::Failed(CommandError::Poison(error.to_string())));
+                        // The observed event (first, when stored) is what goes to the dead-letter queue.
+                        let event = observed.then(|| Box::new(decided.swap_remove(0)));
+                        let error = self.poisoned(event, panic_text(&*panic), state).await;
+                        outcomes.push(Outcome::Failed(CommandError::Poison(error.to_string()).into()));
                         failure = Some(error);
                         break;
                     }
                     outcomes.push(Outcome::Events(decided.len()));
                     events.extend(decided);
                 }
-                Ok(Err(rejection)) => outcomes.push(Outcome::Failed(CommandError::Rejected(rejection))),
+                Ok(Err(rejection)) => {
+                    let event = observed_event(command);
+                    outcomes.push(Outcome::Failed(BatchFailure { error: CommandError::Rejected(rejection), event }));
+                }
                 Err(panic) => {
                     // `decide` is pure: the state is intact, the rest of the batch goes on.
-                    let error = self.poisoned(command, panic_text(&*panic), state).await;
-                    outcomes.push(Outcome::Failed(CommandError::Poison(error.to_string())));
+                    let error = self.poisoned(observed_event(command), panic_text(&*panic), state).await;
+                    outcomes.push(Outcome::Failed(CommandError::Poison(error.to_string()).into()));
                 }
             }
         }
         let unprocessed = commands.len();
-        let mut stored: Result<Vec<Event>, CommandError> = Ok(Vec::new());
+        let mut stored: Result<(), CommandError> = Ok(());
         if !events.is_empty() {
             match persist(state, start_version, events).await {
                 Ok((appended, events)) => {
-                    if let Some(bus) = &state.args.publish {
-                        bus.publish_appended(&appended, &events);
-                    }
                     state.since_snapshot += events.len() as u64;
-                    stored = Ok(events);
+                    if let Some(bus) = &state.args.publish {
+                        bus.publish_owned(&appended, events);
+                    }
                 }
                 Err(error) => {
                     tracing::error!(asset = %state.asset.asset_id, %error, "asset could not persist a batch; restarting it");
@@ -328,27 +362,30 @@ impl AssetActor {
             self.arm_heartbeat(myself, state);
         }
         let mut results = Vec::with_capacity(outcomes.len() + unprocessed);
-        let mut remaining = stored.as_ref().map(|events| events.iter()).ok();
         for outcome in outcomes {
             results.push(match (outcome, &stored) {
-                (Outcome::Failed(error), _) => Err(error),
-                (Outcome::Events(n), Ok(_)) => {
-                    Ok(remaining.as_mut().map(|it| it.by_ref().take(n).cloned().collect()).unwrap_or_default())
-                }
-                (Outcome::Events(_), Err(error)) => Err(error.clone()),
+                (Outcome::Failed(failure), _) => Err(failure),
+                (Outcome::Events(n), Ok(())) => Ok(n),
+                (Outcome::Events(_), Err(error)) => Err(error.clone().into()),
             });
         }
         results.extend(
-            (0..unprocessed).map(|_| Err(CommandError::Storage("the asset restarted before this command ran".into()))),
+            (0..unprocessed)
+                .map(|_| Err(CommandError::Storage("the asset restarted before this command ran".into()).into())),
         );
         (results, failure)
     }
 
     /// Sends the command's event to the dead-letter queue and returns the error that fails
     /// the actor (so it restarts from the log).
-    async fn poisoned(&self, command: AssetCommand, message: String, state: &AssetActorState) -> ActorProcessingErr {
+    async fn poisoned(
+        &self,
+        event: Option<Box<Event>>,
+        message: String,
+        state: &AssetActorState,
+    ) -> ActorProcessingErr {
         tracing::error!(asset = %state.asset.asset_id, %message, "poison command: dead-lettering it and restarting the asset");
-        if let AssetCommand::Observe(event) = command {
+        if let Some(event) = event {
             let log = state.args.log.clone();
             let reason = DeadLetterReason::Panicked(message.clone());
             let stored = tokio::task::spawn_blocking(move || dead_letter(&log, &event, &reason)).await;

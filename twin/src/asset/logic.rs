@@ -225,8 +225,51 @@ fn derived(cause: &Event, suffix: &str, payload: impl Into<Payload>, time: Times
 /// # Errors
 /// A [`Rejection`] when the command does not fit the asset's state.
 pub fn decide(state: &AssetState, command: &AssetCommand) -> Result<Vec<Event>, Rejection> {
+    let decision = decide_lean(state, command)?;
+    let mut events = Vec::with_capacity(decision.derived.len() + 1);
+    if decision.keeps_event
+        && let AssetCommand::Observe(event) = command
+    {
+        events.push(event.as_ref().clone());
+    }
+    events.extend(decision.derived);
+    Ok(events)
+}
+
+/// What [`decide`] returns, without a copy of an observed event: whether the observation
+/// itself is stored, and the events derived from the command (they follow it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The observed event is stored (first).
+    pub keeps_event: bool,
+    /// Events the command causes (`asset.online`, threshold alerts, configuration changes...).
+    pub derived: Vec<Event>,
+}
+
+impl Decision {
+    /// The events to append, moving the observed event out of `command`: the same list as
+    /// [`decide`] returns.
+    pub fn into_events(self, command: AssetCommand) -> Vec<Event> {
+        let mut events = Vec::with_capacity(self.derived.len() + 1);
+        if self.keeps_event
+            && let AssetCommand::Observe(event) = command
+        {
+            events.push(*event);
+        }
+        events.extend(self.derived);
+        events
+    }
+}
+
+/// [`decide`] for the high-throughput path: the observed event is moved, not copied (see
+/// [`Decision::into_events`]).
+///
+/// # Errors
+/// A [`Rejection`] when the command does not fit the asset's state.
+pub fn decide_lean(state: &AssetState, command: &AssetCommand) -> Result<Decision, Rejection> {
+    let derived = |events| Ok(Decision { keeps_event: false, derived: events });
     match command {
-        AssetCommand::Observe(event) => observe(state, event),
+        AssetCommand::Observe(event) => Ok(Decision { keeps_event: true, derived: observe(state, event)? }),
         AssetCommand::SetThreshold { metric, threshold, event_id, time } => {
             if state.status == Lifecycle::Unregistered {
                 return Err(Rejection::UnknownAsset(state.asset_id.clone()));
@@ -237,7 +280,7 @@ pub fn decide(state: &AssetState, command: &AssetCommand) -> Result<Vec<Event>, 
                 old_value: state.thresholds.get(metric).map(|(t, _)| threshold_text(t)),
                 new_value: threshold.as_ref().map_or_else(|| "none".to_owned(), threshold_text),
             };
-            Ok(vec![
+            derived(vec![
                 Event::new(event_id.clone(), "/twin/assets", payload)
                     .with_time(*time)
                     .with_subject(state.asset_id.clone()),
@@ -245,11 +288,11 @@ pub fn decide(state: &AssetState, command: &AssetCommand) -> Result<Vec<Event>, 
         }
         AssetCommand::CheckHeartbeat { now } => {
             let (Some(interval), Some(last_seen)) = (state.reporting_interval_s, state.last_seen) else {
-                return Ok(Vec::new());
+                return derived(Vec::new());
             };
             let grace = heartbeat_grace(interval);
             if state.status != Lifecycle::Online || now.as_nanos() - last_seen.as_nanos() < grace.as_nanos() as i64 {
-                return Ok(Vec::new());
+                return derived(Vec::new());
             }
             let payload = AssetOffline {
                 asset_id: state.asset_id.clone(),
@@ -261,7 +304,7 @@ pub fn decide(state: &AssetState, command: &AssetCommand) -> Result<Vec<Event>, 
                     .with_time(*now)
                     .with_subject(state.asset_id.clone());
             event.ext.organization.clone_from(&state.organization);
-            Ok(vec![event])
+            derived(vec![event])
         }
     }
 }
@@ -278,6 +321,7 @@ fn threshold_text(threshold: &Threshold) -> String {
     format!("{above}{below} {}", threshold.severity)
 }
 
+/// The events an observation causes (the observation itself is not among them).
 fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
     let Some(time) = event.time else {
         return Err(Rejection::Untimed(event.id.clone()));
@@ -294,7 +338,7 @@ fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
         return if status == L::Unregistered {
             Err(Rejection::UnknownAsset(state.asset_id.clone()))
         } else {
-            Ok(vec![event.clone()])
+            Ok(Vec::new())
         };
     };
     let allowed = match kind {
@@ -324,7 +368,7 @@ fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
             transition_error(state, event)
         });
     }
-    let mut out = vec![event.clone()];
+    let mut out = Vec::new();
     // A reading from a silent asset brings it online.
     let is_reading = matches!(kind, EventKind::MetricRecorded | EventKind::MetricBatchIngested | EventKind::BatteryLow);
     if is_reading && matches!(status, L::Commissioned | L::Offline) {

@@ -285,7 +285,7 @@ async fn batch_ingest_answers_each_event_in_order() {
     let summary: Vec<String> = results
         .iter()
         .map(|r| match r {
-            Ok(events) => format!("ok:{}", events.len()),
+            Ok(appended) => format!("ok:{appended}"),
             Err(IngestError::Invalid(_)) => "invalid".into(),
             Err(IngestError::Refused(_)) => "refused".into(),
             Err(other) => format!("{other}"),
