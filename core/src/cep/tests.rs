@@ -302,6 +302,7 @@ fixtures!(
     negation_after_step,
     negation_at_window_edges,
     single_step_and_cooldown,
+    absence_rearmed_by_every_event,
 );
 
 mod reference {
