@@ -5,6 +5,7 @@ mod bench;
 mod dlq;
 mod events;
 mod rules;
+mod run;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,10 @@ struct Cli {
 
 const EXAMPLES: &str = "\
 Examples:
+  Simulate a district for a day against an embedded twin, with a report and plots:
+    citytwin run scenarios/demo.toml
+  Check a scenario file (every problem, with file, line and key):
+    citytwin validate scenarios/demo.toml
   Check every event in a file (CloudEvents JSON, a JSON batch, JSON lines, or envelopes):
     citytwin events check scenarios/events/seed-examples.jsonl
   Convert events to another encoding:
@@ -52,6 +57,14 @@ enum Command {
     /// Inspect and reprocess the dead-letter queue of a local twin.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Run a scenario file against an embedded twin and write a report (JSON + HTML plots).
+    #[command(
+        after_help = "Examples:\n  citytwin run scenarios/demo.toml\n  citytwin run scenarios/demo.toml --report-dir /tmp/demo --threads 1\n  citytwin run scenarios/demo.toml --realtime 600   # ten simulated minutes per second\n\nThe same scenario and seed give the same event stream (its digest is printed) and the same\nreport.json, whatever --threads is."
+    )]
+    Run(run::RunArgs),
+    /// Check a scenario file and the rule files it names; report every problem.
+    #[command(after_help = "Example:\n  citytwin validate scenarios/demo.toml")]
+    Validate(run::ValidateArgs),
     /// Measure end-to-end ingest throughput of an embedded twin.
     #[command(after_help = "Example:\n  cargo run --release -- bench --assets 10000 --events 200000 --cells")]
     Bench(bench::BenchArgs),
@@ -66,6 +79,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Events(command) => events::run(command),
         Command::Rules(command) => rules::run(command),
+        Command::Run(args) => run::run(&args),
+        Command::Validate(args) => run::validate(&args),
         Command::Bench(args) => bench::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Dlq(command) => dlq::run(command).map(|()| ExitCode::SUCCESS),
     };

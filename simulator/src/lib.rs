@@ -13,8 +13,10 @@
 
 pub mod generate;
 pub mod profile;
+pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod svg;
 
 use citytwin_core::event::Event;
 

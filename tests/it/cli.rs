@@ -140,3 +140,67 @@ fn dlq_list_and_reprocess_work_on_a_local_data_dir() {
     let after = citytwin(&["dlq", "list", "--data-dir", data_dir]);
     assert!(String::from_utf8_lossy(&after.stdout).contains("exhausted"));
 }
+
+fn report_of(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("report.json")).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+#[test]
+fn run_gives_the_same_stream_and_report_whatever_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, three) = (dir.path().join("one"), dir.path().join("three"));
+    let mut digests = Vec::new();
+    for (out, threads, batch) in [(&one, "1", "20000"), (&three, "3", "777")] {
+        let output = citytwin(&[
+            "run",
+            "tests/fixtures/tiny-city.toml",
+            "--quiet",
+            "--threads",
+            threads,
+            "--batch",
+            batch,
+            "--report-dir",
+            out.to_str().unwrap(),
+        ]);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        let digest = stdout.lines().find_map(|l| l.strip_prefix("stream digest: ")).map(str::to_owned);
+        digests.push(digest.unwrap_or_else(|| panic!("no digest printed: {stdout}")));
+    }
+    assert_eq!(digests[0], digests[1]);
+    assert_eq!(report_of(&one), report_of(&three), "report.json must be byte-identical (scenario seed 7)");
+    let report: serde_json::Value = serde_json::from_str(&report_of(&one)).unwrap();
+    assert!(report["events"].as_u64().unwrap() > 15_000, "{report}");
+    assert!(report["alerts_by_rule"]["congestion"].as_u64().unwrap_or(0) > 0, "the rush hour congests: {report}");
+    assert!(report["alerts_by_rule"]["sensor_offline"].as_u64().unwrap_or(0) > 0, "silent counters: {report}");
+    let html = std::fs::read_to_string(one.join("report.html")).unwrap();
+    assert!(html.matches("<svg").count() >= 4, "plots in the HTML report");
+}
+
+#[test]
+fn validate_reports_every_problem_with_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    let text = std::fs::read_to_string(format!("{}/tests/fixtures/tiny-city.toml", env!("CARGO_MANIFEST_DIR")))
+        .unwrap()
+        .replace("../../scenarios/rules/", "/nonexistent/")
+        .replace("interval = \"5m\"", "interval = \"soon\"")
+        .replace("lambda = 10", "lambda = -1");
+    std::fs::write(&broken, &text).unwrap();
+    let output = citytwin(&["validate", broken.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    for expected in [
+        format!("broken.toml:{}:", line_of("interval = \"soon\"")),
+        "populations[0].interval: not a duration".to_owned(),
+        format!("broken.toml:{}:", line_of("lambda = -1")),
+        "populations[0].metrics[0].distribution.lambda".to_owned(),
+        "rules[0]: no rule file".to_owned(),
+    ] {
+        assert!(stderr.contains(&expected), "stderr should contain {expected:?}:\n{stderr}");
+    }
+    let ok = citytwin(&["validate", "scenarios/demo.toml"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("valid"));
+}

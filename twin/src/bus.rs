@@ -68,6 +68,7 @@ impl Filter {
 pub struct Bus {
     tx: broadcast::Sender<Arc<Committed>>,
     log: EventLog,
+    published: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Bus {
@@ -75,13 +76,20 @@ impl Bus {
     /// catch up from the log.
     pub fn new(log: EventLog, capacity: usize) -> Bus {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        Bus { tx, log }
+        Bus { tx, log, published: Arc::default() }
     }
 
     /// Publishes a committed event (never waits).
     pub fn publish(&self, position: u64, event: Event) {
+        self.published.fetch_add(1, std::sync::atomic::Ordering::Release);
         // No subscriber is not an error.
         let _ = self.tx.send(Arc::new(Committed { position, event }));
+    }
+
+    /// How many events have been published so far (a subscriber that has received this many
+    /// since the bus started has seen them all).
+    pub fn published(&self) -> u64 {
+        self.published.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Publishes events just appended, each with its position (as a writer append returns them).

@@ -89,6 +89,8 @@ pub enum CellMsg {
     Advance(Timestamp),
     /// Latest window result per (rule, key).
     Aggregates(RpcReplyPort<Vec<WindowResult>>),
+    /// Move the watermark to the time and reply once the resulting alerts are appended.
+    Flush(Timestamp, RpcReplyPort<()>),
 }
 
 /// What a cell actor starts with.
@@ -195,6 +197,15 @@ impl Actor for CellActor {
             CellMsg::Aggregates(reply) => {
                 let _ = reply.send(state.latest.values().cloned().collect());
             }
+            CellMsg::Flush(to, reply) => {
+                state.engine.advance_watermark(to, &mut outputs);
+                for engine in state.rings.values_mut() {
+                    engine.advance_watermark(to, &mut outputs);
+                }
+                self.handle_outputs(outputs, state).await?;
+                let _ = reply.send(());
+                return Ok(());
+            }
         }
         self.handle_outputs(outputs, state).await
     }
@@ -209,6 +220,17 @@ pub enum CellRouterMsg {
     Aggregates(CellIndex, RpcReplyPort<Vec<WindowResult>>),
     /// Cells with an actor.
     Cells(RpcReplyPort<Vec<CellIndex>>),
+    /// Once `upto` events have been routed (as many as the bus had published when the
+    /// flush was asked for), move every cell's watermark to `to` and reply when their alerts
+    /// are appended (the end of a run).
+    Flush {
+        /// The watermark.
+        to: Timestamp,
+        /// Events that must have been routed first.
+        upto: u64,
+        /// Answered when done.
+        reply: RpcReplyPort<()>,
+    },
 }
 
 /// What the router starts with.
@@ -230,6 +252,10 @@ pub struct CellRouterState {
     ids: HashMap<ractor::ActorId, CellIndex>,
     max_time: Option<Timestamp>,
     next_tick: Option<Timestamp>,
+    /// Events routed (received from the bus) so far.
+    routed: u64,
+    /// Flushes waiting for routing to reach their position.
+    flushes: Vec<(Timestamp, u64, RpcReplyPort<()>)>,
 }
 
 /// Routes events to cell actors and supervises them (see the module documentation).
@@ -270,6 +296,8 @@ impl Actor for CellRouterActor {
         args: CellRouterArgs,
     ) -> Result<CellRouterState, ActorProcessingErr> {
         // The pump: drain the bus in batches into the router's mailbox.
+        // Events published before the subscription count as routed (flushes compare counts).
+        let routed = args.bus.published();
         let mut subscription = args.bus.subscribe(Filter::default());
         let router = myself.clone();
         tokio::spawn(async move {
@@ -286,7 +314,15 @@ impl Actor for CellRouterActor {
                 }
             }
         });
-        Ok(CellRouterState { args, cells: HashMap::new(), ids: HashMap::new(), max_time: None, next_tick: None })
+        Ok(CellRouterState {
+            args,
+            cells: HashMap::new(),
+            ids: HashMap::new(),
+            max_time: None,
+            next_tick: None,
+            routed,
+            flushes: Vec::new(),
+        })
     }
 
     async fn handle(
@@ -297,6 +333,7 @@ impl Actor for CellRouterActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             CellRouterMsg::Route(batch) => {
+                state.routed += batch.len() as u64;
                 let resolution = state.args.config.resolution;
                 let mut by_cell: HashMap<CellIndex, Vec<Arc<Committed>>> = HashMap::new();
                 for committed in batch {
@@ -348,6 +385,22 @@ impl Actor for CellRouterActor {
             CellRouterMsg::Cells(reply) => {
                 let _ = reply.send(state.cells.keys().copied().collect());
             }
+            CellRouterMsg::Flush { to, upto, reply } => state.flushes.push((to, upto, reply)),
+        }
+        // Serve the flushes whose events have all been routed; a task waits for the cells so
+        // the router keeps routing.
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut state.flushes).into_iter().partition(|(_, upto, _)| *upto <= state.routed);
+        state.flushes = waiting;
+        for (to, _, reply) in ready {
+            let cells: Vec<ActorRef<CellMsg>> = state.cells.values().cloned().collect();
+            tokio::spawn(async move {
+                for cell in cells {
+                    // A cell that stopped has nothing left to flush.
+                    let _ = ractor::call!(cell, CellMsg::Flush, to);
+                }
+                let _ = reply.send(());
+            });
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use citytwin_core::event::Event;
+use citytwin_core::event::{Event, Timestamp};
 use citytwin_core::log::{EventLog, Expected, LogConfig};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -324,6 +324,7 @@ impl Twin {
             match self.writer.append(CITY_STREAM.to_owned(), Expected::Any, city.1).await {
                 Ok((appended, events)) => {
                     for index in &city.0 {
+                        IngestStats::add(&self.stats.accepted);
                         results[*index] = Some(Ok(1));
                     }
                     self.bus.publish_owned(&appended, events);
@@ -371,6 +372,20 @@ impl Twin {
             }
         }
         results.into_iter().map(|r| r.expect("every event has a result")).collect()
+    }
+
+    /// Ends a run: once the cells have seen every event committed so far, moves every
+    /// cell's watermark to `to` (closing windows, firing negations whose deadline passed) and
+    /// returns when the resulting alerts are appended and published. Without cell actors
+    /// there is nothing to do.
+    ///
+    /// # Errors
+    /// When the cell router is gone.
+    pub async fn flush_cells(&self, to: Timestamp) -> Result<(), IngestError> {
+        let Some((router, _)) = &self.cells else { return Ok(()) };
+        let upto = self.bus.published();
+        ractor::call!(router, |reply| CellRouterMsg::Flush { to, upto, reply })
+            .map_err(|e| IngestError::Unavailable(format!("cell router: {e}")))
     }
 
     /// Counters of the ingest path (accepted, shed, invalid, rejected).

@@ -278,6 +278,19 @@ pub struct Rule {
     pub kind: RuleKind,
 }
 
+impl Rule {
+    /// The length of the rule's window (a session window's gap); `None` for pattern rules.
+    pub fn window_length(&self) -> Option<Duration> {
+        match &self.kind {
+            RuleKind::Window(rule) => Some(match rule.window {
+                WindowSpec::Tumbling { size } | WindowSpec::Sliding { size, .. } => size,
+                WindowSpec::Session { gap } => gap,
+            }),
+            RuleKind::Pattern(_) => None,
+        }
+    }
+}
+
 /// Every problem found in a rule file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct RuleErrors(pub Vec<RuleError>);

@@ -298,7 +298,7 @@ async fn batch_ingest_answers_each_event_in_order() {
     let reasons: Vec<String> = dead_letters(twin.log()).unwrap().into_iter().map(|l| l.reason).collect();
     assert_eq!(reasons, ["invalid_format", "rejected"]);
     let stats = twin.stats();
-    assert_eq!((stats.accepted, stats.invalid, stats.rejected), (7, 1, 1));
+    assert_eq!((stats.accepted, stats.invalid, stats.rejected), (8, 1, 1));
     twin.shutdown().await.unwrap();
 }
 

@@ -1,0 +1,327 @@
+//! `citytwin validate` and `citytwin run`: scenario files against an embedded twin.
+//!
+//! The generator runs on its own thread (it parallelises each window itself) and hands
+//! batches of CloudEvents over a bounded channel to the ingest loop, which feeds the twin
+//! through `Twin::ingest_batch` only: the simulator never touches actor internals.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use citytwin_core::cep::{Rule, parse_rules};
+use citytwin_core::event::{Event, Timestamp, TypePattern};
+use citytwin_core::log::{Durability, LogConfig, ReplayFilter};
+use citytwin_simulator::StreamDigest;
+use citytwin_simulator::generate::{Generator, Plan, Truth};
+use citytwin_simulator::report::{Report, ReportBuilder};
+use citytwin_simulator::scenario::{self, Scenario};
+use citytwin_twin::bus::Filter;
+use citytwin_twin::cell::CellConfig;
+use citytwin_twin::city::{Twin, TwinConfig};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Options of `citytwin validate`.
+#[derive(Debug, Args)]
+pub(crate) struct ValidateArgs {
+    /// The scenario file.
+    scenario: PathBuf,
+}
+
+/// Options of `citytwin run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The scenario file (see docs/scenarios.md).
+    scenario: PathBuf,
+    /// Where to write report.json and report.html (default: reports/<scenario name>).
+    #[arg(long)]
+    report_dir: Option<PathBuf>,
+    /// Keep the twin's event log here (an empty or new directory); by default the log lives
+    /// in a temporary directory removed at the end.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Generator threads (the stream is the same for any number).
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+    /// Run at this multiple of real time (1 = real time, 60 = a minute per second) instead
+    /// of as fast as possible.
+    #[arg(long)]
+    realtime: Option<f64>,
+    /// Events per ingest call.
+    #[arg(long, default_value_t = 20_000)]
+    batch: usize,
+    /// Log durability: `always`, `interval` (5 ms group commit) or `never`.
+    #[arg(long, default_value = "interval")]
+    durability: String,
+    /// No progress bar (logs only).
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// How far behind the newest event the cells' watermark trails: a batch's events commit in
+/// any order across assets, and a batch spans at most this much simulated time.
+const BATCH_SPAN: Duration = Duration::from_secs(300);
+
+fn load(path: &Path) -> anyhow::Result<Result<(Scenario, Vec<Rule>), String>> {
+    let scenario = match scenario::load(path) {
+        Ok(scenario) => scenario,
+        Err(errors) => return Ok(Err(errors.to_string())),
+    };
+    let mut rules = Vec::new();
+    let mut problems = Vec::new();
+    for file in &scenario.rules {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        match parse_rules(&text) {
+            Ok(parsed) => rules.extend(parsed),
+            Err(errors) => problems.push(format!("{}: {errors}", file.display())),
+        }
+    }
+    if problems.is_empty() { Ok(Ok((scenario, rules))) } else { Ok(Err(problems.join("\n"))) }
+}
+
+pub(crate) fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
+    match load(&args.scenario)? {
+        Err(errors) => {
+            eprintln!("{errors}");
+            Ok(ExitCode::from(1))
+        }
+        Ok((scenario, rules)) => {
+            let per_day: f64 = scenario
+                .populations
+                .iter()
+                .map(|p| f64::from(p.count) * (86_400.0 / p.interval.as_secs_f64()) * p.metrics.len() as f64)
+                .sum();
+            println!(
+                "{}: valid. {} populations, {} assets, {} incident processes, {} interventions, {} rules; \
+                 {} from {}; about {:.1} M readings",
+                args.scenario.display(),
+                scenario.populations.len(),
+                scenario.asset_count(),
+                scenario.incidents.len(),
+                scenario.interventions.len(),
+                rules.len(),
+                citytwin_core::duration::format_duration(scenario.duration),
+                scenario.start,
+                per_day * scenario.duration.as_secs_f64() / 86_400.0 / 1e6
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn rule_minutes(rules: &[Rule]) -> BTreeMap<String, f64> {
+    rules.iter().filter_map(|rule| Some((rule.id.clone(), rule.window_length()?.as_secs_f64() / 60.0))).collect()
+}
+
+/// What the generator thread hands back at the end.
+struct Generated {
+    digest: StreamDigest,
+    report: ReportBuilder,
+    truth: Truth,
+    assets: u64,
+}
+
+pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let (scenario, rules) = match load(&args.scenario)? {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run_async(args, scenario, rules))
+}
+
+async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyhow::Result<ExitCode> {
+    let stem = args.scenario.file_stem().map_or_else(|| "run".to_owned(), |s| s.to_string_lossy().into_owned());
+    let report_dir = args.report_dir.clone().unwrap_or_else(|| PathBuf::from("reports").join(&stem));
+    let temp = tempfile::tempdir()?;
+    let data_dir = match &args.data_dir {
+        Some(dir) => {
+            if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+                anyhow::bail!("{} is not empty: give a new or empty directory for the run's log", dir.display());
+            }
+            dir.clone()
+        }
+        None => temp.path().to_owned(),
+    };
+    let durability = match args.durability.as_str() {
+        "always" => Durability::Always,
+        "never" => Durability::Never,
+        "interval" => Durability::Interval(Duration::from_millis(5)),
+        other => anyhow::bail!("unknown durability {other:?}: always, interval or never"),
+    };
+    let scenario = Arc::new(scenario);
+    let minutes = rule_minutes(&rules);
+    let mut cells = CellConfig::new(rules);
+    cells.resolution = scenario.resolution;
+    cells.engine.max_out_of_orderness = BATCH_SPAN * 2;
+    let config = TwinConfig {
+        cells: Some(cells),
+        log: LogConfig { durability, ..LogConfig::default() },
+        ..TwinConfig::new(&data_dir)
+    };
+    let twin = Twin::start(config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?;
+    tracing::info!(scenario = %scenario.name, data_dir = %data_dir.display(), "twin started");
+
+    // Alerts, counted live for the progress bar (the report reads them from the log at the end).
+    let alerts = Arc::new(AtomicU64::new(0));
+    let mut subscription = twin
+        .subscribe(Filter { types: vec![TypePattern::new("com.smartcities.alert.triggered")], ..Filter::default() });
+    let counter = Arc::clone(&alerts);
+    let alert_task = tokio::spawn(async move {
+        while subscription.recv().await.is_some() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+
+    let started = Instant::now();
+    let total_s = scenario.duration.as_secs();
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(total_s) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:32} sim {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+
+    // The generator thread.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<Event>, Timestamp)>(4);
+    let plan_scenario = Arc::clone(&scenario);
+    let (threads, batch_size, realtime) = (args.threads, args.batch.max(1), args.realtime);
+    let generator = std::thread::Builder::new().name("generator".into()).spawn(move || {
+        let plan = Arc::new(Plan::new(Arc::clone(&plan_scenario)));
+        let assets = plan.assets.len() as u64;
+        let mut generator = Generator::new(Arc::clone(&plan), threads);
+        let mut digest = StreamDigest::default();
+        let mut report = ReportBuilder::new(&plan_scenario, minutes);
+        let mut samples = Vec::new();
+        let mut batch: Vec<Event> = Vec::with_capacity(batch_size);
+        let mut batch_start: Option<i64> = None;
+        let start = plan_scenario.start.as_nanos();
+        let wall = Instant::now();
+        let step = 60_000_000_000i64;
+        while !generator.finished() {
+            let until = Timestamp::from_nanos(generator.now().as_nanos() + step);
+            if let Some(factor) = realtime {
+                let due = Duration::from_secs_f64((until.as_nanos() - start) as f64 / 1e9 / factor.max(1e-6));
+                if let Some(wait) = due.checked_sub(wall.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            samples.clear();
+            generator.window(until, &mut samples);
+            for sample in &samples {
+                let event = plan.event(sample);
+                digest.add(&event);
+                report.observe(&event);
+                let span_full = batch_start.is_some_and(|t| sample.time - t >= BATCH_SPAN.as_nanos() as i64);
+                if batch.len() >= batch_size || span_full {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+                    if tx.blocking_send((full, Timestamp::from_nanos(sample.time))).is_err() {
+                        return None;
+                    }
+                    batch_start = None;
+                }
+                batch_start.get_or_insert(sample.time);
+                batch.push(event);
+            }
+            if realtime.is_some() && !batch.is_empty() {
+                // In real time, deliver each minute as it happens.
+                let full = std::mem::take(&mut batch);
+                if tx.blocking_send((full, until)).is_err() {
+                    return None;
+                }
+                batch_start = None;
+            }
+        }
+        if !batch.is_empty() && tx.blocking_send((batch, generator.now())).is_err() {
+            return None;
+        }
+        Some(Generated { digest, report, truth: generator.truth(), assets })
+    })?;
+
+    let mut ingested = 0u64;
+    let mut refused = 0u64;
+    while let Some((batch, reached)) = rx.recv().await {
+        let n = batch.len() as u64;
+        refused += twin.ingest_batch(batch).await.iter().filter(|r| r.is_err()).count() as u64;
+        ingested += n;
+        let sim_s = (reached.as_nanos() - scenario.start.as_nanos()).max(0) as u64 / 1_000_000_000;
+        bar.set_position(sim_s.min(total_s));
+        let rate = ingested as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!(
+            "{} · {:.0} events/s · {} alerts",
+            Timestamp::from_nanos(reached.as_nanos()),
+            rate,
+            alerts.load(Ordering::Relaxed)
+        ));
+    }
+    let generated = generator.join().map_err(|_| anyhow::anyhow!("the generator thread panicked"))?;
+    let Some(Generated { digest, mut report, truth, assets }) = generated else {
+        anyhow::bail!("the generator stopped early");
+    };
+    twin.flush_cells(scenario.end()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+
+    // Alerts come from the log (complete and ordered), not from the live counter.
+    let filter =
+        ReplayFilter { types: vec![TypePattern::new("com.smartcities.alert.triggered")], ..ReplayFilter::default() };
+    let mut alerts_in_log: Vec<Event> = Vec::new();
+    for record in twin.log().replay(filter) {
+        alerts_in_log.push(record?.event()?);
+    }
+    // Commit order across cells varies between runs; the report must not.
+    alerts_in_log.sort_by(|a, b| a.id.cmp(&b.id));
+    for alert in &alerts_in_log {
+        report.observe_alert(alert);
+    }
+    alert_task.abort();
+    let stats = twin.stats();
+    twin.shutdown().await.map_err(|e| anyhow::anyhow!("stopping the twin: {e}"))?;
+
+    let report = report.finish(digest.hex(), assets, truth);
+    let rate = report.events as f64 / elapsed.as_secs_f64();
+    let timing = format!("Ran in {:.1} s of wall time ({:.0} events/s through the twin).", elapsed.as_secs_f64(), rate);
+    std::fs::create_dir_all(&report_dir).with_context(|| format!("creating {}", report_dir.display()))?;
+    std::fs::write(report_dir.join("report.json"), report.to_json())?;
+    std::fs::write(report_dir.join("report.html"), report.to_html(&timing))?;
+    print_summary(&report, &timing, refused, stats.accepted, &report_dir);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(report: &Report, timing: &str, refused: u64, accepted: u64, report_dir: &Path) {
+    println!(
+        "{}: {} events from {} assets, {} → {}",
+        report.scenario, report.events, report.assets, report.start, report.end
+    );
+    println!("{timing}");
+    println!("twin: {accepted} events accepted, {refused} refused (dead-lettered with the reason)");
+    println!("alerts: {}", report.alerts_total);
+    for (rule, count) in &report.alerts_by_rule {
+        let cells = report.alerts_by_rule_and_cell.get(rule).map_or(0, |c| c.keys().filter(|k| *k != "-").count());
+        println!("  {rule:<20} {count:>7} in {cells} cells");
+    }
+    let k = &report.kpis;
+    println!(
+        "KPIs: congestion {:.0} cell-minutes, PM2.5 exceedance {:.0} cell-hours, offline {:.0} asset-minutes, \
+         {} quality failures, {} traffic incidents, {} outages",
+        k.congestion_minutes,
+        k.pm25_exceedance_hours,
+        k.offline_minutes,
+        k.quality_failures,
+        k.traffic_incidents,
+        k.outages
+    );
+    println!("stream digest: {}", report.digest);
+    println!("report: {}  {}", report_dir.join("report.json").display(), report_dir.join("report.html").display());
+}
