@@ -557,8 +557,10 @@ fn place(area: &Area, placement: &Placement, index: u32, rng: &mut SimRng) -> Lo
     }
 }
 
+const POWERS_OF_TEN: [f64; 10] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
 fn round(value: f64, decimals: u8) -> f64 {
-    let scale = 10f64.powi(i32::from(decimals));
+    let scale = POWERS_OF_TEN[usize::from(decimals.min(9))];
     (value * scale).round() / scale
 }
 
@@ -768,10 +770,16 @@ impl Generator {
             out.push(Sample { time, asset: u32::MAX, seq: self.next_city as u32, what: What::City });
             self.next_city += 1;
         }
-        out[first..].sort_unstable_by_key(|s| (s.time, s.asset, s.seq));
+        out[first..].sort_unstable_by_key(order_key);
         self.truth.samples += (out.len() - first) as u64;
         self.now = until;
     }
+}
+
+/// The total order of a stream: time, then asset, then the asset's own counter.
+#[inline]
+fn order_key(sample: &Sample) -> u128 {
+    (u128::from(sample.time as u64 ^ (1 << 63)) << 64) | (u128::from(sample.asset) << 32) | u128::from(sample.seq)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -870,7 +878,8 @@ fn step_asset(
                 };
                 let mut value = base * (1.0 + metric.drift_per_day * days);
                 if metric.noise > 0.0 {
-                    value *= 1.0 + metric.noise * run.rng.normal();
+                    let z: f64 = rand_distr::StandardNormal.sample(&mut run.rng);
+                    value *= 1.0 + metric.noise * z;
                 }
                 for modifier in &asset.modifiers {
                     if let ModOp::Scale(factor) = modifier.op
