@@ -138,10 +138,12 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run_async(args, scenario, rules))
+    runtime.block_on(run_async(args, scenario, rules))?;
+    Ok(ExitCode::SUCCESS)
 }
 
-async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyhow::Result<ExitCode> {
+/// Runs a loaded scenario, writes its report directory, prints a summary, returns the report.
+async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyhow::Result<Report> {
     let stem = args.scenario.file_stem().map_or_else(|| "run".to_owned(), |s| s.to_string_lossy().into_owned());
     let report_dir = args.report_dir.clone().unwrap_or_else(|| PathBuf::from("reports").join(&stem));
     let temp = tempfile::tempdir()?;
@@ -296,6 +298,67 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
     std::fs::write(report_dir.join("report.json"), report.to_json())?;
     std::fs::write(report_dir.join("report.html"), report.to_html(&timing))?;
     print_summary(&report, &timing, refused, stats.accepted, &report_dir);
+    Ok(report)
+}
+
+/// Options of `citytwin compare`.
+#[derive(Debug, Args)]
+pub(crate) struct CompareArgs {
+    /// The base: a scenario file (run first) or a report directory of an earlier run.
+    base: PathBuf,
+    /// The variant: a scenario file or a report directory.
+    variant: PathBuf,
+    /// Where to write compare.html (and the runs' reports, when scenarios are given).
+    #[arg(long)]
+    report_dir: Option<PathBuf>,
+    /// Generator threads for runs.
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+}
+
+pub(crate) fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
+    let stem = |p: &Path| p.file_stem().map_or_else(|| "run".to_owned(), |s| s.to_string_lossy().into_owned());
+    let out = args.report_dir.clone().unwrap_or_else(|| {
+        PathBuf::from("reports").join(format!("compare-{}-vs-{}", stem(&args.base), stem(&args.variant)))
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut reports = Vec::new();
+    for (input, role) in [(&args.base, "base"), (&args.variant, "variant")] {
+        let report = if input.is_dir() {
+            let path = input.join("report.json");
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str::<Report>(&text)
+                .with_context(|| format!("{} is not a citytwin report", path.display()))?
+        } else {
+            let (scenario, rules) = match load(input)? {
+                Ok(loaded) => loaded,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let run = RunArgs {
+                scenario: input.clone(),
+                report_dir: Some(out.join(role)),
+                data_dir: None,
+                threads: args.threads,
+                realtime: None,
+                batch: 20_000,
+                durability: "interval".into(),
+                quiet: false,
+            };
+            println!("== {role}: {}", input.display());
+            runtime.block_on(run_async(&run, scenario, rules))?
+        };
+        reports.push(report);
+    }
+    let comparison = citytwin_simulator::report::Comparison::new(&reports[0], &reports[1]);
+    println!();
+    print!("{}", comparison.to_text());
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join("compare.html"), comparison.to_html())?;
+    std::fs::write(out.join("compare.json"), comparison.to_json())?;
+    println!("comparison: {}  {}", out.join("compare.html").display(), out.join("compare.json").display());
     Ok(ExitCode::SUCCESS)
 }
 

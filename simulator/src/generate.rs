@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use citytwin_core::event::{
-    AssetCommissioned, AssetCreated, AssetOffline, AssetOnline, DashboardViewed, Event, Location,
+    AssetCommissioned, AssetCreated, AssetOffline, AssetOnline, BatteryLow, DashboardViewed, Event, Location,
     MetricQualityCheckFailed, MetricRecorded, Provenance, QualityCheck, Timestamp, TrafficIncidentReported, Unit,
     UserAlertAcknowledged, UtilityOutageDetected, WeatherForecastUpdated,
 };
@@ -23,6 +23,8 @@ use crate::scenario::{
 
 const DAY_NS: f64 = 86_400e9;
 const STUCK_FLAG_AFTER_NS: i64 = 30 * 60 * 1_000_000_000;
+/// Below this charge a device announces `asset.battery_low` (once).
+pub const DEVICE_BATTERY_LOW_PCT: f64 = 15.0;
 
 /// One generated record, small enough to generate tens of millions per second. `asset` is
 /// the asset's number in [`Plan::assets`] (`u32::MAX` for city events, whose `seq` indexes
@@ -55,6 +57,8 @@ pub enum What {
     },
     /// A battery reading, %.
     Battery(f64),
+    /// The device announces a low battery (`asset.battery_low`, below 15 %), once.
+    BatteryLow(f64),
     /// The asset lost power (`asset.offline`).
     Offline,
     /// Power is back (`asset.online`).
@@ -249,22 +253,31 @@ impl Plan {
         for (n, incident) in scenario.incidents.iter().enumerate() {
             let mut rng = SimRng::new(scenario.seed, 0xC17E_0000 + n as u64);
             let mean_gap = DAY_NS / incident.per_day.max(1e-9);
+            // Random occurrences (a Poisson process), then the scheduled ones, in time order.
+            let mut times = Vec::new();
             let mut t = start as f64 + rng.exponential(mean_gap);
-            let mut k = 0u32;
-            let lasting = duration_ns(incident.duration);
             while t < end as f64
                 && incident.per_day > 0.0
-                && f64::from(k) < incident.per_day * duration_days * 20.0 + 100.0
+                && (times.len() as f64) < incident.per_day * duration_days * 20.0 + 100.0
             {
-                let at = t as i64;
+                times.push(t as i64);
+                t += rng.exponential(mean_gap);
+            }
+            for second in &incident.at {
+                let daily = occurrences(Window::Daily(*second, *second + 1), start, end, scenario.utc_offset_s);
+                times.extend(daily.iter().map(|(a, _)| *a));
+            }
+            times.sort_unstable();
+            let lasting = duration_ns(incident.duration);
+            for (k, at) in times.into_iter().enumerate() {
                 let time = Timestamp::from_nanos(at);
                 let id = format!("{}-{n}-{k}", incident_name(incident.kind));
                 match incident.kind {
                     IncidentKind::Traffic => {
-                        let location = if counters.is_empty() {
-                            random_point(&scenario.area, &mut rng)
-                        } else {
-                            assets[counters[rng.below(counters.len() as u64) as usize]].location
+                        let location = match incident.center {
+                            Some(center) => center,
+                            None if counters.is_empty() => random_point(&scenario.area, &mut rng),
+                            None => assets[counters[rng.below(counters.len() as u64) as usize]].location,
                         };
                         let window = Window::Absolute(time, Timestamp::from_nanos(at.saturating_add(lasting)));
                         for &c in &counters {
@@ -302,7 +315,7 @@ impl Plan {
                         );
                     }
                     IncidentKind::Outage => {
-                        let location = random_point(&scenario.area, &mut rng);
+                        let location = incident.center.unwrap_or_else(|| random_point(&scenario.area, &mut rng));
                         let window = Window::Absolute(time, Timestamp::from_nanos(at.saturating_add(lasting)));
                         let mut affected = Vec::new();
                         for asset in &mut assets {
@@ -370,15 +383,13 @@ impl Plan {
                             source.clone(),
                             UserAlertAcknowledged {
                                 user_id: format!("operator-{}", rng.below(8)),
-                                alert_id: format!("traffic-{n}-{}", rng.below(u64::from(k) + 1)),
+                                alert_id: format!("traffic-{n}-{}", rng.below(k as u64 + 1)),
                                 note: None,
                             },
                         )
                         .with_time(time),
                     ),
                 }
-                k += 1;
-                t += rng.exponential(mean_gap);
             }
         }
         for event in &mut city_events {
@@ -441,6 +452,11 @@ impl Plan {
                     unit: Unit::from("%"),
                     location: Some(asset.location),
                 },
+            ),
+            What::BatteryLow(pct) => Event::new(
+                id,
+                self.source.as_str(),
+                BatteryLow { asset_id, battery_pct: pct, threshold_pct: Some(DEVICE_BATTERY_LOW_PCT) },
             ),
             What::Offline => Event::new(
                 id,
@@ -594,6 +610,7 @@ struct AssetRun {
     seq: u32,
     started: bool,
     battery_start: f64,
+    battery_announced: bool,
     next_battery: i64,
     offline_until: i64,
     next_offline: i64,
@@ -677,6 +694,7 @@ impl Generator {
                     seq: 0,
                     started: false,
                     battery_start,
+                    battery_announced: false,
                     next_battery: if population.battery.is_some() { first } else { i64::MAX },
                     offline_until: i64::MIN,
                     next_offline,
@@ -911,8 +929,12 @@ fn step_asset(
         if t >= run.next_battery
             && let Some(battery) = population.battery
         {
-            let level = (run.battery_start - battery.drain_pct_per_day * days).max(0.0);
-            emit(run, t, What::Battery(round(level, 1)));
+            let level = round((run.battery_start - battery.drain_pct_per_day * days).max(0.0), 1);
+            emit(run, t, What::Battery(level));
+            if level < DEVICE_BATTERY_LOW_PCT && !run.battery_announced {
+                run.battery_announced = true;
+                emit(run, t, What::BatteryLow(level));
+            }
             run.next_battery = t + duration_ns(battery.report_every);
         }
     }

@@ -284,6 +284,199 @@ impl Report {
     }
 }
 
+/// One compared figure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// What.
+    pub name: String,
+    /// In the base.
+    pub base: f64,
+    /// In the variant.
+    pub variant: f64,
+}
+
+impl Delta {
+    /// Variant minus base.
+    pub fn change(&self) -> f64 {
+        self.variant - self.base
+    }
+
+    /// Relative change in %, when the base is not zero.
+    pub fn percent(&self) -> Option<f64> {
+        (self.base != 0.0).then(|| 100.0 * self.change() / self.base)
+    }
+}
+
+/// A base run against a variant run: KPIs, alerts by rule and by cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// Base scenario name.
+    pub base: String,
+    /// Variant scenario name.
+    pub variant: String,
+    /// KPIs.
+    pub kpis: Vec<Delta>,
+    /// Alerts by rule.
+    pub alerts_by_rule: Vec<Delta>,
+    /// Alerts by (rule, cell), largest changes first (at most 25).
+    pub alerts_by_cell: Vec<Delta>,
+    #[serde(skip)]
+    reports: Option<Box<(Report, Report)>>,
+}
+
+impl Comparison {
+    /// Compares two reports.
+    pub fn new(base: &Report, variant: &Report) -> Self {
+        let kpi =
+            |name: &str, f: fn(&Report) -> f64| Delta { name: name.to_owned(), base: f(base), variant: f(variant) };
+        let kpis = vec![
+            kpi("events", |r| r.events as f64),
+            kpi("assets", |r| r.assets as f64),
+            kpi("alerts", |r| r.alerts_total as f64),
+            kpi("congestion cell-minutes", |r| r.kpis.congestion_minutes),
+            kpi("pm25 exceedance cell-hours", |r| r.kpis.pm25_exceedance_hours),
+            kpi("offline asset-minutes", |r| r.kpis.offline_minutes),
+            kpi("quality-check failures", |r| r.kpis.quality_failures as f64),
+            kpi("traffic incidents", |r| r.kpis.traffic_incidents as f64),
+            kpi("utility outages", |r| r.kpis.outages as f64),
+        ];
+        let rules: std::collections::BTreeSet<&String> =
+            base.alerts_by_rule.keys().chain(variant.alerts_by_rule.keys()).collect();
+        let alerts_by_rule = rules
+            .into_iter()
+            .map(|rule| Delta {
+                name: rule.clone(),
+                base: base.alerts_by_rule.get(rule).copied().unwrap_or(0) as f64,
+                variant: variant.alerts_by_rule.get(rule).copied().unwrap_or(0) as f64,
+            })
+            .collect();
+        let mut cells: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        for (side, report) in [(0, base), (1, variant)] {
+            for (rule, by_cell) in &report.alerts_by_rule_and_cell {
+                for (cell, count) in by_cell {
+                    let entry = cells.entry(format!("{rule} @ {cell}")).or_default();
+                    if side == 0 { entry.0 += *count as f64 } else { entry.1 += *count as f64 }
+                }
+            }
+        }
+        let mut alerts_by_cell: Vec<Delta> =
+            cells.into_iter().map(|(name, (b, v))| Delta { name, base: b, variant: v }).collect();
+        alerts_by_cell.sort_by(|a, b| b.change().abs().total_cmp(&a.change().abs()).then_with(|| a.name.cmp(&b.name)));
+        alerts_by_cell.truncate(25);
+        Comparison {
+            base: base.scenario.clone(),
+            variant: variant.scenario.clone(),
+            kpis,
+            alerts_by_rule,
+            alerts_by_cell,
+            reports: Some(Box::new((base.clone(), variant.clone()))),
+        }
+    }
+
+    fn table(title: &str, rows: &[Delta]) -> String {
+        let mut out = format!("{title:<34} {:>12} {:>12} {:>12} {:>9}\n", "base", "variant", "change", "%");
+        for row in rows {
+            let percent = row.percent().map_or_else(|| "-".to_owned(), |p| format!("{p:+.1}"));
+            let _ = writeln!(
+                out,
+                "{:<34} {:>12} {:>12} {:>+12} {:>9}",
+                row.name,
+                trim(row.base),
+                trim(row.variant),
+                trim(row.change()),
+                percent
+            );
+        }
+        out
+    }
+
+    /// The tables as text (for the terminal).
+    pub fn to_text(&self) -> String {
+        format!(
+            "{} (base) vs {} (variant)\n\n{}\n{}\n{}",
+            self.base,
+            self.variant,
+            Self::table("KPI", &self.kpis),
+            Self::table("alerts by rule", &self.alerts_by_rule),
+            Self::table("alerts by rule @ cell (largest changes)", &self.alerts_by_cell)
+        )
+    }
+
+    /// JSON (deterministic).
+    ///
+    /// # Panics
+    /// Never: plain data.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a comparison serializes") + "\n"
+    }
+
+    /// HTML with the tables and side-by-side plots.
+    pub fn to_html(&self) -> String {
+        let mut html = format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>citytwin compare</title>\
+             <style>body{{font-family:sans-serif;max-width:1560px;margin:2em auto;color:#222}}\
+             table{{border-collapse:collapse;margin-bottom:1em}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
+             th{{background:#f4f4f4}}td:first-child,th:first-child{{text-align:left}}.side{{display:flex;gap:20px}}</style></head>\
+             <body><h1>{} vs {}</h1>",
+            svg::escape(&self.base),
+            svg::escape(&self.variant)
+        );
+        for (title, rows) in [
+            ("KPIs", &self.kpis),
+            ("Alerts by rule", &self.alerts_by_rule),
+            ("Alerts by rule and cell", &self.alerts_by_cell),
+        ] {
+            let _ = write!(
+                html,
+                "<h2>{title}</h2><table><tr><th></th><th>base</th><th>variant</th><th>change</th><th>%</th></tr>"
+            );
+            for row in rows {
+                let percent = row.percent().map_or_else(|| "-".to_owned(), |p| format!("{p:+.1}"));
+                let _ = write!(
+                    html,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:+}</td><td>{percent}</td></tr>",
+                    svg::escape(&row.name),
+                    trim(row.base),
+                    trim(row.variant),
+                    trim(row.change())
+                );
+            }
+            html.push_str("</table>");
+        }
+        if let Some(reports) = &self.reports {
+            let (base, variant) = (&reports.0, &reports.1);
+            html.push_str("<h2>Alerts per hour</h2><div class=\"side\">");
+            for report in [base, variant] {
+                let hours = report.events_per_minute.len().div_ceil(60);
+                let labels: Vec<String> = (0..hours).map(|h| format!("+{h}h")).collect();
+                let series: Vec<(String, Vec<f64>)> = report
+                    .alerts_per_hour
+                    .iter()
+                    .map(|(rule, counts)| (rule.clone(), counts.iter().map(|&n| n as f64).collect()))
+                    .collect();
+                html.push_str(&svg::line_chart(&report.scenario, "alerts", &labels, &series));
+            }
+            html.push_str("</div><h2>Key metric per cell</h2><div class=\"side\">");
+            for report in [base, variant] {
+                let cells: Vec<(CellIndex, f64)> =
+                    report.cells.iter().filter_map(|(cell, stats)| Some((cell.parse().ok()?, stats.mean))).collect();
+                html.push_str(&svg::cell_map(
+                    &format!("{}: mean {}", report.scenario, report.key_metric),
+                    &report.key_unit,
+                    &cells,
+                ));
+            }
+            html.push_str("</div>");
+        }
+        html.push_str("</body></html>\n");
+        html
+    }
+}
+
+fn trim(value: f64) -> f64 {
+    (value * 10.0).round() / 10.0
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -341,5 +534,20 @@ area = { center = [40.75, -73.98], radius_km = 1.0 }
         assert_eq!(back, report);
         let html = report.to_html("fast");
         assert!(html.contains("<svg") && html.contains("congestion"));
+
+        let mut variant = report.clone();
+        variant.scenario = "V".into();
+        variant.kpis.congestion_minutes = 30.0;
+        *variant.alerts_by_rule.get_mut("congestion").unwrap() = 6;
+        variant.alerts_by_rule.insert("pm25_hourly".into(), 2);
+        let comparison = Comparison::new(&report, &variant);
+        let congestion = comparison.kpis.iter().find(|d| d.name == "congestion cell-minutes").unwrap();
+        assert_eq!((congestion.base, congestion.variant, congestion.percent()), (15.0, 30.0, Some(100.0)));
+        let rules: Vec<(&str, f64, f64)> =
+            comparison.alerts_by_rule.iter().map(|d| (d.name.as_str(), d.base, d.variant)).collect();
+        assert_eq!(rules, [("congestion", 3.0, 6.0), ("pm25_hourly", 0.0, 2.0)]);
+        let text = comparison.to_text();
+        assert!(text.contains("R (base) vs V (variant)") && text.contains("+100.0"), "{text}");
+        assert!(comparison.to_html().matches("<svg").count() >= 4);
     }
 }

@@ -174,7 +174,11 @@ struct RawFaults {
 #[serde(deny_unknown_fields)]
 struct RawIncident {
     kind: String,
+    #[serde(default)]
     per_day: f64,
+    #[serde(default)]
+    at: Vec<String>,
+    center: Option<[f64; 2]>,
     duration: Option<String>,
     severity: Option<String>,
     radius_m: Option<f64>,
@@ -418,6 +422,12 @@ pub struct Incident {
     pub severity: Severity,
     /// Radius of the effect (traffic slows, power fails) in metres.
     pub radius_m: f64,
+    /// Scheduled occurrences every day at these local times (seconds after midnight), on
+    /// top of the random ones.
+    pub at: Vec<u32>,
+    /// Where scheduled (and, when given, random) occurrences happen; by default a random
+    /// traffic counter (traffic) or point of the area.
+    pub center: Option<Location>,
 }
 
 /// Kinds of incident.
@@ -1007,8 +1017,25 @@ impl Validator<'_> {
                 Severity::Major
             }),
         };
+        let times = raw
+            .at
+            .iter()
+            .filter_map(|text| {
+                let parsed = time_of_day(text);
+                if parsed.is_none() {
+                    self.error(&at("at"), format!("{text:?} is not a time of day \"HH:MM\""));
+                }
+                parsed
+            })
+            .collect();
+        if raw.per_day == 0.0 && raw.at.is_empty() {
+            self.error(&at("per_day"), "an incident process needs `per_day` > 0 or scheduled times in `at`");
+        }
+        let center = raw.center.map(|c| self.location(&at("center"), c));
         Incident {
             kind,
+            at: times,
+            center,
             per_day: self.non_negative(&at("per_day"), raw.per_day),
             duration: raw.duration.as_deref().map_or(Duration::from_secs(3600), |t| self.duration(&at("duration"), t)),
             severity,

@@ -149,9 +149,10 @@ fn report_of(dir: &std::path::Path) -> String {
 fn run_gives_the_same_stream_and_report_whatever_the_thread_count() {
     let dir = tempfile::tempdir().unwrap();
     let (one, three) = (dir.path().join("one"), dir.path().join("three"));
+    let log = dir.path().join("log");
     let mut digests = Vec::new();
     for (out, threads, batch) in [(&one, "1", "20000"), (&three, "3", "777")] {
-        let output = citytwin(&[
+        let mut args = vec![
             "run",
             "tests/fixtures/tiny-city.toml",
             "--quiet",
@@ -161,7 +162,11 @@ fn run_gives_the_same_stream_and_report_whatever_the_thread_count() {
             batch,
             "--report-dir",
             out.to_str().unwrap(),
-        ]);
+        ];
+        if threads == "1" {
+            args.extend(["--data-dir", log.to_str().unwrap()]);
+        }
+        let output = citytwin(&args);
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
         let digest = stdout.lines().find_map(|l| l.strip_prefix("stream digest: ")).map(str::to_owned);
@@ -175,6 +180,30 @@ fn run_gives_the_same_stream_and_report_whatever_the_thread_count() {
     assert!(report["alerts_by_rule"]["sensor_offline"].as_u64().unwrap_or(0) > 0, "silent counters: {report}");
     let html = std::fs::read_to_string(one.join("report.html")).unwrap();
     assert!(html.matches("<svg").count() >= 4, "plots in the HTML report");
+
+    // The kept log replays: the alerts, as CloudEvents JSON lines, are those of the report.
+    let output = citytwin(&["replay", log.to_str().unwrap(), "--type", "com.smartcities.alert.*"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut replayed = 0;
+    for line in stdout.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(value["type"], "com.smartcities.alert.triggered", "{line}");
+        replayed += 1;
+    }
+    assert_eq!(replayed, report["alerts_total"].as_u64().unwrap());
+    // A time slice of readings in one cell, into a fresh twin.
+    let output = citytwin(&[
+        "replay",
+        log.to_str().unwrap(),
+        "--type",
+        "com.smartcities.asset.created",
+        "--into",
+        dir.path().join("fresh").to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("replayed 150 events") && stdout.contains("(0 refused"), "{stdout}");
 }
 
 #[test]
