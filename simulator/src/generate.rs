@@ -16,6 +16,7 @@ use citytwin_core::event::{
 use h3o::CellIndex;
 use rand_distr::{Distribution as _, LogNormal, Normal, Poisson};
 
+use crate::geometry::Route;
 use crate::rng::SimRng;
 use crate::scenario::{
     Area, Distribution, Effect, IncidentKind, METRES_PER_DEGREE, Placement, Scenario, Window, distance_m, duration_ns,
@@ -111,6 +112,22 @@ pub struct AssetPlan {
     pub active: (i64, i64),
     /// Changes to its readings (interventions, incidents).
     pub modifiers: Vec<Modifier>,
+    /// Moving assets: their loop, speed (m/s) and starting offset along it (m).
+    pub route: Option<(Arc<Route>, f64, f64)>,
+}
+
+impl AssetPlan {
+    /// Where the asset is at `time` (ns): its place, or for a moving asset its position on
+    /// its route.
+    pub fn location_at(&self, time: i64) -> Location {
+        match &self.route {
+            None => self.location,
+            Some((route, speed, offset)) => {
+                let travelled = (time - self.active.0) as f64 / 1e9 * speed + offset;
+                route.position(travelled)
+            }
+        }
+    }
 }
 
 /// Everything decided before the first reading: assets, their places and modifiers, and the
@@ -136,7 +153,19 @@ impl Plan {
         for (p, population) in scenario.populations.iter().enumerate() {
             for i in 0..population.count {
                 let mut rng = SimRng::new(scenario.seed, place_stream(p, i));
-                let location = place(&scenario.area, &population.placement, i, &mut rng);
+                let location = place(&scenario, &population.placement, i, &mut rng);
+                let route = population.route.map(|spec| {
+                    let stops: Vec<Location> = (0..spec.stops)
+                        .map(|_| match &scenario.roads {
+                            Some(roads) => roads.random_point(&[], &mut rng).unwrap_or(location),
+                            None => random_point(&scenario.area, &mut rng),
+                        })
+                        .collect();
+                    let route = Route::new(stops);
+                    // Buses start at different points of their loops.
+                    let offset_m = rng.unit() * route.length_m();
+                    (Arc::new(route), spec.speed_kmh / 3.6, offset_m)
+                });
                 assets.push(AssetPlan {
                     id: format!("{}-{:06}", population.id_prefix, i),
                     population: u16::try_from(p).unwrap_or(u16::MAX),
@@ -144,6 +173,7 @@ impl Plan {
                     cell: location.cell(scenario.resolution),
                     active: (start, end),
                     modifiers: Vec::new(),
+                    route,
                 });
             }
         }
@@ -158,7 +188,7 @@ impl Plan {
                     for asset in &mut assets {
                         let population = &scenario.populations[usize::from(asset.population)];
                         let Some(m) = population.metrics.iter().position(|x| &x.name == metric) else { continue };
-                        if area.is_none_or(|zone| zone.contains(asset.location)) {
+                        if area.as_ref().is_none_or(|zone| zone.contains(asset.location)) {
                             asset.modifiers.push(Modifier {
                                 window,
                                 metric: u16::try_from(m).ok(),
@@ -206,6 +236,7 @@ impl Plan {
                             cell: location.cell(scenario.resolution),
                             active: (from, to),
                             modifiers: Vec::new(),
+                            route: None,
                         });
                     }
                 }
@@ -410,6 +441,7 @@ impl Plan {
         let id = format!("{}-{}", asset.id, sample.seq);
         let time = Timestamp::from_nanos(sample.time);
         let asset_id = asset.id.clone();
+        let location = asset.location_at(sample.time);
         let mut event = match sample.what {
             What::Created => Event::new(
                 id,
@@ -418,7 +450,7 @@ impl Plan {
                     asset_id,
                     asset_type: population.asset_type.clone(),
                     name: None,
-                    location: Some(asset.location),
+                    location: Some(location),
                     reporting_interval_s: u32::try_from(population.interval.as_secs()).ok(),
                     attributes: Default::default(),
                 },
@@ -438,7 +470,7 @@ impl Plan {
                         metric_type: metric.name.clone(),
                         value,
                         unit: metric.unit.clone(),
-                        location: Some(asset.location),
+                        location: Some(location),
                     },
                 )
             }
@@ -450,7 +482,7 @@ impl Plan {
                     metric_type: "battery".into(),
                     value: pct,
                     unit: Unit::from("%"),
-                    location: Some(asset.location),
+                    location: Some(location),
                 },
             ),
             What::BatteryLow(pct) => Event::new(
@@ -463,9 +495,7 @@ impl Plan {
                 self.source.as_str(),
                 AssetOffline { asset_id, reason: Some("power_loss".into()), last_seen: None },
             ),
-            What::Online => {
-                Event::new(id, self.source.as_str(), AssetOnline { asset_id, location: Some(asset.location) })
-            }
+            What::Online => Event::new(id, self.source.as_str(), AssetOnline { asset_id, location: Some(location) }),
             What::QualityFailed { metric, check, value } => {
                 let metric = &population.metrics[usize::from(metric)];
                 let reason = match check {
@@ -487,7 +517,7 @@ impl Plan {
             What::City => unreachable!("handled above"),
         };
         event.time = Some(time);
-        event.ext.h3cell = asset.cell;
+        event.ext.h3cell = if asset.route.is_some() { location.cell(self.scenario.resolution) } else { asset.cell };
         event.ext.provenance = Some(Provenance::Simulated);
         event.ext.organization.clone_from(&population.organization);
         event
@@ -547,18 +577,36 @@ fn offset(center: Location, distance: f64, turn: f64) -> (f64, f64) {
 }
 
 fn random_point(area: &Area, rng: &mut SimRng) -> Location {
-    match *area {
-        Area::Circle { center, radius_m } => {
+    match area {
+        &Area::Circle { center, radius_m } => {
             let (lat, lng) = offset(center, radius_m * rng.unit().sqrt(), rng.unit());
             Location::new(lat, lng)
         }
-        Area::BBox(s, w, n, e) => Location::new(rng.range(s, n), rng.range(w, e)),
+        &Area::BBox(s, w, n, e) => Location::new(rng.range(s, n), rng.range(w, e)),
+        Area::Polygon(_) => {
+            // Rejection sampling in the bounding box.
+            let (s, w, n, e) = area.bbox();
+            let mut at = Location::new((s + n) / 2.0, (w + e) / 2.0);
+            for _ in 0..10_000 {
+                at = Location::new(rng.range(s, n), rng.range(w, e));
+                if area.contains(at) {
+                    break;
+                }
+            }
+            at
+        }
     }
 }
 
-fn place(area: &Area, placement: &Placement, index: u32, rng: &mut SimRng) -> Location {
+fn place(scenario: &Scenario, placement: &Placement, index: u32, rng: &mut SimRng) -> Location {
+    let area = &scenario.area;
     match placement {
         Placement::Uniform => random_point(area, rng),
+        Placement::AlongRoads(classes) => scenario
+            .roads
+            .as_ref()
+            .and_then(|roads| roads.random_point(classes, rng))
+            .unwrap_or_else(|| random_point(area, rng)),
         Placement::Clustered { centers, spread_m } => {
             let center = centers[index as usize % centers.len()];
             let (lat, lng) = offset(center, (spread_m * rng.normal()).abs(), rng.unit());

@@ -12,6 +12,7 @@
 //! takes the events and feeds a twin through its narrow ingest interface.
 
 pub mod generate;
+pub mod geometry;
 pub mod profile;
 pub mod report;
 pub mod rng;

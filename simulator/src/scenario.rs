@@ -9,6 +9,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use citytwin_core::event::{Location, Severity, Timestamp, Unit};
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::geometry::Roads;
 use crate::profile::Profile;
 
 /// One problem in a scenario file.
@@ -88,6 +90,7 @@ struct RawCity {
     duration: String,
     time_zone: Option<String>,
     area: RawArea,
+    geometry: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +99,7 @@ struct RawArea {
     center: Option<[f64; 2]>,
     radius_km: Option<f64>,
     bbox: Option<[f64; 4]>,
+    geojson: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +118,14 @@ struct RawPopulation {
     metrics: Vec<RawMetric>,
     battery: Option<RawBattery>,
     faults: Option<RawFaults>,
+    route: Option<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    stops: u32,
+    speed_kmh: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +135,8 @@ struct RawPlacement {
     centers: Option<Vec<[f64; 2]>>,
     spread_m: Option<f64>,
     at: Option<Vec<[f64; 2]>>,
+    #[serde(default)]
+    highways: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +216,7 @@ struct RawEffect {
     center: Option<[f64; 2]>,
     radius_m: Option<f64>,
     cell: Option<String>,
+    road: Option<String>,
     population: Option<String>,
     count: Option<u32>,
     facility: Option<String>,
@@ -231,6 +246,8 @@ pub struct Scenario {
     pub utc_offset_s: i32,
     /// The city's area.
     pub area: Area,
+    /// Roads (GeoJSON), when the scenario names a geometry file.
+    pub roads: Option<Arc<Roads>>,
     /// CEP rule files, resolved against the scenario's directory.
     pub rules: Vec<PathBuf>,
     /// Asset populations, in file order.
@@ -265,14 +282,20 @@ pub enum Area {
     },
     /// `(south, west, north, east)` in degrees.
     BBox(f64, f64, f64, f64),
+    /// GeoJSON polygons.
+    Polygon(Arc<geo::MultiPolygon<f64>>),
 }
 
 impl Area {
     /// The bounding box `(south, west, north, east)`.
     pub fn bbox(&self) -> (f64, f64, f64, f64) {
-        match *self {
-            Area::BBox(s, w, n, e) => (s, w, n, e),
-            Area::Circle { center, radius_m } => {
+        match self {
+            Area::BBox(s, w, n, e) => (*s, *w, *n, *e),
+            Area::Polygon(area) => {
+                use geo::BoundingRect as _;
+                area.bounding_rect().map_or((0.0, 0.0, 0.0, 0.0), |r| (r.min().y, r.min().x, r.max().y, r.max().x))
+            }
+            &Area::Circle { center, radius_m } => {
                 let dlat = radius_m / METRES_PER_DEGREE;
                 let dlng = dlat / center.lat.to_radians().cos().max(1e-6);
                 (center.lat - dlat, center.lng - dlng, center.lat + dlat, center.lng + dlng)
@@ -282,9 +305,10 @@ impl Area {
 
     /// Whether `at` lies in the area.
     pub fn contains(&self, at: Location) -> bool {
-        match *self {
-            Area::BBox(s, w, n, e) => (s..=n).contains(&at.lat) && (w..=e).contains(&at.lng),
-            Area::Circle { center, radius_m } => distance_m(center, at) <= radius_m,
+        match self {
+            Area::BBox(s, w, n, e) => (*s..=*n).contains(&at.lat) && (*w..=*e).contains(&at.lng),
+            Area::Circle { center, radius_m } => distance_m(*center, at) <= *radius_m,
+            Area::Polygon(area) => crate::geometry::area_contains(area, at),
         }
     }
 }
@@ -329,6 +353,17 @@ pub struct Population {
     pub battery: Option<Battery>,
     /// Fault processes.
     pub faults: Faults,
+    /// Moving assets (buses) drive a loop through stops.
+    pub route: Option<RouteSpec>,
+}
+
+/// How a moving population drives.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteSpec {
+    /// Stops per route (each asset its own loop, on roads when the scenario has them).
+    pub stops: u32,
+    /// Average speed, km/h.
+    pub speed_kmh: f64,
 }
 
 /// Where a population's assets stand.
@@ -345,6 +380,9 @@ pub enum Placement {
     },
     /// At given coordinates, in turn.
     Points(Vec<Location>),
+    /// On the scenario's roads (of these `highway` classes; all when empty), in proportion to
+    /// road length.
+    AlongRoads(Vec<String>),
 }
 
 /// A metric a population reports.
@@ -523,29 +561,33 @@ pub enum Effect {
 }
 
 /// A place an effect applies to.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Zone {
     /// A disc.
     Disc(Location, f64),
     /// An H3 cell (any resolution).
     Cell(CellIndex),
+    /// Within a distance (m) of named roads.
+    Roads(Vec<crate::geometry::Road>, f64),
 }
 
 impl Zone {
     /// Whether `at` is in the zone.
     pub fn contains(&self, at: Location) -> bool {
-        match *self {
-            Zone::Disc(center, radius) => distance_m(center, at) <= radius,
-            Zone::Cell(cell) => at.cell(cell.resolution()) == Some(cell),
+        match self {
+            Zone::Disc(center, radius) => distance_m(*center, at) <= *radius,
+            Zone::Cell(cell) => at.cell(cell.resolution()) == Some(*cell),
+            Zone::Roads(roads, within) => roads.iter().any(|r| r.distance_m(at) <= *within),
         }
     }
 
     /// A representative point.
     pub fn center(&self) -> Location {
-        match *self {
-            Zone::Disc(center, _) => center,
+        match self {
+            Zone::Disc(center, _) => *center,
+            Zone::Roads(roads, _) => roads.first().map_or(Location::new(0.0, 0.0), |r| r.point_at(0.5)),
             Zone::Cell(cell) => {
-                let ll = LatLng::from(cell);
+                let ll = LatLng::from(*cell);
                 Location::new(ll.lat(), ll.lng())
             }
         }
@@ -553,8 +595,9 @@ impl Zone {
 
     /// A radius that covers the zone, in metres.
     pub fn radius_m(&self) -> f64 {
-        match *self {
-            Zone::Disc(_, radius) => radius,
+        match self {
+            Zone::Disc(_, radius) => *radius,
+            Zone::Roads(roads, within) => roads.iter().map(|r| r.length_m / 2.0).fold(0.0, f64::max) + within,
             Zone::Cell(cell) => (cell.resolution().area_m2() / std::f64::consts::PI).sqrt() * 1.2,
         }
     }
@@ -590,7 +633,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioErrors> {
         }])
     })?;
     let document = DeTable::parse(text).ok();
-    let mut v = Validator { path, text, document: document.as_ref(), errors: Vec::new() };
+    let mut v = Validator { path, text, document: document.as_ref(), errors: Vec::new(), roads: None };
     let scenario = v.scenario(raw);
     if v.errors.is_empty() { Ok(scenario) } else { Err(ScenarioErrors(v.errors)) }
 }
@@ -614,6 +657,7 @@ struct Validator<'a> {
     text: &'a str,
     document: Option<&'a Spanned<DeTable<'a>>>,
     errors: Vec<ScenarioError>,
+    roads: Option<Arc<Roads>>,
 }
 
 fn key_text(path: &[Seg]) -> String {
@@ -727,6 +771,16 @@ impl Validator<'_> {
         };
         let area_path = [Seg::Key("city"), Seg::Key("area")];
         let area = match (city.area.center, city.area.radius_km, city.area.bbox) {
+            (None, None, None) if city.area.geojson.is_some() => {
+                let file = dir.join(city.area.geojson.as_deref().unwrap_or_default());
+                match crate::geometry::load_area(&file) {
+                    Ok(area) => Area::Polygon(Arc::new(area)),
+                    Err(e) => {
+                        self.error(&[Seg::Key("city"), Seg::Key("area"), Seg::Key("geojson")], e);
+                        Area::BBox(0.0, 0.0, 0.0, 0.0)
+                    }
+                }
+            }
             (Some(center), Some(radius_km), None) => {
                 let center = self.location(&[Seg::Key("city"), Seg::Key("area"), Seg::Key("center")], center);
                 let radius = self.non_negative(&[Seg::Key("city"), Seg::Key("area"), Seg::Key("radius_km")], radius_km);
@@ -742,10 +796,18 @@ impl Validator<'_> {
                 Area::BBox(s, w, n, e)
             }
             _ => {
-                self.error(&area_path, "give either `center` and `radius_km`, or `bbox`");
+                self.error(&area_path, "give either `center` and `radius_km`, `bbox`, or `geojson` (a polygon file)");
                 Area::BBox(0.0, 0.0, 0.0, 0.0)
             }
         };
+        let roads = city.geometry.as_deref().and_then(|file| match Roads::load(&dir.join(file)) {
+            Ok(roads) => Some(Arc::new(roads)),
+            Err(e) => {
+                self.error(&[Seg::Key("city"), Seg::Key("geometry")], e);
+                None
+            }
+        });
+        self.roads.clone_from(&roads);
         let rules = raw
             .rules
             .iter()
@@ -784,6 +846,7 @@ impl Validator<'_> {
             duration,
             utc_offset_s,
             area,
+            roads,
             rules,
             populations,
             incidents,
@@ -847,6 +910,16 @@ impl Validator<'_> {
                     .non_negative(&p("out_of_range_per_day"), f.out_of_range_per_day.unwrap_or(0.0)),
             }
         });
+        let route = raw.route.map(|r| {
+            let at = |key: &'static str| [Seg::Key("populations"), Seg::Index(index), Seg::Key("route"), Seg::Key(key)];
+            if r.stops < 2 {
+                self.error(&at("stops"), "a route needs at least 2 stops");
+            }
+            if !(r.speed_kmh > 0.0 && r.speed_kmh < 300.0) {
+                self.error(&at("speed_kmh"), "speed_kmh must be within (0, 300)");
+            }
+            RouteSpec { stops: r.stops.max(2), speed_kmh: r.speed_kmh }
+        });
         let id_prefix = raw.id_prefix.unwrap_or_else(|| name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
         Population {
             name,
@@ -860,6 +933,7 @@ impl Validator<'_> {
             metrics,
             battery,
             faults,
+            route,
         }
     }
 
@@ -884,8 +958,26 @@ impl Validator<'_> {
                 }
                 Placement::Points(points)
             }
+            "along_roads" => {
+                match self.roads.clone() {
+                    None => {
+                        self.error(&at("kind"), "along_roads placement needs `geometry` (a GeoJSON of roads) in [city]")
+                    }
+                    Some(roads) => {
+                        for class in &raw.highways {
+                            if !roads.roads.iter().any(|r| r.highway.as_ref() == Some(class)) {
+                                self.error(&at("highways"), format!("no road of class {class:?} in the geometry"));
+                            }
+                        }
+                    }
+                }
+                Placement::AlongRoads(raw.highways)
+            }
             other => {
-                self.error(&at("kind"), format!("unknown placement {other:?}: use uniform, clustered or points"));
+                self.error(
+                    &at("kind"),
+                    format!("unknown placement {other:?}: use uniform, clustered, points or along_roads"),
+                );
                 Placement::Uniform
             }
         }
@@ -1073,6 +1165,18 @@ impl Validator<'_> {
         };
         let effect = raw.effect;
         let zone = |v: &mut Self| -> Option<Zone> {
+            if let Some(road) = effect.road.as_deref() {
+                let Some(roads) = v.roads.clone() else {
+                    v.error(&eff("road"), "`road` needs `geometry` (a GeoJSON of roads) in [city]");
+                    return None;
+                };
+                let found: Vec<crate::geometry::Road> = roads.matching(road).into_iter().cloned().collect();
+                if found.is_empty() {
+                    v.error(&eff("road"), format!("no road named (or with id) {road:?} in the geometry"));
+                    return None;
+                }
+                return Some(Zone::Roads(found, effect.radius_m.unwrap_or(30.0)));
+            }
             match (effect.center, effect.cell.as_deref()) {
                 (Some(center), None) => {
                     let center = v.location(&eff("center"), center);

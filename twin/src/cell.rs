@@ -93,10 +93,57 @@ pub enum CellMsg {
     Flush(Timestamp, RpcReplyPort<()>),
 }
 
-/// What a cell actor starts with.
+/// Where a rule host's events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// One H3 cell: the rules grouped by cell (and neighbourhood rules).
+    Cell(CellIndex),
+    /// One of the partitions of the assets (by a hash of the asset id): the rules grouped by
+    /// asset and not by cell, which must see an asset's events wherever it is (buses move).
+    Assets(u32),
+    /// The whole city: the rules grouped by neither cell nor asset (by type or metric).
+    City,
+}
+
+impl Scope {
+    /// The log stream of the host's alerts.
+    pub fn stream(self) -> String {
+        match self {
+            Scope::Cell(cell) => cell_stream(cell),
+            Scope::Assets(k) => format!("rules:assets:{k}"),
+            Scope::City => "rules:city".to_owned(),
+        }
+    }
+}
+
+/// Which host runs a rule: 0 cells, 1 asset partitions, 2 the city.
+fn scope_kind(rule: &Rule) -> u8 {
+    use citytwin_core::cep::rules::GroupBy;
+    if rule.neighbours > 0 || rule.group_by.contains(&GroupBy::Cell) {
+        0
+    } else if rule.group_by.contains(&GroupBy::Asset) {
+        1
+    } else {
+        2
+    }
+}
+
+/// Partitions of the asset-keyed rules.
+const ASSET_PARTITIONS: u32 = 4;
+
+/// The asset partition of an asset id (FNV-1a: stable across runs and builds).
+fn partition_of(asset: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in asset.bytes() {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    hash % ASSET_PARTITIONS
+}
+
+/// What a rule host (cell actor) starts with.
 #[derive(Debug, Clone)]
 pub struct CellArgs {
-    cell: CellIndex,
+    scope: Scope,
     config: CellConfig,
     writer: LogWriter,
     bus: Bus,
@@ -131,10 +178,10 @@ impl CellActor {
                 }
                 Output::Alert(alert) => alerts.push(alert.to_event()),
                 Output::Late(late) => {
-                    tracing::debug!(cell = %state.args.cell, rule = %late.rule_id, event = %late.event_id, "late event")
+                    tracing::debug!(scope = ?state.args.scope, rule = %late.rule_id, event = %late.event_id, "late event")
                 }
                 Output::Untimed { event_id } => {
-                    tracing::debug!(cell = %state.args.cell, event = %event_id, "untimed event")
+                    tracing::debug!(scope = ?state.args.scope, event = %event_id, "untimed event")
                 }
             }
         }
@@ -142,7 +189,7 @@ impl CellActor {
             return Ok(());
         }
         state.alerts += alerts.len() as u64;
-        let (appended, events) = state.args.writer.append(cell_stream(state.args.cell), Expected::Any, alerts).await?;
+        let (appended, events) = state.args.writer.append(state.args.scope.stream(), Expected::Any, alerts).await?;
         state.args.bus.publish_appended(&appended, &events);
         Ok(())
     }
@@ -154,10 +201,16 @@ impl Actor for CellActor {
     type Arguments = CellArgs;
 
     async fn pre_start(&self, _myself: ActorRef<CellMsg>, args: CellArgs) -> Result<CellState, ActorProcessingErr> {
-        let local: Vec<Rule> = args.config.rules.iter().filter(|r| r.neighbours == 0).cloned().collect();
+        let kind = match args.scope {
+            Scope::Cell(_) => 0,
+            Scope::Assets(_) => 1,
+            Scope::City => 2,
+        };
+        let local: Vec<Rule> =
+            args.config.rules.iter().filter(|r| r.neighbours == 0 && scope_kind(r) == kind).cloned().collect();
         let engine = Engine::new(local, args.config.engine);
         let mut rings = BTreeMap::new();
-        for k in args.config.ring_distances() {
+        for k in args.config.ring_distances().into_iter().filter(|_| kind == 0) {
             let rules: Vec<Rule> = args.config.rules.iter().filter(|r| r.neighbours == k).cloned().collect();
             rings.insert(k, Engine::new(rules, args.config.engine));
         }
@@ -178,12 +231,12 @@ impl Actor for CellActor {
                 }
             }
             CellMsg::Ring(k, batch) => {
-                if let Some(engine) = state.rings.get_mut(&k) {
+                if let (Some(engine), Scope::Cell(cell)) = (state.rings.get_mut(&k), state.args.scope) {
                     // Neighbourhood rules key by the centre cell: present each event as if
                     // it were located here.
                     for committed in &batch {
                         let mut event = committed.event.clone();
-                        event.ext.h3cell = Some(state.args.cell);
+                        event.ext.h3cell = Some(cell);
                         engine.process(&event, &mut outputs);
                     }
                 }
@@ -254,6 +307,12 @@ pub struct CellRouterState {
     next_tick: Option<Timestamp>,
     /// Events routed (received from the bus) so far.
     routed: u64,
+    /// Hosts of the rules not grouped by cell (asset partitions, the city).
+    hosts: HashMap<Scope, ActorRef<CellMsg>>,
+    host_ids: HashMap<ractor::ActorId, Scope>,
+    /// Whether there are asset-keyed / city-wide rules at all.
+    asset_rules: bool,
+    city_rules: bool,
     /// Flushes waiting for routing to reach their position.
     flushes: Vec<(Timestamp, u64, RpcReplyPort<()>)>,
 }
@@ -273,7 +332,7 @@ impl CellRouterActor {
             return Ok(actor.clone());
         }
         let args = CellArgs {
-            cell,
+            scope: Scope::Cell(cell),
             config: state.args.config.clone(),
             writer: state.args.writer.clone(),
             bus: state.args.bus.clone(),
@@ -281,6 +340,31 @@ impl CellRouterActor {
         let (actor, _) = Actor::spawn_linked(None, CellActor, args, myself.get_cell()).await?;
         state.ids.insert(actor.get_id(), cell);
         state.cells.insert(cell, actor.clone());
+        Ok(actor)
+    }
+}
+
+impl CellRouterActor {
+    /// The host of asset partition `k` (or, for `None`, the city-wide host), started on demand.
+    async fn host(
+        &self,
+        myself: &ActorRef<CellRouterMsg>,
+        partition: Option<u32>,
+        state: &mut CellRouterState,
+    ) -> Result<ActorRef<CellMsg>, ActorProcessingErr> {
+        let scope = partition.map_or(Scope::City, Scope::Assets);
+        if let Some(actor) = state.hosts.get(&scope) {
+            return Ok(actor.clone());
+        }
+        let args = CellArgs {
+            scope,
+            config: state.args.config.clone(),
+            writer: state.args.writer.clone(),
+            bus: state.args.bus.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, CellActor, args, myself.get_cell()).await?;
+        state.host_ids.insert(actor.get_id(), scope);
+        state.hosts.insert(scope, actor.clone());
         Ok(actor)
     }
 }
@@ -298,6 +382,8 @@ impl Actor for CellRouterActor {
         // The pump: drain the bus in batches into the router's mailbox.
         // Events published before the subscription count as routed (flushes compare counts).
         let routed = args.bus.published();
+        let asset_rules = args.config.rules.iter().any(|r| scope_kind(r) == 1);
+        let city_rules = args.config.rules.iter().any(|r| scope_kind(r) == 2);
         let mut subscription = args.bus.subscribe(Filter::default());
         let router = myself.clone();
         tokio::spawn(async move {
@@ -322,6 +408,10 @@ impl Actor for CellRouterActor {
             next_tick: None,
             routed,
             flushes: Vec::new(),
+            hosts: HashMap::new(),
+            host_ids: HashMap::new(),
+            asset_rules,
+            city_rules,
         })
     }
 
@@ -336,6 +426,26 @@ impl Actor for CellRouterActor {
                 state.routed += batch.len() as u64;
                 let resolution = state.args.config.resolution;
                 let mut by_cell: HashMap<CellIndex, Vec<Arc<Committed>>> = HashMap::new();
+                // Rules keyed by asset see an asset's events wherever it is (with a location or
+                // not); city-wide rules see everything. Both get the batch in commit order.
+                if state.asset_rules {
+                    let mut partitions: Vec<Vec<Arc<Committed>>> = vec![Vec::new(); ASSET_PARTITIONS as usize];
+                    for committed in &batch {
+                        if let Some(asset) = committed.event.asset_id() {
+                            partitions[partition_of(asset) as usize].push(Arc::clone(committed));
+                        }
+                    }
+                    for (k, events) in partitions.into_iter().enumerate() {
+                        if !events.is_empty() {
+                            let actor = self.host(&myself, Some(k as u32), state).await?;
+                            actor.cast(CellMsg::Events(events))?;
+                        }
+                    }
+                }
+                if state.city_rules {
+                    let actor = self.host(&myself, None, state).await?;
+                    actor.cast(CellMsg::Events(batch.clone()))?;
+                }
                 for committed in batch {
                     if let Some(time) = committed.event.time {
                         state.max_time = state.max_time.max(Some(time));
@@ -368,7 +478,7 @@ impl Actor for CellRouterActor {
                     if due {
                         let bound = state.args.config.engine.max_out_of_orderness;
                         let watermark = max_time.saturating_sub(bound);
-                        for actor in state.cells.values() {
+                        for actor in state.cells.values().chain(state.hosts.values()) {
                             actor.cast(CellMsg::Advance(watermark))?;
                         }
                         state.next_tick =
@@ -393,7 +503,7 @@ impl Actor for CellRouterActor {
             std::mem::take(&mut state.flushes).into_iter().partition(|(_, upto, _)| *upto <= state.routed);
         state.flushes = waiting;
         for (to, _, reply) in ready {
-            let cells: Vec<ActorRef<CellMsg>> = state.cells.values().cloned().collect();
+            let cells: Vec<ActorRef<CellMsg>> = state.cells.values().chain(state.hosts.values()).cloned().collect();
             tokio::spawn(async move {
                 for cell in cells {
                     // A cell that stopped has nothing left to flush.
@@ -416,6 +526,10 @@ impl Actor for CellRouterActor {
             SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.clone().unwrap_or_default()),
             _ => return Ok(()),
         };
+        if let Some(scope) = state.host_ids.remove(&cell.get_id()) {
+            tracing::warn!(?scope, %error, "rule host stopped; it restarts on its next event");
+            state.hosts.remove(&scope);
+        }
         if let Some(index) = state.ids.remove(&cell.get_id()) {
             // The next event for the cell starts a fresh actor; windows it held are lost but
             // can be rebuilt from the log with `cell_aggregates_at`.

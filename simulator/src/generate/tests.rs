@@ -4,7 +4,7 @@ use citytwin_core::event::{EventKind, Payload};
 
 use super::*;
 use crate::StreamDigest;
-use crate::scenario::parse;
+use crate::scenario::{Zone, parse};
 
 /// Seeds are fixed and printed: a failure names the scenario seed to replay.
 const SEED: u64 = 20_261_128;
@@ -219,4 +219,51 @@ fn daily_windows_repeat_every_day_in_local_time() {
     // Overnight windows wrap; an offset moves them.
     let night = occurrences(Window::Daily(22 * 3600, 2 * 3600), 0, 86_400_000_000_000, 3600);
     assert_eq!(night[0].0, 21 * 3_600_000_000_000);
+}
+
+#[test]
+fn the_helsinki_scenario_puts_counters_on_roads_moves_buses_and_closes_a_road() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/helsinki-centre.toml");
+    let scenario = Arc::new(crate::scenario::load(&path).unwrap_or_else(|e| panic!("{e}")));
+    let roads = scenario.roads.clone().expect("the scenario has roads");
+    let plan = Arc::new(Plan::new(Arc::clone(&scenario)));
+    // Counters stand on primary/secondary/tertiary roads.
+    for asset in plan.assets.iter().filter(|a| a.population == 0) {
+        let nearest = roads.roads.iter().map(|r| r.distance_m(asset.location)).fold(f64::MAX, f64::min);
+        assert!(nearest < 1.0, "{} is {nearest} m off the road network", asset.id);
+    }
+    let mut generator = Generator::new(Arc::clone(&plan), 2);
+    let mut samples = Vec::new();
+    generator.window(scenario.end(), &mut samples);
+    // Buses move: one bus's readings fall in several cells over the day.
+    let bus = plan.assets.iter().position(|a| a.population == 1).unwrap() as u32;
+    let cells: std::collections::BTreeSet<_> = samples
+        .iter()
+        .filter(|s| s.asset == bus && matches!(s.what, What::Reading { .. }))
+        .filter_map(|s| plan.event(s).ext.h3cell)
+        .collect();
+    assert!(cells.len() >= 3, "the bus visited {} cells", cells.len());
+    // Mannerheimintie's counters read no vehicles from 07:00 to 10:00 local (05:00–08:00 UTC).
+    let closed = Zone::Roads(roads.matching("Mannerheimintie").into_iter().cloned().collect(), 30.0);
+    let on_it: Vec<u32> = plan
+        .assets
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.population == 0 && closed.contains(a.location))
+        .map(|(i, _)| i as u32)
+        .collect();
+    assert!(!on_it.is_empty());
+    let hour = |s: &Sample| (s.time / 3_600_000_000_000 + 2) % 24;
+    let (mut during, mut after) = (0.0, 0.0);
+    for s in samples.iter().filter(|s| on_it.contains(&s.asset)) {
+        if let What::Reading { metric: 0, value } = s.what {
+            match hour(s) {
+                7..=9 => during += value,
+                11..=13 => after += value,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(during, 0.0);
+    assert!(after > 0.0);
 }

@@ -189,3 +189,43 @@ when = [{ metric = "vehicle_count", aggregate = "sum", op = ">", value = 100 }]
     assert!(centres.contains(&cell_a) && centres.contains(&cell_n));
     twin.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asset_rules_follow_a_moving_asset_across_cells_and_flush_ends_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/rules/sensor-offline.toml"))
+        .unwrap();
+    let config = TwinConfig {
+        shards: 2,
+        log: LogConfig { durability: Durability::Never, ..LogConfig::default() },
+        cells: Some(CellConfig::new(parse_rules(&rules).unwrap())),
+        ..TwinConfig::new(dir.path())
+    };
+    let twin = Twin::start(config).await.unwrap();
+    sensor(&twin, "bus1", A).await;
+    // A bus reporting every minute while it shuttles between two distant cells: silent in
+    // each cell for longer than 15 minutes at a time, never silent as an asset.
+    for minute in 0..40 {
+        let at = if (minute / 20) % 2 == 0 { A } else { B };
+        reading(&twin, "bus1", "passengers", 12.0, at, minute * 60).await;
+    }
+    let alerts = |twin: &Twin| {
+        twin.log()
+            .replay(citytwin_core::log::ReplayFilter {
+                types: vec![TypePattern::new("com.smartcities.alert.triggered")],
+                ..Default::default()
+            })
+            .map(|r| r.unwrap().stream)
+            .collect::<Vec<String>>()
+    };
+    // Up to 10 minutes after the last reading: nothing (per-cell evaluation would have fired
+    // in cell A twenty minutes ago).
+    twin.flush_cells(Timestamp::from_secs(T0 + 39 * 60 + 600)).await.unwrap();
+    assert_eq!(alerts(&twin), Vec::<String>::new(), "a moving asset that keeps reporting is not offline");
+    // Past 15 minutes of silence: exactly one alert, from the asset partition's stream.
+    twin.flush_cells(Timestamp::from_secs(T0 + 39 * 60 + 16 * 60)).await.unwrap();
+    let streams = alerts(&twin);
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert!(streams[0].starts_with("rules:assets:"), "{streams:?}");
+    twin.shutdown().await.unwrap();
+}
