@@ -1102,10 +1102,7 @@ impl Validator<'_> {
         let severity = match raw.severity.as_deref() {
             None => Severity::Major,
             Some(text) => serde_json::from_value(serde_json::Value::String(text.to_owned())).unwrap_or_else(|_| {
-                self.error(
-                    &at("severity"),
-                    format!("unknown severity {text:?}: info, warning, minor, major, critical"),
-                );
+                self.error(&at("severity"), format!("unknown severity {text:?}: info, warning, major, critical"));
                 Severity::Major
             }),
         };

@@ -35,6 +35,12 @@ const RULES: &[Rule] = &[
         no_workspace_deps: true,
     },
     Rule { krate: "citytwin-visualizer", forbidden: &["citytwin-twin"], no_workspace_deps: false },
+    // The simulator drives a twin only through the CLI's narrow ingest loop.
+    Rule {
+        krate: "citytwin-simulator",
+        forbidden: &["citytwin-twin", "ractor", "tokio", "tonic", "bevy"],
+        no_workspace_deps: false,
+    },
     Rule { krate: "citytwin-proto", forbidden: &["citytwin-twin", "ractor", "bevy"], no_workspace_deps: false },
 ];
 
@@ -139,7 +145,7 @@ fn fake_metadata(members: &[&str], edges: &[(&str, &str, &str)]) -> Value {
 
 #[test]
 fn checker_catches_direct_and_transitive_forbidden_edges() {
-    let members = ["citytwin-core", "citytwin-twin", "citytwin-visualizer", "citytwin-proto"];
+    let members = ["citytwin-core", "citytwin-twin", "citytwin-visualizer", "citytwin-proto", "citytwin-simulator"];
     let clean = fake_metadata(
         &members,
         &[
@@ -172,11 +178,17 @@ fn checker_catches_direct_and_transitive_forbidden_edges() {
     );
     let found = violations(&visualizer, RULES);
     assert!(found.contains(&"citytwin-visualizer must not depend on citytwin-twin: citytwin-visualizer -> citytwin-proto -> citytwin-twin".to_owned()), "{found:?}");
+
+    let simulator = fake_metadata(&members, &[("citytwin-simulator", "tokio", "normal")]);
+    assert_eq!(
+        violations(&simulator, RULES),
+        ["citytwin-simulator must not depend on tokio: citytwin-simulator -> tokio"]
+    );
 }
 
 #[test]
 fn checker_ignores_dev_dependencies() {
-    let members = ["citytwin-core", "citytwin-visualizer", "citytwin-proto"];
+    let members = ["citytwin-core", "citytwin-visualizer", "citytwin-proto", "citytwin-simulator"];
     let dev_only = fake_metadata(&members, &[("citytwin-core", "tokio", "dev")]);
     assert_eq!(violations(&dev_only, RULES), Vec::<String>::new());
 }

@@ -12,10 +12,12 @@
 //! [`cell_aggregates_at`] rebuilds a cell's (or a parent cell's) aggregates as they were at a
 //! past time from the log.
 //!
-//! Rules must group at the routing resolution or finer (or by asset): a cell actor sees only
+//! Rules grouped by cell must group at the routing resolution or finer: a cell actor sees only
 //! its own cell, except for neighbourhood rules (`neighbours = k`), which see the events of the
 //! cell's k-ring, keyed by the centre cell (the router sends each event to every cell within k
-//! of it). City-level views roll cells up to parents ([`crate::rollup`]).
+//! of it). Rules grouped by asset but not by cell run in asset partitions instead (a moving
+//! asset's events reach one engine wherever it is), rules grouped by neither in one city-wide
+//! host ([`Scope`]). City-level views roll cells up to parents ([`crate::rollup`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
