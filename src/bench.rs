@@ -68,36 +68,37 @@ fn rules() -> anyhow::Result<Vec<citytwin_core::cep::Rule>> {
     Ok(all)
 }
 
+/// Makes event number `n` of a phase; events are built by the workers batch by batch, so the
+/// bench holds no pre-generated events (which would blur the memory figures).
+type MakeEvent = Arc<dyn Fn(u32) -> Event + Send + Sync>;
+
 async fn ingest_all(
     twin: &Arc<Twin>,
-    events: Vec<Event>,
+    count: u32,
+    make: MakeEvent,
     concurrency: u32,
     batch: usize,
 ) -> anyhow::Result<(Duration, u64)> {
     let started = Instant::now();
-    let queue = Arc::new(std::sync::Mutex::new(events));
+    let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let batch = u32::try_from(batch.max(1)).unwrap_or(u32::MAX);
     let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (twin, queue) = (Arc::clone(twin), Arc::clone(&queue));
+        let (twin, next, make) = (Arc::clone(twin), Arc::clone(&next), Arc::clone(&make));
         tasks.push(tokio::spawn(async move {
             let mut failures = 0u64;
             loop {
-                let next: Vec<Event> = {
-                    let mut queue = queue.lock().expect("queue lock");
-                    let keep = queue.len().saturating_sub(batch.max(1));
-                    queue.split_off(keep)
-                };
-                if next.is_empty() {
+                let first = next.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);
+                if first >= count {
                     return failures;
                 }
+                let events: Vec<Event> = (first..count.min(first.saturating_add(batch))).map(|n| make(n)).collect();
                 if batch <= 1 {
-                    for event in next {
+                    for event in events {
                         failures += u64::from(twin.ingest(event).await.is_err());
                     }
                 } else {
-                    let mut next = next;
-                    next.reverse(); // split_off took the tail, which is the earliest in time
-                    failures += twin.ingest_batch(next).await.iter().filter(|r| r.is_err()).count() as u64;
+                    failures += twin.ingest_batch(events).await.iter().filter(|r| r.is_err()).count() as u64;
                 }
             }
         }));
@@ -156,67 +157,57 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let rss_start = rss_kb("VmRSS");
     let twin = Arc::new(Twin::start(config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?);
     let t0 = Timestamp::from_secs(1_736_899_200);
-    let mut setup = Vec::with_capacity(args.assets as usize * 2);
-    for i in 0..args.assets {
+    let created: MakeEvent = Arc::new(move |i| {
         let id = format!("sensor_{i:07}");
-        setup.push(
-            Event::new(
-                format!("{id}-created"),
-                "/bench",
-                AssetCreated {
-                    asset_id: id.clone(),
-                    asset_type: if i % 2 == 0 { "traffic_counter" } else { "air_quality_sensor" }.into(),
-                    name: None,
-                    location: Some(location(i)),
-                    reporting_interval_s: Some(60),
-                    attributes: Default::default(),
-                },
-            )
-            .with_time(t0),
-        );
-    }
-    setup.reverse();
+        Event::new(
+            format!("{id}-created"),
+            "/bench",
+            AssetCreated {
+                asset_id: id.clone(),
+                asset_type: if i % 2 == 0 { "traffic_counter" } else { "air_quality_sensor" }.into(),
+                name: None,
+                location: Some(location(i)),
+                reporting_interval_s: Some(60),
+                attributes: Default::default(),
+            },
+        )
+        .with_time(t0)
+    });
     let mut shard_events = twin.shard_events();
-    let (created_in, _) = ingest_all(&twin, setup, args.concurrency, args.batch).await?;
+    let (created_in, _) = ingest_all(&twin, args.assets, created, args.concurrency, args.batch).await?;
     let rss_live = rss_kb("VmRSS");
     let live_after_setup = twin.live_assets().await?;
-    let commissions: Vec<Event> = (0..args.assets)
-        .map(|i| {
-            let id = format!("sensor_{i:07}");
-            Event::new(
-                format!("{id}-commissioned"),
-                "/bench",
-                AssetCommissioned { asset_id: id, commissioned_by: None, firmware_version: None },
-            )
-            .with_time(t0)
-        })
-        .collect();
-    let mut commissions = commissions;
-    commissions.reverse();
-    ingest_all(&twin, commissions, args.concurrency, args.batch).await?;
+    let commissioned: MakeEvent = Arc::new(move |i| {
+        let id = format!("sensor_{i:07}");
+        Event::new(
+            format!("{id}-commissioned"),
+            "/bench",
+            AssetCommissioned { asset_id: id, commissioned_by: None, firmware_version: None },
+        )
+        .with_time(t0)
+    });
+    ingest_all(&twin, args.assets, commissioned, args.concurrency, args.batch).await?;
     let metrics = ["vehicle_count", "avg_speed", "pm25"];
-    let mut readings: Vec<Event> = (0..args.events)
-        .map(|n| {
-            let i = n % args.assets.max(1);
-            let id = format!("sensor_{i:07}");
-            Event::new(
-                format!("r{n}"),
-                "/bench",
-                MetricRecorded {
-                    asset_id: id,
-                    metric_type: metrics[(n % 3) as usize].into(),
-                    value: f64::from(n % 97),
-                    unit: Unit::from("1"),
-                    location: Some(location(i)),
-                },
-            )
-            .with_time(Timestamp::from_millis(t0.as_millis() + 60_000 + i64::from(n)))
-            .with_derived_cell(Resolution::Ten)
-        })
-        .collect();
-    readings.reverse(); // the workers pop from the end: keep time order
+    let assets = args.assets.max(1);
+    let reading: MakeEvent = Arc::new(move |n| {
+        let i = n % assets;
+        let id = format!("sensor_{i:07}");
+        Event::new(
+            format!("r{n}"),
+            "/bench",
+            MetricRecorded {
+                asset_id: id,
+                metric_type: metrics[(n % 3) as usize].into(),
+                value: f64::from(n % 97),
+                unit: Unit::from("1"),
+                location: Some(location(i)),
+            },
+        )
+        .with_time(Timestamp::from_millis(t0.as_millis() + 60_000 + i64::from(n)))
+        .with_derived_cell(Resolution::Ten)
+    });
     let cpu_before = cpu_time();
-    let (elapsed, failures) = ingest_all(&twin, readings, args.concurrency, args.batch).await?;
+    let (elapsed, failures) = ingest_all(&twin, args.events, reading, args.concurrency, args.batch).await?;
     let cpu = cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let rate = f64::from(args.events) / elapsed.as_secs_f64();
     println!("setup: {} assets created in {:.2?}", args.assets, created_in);
