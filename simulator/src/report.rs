@@ -218,6 +218,18 @@ impl Report {
         cells
     }
 
+    /// Alerts per simulated hour, one line per rule.
+    fn alerts_chart(&self, title: &str) -> String {
+        let hours = self.events_per_minute.len().div_ceil(60);
+        let labels: Vec<String> = (0..hours).map(|h| format!("+{h}h")).collect();
+        let series: Vec<(String, Vec<f64>)> = self
+            .alerts_per_hour
+            .iter()
+            .map(|(rule, counts)| (rule.clone(), counts.iter().map(|&n| n as f64).collect()))
+            .collect();
+        svg::line_chart(title, "alerts", &labels, &series)
+    }
+
     /// A self-contained HTML page with the summary, the KPIs and the plots. `timing` is a
     /// line about wall-clock speed (kept out of the JSON so that stays deterministic).
     pub fn to_html(&self, timing: &str) -> String {
@@ -266,14 +278,7 @@ impl Report {
             &minute_labels,
             &[("events".to_owned(), self.events_per_minute.iter().map(|&n| n as f64).collect())],
         ));
-        let hours = self.events_per_minute.len().div_ceil(60);
-        let hour_labels: Vec<String> = (0..hours).map(|h| format!("+{h}h")).collect();
-        let series: Vec<(String, Vec<f64>)> = self
-            .alerts_per_hour
-            .iter()
-            .map(|(rule, counts)| (rule.clone(), counts.iter().map(|&n| n as f64).collect()))
-            .collect();
-        html.push_str(&svg::line_chart("Alerts per hour, by rule", "alerts", &hour_labels, &series));
+        html.push_str(&self.alerts_chart("Alerts per hour, by rule"));
         let cells: Vec<(CellIndex, f64)> =
             self.cells.iter().filter_map(|(cell, stats)| Some((cell.parse().ok()?, stats.mean))).collect();
         html.push_str(&svg::cell_map(&format!("Mean {} per cell", self.key_metric), &self.key_unit, &cells));
@@ -447,14 +452,7 @@ impl Comparison {
             let (base, variant) = (&reports.0, &reports.1);
             html.push_str("<h2>Alerts per hour</h2><div class=\"side\">");
             for report in [base, variant] {
-                let hours = report.events_per_minute.len().div_ceil(60);
-                let labels: Vec<String> = (0..hours).map(|h| format!("+{h}h")).collect();
-                let series: Vec<(String, Vec<f64>)> = report
-                    .alerts_per_hour
-                    .iter()
-                    .map(|(rule, counts)| (rule.clone(), counts.iter().map(|&n| n as f64).collect()))
-                    .collect();
-                html.push_str(&svg::line_chart(&report.scenario, "alerts", &labels, &series));
+                html.push_str(&report.alerts_chart(&report.scenario));
             }
             html.push_str("</div><h2>Key metric per cell</h2><div class=\"side\">");
             for report in [base, variant] {

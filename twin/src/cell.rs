@@ -333,13 +333,7 @@ impl CellRouterActor {
         if let Some(actor) = state.cells.get(&cell) {
             return Ok(actor.clone());
         }
-        let args = CellArgs {
-            scope: Scope::Cell(cell),
-            config: state.args.config.clone(),
-            writer: state.args.writer.clone(),
-            bus: state.args.bus.clone(),
-        };
-        let (actor, _) = Actor::spawn_linked(None, CellActor, args, myself.get_cell()).await?;
+        let actor = self.spawn_host(myself, Scope::Cell(cell), state).await?;
         state.ids.insert(actor.get_id(), cell);
         state.cells.insert(cell, actor.clone());
         Ok(actor)
@@ -347,6 +341,22 @@ impl CellRouterActor {
 }
 
 impl CellRouterActor {
+    /// Starts a rule host for `scope` under the router's supervision.
+    async fn spawn_host(
+        &self,
+        myself: &ActorRef<CellRouterMsg>,
+        scope: Scope,
+        state: &CellRouterState,
+    ) -> Result<ActorRef<CellMsg>, ActorProcessingErr> {
+        let args = CellArgs {
+            scope,
+            config: state.args.config.clone(),
+            writer: state.args.writer.clone(),
+            bus: state.args.bus.clone(),
+        };
+        Ok(Actor::spawn_linked(None, CellActor, args, myself.get_cell()).await?.0)
+    }
+
     /// The host of asset partition `k` (or, for `None`, the city-wide host), started on demand.
     async fn host(
         &self,
@@ -358,13 +368,7 @@ impl CellRouterActor {
         if let Some(actor) = state.hosts.get(&scope) {
             return Ok(actor.clone());
         }
-        let args = CellArgs {
-            scope,
-            config: state.args.config.clone(),
-            writer: state.args.writer.clone(),
-            bus: state.args.bus.clone(),
-        };
-        let (actor, _) = Actor::spawn_linked(None, CellActor, args, myself.get_cell()).await?;
+        let actor = self.spawn_host(myself, scope, state).await?;
         state.host_ids.insert(actor.get_id(), scope);
         state.hosts.insert(scope, actor.clone());
         Ok(actor)
