@@ -147,10 +147,11 @@ pub struct AssetActorState {
     asset: AssetState,
     since_snapshot: u64,
     last_activity: tokio::time::Instant,
-    /// When the asset was last heard from (receive time), and whether a heartbeat timer is
-    /// pending: one timer per asset, re-armed when it fires early.
+    /// When the asset was last heard from (receive time), and the pending heartbeat timer:
+    /// one per asset, re-armed when it fires early, cancelled when the actor stops (a pending
+    /// timer holds a reference to the actor and would keep a passivated actor in memory).
     last_heard: tokio::time::Instant,
-    heartbeat_armed: bool,
+    heartbeat: Option<tokio::task::AbortHandle>,
 }
 
 /// The asset actor (the behaviour; see the module documentation).
@@ -409,10 +410,10 @@ impl AssetActor {
         state.last_heard = tokio::time::Instant::now();
         if let Some(interval) = state.asset.reporting_interval_s
             && state.asset.status == super::logic::Lifecycle::Online
-            && !state.heartbeat_armed
+            && state.heartbeat.is_none()
         {
-            state.heartbeat_armed = true;
-            myself.send_after(heartbeat_grace(interval), || AssetMsg::HeartbeatDeadline);
+            let timer = myself.send_after(heartbeat_grace(interval), || AssetMsg::HeartbeatDeadline);
+            state.heartbeat = Some(timer.abort_handle());
         }
     }
 }
@@ -421,6 +422,17 @@ impl Actor for AssetActor {
     type Msg = AssetMsg;
     type State = AssetActorState;
     type Arguments = AssetArgs;
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<AssetMsg>,
+        state: &mut AssetActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.heartbeat.take() {
+            timer.abort();
+        }
+        Ok(())
+    }
 
     async fn pre_start(
         &self,
@@ -441,7 +453,7 @@ impl Actor for AssetActor {
             since_snapshot: 0,
             last_activity: tokio::time::Instant::now(),
             last_heard: tokio::time::Instant::now(),
-            heartbeat_armed: false,
+            heartbeat: None,
         };
         self.arm_heartbeat(&myself, &mut state);
         Ok(state)
@@ -481,13 +493,13 @@ impl Actor for AssetActor {
                 let _ = reply.send(state.asset.clone());
             }
             AssetMsg::HeartbeatDeadline => {
-                state.heartbeat_armed = false;
+                state.heartbeat = None;
                 if let Some(interval) = state.asset.reporting_interval_s {
                     // Heard from since the timer was set: wait out the rest of the grace.
                     let remaining = heartbeat_grace(interval).saturating_sub(state.last_heard.elapsed());
                     if !remaining.is_zero() {
-                        state.heartbeat_armed = true;
-                        myself.send_after(remaining, || AssetMsg::HeartbeatDeadline);
+                        let timer = myself.send_after(remaining, || AssetMsg::HeartbeatDeadline);
+                        state.heartbeat = Some(timer.abort_handle());
                         return Ok(());
                     }
                 }
