@@ -110,8 +110,10 @@ impl Threshold {
     }
 }
 
-/// Battery level below which `asset.battery_low` is derived from a `battery` reading.
-pub const BATTERY_LOW_PCT: f64 = 20.0;
+/// Battery level below which `asset.battery_low` is derived from a `battery` reading: the same
+/// limit as the shipped `battery_low` rule (`scenarios/rules/battery-low.toml`), so a derived
+/// event reaches the rule.
+pub const BATTERY_LOW_PCT: f64 = 15.0;
 
 /// An asset's state, rebuilt by folding its events with [`apply`].
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -164,10 +164,11 @@ fn battery_low_is_derived_once_until_recharged() {
         kinds(&events).iter().map(|k| (*k).to_owned()).collect::<Vec<_>>()
     };
     assert_eq!(run(1, 50.0), ["asset.metric_recorded"]);
-    assert_eq!(run(2, 15.0), ["asset.metric_recorded", "asset.battery_low"]);
-    assert_eq!(run(3, 12.0), ["asset.metric_recorded"]);
-    assert_eq!(run(4, 90.0), ["asset.metric_recorded"]);
-    assert_eq!(run(5, 10.0), ["asset.metric_recorded", "asset.battery_low"]);
+    assert_eq!(run(2, 15.0), ["asset.metric_recorded"], "15 % is not below 15 %");
+    assert_eq!(run(3, 14.5), ["asset.metric_recorded", "asset.battery_low"]);
+    assert_eq!(run(4, 12.0), ["asset.metric_recorded"]);
+    assert_eq!(run(5, 90.0), ["asset.metric_recorded"]);
+    assert_eq!(run(6, 10.0), ["asset.metric_recorded", "asset.battery_low"]);
 }
 
 #[test]
