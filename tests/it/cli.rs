@@ -148,21 +148,18 @@ fn report_of(dir: &std::path::Path) -> String {
 #[test]
 fn run_gives_the_same_stream_and_report_whatever_the_thread_count() {
     let dir = tempfile::tempdir().unwrap();
-    let (one, three) = (dir.path().join("one"), dir.path().join("three"));
+    let (one, three, paced) = (dir.path().join("one"), dir.path().join("three"), dir.path().join("paced"));
     let log = dir.path().join("log");
     let mut digests = Vec::new();
-    for (out, threads, batch) in [(&one, "1", "20000"), (&three, "3", "777")] {
-        let mut args = vec![
-            "run",
-            "tests/fixtures/tiny-city.toml",
-            "--quiet",
-            "--threads",
-            threads,
-            "--batch",
-            batch,
-            "--report-dir",
-            out.to_str().unwrap(),
-        ];
+    // The third run is paced (--realtime: 5 simulated hours in about half a second, delivered
+    // minute by minute): different batches, the same stream and report.
+    for (out, threads, batch) in [(&one, "1", "20000"), (&three, "3", "777"), (&paced, "2", "realtime")] {
+        let mut args = vec!["run", "tests/fixtures/tiny-city.toml", "--quiet", "--threads", threads];
+        match batch {
+            "realtime" => args.extend(["--realtime", "36000"]),
+            size => args.extend(["--batch", size]),
+        }
+        args.extend(["--report-dir", out.to_str().unwrap()]);
         if threads == "1" {
             args.extend(["--data-dir", log.to_str().unwrap()]);
         }
@@ -173,7 +170,9 @@ fn run_gives_the_same_stream_and_report_whatever_the_thread_count() {
         digests.push(digest.unwrap_or_else(|| panic!("no digest printed: {stdout}")));
     }
     assert_eq!(digests[0], digests[1]);
+    assert_eq!(digests[0], digests[2]);
     assert_eq!(report_of(&one), report_of(&three), "report.json must be byte-identical (scenario seed 7)");
+    assert_eq!(report_of(&one), report_of(&paced), "a paced run gives the same report (scenario seed 7)");
     let report: serde_json::Value = serde_json::from_str(&report_of(&one)).unwrap();
     assert!(report["events"].as_u64().unwrap() > 15_000, "{report}");
     assert!(report["alerts_by_rule"]["congestion"].as_u64().unwrap_or(0) > 0, "the rush hour congests: {report}");
