@@ -118,15 +118,19 @@ impl Scope {
     }
 }
 
-/// Which host runs a rule: 0 cells, 1 asset partitions, 2 the city.
-fn scope_kind(rule: &Rule) -> u8 {
-    use citytwin_core::cep::rules::GroupBy;
-    if rule.neighbours > 0 || rule.group_by.contains(&GroupBy::Cell) {
-        0
-    } else if rule.group_by.contains(&GroupBy::Asset) {
-        1
-    } else {
-        2
+impl Scope {
+    /// Whether hosts of this kind run `rule`: cells the rules grouped by cell (and
+    /// neighbourhood rules), asset partitions those grouped by asset but not by cell, the city
+    /// the rest.
+    fn runs(self, rule: &Rule) -> bool {
+        use citytwin_core::cep::rules::GroupBy;
+        let by_cell = rule.neighbours > 0 || rule.group_by.contains(&GroupBy::Cell);
+        let by_asset = rule.group_by.contains(&GroupBy::Asset);
+        match self {
+            Scope::Cell(_) => by_cell,
+            Scope::Assets(_) => !by_cell && by_asset,
+            Scope::City => !by_cell && !by_asset,
+        }
     }
 }
 
@@ -203,16 +207,12 @@ impl Actor for CellActor {
     type Arguments = CellArgs;
 
     async fn pre_start(&self, _myself: ActorRef<CellMsg>, args: CellArgs) -> Result<CellState, ActorProcessingErr> {
-        let kind = match args.scope {
-            Scope::Cell(_) => 0,
-            Scope::Assets(_) => 1,
-            Scope::City => 2,
-        };
         let local: Vec<Rule> =
-            args.config.rules.iter().filter(|r| r.neighbours == 0 && scope_kind(r) == kind).cloned().collect();
+            args.config.rules.iter().filter(|r| r.neighbours == 0 && args.scope.runs(r)).cloned().collect();
         let engine = Engine::new(local, args.config.engine);
         let mut rings = BTreeMap::new();
-        for k in args.config.ring_distances().into_iter().filter(|_| kind == 0) {
+        let rings_here = matches!(args.scope, Scope::Cell(_));
+        for k in args.config.ring_distances().into_iter().filter(|_| rings_here) {
             let rules: Vec<Rule> = args.config.rules.iter().filter(|r| r.neighbours == k).cloned().collect();
             rings.insert(k, Engine::new(rules, args.config.engine));
         }
@@ -303,15 +303,13 @@ pub struct CellRouterArgs {
 #[derive(Debug)]
 pub struct CellRouterState {
     args: CellRouterArgs,
-    cells: HashMap<CellIndex, ActorRef<CellMsg>>,
-    ids: HashMap<ractor::ActorId, CellIndex>,
+    /// Every rule host (cells, asset partitions, the city), started on demand.
+    hosts: HashMap<Scope, ActorRef<CellMsg>>,
+    ids: HashMap<ractor::ActorId, Scope>,
     max_time: Option<Timestamp>,
     next_tick: Option<Timestamp>,
     /// Events routed (received from the bus) so far.
     routed: u64,
-    /// Hosts of the rules not grouped by cell (asset partitions, the city).
-    hosts: HashMap<Scope, ActorRef<CellMsg>>,
-    host_ids: HashMap<ractor::ActorId, Scope>,
     /// Whether there are asset-keyed / city-wide rules at all.
     asset_rules: bool,
     city_rules: bool,
@@ -324,52 +322,24 @@ pub struct CellRouterState {
 pub struct CellRouterActor;
 
 impl CellRouterActor {
-    async fn cell(
-        &self,
-        myself: &ActorRef<CellRouterMsg>,
-        cell: CellIndex,
-        state: &mut CellRouterState,
-    ) -> Result<ActorRef<CellMsg>, ActorProcessingErr> {
-        if let Some(actor) = state.cells.get(&cell) {
-            return Ok(actor.clone());
-        }
-        let actor = self.spawn_host(myself, Scope::Cell(cell), state).await?;
-        state.ids.insert(actor.get_id(), cell);
-        state.cells.insert(cell, actor.clone());
-        Ok(actor)
-    }
-}
-
-impl CellRouterActor {
-    /// Starts a rule host for `scope` under the router's supervision.
-    async fn spawn_host(
+    /// The rule host of `scope`, started under the router's supervision on first use.
+    async fn host(
         &self,
         myself: &ActorRef<CellRouterMsg>,
         scope: Scope,
-        state: &CellRouterState,
+        state: &mut CellRouterState,
     ) -> Result<ActorRef<CellMsg>, ActorProcessingErr> {
+        if let Some(actor) = state.hosts.get(&scope) {
+            return Ok(actor.clone());
+        }
         let args = CellArgs {
             scope,
             config: state.args.config.clone(),
             writer: state.args.writer.clone(),
             bus: state.args.bus.clone(),
         };
-        Ok(Actor::spawn_linked(None, CellActor, args, myself.get_cell()).await?.0)
-    }
-
-    /// The host of asset partition `k` (or, for `None`, the city-wide host), started on demand.
-    async fn host(
-        &self,
-        myself: &ActorRef<CellRouterMsg>,
-        partition: Option<u32>,
-        state: &mut CellRouterState,
-    ) -> Result<ActorRef<CellMsg>, ActorProcessingErr> {
-        let scope = partition.map_or(Scope::City, Scope::Assets);
-        if let Some(actor) = state.hosts.get(&scope) {
-            return Ok(actor.clone());
-        }
-        let actor = self.spawn_host(myself, scope, state).await?;
-        state.host_ids.insert(actor.get_id(), scope);
+        let (actor, _) = Actor::spawn_linked(None, CellActor, args, myself.get_cell()).await?;
+        state.ids.insert(actor.get_id(), scope);
         state.hosts.insert(scope, actor.clone());
         Ok(actor)
     }
@@ -388,8 +358,8 @@ impl Actor for CellRouterActor {
         // The pump: drain the bus in batches into the router's mailbox.
         // Events published before the subscription count as routed (flushes compare counts).
         let routed = args.bus.published();
-        let asset_rules = args.config.rules.iter().any(|r| scope_kind(r) == 1);
-        let city_rules = args.config.rules.iter().any(|r| scope_kind(r) == 2);
+        let asset_rules = args.config.rules.iter().any(|r| Scope::Assets(0).runs(r));
+        let city_rules = args.config.rules.iter().any(|r| Scope::City.runs(r));
         let mut subscription = args.bus.subscribe(Filter::default());
         let router = myself.clone();
         tokio::spawn(async move {
@@ -408,14 +378,12 @@ impl Actor for CellRouterActor {
         });
         Ok(CellRouterState {
             args,
-            cells: HashMap::new(),
+            hosts: HashMap::new(),
             ids: HashMap::new(),
             max_time: None,
             next_tick: None,
             routed,
             flushes: Vec::new(),
-            hosts: HashMap::new(),
-            host_ids: HashMap::new(),
             asset_rules,
             city_rules,
         })
@@ -443,13 +411,13 @@ impl Actor for CellRouterActor {
                     }
                     for (k, events) in partitions.into_iter().enumerate() {
                         if !events.is_empty() {
-                            let actor = self.host(&myself, Some(k as u32), state).await?;
+                            let actor = self.host(&myself, Scope::Assets(k as u32), state).await?;
                             actor.cast(CellMsg::Events(events))?;
                         }
                     }
                 }
                 if state.city_rules {
-                    let actor = self.host(&myself, None, state).await?;
+                    let actor = self.host(&myself, Scope::City, state).await?;
                     actor.cast(CellMsg::Events(batch.clone()))?;
                 }
                 for committed in batch {
@@ -470,11 +438,11 @@ impl Actor for CellRouterActor {
                     }
                 }
                 for (cell, events) in by_cell {
-                    let actor = self.cell(&myself, cell, state).await?;
+                    let actor = self.host(&myself, Scope::Cell(cell), state).await?;
                     actor.cast(CellMsg::Events(events))?;
                 }
                 for ((cell, k), events) in rings {
-                    let actor = self.cell(&myself, cell, state).await?;
+                    let actor = self.host(&myself, Scope::Cell(cell), state).await?;
                     actor.cast(CellMsg::Ring(k, events))?;
                 }
                 // Move quiet cells' watermarks along with global event time.
@@ -484,7 +452,7 @@ impl Actor for CellRouterActor {
                     if due {
                         let bound = state.args.config.engine.max_out_of_orderness;
                         let watermark = max_time.saturating_sub(bound);
-                        for actor in state.cells.values().chain(state.hosts.values()) {
+                        for actor in state.hosts.values() {
                             actor.cast(CellMsg::Advance(watermark))?;
                         }
                         state.next_tick =
@@ -492,14 +460,18 @@ impl Actor for CellRouterActor {
                     }
                 }
             }
-            CellRouterMsg::Aggregates(cell, reply) => match state.cells.get(&cell) {
+            CellRouterMsg::Aggregates(cell, reply) => match state.hosts.get(&Scope::Cell(cell)) {
                 Some(actor) => actor.cast(CellMsg::Aggregates(reply))?,
                 None => {
                     let _ = reply.send(Vec::new());
                 }
             },
             CellRouterMsg::Cells(reply) => {
-                let _ = reply.send(state.cells.keys().copied().collect());
+                let cells = state.hosts.keys().filter_map(|scope| match scope {
+                    Scope::Cell(cell) => Some(*cell),
+                    _ => None,
+                });
+                let _ = reply.send(cells.collect());
             }
             CellRouterMsg::Flush { to, upto, reply } => state.flushes.push((to, upto, reply)),
         }
@@ -509,7 +481,7 @@ impl Actor for CellRouterActor {
             std::mem::take(&mut state.flushes).into_iter().partition(|(_, upto, _)| *upto <= state.routed);
         state.flushes = waiting;
         for (to, _, reply) in ready {
-            let cells: Vec<ActorRef<CellMsg>> = state.cells.values().chain(state.hosts.values()).cloned().collect();
+            let cells: Vec<ActorRef<CellMsg>> = state.hosts.values().cloned().collect();
             tokio::spawn(async move {
                 for cell in cells {
                     // A cell that stopped has nothing left to flush.
@@ -532,15 +504,11 @@ impl Actor for CellRouterActor {
             SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.clone().unwrap_or_default()),
             _ => return Ok(()),
         };
-        if let Some(scope) = state.host_ids.remove(&cell.get_id()) {
+        if let Some(scope) = state.ids.remove(&cell.get_id()) {
+            // The next event for the host starts a fresh actor; windows it held are lost but a
+            // cell's can be rebuilt from the log with `cell_aggregates_at`.
             tracing::warn!(?scope, %error, "rule host stopped; it restarts on its next event");
             state.hosts.remove(&scope);
-        }
-        if let Some(index) = state.ids.remove(&cell.get_id()) {
-            // The next event for the cell starts a fresh actor; windows it held are lost but
-            // can be rebuilt from the log with `cell_aggregates_at`.
-            tracing::warn!(cell = %index, %error, "cell actor stopped; it restarts on its next event");
-            state.cells.remove(&index);
         }
         Ok(())
     }
