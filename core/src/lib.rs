@@ -22,7 +22,7 @@ pub mod duration;
 mod error;
 pub mod event;
 pub mod log;
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use error::{Error, Result};

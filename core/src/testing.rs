@@ -1,4 +1,5 @@
-//! Proptest strategies for events, shared by the tests of every module.
+//! Proptest strategies for events, shared by the tests of every module and, behind the
+//! `testing` feature, by the tests of other crates (protocol round trips).
 
 use std::collections::BTreeMap;
 
@@ -26,7 +27,7 @@ fn timestamp() -> impl Strategy<Value = Timestamp> {
 }
 
 /// Locations, including ones near the poles and the antimeridian.
-pub(crate) fn location() -> impl Strategy<Value = Location> {
+pub fn location() -> impl Strategy<Value = Location> {
     (-90.0..=90.0f64, -180.0..=180.0f64).prop_map(|(lat, lng)| Location::new(lat, lng))
 }
 
@@ -48,7 +49,7 @@ fn cell() -> impl Strategy<Value = h3o::CellIndex> {
 }
 
 /// Every kind of typed payload, with random contents.
-pub(crate) fn payload() -> impl Strategy<Value = Payload> {
+pub fn payload() -> impl Strategy<Value = Payload> {
     let asset = || ident();
     prop_oneof![
         (
@@ -218,7 +219,7 @@ pub(crate) fn payload() -> impl Strategy<Value = Payload> {
 }
 
 /// Arbitrary JSON values (finite numbers only, as JSON has no others).
-pub(crate) fn json_value() -> impl Strategy<Value = Value> {
+pub fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -274,7 +275,7 @@ fn user_extensions() -> impl Strategy<Value = BTreeMap<String, ExtensionValue>> 
 
 /// Valid events of every shape: typed payloads of every kind, untyped JSON, text and bytes,
 /// every optional attribute and extension present or not.
-pub(crate) fn event() -> impl Strategy<Value = Event> {
+pub fn event() -> impl Strategy<Value = Event> {
     let typed =
         (payload(), proptest::option::of(0u8..=15), prop_oneof![Just(None), Just(Some("application/json".to_owned()))])
             .prop_map(|(payload, res, content_type)| {

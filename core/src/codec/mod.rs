@@ -2,6 +2,7 @@
 //!
 //! - [`json`]: CloudEvents JSON structured mode, single and batch.
 //! - [`http`]: HTTP binary mode (`ce-*` headers, body = data), as a pure header mapping.
+//! - [`binary`]: typed attributes plus a body (the protobuf format's shape).
 //! - [`mqtt`]: MQTT 5 binary mode (user properties) and MQTT 3.1.1 structured mode.
 //! - [`msgpack`]: compact, versioned MessagePack for the event log.
 //! - [`envelope`]: the seed's custom envelope (`event_id`, `event_type`, `payload`, ...).
@@ -10,6 +11,7 @@
 //! once; MessagePack reads only what citytwin itself validated and stored.
 
 pub(crate) mod attributes;
+pub mod binary;
 pub mod envelope;
 pub mod http;
 pub mod json;

@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::envelope::Envelope;
-use super::{http, json, mqtt, msgpack};
+use super::{binary, http, json, mqtt, msgpack};
 use crate::event::{Event, ExtensionValue};
 use crate::testing;
 
@@ -53,6 +53,15 @@ proptest! {
         let message = mqtt::encode_v5(&event);
         let back = mqtt::decode_v5(&message).map_err(|e| TestCaseError::fail(format!("{e}\n{message:?}")))?;
         prop_assert_eq!(back, as_text_extensions(event));
+    }
+
+    #[test]
+    fn typed_binary_round_trips_exactly(event in testing::event()) {
+        let message = binary::encode(&event);
+        let attributes = message.attributes.iter().map(|(name, value)| (name.as_str(), value.clone()));
+        let back = binary::decode(attributes, message.content_type.as_deref(), &message.body)
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{message:?}")))?;
+        prop_assert_eq!(back, event);
     }
 
     #[test]
