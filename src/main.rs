@@ -7,6 +7,7 @@ mod events;
 mod replay;
 mod rules;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -76,6 +77,16 @@ enum Command {
     /// Check a scenario file and the rule files it names; report every problem.
     #[command(after_help = "Example:\n  citytwin validate scenarios/demo.toml")]
     Validate(run::ValidateArgs),
+    /// Serve the live twin: gRPC API, HTTP / WebSocket gateway, tokens, rate limits.
+    #[command(
+        after_help = "Examples:\n  citytwin serve                                   # built-in defaults, prints a development token\n  citytwin serve --config citytwin.example.toml\n  citytwin serve --grpc 127.0.0.1:0 --http 127.0.0.1:0 --data-dir /tmp/twin\n\nThen, with the printed token:\n  curl -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/cloudevents+json' \\\n       --data @event.json http://127.0.0.1:8080/v1/events\n  curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:8080/v1/inventory\n\nStartup recovers the twin from its log; Ctrl-C or SIGTERM finishes requests in flight and\nflushes the log."
+    )]
+    Serve(serve::ServeArgs),
+    /// Make an API token and the configuration lines (its SHA-256) that let it in.
+    #[command(
+        after_help = "Examples:\n  citytwin token --org acme\n  citytwin token --org acme --hash ct_existing_token"
+    )]
+    Token(serve::TokenArgs),
     /// Measure end-to-end ingest throughput of an embedded twin.
     #[command(after_help = "Example:\n  cargo run --release -- bench --assets 10000 --events 200000 --cells")]
     Bench(bench::BenchArgs),
@@ -96,6 +107,11 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Dlq(command) => dlq::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve::serve(&args).map(|()| ExitCode::SUCCESS),
+        Command::Token(args) => {
+            serve::token(&args);
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -2,3 +2,4 @@
 
 mod cli;
 mod crate_edges;
+mod serve;

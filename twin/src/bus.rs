@@ -118,6 +118,7 @@ impl Bus {
             seen: BTreeSet::new(),
             backlog: VecDeque::new(),
             recovered: 0,
+            start,
         }
     }
 }
@@ -135,6 +136,7 @@ pub struct Subscription {
     backlog: VecDeque<Arc<Committed>>,
     /// Events recovered from the log after the channel lagged.
     pub recovered: u64,
+    start: u64,
 }
 
 impl Subscription {
@@ -147,6 +149,12 @@ impl Subscription {
             self.low_water += 1;
         }
         true
+    }
+
+    /// The first log position this subscription delivers: every event before it is in the
+    /// log already (replay up to here, then follow the subscription: no gap, no duplicate).
+    pub fn start(&self) -> u64 {
+        self.start
     }
 
     /// The next matching committed event; `None` once the bus is closed.

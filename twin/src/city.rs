@@ -465,6 +465,22 @@ impl Twin {
         }
     }
 
+    /// Puts entries built by the gateways (refused before they reached the twin: undecodable,
+    /// unauthorized) into the dead-letter queue, durably, in one append.
+    ///
+    /// # Errors
+    /// When the log refuses the append (the caller must then not acknowledge the input).
+    pub async fn dead_letter_entries(&self, entries: Vec<Event>) -> Result<(), IngestError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.writer
+            .append(DEAD_LETTER_STREAM.to_owned(), Expected::Any, entries)
+            .await
+            .map(|_| ())
+            .map_err(|e| IngestError::Unavailable(e.0))
+    }
+
     /// The current state of an asset (rehydrated if it was passivated).
     ///
     /// # Errors

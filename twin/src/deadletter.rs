@@ -27,6 +27,8 @@ pub enum DeadLetterReason {
     RetryExhausted(String),
     /// Shed under overload.
     Shed(String),
+    /// The sender may not write it (another organization's asset).
+    Unauthorized(String),
 }
 
 impl DeadLetterReason {
@@ -38,6 +40,7 @@ impl DeadLetterReason {
             DeadLetterReason::Rejected(m) => ("rejected", m),
             DeadLetterReason::RetryExhausted(m) => ("retry_exhausted", m),
             DeadLetterReason::Shed(m) => ("shed", m),
+            DeadLetterReason::Unauthorized(m) => ("unauthorized", m),
         }
     }
 }
@@ -60,6 +63,29 @@ pub fn dead_letter_entry(event: &Event, reason: &DeadLetterReason) -> Event {
     entry.subject = event.asset_id().map(str::to_owned);
     entry.ext.organization.clone_from(&event.ext.organization);
     entry.ext.causationid = Some(event.id.clone());
+    entry.data = Some(Data::Json(data));
+    entry
+}
+
+/// The dead-letter entry for input that is not an event at all (undecodable bytes from a
+/// gateway): the raw bytes (as text when they are UTF-8, base64 otherwise), where they came
+/// from and why they were refused. `id` names the input (the event id when one was readable).
+pub fn raw_dead_letter_entry(
+    id: &str,
+    origin: &str,
+    raw: &[u8],
+    organization: Option<&str>,
+    reason: &DeadLetterReason,
+) -> Event {
+    use base64::Engine as _;
+    let (kind, message) = reason.parts();
+    let raw = match std::str::from_utf8(raw) {
+        Ok(text) => json!({ "text": text }),
+        Err(_) => json!({ "base64": base64::prelude::BASE64_STANDARD.encode(raw) }),
+    };
+    let data = json!({ "reason": kind, "message": message, "origin": origin, "raw": raw });
+    let mut entry = Event::untyped(format!("dead-letter:{id}"), "/twin/dead-letters", DEAD_LETTER_TYPE);
+    entry.ext.organization = organization.map(str::to_owned);
     entry.data = Some(Data::Json(data));
     entry
 }
@@ -93,6 +119,10 @@ pub struct DeadLetter {
     pub message: String,
     /// The original event, when it was a valid one.
     pub original: Option<Event>,
+    /// The organization it came from, when known.
+    pub organization: Option<String>,
+    /// The raw input, for input that was not an event (see [`raw_dead_letter_entry`]).
+    pub raw: Option<serde_json::Value>,
 }
 
 /// Every dead letter, oldest first, with its status.
@@ -104,6 +134,7 @@ pub fn dead_letters(log: &EventLog) -> citytwin_core::Result<Vec<DeadLetter>> {
     // The stream's back-pointers: no scan of the rest of the log.
     for record in log.read_stream(DEAD_LETTER_STREAM, 1)? {
         let event = record.event()?;
+        let organization = event.ext.organization.clone();
         let data = match event.data {
             Some(Data::Json(value)) => value,
             _ => serde_json::Value::Null,
@@ -118,6 +149,8 @@ pub fn dead_letters(log: &EventLog) -> citytwin_core::Result<Vec<DeadLetter>> {
                     reason: data["reason"].as_str().unwrap_or_default().to_owned(),
                     message: data["message"].as_str().unwrap_or_default().to_owned(),
                     original: json::from_value(data["original"].clone()).ok(),
+                    organization,
+                    raw: data.get("raw").cloned(),
                 });
                 continue;
             }

@@ -238,7 +238,13 @@ impl LiveReadModels {
     /// Starts the projection task: it subscribes to `bus` now and applies every committed
     /// event (gap-free, see [`crate::bus`]).
     pub fn start(bus: &Bus, resolution: Resolution) -> Self {
-        let models = Arc::new(RwLock::new(ReadModels::new(resolution)));
+        Self::start_from(bus, ReadModels::new(resolution))
+    }
+
+    /// As [`LiveReadModels::start`], from models already built (rebuilt from the log at
+    /// startup, while nothing is being ingested yet).
+    pub fn start_from(bus: &Bus, models: ReadModels) -> Self {
+        let models = Arc::new(RwLock::new(models));
         let (tx, applied) = watch::channel(0);
         let mut subscription = bus.subscribe(Filter::default());
         let shared = Arc::clone(&models);
@@ -260,6 +266,19 @@ impl LiveReadModels {
     /// A copy of the current read models.
     pub fn snapshot(&self) -> ReadModels {
         self.models.read().map(|m| m.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Reads the current models in place (no copy); keep `read` short, the projection waits.
+    pub fn read<R>(&self, read: impl FnOnce(&ReadModels) -> R) -> R {
+        match self.models.read() {
+            Ok(models) => read(&models),
+            Err(poisoned) => read(&poisoned.into_inner()),
+        }
+    }
+
+    /// Events applied so far.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
     }
 
     /// Waits until at least `count` events have been applied.

@@ -200,6 +200,16 @@ pub enum Rejection {
     /// The asset already exists.
     #[error("asset {0:?} already exists")]
     AlreadyExists(String),
+    /// The event names another organization than the asset's.
+    #[error("asset {asset:?} belongs to organization {owner:?}, not {found:?}")]
+    WrongOrganization {
+        /// The asset.
+        asset: String,
+        /// Its organization.
+        owner: String,
+        /// The event's.
+        found: String,
+    },
 }
 
 fn transition_error(state: &AssetState, event: &Event) -> Rejection {
@@ -332,6 +342,15 @@ fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
         && found != state.asset_id
     {
         return Err(Rejection::WrongAsset { expected: state.asset_id.clone(), found: found.to_owned() });
+    }
+    if let (Some(owner), Some(found)) = (&state.organization, &event.ext.organization)
+        && owner != found
+    {
+        return Err(Rejection::WrongOrganization {
+            asset: state.asset_id.clone(),
+            owner: owner.clone(),
+            found: found.clone(),
+        });
     }
     use Lifecycle as L;
     let status = state.status;

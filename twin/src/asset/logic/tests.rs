@@ -214,3 +214,20 @@ fn state_round_trips_through_a_snapshot() {
 fn observe(event: Event) -> AssetCommand {
     AssetCommand::Observe(Box::new(event))
 }
+
+#[test]
+fn an_event_naming_another_organization_is_refused_and_one_naming_none_is_accepted() {
+    let mut create = created("s1");
+    create.ext.organization = Some("acme".into());
+    let state = given(&[create, commissioned("s1", 10)]);
+    let mut foreign = reading("s1", 1, "pm25", 3.0, 20);
+    foreign.ext.organization = Some("globex".into());
+    assert_eq!(
+        decide(&state, &observe(foreign)).unwrap_err().to_string(),
+        "asset \"s1\" belongs to organization \"acme\", not \"globex\""
+    );
+    let mut own = reading("s1", 2, "pm25", 3.0, 20);
+    own.ext.organization = Some("acme".into());
+    assert_eq!(kinds(&decide(&state, &observe(own)).unwrap()), ["asset.metric_recorded", "asset.online"]);
+    assert!(decide(&state, &observe(reading("s1", 3, "pm25", 3.0, 20))).is_ok());
+}

@@ -1,0 +1,220 @@
+//! `citytwin serve`'s configuration: a TOML file (see `citytwin.example.toml`) plus flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// The whole file. Every section has defaults; only `[[organizations]]` is needed to let
+/// clients in (without any, `serve` creates a local development token and prints it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServeConfig {
+    /// Where the event log lives.
+    #[serde(default = "default_data_dir")]
+    pub(crate) data_dir: PathBuf,
+    #[serde(default)]
+    pub(crate) grpc: GrpcConfig,
+    #[serde(default)]
+    pub(crate) http: HttpConfig,
+    #[serde(default)]
+    pub(crate) twin: TwinSection,
+    #[serde(default)]
+    pub(crate) limits: Limits,
+    /// Who may connect.
+    #[serde(default)]
+    pub(crate) organizations: Vec<Organization>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("an empty configuration is valid")
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+/// The gRPC listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct GrpcConfig {
+    /// Address to listen on (`127.0.0.1:0` picks a free port and prints it).
+    pub(crate) listen: SocketAddr,
+    /// Largest request message accepted.
+    pub(crate) max_message_bytes: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig { listen: SocketAddr::from(([127, 0, 0, 1], 50051)), max_message_bytes: 16 << 20 }
+    }
+}
+
+/// The HTTP / WebSocket listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct HttpConfig {
+    /// Address to listen on.
+    pub(crate) listen: SocketAddr,
+    /// Largest request body accepted (HTTP 413 beyond).
+    pub(crate) max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), max_body_bytes: 4 << 20 }
+    }
+}
+
+/// The embedded twin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TwinSection {
+    /// Asset shards (supervisors).
+    pub(crate) shards: usize,
+    /// H3 resolution of the cell actors.
+    pub(crate) resolution: u8,
+    /// CEP rule files the cells run.
+    pub(crate) rules: Vec<PathBuf>,
+    /// Events of one snapshot interval per asset.
+    pub(crate) snapshot_every: Option<u64>,
+}
+
+impl Default for TwinSection {
+    fn default() -> Self {
+        TwinSection { shards: 8, resolution: 8, rules: Vec::new(), snapshot_every: None }
+    }
+}
+
+/// Per-organization rate limits (token buckets) and sizes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Limits {
+    /// Sustained events per second one organization may ingest.
+    pub(crate) events_per_second: u32,
+    /// Events one organization may ingest in a burst (the largest accepted batch).
+    pub(crate) event_burst: u32,
+    /// Sustained other requests (queries, subscriptions) per second per organization.
+    pub(crate) requests_per_second: u32,
+    /// Burst of other requests.
+    pub(crate) request_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { events_per_second: 1_000_000, event_burst: 200_000, requests_per_second: 1_000, request_burst: 2_000 }
+    }
+}
+
+/// An organization and its API token (stored as a SHA-256 hash: `citytwin token` makes both).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Organization {
+    /// The organization's name (the `organization` attribute of its events).
+    pub(crate) name: String,
+    /// Hex SHA-256 of its token(s): one string or a list (to rotate tokens).
+    #[serde(deserialize_with = "one_or_many")]
+    pub(crate) token_sha256: Vec<String>,
+    /// Sees and administers every organization's data (operators).
+    #[serde(default)]
+    pub(crate) admin: bool,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
+}
+
+impl ServeConfig {
+    /// Reads and checks a configuration file.
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut config: ServeConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        // Relative paths in the file are relative to the file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for rule in &mut config.twin.rules {
+            if rule.is_relative() {
+                *rule = base.join(&*rule);
+            }
+        }
+        config.check().with_context(|| format!("in {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Every problem a parsed file can still have.
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        for (i, org) in self.organizations.iter().enumerate() {
+            if org.name.is_empty() {
+                problems.push(format!("organizations[{i}].name: must not be empty"));
+            }
+            if !names.insert(&org.name) {
+                problems.push(format!("organizations[{i}].name: {:?} appears twice", org.name));
+            }
+            for hash in &org.token_sha256 {
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    problems.push(format!(
+                        "organizations[{i}].token_sha256: {hash:?} is not a hex SHA-256 (64 hex digits; `citytwin token` prints one)"
+                    ));
+                }
+            }
+        }
+        if h3o::Resolution::try_from(self.twin.resolution).is_err() {
+            problems.push(format!("twin.resolution: {} is not an H3 resolution (0..=15)", self.twin.resolution));
+        }
+        for (name, value) in [
+            ("limits.events_per_second", self.limits.events_per_second),
+            ("limits.event_burst", self.limits.event_burst),
+            ("limits.requests_per_second", self.limits.requests_per_second),
+            ("limits.request_burst", self.limits.request_burst),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { anyhow::bail!("{}", problems.join("\n")) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let config =
+            ServeConfig::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/citytwin.example.toml"))).unwrap();
+        assert!(config.organizations.len() >= 2);
+        assert!(config.twin.rules.iter().all(|rule| rule.exists()), "{:?}", config.twin.rules);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let config: ServeConfig = toml::from_str(
+            "[twin]\nresolution = 16\n[limits]\nevent_burst = 0\n[[organizations]]\nname = \"a\"\ntoken_sha256 = \"xyz\"\n[[organizations]]\nname = \"a\"\ntoken_sha256 = []\n",
+        )
+        .unwrap();
+        let message = config.check().unwrap_err().to_string();
+        for expected in ["twin.resolution", "limits.event_burst", "organizations[0].token_sha256", "appears twice"] {
+            assert!(message.contains(expected), "{expected} missing from:\n{message}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let error = toml::from_str::<ServeConfig>("[grpc]\nlisten = \"127.0.0.1:1\"\nport = 3\n").unwrap_err();
+        assert!(error.to_string().contains("unknown field `port`"), "{error}");
+    }
+}

@@ -1,0 +1,600 @@
+//! What every protocol shares: authorization, rate limits, ingest with precise refusals, and
+//! the queries, on top of the embedded twin. gRPC, HTTP, WebSocket, MQTT and AMQP only
+//! translate their messages to and from these calls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use citytwin_core::cep::{KeyPart, WindowResult};
+use citytwin_core::event::{Event, EventKind, Payload, Timestamp, TypePattern};
+use citytwin_core::log::ReplayFilter;
+use citytwin_twin::asset::actor::{CommandError, asset_stream, state_at};
+use citytwin_twin::asset::logic::{AssetState, Rejection};
+use citytwin_twin::bus::{Committed, Filter, Subscription};
+use citytwin_twin::cell::{CellConfig, cell_aggregates_at};
+use citytwin_twin::city::{IngestError, Twin};
+use citytwin_twin::deadletter::{DeadLetter, DeadLetterReason, dead_letter_entry, dead_letters, raw_dead_letter_entry};
+use citytwin_twin::read::{LiveReadModels, OpenAlert};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use h3o::{CellIndex, Resolution};
+
+use super::auth::Principal;
+use super::config::Limits;
+
+/// One item of an ingest request, after the protocol decoded it.
+#[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "events are the common case; boxing them costs an allocation each")]
+pub(crate) enum Input {
+    /// A valid event.
+    Event(Event),
+    /// Not an event: why, and the raw bytes for the dead-letter queue.
+    Bad {
+        /// The event id, when one could be read.
+        id: Option<String>,
+        /// Why it is not an event.
+        error: citytwin_core::Error,
+        /// The input as received.
+        raw: Vec<u8>,
+    },
+}
+
+/// Why one input was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RefusalKind {
+    Invalid,
+    Refused,
+    Unauthorized,
+    Overloaded,
+    Unavailable,
+}
+
+/// One refused input, precisely.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct Refusal {
+    /// Its index in the request.
+    pub(crate) index: usize,
+    /// Its event id, when it had one.
+    pub(crate) event_id: Option<String>,
+    pub(crate) reason: RefusalKind,
+    pub(crate) message: String,
+    /// For invalid events: (attribute, rule) pairs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) violations: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) retry_after_ms: Option<u64>,
+}
+
+/// The answer to an ingest request.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub(crate) struct Outcome {
+    /// Inputs durably appended.
+    pub(crate) accepted: u64,
+    /// The others.
+    pub(crate) refusals: Vec<Refusal>,
+}
+
+/// A whole request refused before any of it was looked at.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum RequestError {
+    #[error("rate limit exceeded for organization {org:?}; retry after {retry_after:?}")]
+    RateLimited { org: Arc<str>, retry_after: Duration },
+    #[error("a batch of {size} events exceeds the burst limit of {limit} events per request; split it")]
+    TooLarge { size: usize, limit: u32 },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("the twin is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Counters the server adds to the twin's.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) unauthorized: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) invalid_inputs: AtomicU64,
+}
+
+/// The shared gateway. Cheap to share through an `Arc`.
+#[derive(Debug)]
+pub(crate) struct Gateway {
+    pub(crate) twin: Twin,
+    pub(crate) models: LiveReadModels,
+    cells: Option<CellConfig>,
+    resolution: Resolution,
+    /// Asset → organization, for the cheap checks before the asset actor (which has the last
+    /// word: it refuses events naming another organization).
+    owners: RwLock<HashMap<String, Arc<str>>>,
+    events: DefaultKeyedRateLimiter<Arc<str>>,
+    requests: DefaultKeyedRateLimiter<Arc<str>>,
+    event_burst: u32,
+    pub(crate) counters: Counters,
+}
+
+fn quota(per_second: u32, burst: u32) -> Quota {
+    let one = NonZeroU32::MIN;
+    Quota::per_second(NonZeroU32::new(per_second).unwrap_or(one)).allow_burst(NonZeroU32::new(burst).unwrap_or(one))
+}
+
+impl Gateway {
+    /// A gateway over a started twin whose read models hold every asset already.
+    pub(crate) fn new(
+        twin: Twin,
+        models: LiveReadModels,
+        cells: Option<CellConfig>,
+        resolution: Resolution,
+        limits: &Limits,
+    ) -> Self {
+        let owners = models.read(|m| {
+            m.assets.iter().filter_map(|(id, a)| Some((id.clone(), Arc::from(a.organization.as_deref()?)))).collect()
+        });
+        Gateway {
+            twin,
+            models,
+            cells,
+            resolution,
+            owners: RwLock::new(owners),
+            events: RateLimiter::keyed(quota(limits.events_per_second, limits.event_burst)),
+            requests: RateLimiter::keyed(quota(limits.requests_per_second, limits.request_burst)),
+            event_burst: limits.event_burst,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The organization owning `asset`, when known.
+    pub(crate) fn owner(&self, asset: &str) -> Option<Arc<str>> {
+        self.owners.read().ok()?.get(asset).cloned()
+    }
+
+    /// Whether `who` may see `event`: its organization's events, or city-level ones (no
+    /// organization and no asset of another organization).
+    pub(crate) fn visible(&self, who: &Principal, event: &Event) -> bool {
+        if who.admin {
+            return true;
+        }
+        match (&event.ext.organization, event.asset_id()) {
+            (Some(org), _) => who.may_access(org),
+            (None, Some(asset)) => self.owner(asset).is_none_or(|owner| who.may_access(&owner)),
+            (None, None) => true,
+        }
+    }
+
+    /// Counts one non-ingest request against `who`'s request bucket.
+    pub(crate) fn admit_request(&self, who: &Principal) -> Result<(), RequestError> {
+        self.requests.check_key(&who.org).map_err(|not_until| {
+            self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            RequestError::RateLimited {
+                org: Arc::clone(&who.org),
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            }
+        })
+    }
+
+    fn admit_events(&self, who: &Principal, count: usize) -> Result<(), RequestError> {
+        let Some(n) = NonZeroU32::new(u32::try_from(count).unwrap_or(u32::MAX)) else { return Ok(()) };
+        match self.events.check_key_n(&who.org, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                Err(RequestError::RateLimited {
+                    org: Arc::clone(&who.org),
+                    retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+                })
+            }
+            Err(_) => Err(RequestError::TooLarge { size: count, limit: self.event_burst }),
+        }
+    }
+
+    /// Ingests a request's inputs for `who`: every input is accepted (durably appended) or
+    /// refused with a precise reason, and every refused one is in the dead-letter queue
+    /// before this returns (shed telemetry aside, which is counted). `origin` names the
+    /// protocol for raw dead letters (`http`, `mqtt:<topic>`...).
+    ///
+    /// # Errors
+    /// A whole request over the rate limit or the burst size is refused before anything is
+    /// looked at (nothing is dead-lettered: the client is told to retry).
+    pub(crate) async fn ingest(
+        &self,
+        who: &Principal,
+        origin: &str,
+        inputs: Vec<Input>,
+    ) -> Result<Outcome, RequestError> {
+        self.admit_events(who, inputs.len())?;
+        let mut outcome = Outcome::default();
+        let mut entries = Vec::new();
+        let mut events = Vec::with_capacity(inputs.len());
+        let mut places = Vec::with_capacity(inputs.len());
+        let mut creations: Vec<(usize, String)> = Vec::new();
+        for (index, input) in inputs.into_iter().enumerate() {
+            let mut event = match input {
+                Input::Event(event) => event,
+                Input::Bad { id, error, raw } => {
+                    self.counters.invalid_inputs.fetch_add(1, Ordering::Relaxed);
+                    let message = error.to_string();
+                    let name = id.clone().unwrap_or_else(|| format!("{origin}:{index}"));
+                    let reason = DeadLetterReason::InvalidFormat(message.clone());
+                    entries.push(raw_dead_letter_entry(&name, origin, &raw, Some(&who.org), &reason));
+                    outcome.refusals.push(Refusal {
+                        index,
+                        event_id: id,
+                        reason: RefusalKind::Invalid,
+                        violations: violations(&error),
+                        message,
+                        retry_after_ms: None,
+                    });
+                    continue;
+                }
+            };
+            if let Err(message) = self.authorize_write(who, &mut event) {
+                self.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+                // Filed under the sender, not under the organization the event claims.
+                let mut entry = dead_letter_entry(&event, &DeadLetterReason::Unauthorized(message.clone()));
+                entry.ext.organization = Some(who.org.to_string());
+                entries.push(entry);
+                outcome.refusals.push(Refusal {
+                    index,
+                    event_id: Some(event.id.clone()),
+                    reason: RefusalKind::Unauthorized,
+                    message,
+                    violations: Vec::new(),
+                    retry_after_ms: None,
+                });
+                continue;
+            }
+            if event.kind() == Some(EventKind::AssetCreated)
+                && let Some(asset) = event.asset_id()
+            {
+                creations.push((index, asset.to_owned()));
+            }
+            places.push((index, event.id.clone()));
+            events.push(event);
+        }
+        // Refusals are durable before the answer, like acceptances.
+        self.twin.dead_letter_entries(entries).await.map_err(|e| RequestError::Unavailable(e.to_string()))?;
+        let results = self.twin.ingest_batch(events).await;
+        let mut accepted_indices = Vec::new();
+        for ((index, id), result) in places.into_iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    outcome.accepted += 1;
+                    accepted_indices.push(index);
+                }
+                Err(error) => outcome.refusals.push(refusal(index, id, &error)),
+            }
+        }
+        if !creations.is_empty()
+            && let Ok(mut owners) = self.owners.write()
+        {
+            for (index, asset) in creations {
+                if accepted_indices.binary_search(&index).is_ok() {
+                    owners.entry(asset).or_insert_with(|| Arc::clone(&who.org));
+                }
+            }
+        }
+        outcome.refusals.sort_by_key(|r| r.index);
+        Ok(outcome)
+    }
+
+    /// Stamps `who`'s organization on an event that names none; refuses one that names
+    /// another, or that is about another organization's asset.
+    fn authorize_write(&self, who: &Principal, event: &mut Event) -> Result<(), String> {
+        match &event.ext.organization {
+            Some(org) if !who.may_access(org) => {
+                return Err(format!("the event names organization {org:?}; the token is for {:?}", &*who.org));
+            }
+            Some(_) => {}
+            None => event.ext.organization = Some(who.org.to_string()),
+        }
+        if let Some(asset) = event.asset_id()
+            && let Some(owner) = self.owner(asset)
+            && !who.may_access(&owner)
+        {
+            return Err(format!("asset {asset:?} belongs to another organization"));
+        }
+        Ok(())
+    }
+
+    fn check_asset(&self, who: &Principal, asset: &str) -> Result<(), RequestError> {
+        match self.owner(asset) {
+            Some(owner) if who.may_access(&owner) => Ok(()),
+            _ => Err(RequestError::NotFound(format!("no asset {asset:?} in organization {:?}", &*who.org))),
+        }
+    }
+
+    /// An asset's state, now or at `at` (time travel).
+    pub(crate) async fn asset_state(
+        &self,
+        who: &Principal,
+        asset: &str,
+        at: Option<Timestamp>,
+    ) -> Result<AssetState, RequestError> {
+        self.check_asset(who, asset)?;
+        match at {
+            None => self.twin.asset_state(asset).await.map_err(|e| RequestError::Unavailable(e.to_string())),
+            Some(at) => {
+                let (log, asset) = (self.twin.log().clone(), asset.to_owned());
+                tokio::task::spawn_blocking(move || state_at(&log, &asset, at))
+                    .await
+                    .map_err(|e| RequestError::Unavailable(e.to_string()))?
+                    .map_err(|e| RequestError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// An asset's events with time in `from..=to` whose type matches, oldest first; at most
+    /// `limit`, and whether more matched.
+    pub(crate) async fn history(
+        &self,
+        who: &Principal,
+        asset: &str,
+        range: (Option<Timestamp>, Option<Timestamp>),
+        types: Vec<TypePattern>,
+        limit: usize,
+    ) -> Result<(Vec<Event>, bool), RequestError> {
+        self.check_asset(who, asset)?;
+        let (log, stream) = (self.twin.log().clone(), asset_stream(asset));
+        let unavailable = |e: String| RequestError::Unavailable(e);
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for record in log.read_stream(&stream, 1).map_err(|e| e.to_string())? {
+                if range.0.is_some_and(|from| record.time < from) || range.1.is_some_and(|to| record.time > to) {
+                    continue;
+                }
+                let event = record.event().map_err(|e| e.to_string())?;
+                if types.is_empty() || types.iter().any(|p| p.matches(event.ty.as_str())) {
+                    if out.len() == limit {
+                        return Ok((out, true));
+                    }
+                    out.push(event);
+                }
+            }
+            Ok((out, false))
+        })
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(unavailable)
+    }
+
+    /// Window results of `cell` (a routing cell or a parent), optionally as they were at
+    /// `at`, rolled up to `resolution` when it is coarser than the routing cells.
+    pub(crate) async fn cell_aggregates(
+        &self,
+        cell: CellIndex,
+        resolution: Option<Resolution>,
+        at: Option<Timestamp>,
+    ) -> Result<Vec<WindowResult>, RequestError> {
+        let Some(config) = self.cells.clone() else { return Ok(Vec::new()) };
+        let routing = self.resolution;
+        if cell.resolution() > routing {
+            return Err(RequestError::InvalidArgument(format!(
+                "cell {cell} is finer than the twin's resolution {}; ask for its parent",
+                u8::from(routing)
+            )));
+        }
+        let results = match at {
+            Some(at) => {
+                let log = self.twin.log().clone();
+                tokio::task::spawn_blocking(move || cell_aggregates_at(&log, &config, cell, at))
+                    .await
+                    .map_err(|e| RequestError::Unavailable(e.to_string()))?
+                    .map_err(|e| RequestError::Unavailable(e.to_string()))?
+            }
+            None => {
+                let mut results = Vec::new();
+                for child in cell.children(routing) {
+                    let found = self.twin.cell_aggregates(child).await;
+                    results.extend(found.map_err(|e| RequestError::Unavailable(e.to_string()))?);
+                }
+                results
+            }
+        };
+        Ok(match resolution {
+            Some(target) if target < routing => rollup(results, target),
+            _ => results,
+        })
+    }
+
+    /// Open alerts `who` may see, optionally only in `cells` (or under them).
+    pub(crate) fn open_alerts(&self, who: &Principal, cells: &[CellIndex]) -> Vec<(String, OpenAlert)> {
+        self.models.read(|m| {
+            m.open_alerts
+                .iter()
+                .filter(|(_, alert)| {
+                    alert.asset_id.as_deref().is_none_or(|a| self.owner(a).is_none_or(|owner| who.may_access(&owner)))
+                })
+                .filter(|(_, alert)| {
+                    cells.is_empty() || alert.cell.is_some_and(|c| cells.iter().any(|&area| within(c, area)))
+                })
+                .map(|(id, alert)| (id.clone(), alert.clone()))
+                .collect()
+        })
+    }
+
+    /// Asset counts by type, status and cell, over `who`'s assets.
+    pub(crate) fn inventory(&self, who: &Principal) -> citytwin_twin::read::Inventory {
+        self.models.read(|m| {
+            let mut inventory = citytwin_twin::read::Inventory::default();
+            for summary in m.assets.values() {
+                if !summary.organization.as_deref().is_some_and(|o| who.may_access(o)) {
+                    continue;
+                }
+                *inventory.by_type.entry(summary.asset_type.clone()).or_default() += 1;
+                *inventory.by_status.entry(summary.status.name()).or_default() += 1;
+                if let Some(cell) = summary.cell {
+                    *inventory.by_cell.entry(cell.to_string()).or_default() += 1;
+                }
+            }
+            inventory
+        })
+    }
+
+    /// Dead letters of `who`'s organization (every one for an admin), newest last.
+    pub(crate) async fn dead_letters(&self, who: &Principal) -> Result<Vec<DeadLetter>, RequestError> {
+        let log = self.twin.log().clone();
+        let letters = tokio::task::spawn_blocking(move || dead_letters(&log))
+            .await
+            .map_err(|e| RequestError::Unavailable(e.to_string()))?
+            .map_err(|e| RequestError::Unavailable(e.to_string()))?;
+        let org = Arc::clone(&who.org);
+        Ok(letters.into_iter().filter(|l| who.admin || l.organization.as_deref().is_some_and(|o| o == &*org)).collect())
+    }
+
+    /// A live subscription restricted to what `who` may see (the caller checks
+    /// [`Gateway::visible`] on each delivery).
+    pub(crate) fn subscribe(&self, filter: Filter) -> Subscription {
+        self.twin.subscribe(filter)
+    }
+
+    /// The log's records matching `filter` below position `until`, that `who` may see,
+    /// handed to `each` in position order; stops early when `each` returns false.
+    pub(crate) fn replay_until(
+        &self,
+        who: &Principal,
+        filter: ReplayFilter,
+        assets: &[String],
+        until: u64,
+        mut each: impl FnMut(Committed) -> bool,
+    ) -> citytwin_core::Result<()> {
+        for record in self.twin.log().replay(filter) {
+            let record = record?;
+            if record.position >= until {
+                break;
+            }
+            let event = record.event()?;
+            if !assets.is_empty() && !event.asset_id().is_some_and(|a| assets.iter().any(|x| x == a)) {
+                continue;
+            }
+            if self.visible(who, &event) && !each(Committed { position: record.position, event }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `cell` is `area` or lies under it.
+pub(crate) fn within(cell: CellIndex, area: CellIndex) -> bool {
+    cell == area || (cell.resolution() > area.resolution() && cell.parent(area.resolution()) == Some(area))
+}
+
+fn violations(error: &citytwin_core::Error) -> Vec<(String, String)> {
+    match error {
+        citytwin_core::Error::Invalid(invalid) => {
+            invalid.violations().iter().map(|v| (v.attribute.clone(), v.rule.clone())).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn refusal(index: usize, id: String, error: &IngestError) -> Refusal {
+    let (reason, retry_after_ms) = match error {
+        IngestError::Invalid(_) => (RefusalKind::Invalid, None),
+        IngestError::Refused(CommandError::Rejected(Rejection::WrongOrganization { .. })) => {
+            (RefusalKind::Unauthorized, None)
+        }
+        IngestError::Refused(_) => (RefusalKind::Refused, None),
+        IngestError::Overloaded { retry_after } => {
+            (RefusalKind::Overloaded, Some(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX)))
+        }
+        _ => (RefusalKind::Unavailable, Some(1000)),
+    };
+    Refusal { index, event_id: Some(id), reason, message: error.to_string(), violations: Vec::new(), retry_after_ms }
+}
+
+/// Combines window results of fine cells into their parents at `target`: counts and sums
+/// add, minima and maxima combine, averages are weighted by the windows' counts.
+fn rollup(results: Vec<WindowResult>, target: Resolution) -> Vec<WindowResult> {
+    /// (rule, key at the target resolution, window start, window end).
+    type Group = (Arc<str>, Vec<KeyPart>, Timestamp, Timestamp);
+    /// The combined result so far, and per aggregate (value, weight so far).
+    type Partial = (WindowResult, BTreeMap<String, (f64, f64)>);
+    let mut groups: BTreeMap<Group, Partial> = BTreeMap::new();
+    for result in results {
+        let key: Vec<KeyPart> = result
+            .key
+            .0
+            .iter()
+            .map(|part| match part {
+                KeyPart::Cell(cell) => KeyPart::Cell(cell.parent(target).unwrap_or(*cell)),
+                other => other.clone(),
+            })
+            .collect();
+        let group = (Arc::clone(&result.rule_id), key.clone(), result.start, result.end);
+        let count = result.count as f64;
+        let entry = groups.entry(group).or_insert_with(|| {
+            let mut empty = result.clone();
+            empty.key = citytwin_core::cep::Key(key);
+            empty.count = 0;
+            empty.values.clear();
+            (empty, BTreeMap::new())
+        });
+        entry.0.count += result.count;
+        for (name, value) in result.values {
+            let slot = entry.1.entry(name.clone()).or_insert((f64::NAN, 0.0));
+            let combined = if name.starts_with("avg(") {
+                let total = slot.1 + count;
+                let previous = if slot.0.is_nan() { 0.0 } else { slot.0 * slot.1 };
+                (if total > 0.0 { (previous + value * count) / total } else { value }, total)
+            } else if name.starts_with("min(") {
+                (if slot.0.is_nan() { value } else { slot.0.min(value) }, 0.0)
+            } else if name.starts_with("max(") {
+                (if slot.0.is_nan() { value } else { slot.0.max(value) }, 0.0)
+            } else {
+                (if slot.0.is_nan() { value } else { slot.0 + value }, 0.0)
+            };
+            *slot = combined;
+        }
+    }
+    groups
+        .into_values()
+        .map(|(mut result, values)| {
+            result.values = values.into_iter().map(|(name, (value, _))| (name, value)).collect();
+            result
+        })
+        .collect()
+}
+
+/// The payload of an alert event, when it is one (for the views).
+pub(crate) fn alert_payload(event: &Event) -> Option<&citytwin_core::event::AlertTriggered> {
+    match event.payload() {
+        Some(Payload::AlertTriggered(alert)) => Some(alert),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use citytwin_core::cep::{Emission, Key};
+
+    use super::*;
+
+    #[test]
+    fn rollups_weight_averages_by_count_and_combine_the_rest() {
+        let parent: CellIndex = "862a1072fffffff".parse().unwrap();
+        let children: Vec<CellIndex> = parent.children(Resolution::Eight).take(2).collect();
+        let result = |cell: CellIndex, count: u64, avg: f64, max: f64| WindowResult {
+            rule_id: Arc::from("r"),
+            key: Key(vec![KeyPart::Cell(cell)]),
+            start: Timestamp::from_secs(0),
+            end: Timestamp::from_secs(60),
+            emission: Emission::Final,
+            count,
+            values: vec![("avg(pm25)".into(), avg), ("max(pm25)".into(), max), ("count(pm25)".into(), count as f64)],
+        };
+        let rolled =
+            rollup(vec![result(children[0], 1, 10.0, 10.0), result(children[1], 3, 30.0, 40.0)], Resolution::Six);
+        assert_eq!(rolled.len(), 1);
+        assert_eq!(rolled[0].key.cell(), Some(parent));
+        assert_eq!(rolled[0].count, 4);
+        let values: BTreeMap<_, _> = rolled[0].values.iter().cloned().collect();
+        assert_eq!(values["avg(pm25)"], 25.0);
+        assert_eq!(values["max(pm25)"], 40.0);
+        assert_eq!(values["count(pm25)"], 4.0);
+    }
+}

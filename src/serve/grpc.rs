@@ -1,0 +1,635 @@
+//! The gRPC API (`citytwin.v1`): thin translations between the wire types and [`Gateway`]
+//! calls. Authentication happens in an interceptor that puts the caller's [`Principal`] into
+//! the request's extensions.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use citytwin_core::event::{Event, EventKind, Payload, Timestamp, TypePattern, parse_cell};
+use citytwin_core::log::ReplayFilter;
+use citytwin_proto::convert::{event_from_proto, event_to_proto, timestamp_from_proto, timestamp_to_proto};
+use citytwin_proto::v1;
+use citytwin_twin::bus::{Committed, Filter};
+use futures_util::{Stream, StreamExt};
+use h3o::{CellIndex, LatLng, Resolution};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::{Principal, Tokens};
+use super::gateway::{Gateway, Input, Outcome, RefusalKind, RequestError, alert_payload};
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Events the twin sends a slow subscriber before it waits for it (the subscription itself
+/// never loses events: it catches up from the log).
+const STREAM_BUFFER: usize = 1024;
+
+/// The services, sharing one gateway.
+#[derive(Debug, Clone)]
+pub(crate) struct Api {
+    gateway: Arc<Gateway>,
+}
+
+impl Api {
+    pub(crate) fn new(gateway: Arc<Gateway>) -> Self {
+        Api { gateway }
+    }
+}
+
+/// The interceptor: `authorization: Bearer <token>` → [`Principal`] in the extensions.
+pub(crate) fn authenticate(tokens: Arc<Tokens>) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let principal = tokens.authenticate(header).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        request.extensions_mut().insert(principal);
+        Ok(request)
+    }
+}
+
+fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request.extensions().get::<Principal>().cloned().ok_or_else(|| Status::unauthenticated("no credentials"))
+}
+
+/// The gRPC status for a refused request, with a `retry-after` hint where there is one.
+pub(crate) fn status(error: RequestError) -> Status {
+    let message = error.to_string();
+    match error {
+        RequestError::RateLimited { retry_after, .. } => {
+            let mut status = Status::resource_exhausted(message);
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(value) = seconds.to_string().parse() {
+                status.metadata_mut().insert("retry-after", value);
+            }
+            if let Ok(value) = retry_after.as_millis().to_string().parse() {
+                status.metadata_mut().insert("retry-after-ms", value);
+            }
+            status
+        }
+        RequestError::TooLarge { .. } | RequestError::InvalidArgument(_) => Status::invalid_argument(message),
+        RequestError::NotFound(_) => Status::not_found(message),
+        RequestError::Unavailable(_) => Status::unavailable(message),
+    }
+}
+
+fn inputs(events: Vec<v1::CloudEvent>) -> Vec<Input> {
+    events
+        .into_iter()
+        .map(|wire| match event_from_proto(&wire) {
+            Ok(event) => Input::Event(event),
+            Err(error) => Input::Bad {
+                id: (!wire.id.is_empty()).then(|| wire.id.clone()),
+                error,
+                raw: prost::Message::encode_to_vec(&wire),
+            },
+        })
+        .collect()
+}
+
+fn ingest_response(outcome: Outcome, offset: u64) -> v1::IngestResponse {
+    v1::IngestResponse {
+        accepted: outcome.accepted,
+        rejected: outcome.refusals.len() as u64,
+        rejections: outcome
+            .refusals
+            .into_iter()
+            .map(|r| v1::Rejection {
+                index: r.index as u64 + offset,
+                event_id: r.event_id.unwrap_or_default(),
+                reason: match r.reason {
+                    RefusalKind::Invalid => v1::RejectionReason::Invalid,
+                    RefusalKind::Refused => v1::RejectionReason::Refused,
+                    RefusalKind::Unauthorized => v1::RejectionReason::Unauthorized,
+                    RefusalKind::Overloaded => v1::RejectionReason::Overloaded,
+                    RefusalKind::Unavailable => v1::RejectionReason::Unavailable,
+                } as i32,
+                message: r.message,
+                violations: r
+                    .violations
+                    .into_iter()
+                    .map(|(attribute, problem)| v1::Violation { attribute, problem })
+                    .collect(),
+                retry_after_ms: r.retry_after_ms.map_or(0, |ms| u32::try_from(ms).unwrap_or(u32::MAX)),
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::ingest_server::Ingest for Api {
+    async fn ingest(&self, request: Request<v1::IngestRequest>) -> Result<Response<v1::IngestResponse>, Status> {
+        let who = principal(&request)?;
+        let outcome = self.gateway.ingest(&who, "grpc", inputs(request.into_inner().events)).await.map_err(status)?;
+        Ok(Response::new(ingest_response(outcome, 0)))
+    }
+
+    async fn ingest_stream(
+        &self,
+        request: Request<Streaming<v1::IngestRequest>>,
+    ) -> Result<Response<v1::IngestResponse>, Status> {
+        let who = principal(&request)?;
+        let mut stream = request.into_inner();
+        let mut total = v1::IngestResponse::default();
+        let mut offset = 0u64;
+        while let Some(batch) = stream.message().await? {
+            let count = batch.events.len() as u64;
+            let outcome = self.gateway.ingest(&who, "grpc", inputs(batch.events)).await.map_err(status)?;
+            let part = ingest_response(outcome, offset);
+            total.accepted += part.accepted;
+            total.rejected += part.rejected;
+            total.rejections.extend(part.rejections);
+            offset += count;
+        }
+        Ok(Response::new(total))
+    }
+}
+
+fn time_arg(time: Option<&prost_types::Timestamp>) -> Option<Timestamp> {
+    time.map(timestamp_from_proto)
+}
+
+fn cell_arg(text: &str) -> Result<CellIndex, Status> {
+    parse_cell(text).map_err(Status::invalid_argument)
+}
+
+fn cells_arg(texts: &[String]) -> Result<Vec<CellIndex>, Status> {
+    texts.iter().map(|t| cell_arg(t)).collect()
+}
+
+fn types_arg(texts: &[String]) -> Vec<TypePattern> {
+    texts.iter().map(|t| TypePattern::new(t.as_str())).collect()
+}
+
+fn asset_state(state: citytwin_twin::asset::logic::AssetState) -> v1::AssetState {
+    v1::AssetState {
+        asset_id: state.asset_id,
+        asset_type: state.asset_type,
+        organization: state.organization.unwrap_or_default(),
+        status: state.status.name().to_owned(),
+        lat: state.location.map(|l| l.lat),
+        lng: state.location.map(|l| l.lng),
+        last_seen: state.last_seen.map(timestamp_to_proto),
+        metrics: state
+            .metrics
+            .into_iter()
+            .map(|(name, m)| {
+                let stats = v1::MetricStats {
+                    last: m.last,
+                    last_time: Some(timestamp_to_proto(m.last_time)),
+                    unit: m.unit.to_string(),
+                    count: m.count,
+                    mean: m.mean(),
+                    min: m.min,
+                    max: m.max,
+                };
+                (name, stats)
+            })
+            .collect(),
+        battery_pct: state.battery_pct,
+        battery_low: state.battery_low,
+        firmware: state.firmware.unwrap_or_default(),
+        version: state.version,
+        reporting_interval_s: state.reporting_interval_s.unwrap_or(0),
+    }
+}
+
+pub(crate) fn key_text(key: &citytwin_core::cep::Key) -> Vec<String> {
+    use citytwin_core::cep::KeyPart;
+    key.0
+        .iter()
+        .map(|part| match part {
+            KeyPart::Asset(a) => format!("asset={a}"),
+            KeyPart::AssetType(t) => format!("type={t}"),
+            KeyPart::Metric(m) => format!("metric={m}"),
+            KeyPart::Cell(c) => format!("cell={c}"),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl v1::query_server::Query for Api {
+    async fn get_asset(&self, request: Request<v1::GetAssetRequest>) -> Result<Response<v1::AssetState>, Status> {
+        let who = principal(&request)?;
+        self.gateway.admit_request(&who).map_err(status)?;
+        let request = request.into_inner();
+        let state =
+            self.gateway.asset_state(&who, &request.asset_id, time_arg(request.at.as_ref())).await.map_err(status)?;
+        Ok(Response::new(asset_state(state)))
+    }
+
+    async fn asset_history(
+        &self,
+        request: Request<v1::AssetHistoryRequest>,
+    ) -> Result<Response<v1::AssetHistoryResponse>, Status> {
+        let who = principal(&request)?;
+        self.gateway.admit_request(&who).map_err(status)?;
+        let request = request.into_inner();
+        let limit = if request.limit == 0 { 10_000 } else { request.limit as usize };
+        let range = (time_arg(request.from.as_ref()), time_arg(request.to.as_ref()));
+        let (events, truncated) = self
+            .gateway
+            .history(&who, &request.asset_id, range, types_arg(&request.types), limit)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::AssetHistoryResponse { events: events.iter().map(event_to_proto).collect(), truncated }))
+    }
+
+    async fn cell_aggregates(
+        &self,
+        request: Request<v1::CellAggregatesRequest>,
+    ) -> Result<Response<v1::CellAggregatesResponse>, Status> {
+        let who = principal(&request)?;
+        self.gateway.admit_request(&who).map_err(status)?;
+        let request = request.into_inner();
+        let cell = cell_arg(&request.cell)?;
+        let resolution = request
+            .resolution
+            .map(|r| {
+                u8::try_from(r)
+                    .ok()
+                    .and_then(|r| Resolution::try_from(r).ok())
+                    .ok_or_else(|| Status::invalid_argument(format!("resolution {r} is not 0..=15")))
+            })
+            .transpose()?;
+        let results =
+            self.gateway.cell_aggregates(cell, resolution, time_arg(request.at.as_ref())).await.map_err(status)?;
+        Ok(Response::new(v1::CellAggregatesResponse {
+            results: results
+                .into_iter()
+                .map(|r| v1::WindowResult {
+                    rule_id: r.rule_id.to_string(),
+                    key: key_text(&r.key),
+                    cell: r.key.cell().map(|c| c.to_string()).unwrap_or_default(),
+                    start: Some(timestamp_to_proto(r.start)),
+                    end: Some(timestamp_to_proto(r.end)),
+                    count: r.count,
+                    values: r.values.into_iter().collect(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn inventory(
+        &self,
+        request: Request<v1::InventoryRequest>,
+    ) -> Result<Response<v1::InventoryResponse>, Status> {
+        let who = principal(&request)?;
+        self.gateway.admit_request(&who).map_err(status)?;
+        let inventory = self.gateway.inventory(&who);
+        Ok(Response::new(v1::InventoryResponse {
+            total: inventory.by_type.values().sum(),
+            by_type: inventory.by_type.into_iter().collect(),
+            by_status: inventory.by_status.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            by_cell: inventory.by_cell.into_iter().collect(),
+        }))
+    }
+
+    async fn open_alerts(
+        &self,
+        request: Request<v1::OpenAlertsRequest>,
+    ) -> Result<Response<v1::OpenAlertsResponse>, Status> {
+        let who = principal(&request)?;
+        self.gateway.admit_request(&who).map_err(status)?;
+        let cells = cells_arg(&request.get_ref().cells)?;
+        let alerts = self
+            .gateway
+            .open_alerts(&who, &cells)
+            .into_iter()
+            .map(|(alert_id, a)| v1::Alert {
+                alert_id,
+                rule_id: a.rule_id,
+                severity: a.severity.to_string(),
+                asset_id: a.asset_id.unwrap_or_default(),
+                cell: a.cell.map(|c| c.to_string()).unwrap_or_default(),
+                time: a.time.map(timestamp_to_proto),
+                actions: a.actions,
+            })
+            .collect();
+        Ok(Response::new(v1::OpenAlertsResponse { alerts }))
+    }
+}
+
+fn bbox_arg(bbox: Option<&v1::BoundingBox>) -> Result<Option<(f64, f64, f64, f64)>, Status> {
+    let Some(b) = bbox else { return Ok(None) };
+    let ok = (-90.0..=90.0).contains(&b.south)
+        && (-90.0..=90.0).contains(&b.north)
+        && (-180.0..=180.0).contains(&b.west)
+        && (-180.0..=180.0).contains(&b.east)
+        && b.south <= b.north
+        && b.west <= b.east;
+    if !ok {
+        return Err(Status::invalid_argument(format!(
+            "bbox {b:?} must have south <= north within -90..90 and west <= east within -180..180"
+        )));
+    }
+    Ok(Some((b.south, b.west, b.north, b.east)))
+}
+
+fn delivery(committed: &Committed) -> v1::Delivery {
+    v1::Delivery { position: committed.position, event: Some(event_to_proto(&committed.event)) }
+}
+
+/// Forwards a subscription to a gRPC stream: only what `who` may see; ends when the client
+/// goes away.
+fn forward(
+    gateway: Arc<Gateway>,
+    who: Principal,
+    mut subscription: citytwin_twin::bus::Subscription,
+    tx: mpsc::Sender<Result<v1::Delivery, Status>>,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                next = subscription.recv() => {
+                    let Some(committed) = next else { return };
+                    if gateway.visible(&who, &committed.event) && tx.send(Ok(delivery(&committed))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[tonic::async_trait]
+impl v1::subscribe_server::Subscribe for Api {
+    type EventsStream = Stream_<v1::Delivery>;
+    type ViewportStream = Stream_<v1::ViewportUpdate>;
+
+    async fn events(&self, request: Request<v1::SubscribeRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        let who = principal(&request)?;
+        self.gateway.admit_request(&who).map_err(status)?;
+        let request = request.into_inner();
+        let filter = Filter {
+            types: types_arg(&request.types),
+            cells: cells_arg(&request.cells)?,
+            bbox: bbox_arg(request.bbox.as_ref())?,
+            assets: request.assets,
+            organizations: Vec::new(),
+        };
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        forward(Arc::clone(&self.gateway), who, self.gateway.subscribe(filter), tx);
+        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+    }
+
+    async fn viewport(&self, request: Request<v1::ViewportRequest>) -> Result<Response<Self::ViewportStream>, Status> {
+        let who = principal(&request)?;
+        self.gateway.admit_request(&who).map_err(status)?;
+        let request = request.into_inner();
+        let bbox = bbox_arg(request.bbox.as_ref())?;
+        let fine_zoom = if request.fine_zoom > 0.0 { request.fine_zoom } else { 14.0 };
+        let interval = Duration::from_secs_f64(if request.interval_s > 0.0 { request.interval_s } else { 1.0 });
+        let filter = Filter { bbox, ..Filter::default() };
+        let mut subscription = self.gateway.subscribe(filter);
+        let (tx, rx) = mpsc::channel::<Result<v1::ViewportUpdate, Status>>(STREAM_BUFFER);
+        let gateway = Arc::clone(&self.gateway);
+        if request.zoom >= fine_zoom {
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        next = subscription.recv() => {
+                            let Some(committed) = next else { return };
+                            if committed.event.asset_id().is_none() || !gateway.visible(&who, &committed.event) {
+                                continue;
+                            }
+                            let update = v1::ViewportUpdate {
+                                update: Some(v1::viewport_update::Update::AssetEvent(delivery(&committed))),
+                            };
+                            if tx.send(Ok(update)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        } else {
+            let resolution = zoom_resolution(request.zoom);
+            let metric = request.metric;
+            tokio::spawn(async move {
+                let mut frame = CellFrameBuilder::new(resolution, metric);
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        _ = tick.tick() => {
+                            let update = v1::ViewportUpdate { update: Some(v1::viewport_update::Update::Cells(frame.take())) };
+                            if tx.send(Ok(update)).await.is_err() {
+                                return;
+                            }
+                        }
+                        next = subscription.recv() => {
+                            let Some(committed) = next else { return };
+                            if gateway.visible(&who, &committed.event) {
+                                frame.add(&committed.event);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+    }
+}
+
+/// The H3 resolution that suits a web-map zoom level: about one hexagon per 30 pixels.
+pub(crate) fn zoom_resolution(zoom: f64) -> Resolution {
+    let resolution = ((zoom - 2.0) * 0.75).round().clamp(0.0, 15.0) as u8;
+    Resolution::try_from(resolution).unwrap_or(Resolution::Zero)
+}
+
+/// Accumulates what happened per cell between two viewport frames.
+#[derive(Debug)]
+pub(crate) struct CellFrameBuilder {
+    resolution: Resolution,
+    metric: String,
+    cells: BTreeMap<CellIndex, (u64, u64, f64, u64, Option<Timestamp>)>,
+}
+
+impl CellFrameBuilder {
+    pub(crate) fn new(resolution: Resolution, metric: String) -> Self {
+        CellFrameBuilder { resolution, metric, cells: BTreeMap::new() }
+    }
+
+    pub(crate) fn add(&mut self, event: &Event) {
+        let cell = event
+            .ext
+            .h3cell
+            .or_else(|| {
+                event.location().and_then(|l| LatLng::new(l.lat, l.lng).ok().map(|p| p.to_cell(self.resolution)))
+            })
+            .or_else(|| alert_payload(event).and_then(|a| a.cell));
+        let Some(cell) =
+            cell.and_then(|c| if c.resolution() >= self.resolution { c.parent(self.resolution) } else { None })
+        else {
+            return;
+        };
+        let slot = self.cells.entry(cell).or_insert((0, 0, 0.0, 0, None));
+        slot.0 += 1;
+        if event.kind() == Some(EventKind::AlertTriggered) {
+            slot.1 += 1;
+        }
+        if let Some(Payload::MetricRecorded(m)) = event.payload()
+            && (self.metric.is_empty() || m.metric_type == self.metric)
+        {
+            slot.2 += m.value;
+            slot.3 += 1;
+        }
+        if event.time > slot.4 {
+            slot.4 = event.time;
+        }
+    }
+
+    pub(crate) fn take(&mut self) -> v1::CellFrame {
+        let cells = std::mem::take(&mut self.cells);
+        let until = cells.values().filter_map(|s| s.4).max();
+        v1::CellFrame {
+            resolution: u32::from(u8::from(self.resolution)),
+            until: until.map(timestamp_to_proto),
+            cells: cells
+                .into_iter()
+                .map(|(cell, (events, alerts, sum, n, last))| v1::CellSummary {
+                    cell: cell.to_string(),
+                    events,
+                    alerts,
+                    mean: (n > 0).then(|| sum / n as f64),
+                    last_time: last.map(timestamp_to_proto),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::replay_server::Replay for Api {
+    type ReplayStream = Stream_<v1::Delivery>;
+
+    async fn replay(&self, request: Request<v1::ReplayRequest>) -> Result<Response<Self::ReplayStream>, Status> {
+        let who = principal(&request)?;
+        self.gateway.admit_request(&who).map_err(status)?;
+        let request = request.into_inner();
+        let types = types_arg(&request.types);
+        let cells = cells_arg(&request.cells)?;
+        let to = time_arg(request.to.as_ref());
+        let filter = ReplayFilter {
+            from_time: time_arg(request.from.as_ref()),
+            to_time: to.map(|t| Timestamp::from_nanos(t.as_nanos().saturating_add(1))),
+            types: types.clone(),
+            cells: cells.clone(),
+            ..ReplayFilter::default()
+        };
+        // Subscribe first: the log holds everything before the subscription's start, the
+        // subscription everything from it on: no gap, no duplicate.
+        let follow = request.follow && to.is_none();
+        let subscription = follow.then(|| {
+            self.gateway.subscribe(Filter {
+                types,
+                cells,
+                bbox: None,
+                assets: request.assets.clone(),
+                organizations: Vec::new(),
+            })
+        });
+        let until = subscription.as_ref().map_or(u64::MAX, citytwin_twin::bus::Subscription::start);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let gateway = Arc::clone(&self.gateway);
+        let assets = request.assets;
+        tokio::spawn(async move {
+            let (replay_gateway, replay_who, replay_tx) = (Arc::clone(&gateway), who.clone(), tx.clone());
+            let replayed = tokio::task::spawn_blocking(move || {
+                replay_gateway.replay_until(&replay_who, filter, &assets, until, |committed| {
+                    replay_tx.blocking_send(Ok(delivery(&committed))).is_ok()
+                })
+            })
+            .await;
+            let failed = match replayed {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(error) => Some(error.to_string()),
+            };
+            if let Some(error) = failed {
+                let _ = tx.send(Err(Status::internal(format!("replay failed: {error}")))).await;
+                return;
+            }
+            if let Some(subscription) = subscription {
+                forward(gateway, who, subscription, tx);
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for Api {
+    async fn dead_letters(
+        &self,
+        request: Request<v1::DeadLettersRequest>,
+    ) -> Result<Response<v1::DeadLettersResponse>, Status> {
+        let who = principal(&request)?;
+        self.gateway.admit_request(&who).map_err(status)?;
+        let request = request.into_inner();
+        let mut letters = self.gateway.dead_letters(&who).await.map_err(status)?;
+        if request.pending_only {
+            letters.retain(|l| l.status == citytwin_twin::deadletter::DeadLetterStatus::Pending);
+        }
+        if request.limit > 0 {
+            let keep = request.limit as usize;
+            letters.drain(..letters.len().saturating_sub(keep));
+        }
+        let dead_letters = letters
+            .into_iter()
+            .map(|l| v1::DeadLetter {
+                event_id: l.original.as_ref().map(|e| e.id.clone()).unwrap_or_default(),
+                reason: l.reason,
+                message: l.message,
+                status: format!("{:?}", l.status).to_lowercase(),
+                attempts: 0,
+                event: l.original.as_ref().map(event_to_proto),
+            })
+            .collect();
+        Ok(Response::new(v1::DeadLettersResponse { dead_letters }))
+    }
+
+    async fn reprocess(
+        &self,
+        request: Request<v1::ReprocessRequest>,
+    ) -> Result<Response<v1::ReprocessResponse>, Status> {
+        let who = principal(&request)?;
+        if !who.admin {
+            return Err(Status::permission_denied("reprocessing dead letters needs an admin organization"));
+        }
+        let attempts = request.into_inner().max_attempts;
+        let policy = citytwin_twin::deadletter::RetryPolicy {
+            max_attempts: if attempts == 0 { 5 } else { attempts },
+            ..Default::default()
+        };
+        let report =
+            self.gateway.twin.reprocess_dead_letters(policy).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(v1::ReprocessResponse {
+            resolved: report.resolved as u64,
+            exhausted: report.exhausted as u64,
+            skipped: report.skipped as u64,
+        }))
+    }
+
+    async fn stats(&self, request: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {
+        let _who = principal(&request)?;
+        let counts = self.gateway.twin.stats();
+        let counters = &self.gateway.counters;
+        Ok(Response::new(v1::StatsResponse {
+            accepted: counts.accepted,
+            rejected: counts.rejected,
+            invalid: counts.invalid + counters.invalid_inputs.load(Ordering::Relaxed),
+            shed: counts.shed,
+            unauthorized: counters.unauthorized.load(Ordering::Relaxed),
+            rate_limited: counters.rate_limited.load(Ordering::Relaxed),
+            log_position: self.gateway.twin.log().next_position(),
+            live_assets: self.gateway.twin.live_assets().await.unwrap_or(0) as u64,
+        }))
+    }
+}

@@ -1,0 +1,252 @@
+//! `citytwin serve`: the live twin behind a gRPC API and an HTTP / WebSocket gateway, with
+//! authentication, per-organization rate limits and graceful shutdown; and `citytwin token`.
+//!
+//! - [`config`]: the configuration file and its checks.
+//! - [`auth`]: tokens (stored hashed) and the authorization rule.
+//! - [`gateway`]: what every protocol shares (ingest with precise refusals, queries).
+//! - [`grpc`] and [`http`]: the protocol translations.
+
+pub(crate) mod auth;
+pub(crate) mod config;
+pub(crate) mod gateway;
+pub(crate) mod grpc;
+pub(crate) mod http;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use citytwin_core::cep::{Rule, parse_rules};
+use citytwin_proto::v1;
+use citytwin_twin::cell::CellConfig;
+use citytwin_twin::city::{Twin, TwinConfig};
+use citytwin_twin::read::{LiveReadModels, ReadModels};
+use clap::Args;
+use h3o::Resolution;
+use tokio::net::TcpListener;
+
+use self::auth::{Tokens, hash_token, new_token};
+use self::config::{Organization, ServeConfig};
+use self::gateway::Gateway;
+
+/// The rule files shipped with citytwin, run when the configuration names none.
+const SHIPPED_RULES: [(&str, &str); 4] = [
+    ("air-quality.toml", include_str!("../../scenarios/rules/air-quality.toml")),
+    ("battery-low.toml", include_str!("../../scenarios/rules/battery-low.toml")),
+    ("congestion.toml", include_str!("../../scenarios/rules/congestion.toml")),
+    ("sensor-offline.toml", include_str!("../../scenarios/rules/sensor-offline.toml")),
+];
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Configuration file (see citytwin.example.toml); built-in defaults without it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the file's `data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// gRPC address (overrides `[grpc] listen`; port 0 picks a free one).
+    #[arg(long)]
+    grpc: Option<SocketAddr>,
+    /// HTTP / WebSocket address (overrides `[http] listen`; port 0 picks a free one).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenArgs {
+    /// The organization the token is for (only used in the printed configuration snippet).
+    #[arg(long, default_value = "my-organization")]
+    org: String,
+    /// Hash this token instead of making a new one.
+    #[arg(long)]
+    hash: Option<String>,
+}
+
+/// `citytwin token`: a new API token and the configuration lines that let it in.
+pub(crate) fn token(args: &TokenArgs) {
+    let token = args.hash.clone().unwrap_or_else(new_token);
+    if args.hash.is_none() {
+        println!("token (give it to the client; it is not stored anywhere): {token}");
+    }
+    println!("\n[[organizations]]\nname = {:?}\ntoken_sha256 = \"{}\"", args.org, hash_token(&token));
+}
+
+fn rules(config: &ServeConfig) -> anyhow::Result<Vec<Rule>> {
+    let mut rules = Vec::new();
+    if config.twin.rules.is_empty() {
+        for (name, text) in SHIPPED_RULES {
+            rules.extend(parse_rules(text).map_err(|e| anyhow::anyhow!("shipped rule {name}: {e}"))?);
+        }
+    }
+    for path in &config.twin.rules {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        rules.extend(parse_rules(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?);
+    }
+    Ok(rules)
+}
+
+/// A running server (for `serve` and for tests in this crate).
+#[derive(Debug)]
+pub(crate) struct Running {
+    pub(crate) grpc: SocketAddr,
+    pub(crate) http: SocketAddr,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    grpc_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    gateway: Arc<Gateway>,
+}
+
+/// Starts the twin (recovering it from its log), then the listeners.
+pub(crate) async fn start(mut config: ServeConfig) -> anyhow::Result<Running> {
+    let resolution = Resolution::try_from(config.twin.resolution).context("twin.resolution")?;
+    if config.organizations.is_empty() {
+        let token = new_token();
+        eprintln!(
+            "no organizations configured: development token for the admin organization \"local\" \
+             (valid until this server stops):\n  {token}"
+        );
+        config.organizations.push(Organization {
+            name: "local".into(),
+            token_sha256: vec![hash_token(&token)],
+            admin: true,
+        });
+    }
+    let tokens = Arc::new(Tokens::new(&config.organizations));
+    let mut cells = CellConfig::new(rules(&config)?);
+    cells.resolution = resolution;
+    let mut twin_config = TwinConfig {
+        shards: config.twin.shards.max(1),
+        cells: Some(cells.clone()),
+        ..TwinConfig::new(&config.data_dir)
+    };
+    if let Some(every) = config.twin.snapshot_every {
+        twin_config.asset.snapshot_every = every;
+    }
+    let twin = Twin::start(twin_config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?;
+    // The read side, rebuilt from the log before any client can write.
+    let log = twin.log().clone();
+    let models = tokio::task::spawn_blocking(move || ReadModels::rebuild(&log, resolution)).await??;
+    tracing::info!(assets = models.assets.len(), events = models.applied, "read models rebuilt from the log");
+    let models = LiveReadModels::start_from(twin.bus(), models);
+    let gateway = Arc::new(Gateway::new(twin, models, Some(cells), resolution, &config.limits));
+
+    let (shutdown, mut grpc_stop) = tokio::sync::watch::channel(false);
+    let mut http_stop = grpc_stop.clone();
+
+    let grpc_listener = TcpListener::bind(config.grpc.listen)
+        .await
+        .with_context(|| format!("binding gRPC on {}", config.grpc.listen))?;
+    let grpc = grpc_listener.local_addr()?;
+    let http_listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
+    let http = http_listener.local_addr()?;
+
+    let api = grpc::Api::new(Arc::clone(&gateway));
+    let auth = grpc::authenticate(Arc::clone(&tokens));
+    let max = config.grpc.max_message_bytes;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<v1::ingest_server::IngestServer<grpc::Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            v1::ingest_server::IngestServer::new(api.clone()).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            v1::query_server::QueryServer::new(api.clone()).max_decoding_message_size(max),
+            auth.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            v1::subscribe_server::SubscribeServer::new(api.clone()),
+            auth.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            v1::replay_server::ReplayServer::new(api.clone()),
+            auth.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            v1::admin_server::AdminServer::new(api),
+            auth,
+        ));
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let grpc_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = grpc_stop.wait_for(|stop| *stop).await;
+    }));
+
+    let app = http::router(Arc::clone(&gateway), tokens, config.http.max_body_bytes);
+    let http_task = tokio::spawn(async move {
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    Ok(Running { grpc, http, shutdown, grpc_task, http_task, gateway })
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish, stops the actors and flushes the log.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.grpc_task.await??;
+        self.http_task.await??;
+        let gateway = Arc::into_inner(self.gateway).context("a connection still holds the twin")?;
+        gateway.twin.shutdown().await.map_err(|e| anyhow::anyhow!("stopping the twin: {e}"))?;
+        Ok(())
+    }
+}
+
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `citytwin serve`.
+pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => ServeConfig::load(path)?,
+        None => ServeConfig::default(),
+    };
+    if let Some(dir) = &args.data_dir {
+        config.data_dir.clone_from(dir);
+    }
+    if let Some(addr) = args.grpc {
+        config.grpc.listen = addr;
+    }
+    if let Some(addr) = args.http {
+        config.http.listen = addr;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let running = start(config).await?;
+        // One line on stdout, for people and for scripts that wait for the server.
+        println!("citytwin serving: grpc={} http={}", running.grpc, running.http);
+        tracing::info!(grpc = %running.grpc, http = %running.http, "serving; Ctrl-C or SIGTERM stops");
+        terminated().await;
+        tracing::info!("stopping: finishing requests in flight, flushing the log");
+        running.stop().await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,418 @@
+//! `citytwin serve` end to end over real sockets: the binary is started on free loopback
+//! ports; clients speak gRPC (tonic), HTTP (reqwest) and WebSocket (tungstenite).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use citytwin_core::codec::json;
+use citytwin_core::event::{AssetCommissioned, AssetCreated, Event, Location, MetricRecorded, Timestamp, Unit};
+use citytwin_proto::convert::{event_from_proto, event_to_proto};
+use citytwin_proto::v1;
+use futures_util::StreamExt;
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+const ACME: &str = "acme-test-token";
+const GLOBEX: &str = "globex-test-token";
+const OPS: &str = "ops-test-token";
+const T0: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+
+/// A running `citytwin serve`, killed when dropped.
+struct Server {
+    child: Child,
+    grpc: String,
+    http: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(dir: &Path, limits: &str) -> Server {
+        let hash = |t: &str| {
+            let out = Command::new(env!("CARGO_BIN_EXE_citytwin")).args(["token", "--hash", t]).output().unwrap();
+            let text = String::from_utf8(out.stdout).unwrap();
+            text.lines().find_map(|l| l.strip_prefix("token_sha256 = ")).unwrap().trim_matches('"').to_owned()
+        };
+        let config = format!(
+            "data_dir = \"data\"\n[twin]\nshards = 2\n{limits}\n\
+             [[organizations]]\nname = \"acme\"\ntoken_sha256 = \"{}\"\n\
+             [[organizations]]\nname = \"globex\"\ntoken_sha256 = \"{}\"\n\
+             [[organizations]]\nname = \"ops\"\nadmin = true\ntoken_sha256 = \"{}\"\n",
+            hash(ACME),
+            hash(GLOBEX),
+            hash(OPS)
+        );
+        std::fs::write(dir.join("citytwin.toml"), config).unwrap();
+        let log =
+            dir.join(format!("server-{}.log", std::time::SystemTime::now().elapsed().map_or(0, |d| d.as_nanos())));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_citytwin"))
+            .args(["serve", "--config", "citytwin.toml", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .expect("citytwin serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addresses: BTreeMap<&str, &str> = line
+            .trim()
+            .strip_prefix("citytwin serving: ")
+            .unwrap_or_else(|| {
+                panic!("unexpected first line {line:?}; log:\n{}", std::fs::read_to_string(&log).unwrap())
+            })
+            .split(' ')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        Server {
+            grpc: format!("http://{}", addresses["grpc"]),
+            http: format!("http://{}", addresses["http"]),
+            child,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.grpc.clone()).unwrap().connect().await.unwrap()
+    }
+}
+
+fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+fn created(asset: &str, org: Option<&str>) -> Event {
+    let mut event = Event::new(
+        format!("{asset}-created"),
+        "/test",
+        AssetCreated {
+            asset_id: asset.into(),
+            asset_type: "air_quality_sensor".into(),
+            name: None,
+            location: Some(Location::new(60.1699, 24.9384)),
+            reporting_interval_s: Some(60),
+            attributes: BTreeMap::new(),
+        },
+    )
+    .with_time(Timestamp::from_secs(T0));
+    event.ext.organization = org.map(str::to_owned);
+    event
+}
+
+fn commissioned(asset: &str) -> Event {
+    Event::new(
+        format!("{asset}-commissioned"),
+        "/test",
+        AssetCommissioned { asset_id: asset.into(), commissioned_by: None, firmware_version: None },
+    )
+    .with_time(Timestamp::from_secs(T0 + 1))
+}
+
+fn reading(asset: &str, n: i64, value: f64) -> Event {
+    Event::new(
+        format!("{asset}-r{n}"),
+        "/test",
+        MetricRecorded {
+            asset_id: asset.into(),
+            metric_type: "pm25".into(),
+            value,
+            unit: Unit::new("ug/m3"),
+            location: Some(Location::new(60.1699, 24.9384)),
+        },
+    )
+    .with_time(Timestamp::from_secs(T0 + 60 * n))
+}
+
+async fn ingest(channel: &Channel, token: &str, events: &[Event]) -> v1::IngestResponse {
+    let mut client = v1::ingest_client::IngestClient::new(channel.clone());
+    let request = v1::IngestRequest { events: events.iter().map(event_to_proto).collect() };
+    client.ingest(authed(request, token)).await.unwrap().into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_ingests_queries_streams_and_keeps_organizations_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "");
+    let channel = server.channel().await;
+
+    // Ingest over gRPC: acme's sensor, its lifecycle and readings.
+    let answer = ingest(
+        &channel,
+        ACME,
+        &[created("acme-1", None), commissioned("acme-1"), reading("acme-1", 1, 12.0), reading("acme-1", 2, 14.0)],
+    )
+    .await;
+    assert_eq!((answer.accepted, answer.rejected), (4, 0), "{answer:?}\n{}", server.log());
+
+    // A precise refusal for each kind of bad input, and the rest of the batch still lands.
+    let mut foreign = reading("acme-1", 3, 99.0);
+    foreign.ext.organization = Some("acme".into());
+    let mut invalid = event_to_proto(&reading("acme-1", 4, 1.0));
+    invalid.spec_version = "0.3".into();
+    let globex_request = v1::IngestRequest {
+        events: vec![
+            event_to_proto(&created("globex-1", None)),
+            event_to_proto(&reading("acme-1", 5, 1.0)),
+            event_to_proto(&foreign),
+            invalid,
+            event_to_proto(&reading("nobody", 1, 1.0)),
+        ],
+    };
+    let mut client = v1::ingest_client::IngestClient::new(channel.clone());
+    let answer = client.ingest(authed(globex_request, GLOBEX)).await.unwrap().into_inner();
+    assert_eq!(answer.accepted, 1, "{answer:?}");
+    let reasons: Vec<(u64, i32)> = answer.rejections.iter().map(|r| (r.index, r.reason)).collect();
+    assert_eq!(
+        reasons,
+        [
+            (1, v1::RejectionReason::Unauthorized as i32),
+            (2, v1::RejectionReason::Unauthorized as i32),
+            (3, v1::RejectionReason::Invalid as i32),
+            (4, v1::RejectionReason::Refused as i32),
+        ],
+        "{answer:?}"
+    );
+    assert!(answer.rejections[2].violations.iter().any(|v| v.attribute == "specversion"), "{answer:?}");
+    assert!(answer.rejections[3].message.contains("never created"), "{answer:?}");
+
+    // No credentials, or unknown ones: UNAUTHENTICATED.
+    let error = client.ingest(tonic::Request::new(v1::IngestRequest::default())).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unauthenticated);
+    let error = client.ingest(authed(v1::IngestRequest::default(), "forged")).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unauthenticated);
+
+    // Queries: acme sees its asset (now and in the past); globex does not.
+    let mut query = v1::query_client::QueryClient::new(channel.clone());
+    let state = query
+        .get_asset(authed(v1::GetAssetRequest { asset_id: "acme-1".into(), at: None }, ACME))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (state.status.as_str(), state.metrics["pm25"].count, state.organization.as_str()),
+        ("online", 2, "acme")
+    );
+    let at = citytwin_proto::convert::timestamp_to_proto(Timestamp::from_secs(T0 + 90));
+    let past = query
+        .get_asset(authed(v1::GetAssetRequest { asset_id: "acme-1".into(), at: Some(at) }, ACME))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(past.metrics["pm25"].count, 1, "time travel: one reading by T0+90 s");
+    for token in [GLOBEX] {
+        let error = query
+            .get_asset(authed(v1::GetAssetRequest { asset_id: "acme-1".into(), at: None }, token))
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::NotFound, "{error:?}");
+        let history = v1::AssetHistoryRequest { asset_id: "acme-1".into(), ..Default::default() };
+        assert_eq!(query.asset_history(authed(history, token)).await.unwrap_err().code(), Code::NotFound);
+    }
+    let history = v1::AssetHistoryRequest {
+        asset_id: "acme-1".into(),
+        types: vec!["com.smartcities.asset.metric_recorded".into()],
+        ..Default::default()
+    };
+    let history = query.asset_history(authed(history, ACME)).await.unwrap().into_inner();
+    let ids: Vec<String> = history.events.iter().map(|e| event_from_proto(e).unwrap().id).collect();
+    assert_eq!(ids, ["acme-1-r1", "acme-1-r2"]);
+    let inventory = query.inventory(authed(v1::InventoryRequest {}, GLOBEX)).await.unwrap().into_inner();
+    assert_eq!((inventory.total, inventory.by_type.get("air_quality_sensor")), (1, Some(&1)));
+    let inventory = query.inventory(authed(v1::InventoryRequest {}, OPS)).await.unwrap().into_inner();
+    assert_eq!(inventory.total, 2, "the admin organization sees every asset");
+
+    // Live: globex subscribes to everything; it must see its own events and none of acme's.
+    let mut subscribe = v1::subscribe_client::SubscribeClient::new(channel.clone());
+    let mut globex_stream =
+        subscribe.events(authed(v1::SubscribeRequest::default(), GLOBEX)).await.unwrap().into_inner();
+    let mut acme_stream = subscribe.events(authed(v1::SubscribeRequest::default(), ACME)).await.unwrap().into_inner();
+    assert_eq!(ingest(&channel, ACME, &[reading("acme-1", 6, 20.0)]).await.accepted, 1);
+    assert_eq!(ingest(&channel, GLOBEX, &[commissioned("globex-1")]).await.accepted, 1);
+    let first = globex_stream.message().await.unwrap().unwrap();
+    assert_eq!(event_from_proto(first.event.as_ref().unwrap()).unwrap().id, "globex-1-commissioned");
+    let first = acme_stream.message().await.unwrap().unwrap();
+    assert_eq!(event_from_proto(first.event.as_ref().unwrap()).unwrap().id, "acme-1-r6");
+
+    // Replay: acme's history from the log, then live, without a gap or a duplicate.
+    let mut replay = v1::replay_client::ReplayClient::new(channel.clone());
+    let request = v1::ReplayRequest { follow: true, ..Default::default() };
+    let mut stream = replay.replay(authed(request, ACME)).await.unwrap().into_inner();
+    assert_eq!(ingest(&channel, ACME, &[reading("acme-1", 7, 21.0)]).await.accepted, 1);
+    let mut seen = Vec::new();
+    let mut positions = Vec::new();
+    while !seen.iter().any(|id: &String| id == "acme-1-r7") {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+        positions.push(delivery.position);
+        let event = event_from_proto(delivery.event.as_ref().unwrap()).unwrap();
+        assert_ne!(event.ext.organization.as_deref(), Some("globex"), "replay leaked {event:?}");
+        seen.push(event.id);
+    }
+    for id in ["acme-1-created", "acme-1-commissioned", "acme-1-r1", "acme-1-r2", "acme-1-r6", "acme-1-r7"] {
+        assert_eq!(seen.iter().filter(|s| *s == id).count(), 1, "{id} in {seen:?}");
+    }
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions in order, no duplicate: {positions:?}");
+
+    // HTTP: structured, binary and batch ingest; queries; errors.
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", server.http);
+    let response = http
+        .post(url("/v1/events"))
+        .bearer_auth(ACME)
+        .header("content-type", "application/cloudevents+json")
+        .body(json::encode(&reading("acme-1", 8, 30.0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{:?}", response.text().await);
+    let binary = citytwin_core::codec::http::encode(&reading("acme-1", 9, 31.0));
+    let mut request = http.post(url("/v1/events")).bearer_auth(ACME).body(binary.body.clone());
+    for (name, value) in &binary.headers {
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 202);
+    let batch = json::encode_batch(&[reading("acme-1", 10, 32.0), reading("acme-1", 11, 33.0)]);
+    let mut batch: serde_json::Value = serde_json::from_slice(&batch).unwrap();
+    batch.as_array_mut().unwrap().push(serde_json::json!({"specversion": "1.0", "id": "broken"}));
+    let response = http
+        .post(url("/v1/events"))
+        .bearer_auth(ACME)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let outcome: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(outcome["accepted"], 2, "{outcome}");
+    assert_eq!(outcome["refusals"][0]["index"], 2, "{outcome}");
+    assert_eq!(outcome["refusals"][0]["reason"], "invalid", "{outcome}");
+    let response = http
+        .post(url("/v1/events"))
+        .bearer_auth(GLOBEX)
+        .header("content-type", "application/cloudevents+json")
+        .body(json::encode(&reading("acme-1", 12, 1.0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403, "cross-organization HTTP ingest");
+    let response = http.get(url("/v1/assets/acme-1")).bearer_auth(ACME).send().await.unwrap();
+    let state: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(state["metrics"]["pm25"]["count"], 8, "{state}");
+    assert_eq!(http.get(url("/v1/assets/acme-1")).bearer_auth(GLOBEX).send().await.unwrap().status(), 404);
+    assert_eq!(http.get(url("/v1/assets/acme-1/history")).bearer_auth(GLOBEX).send().await.unwrap().status(), 404);
+    assert_eq!(http.get(url("/v1/inventory")).send().await.unwrap().status(), 401);
+    let openapi: serde_json::Value = http.get(url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert!(openapi["paths"]["/v1/events"]["post"].is_object());
+
+    // Dead letters: globex's refused events are listed for globex, with reasons; not for acme.
+    let letters: serde_json::Value =
+        http.get(url("/v1/dead-letters")).bearer_auth(GLOBEX).send().await.unwrap().json().await.unwrap();
+    let reasons: Vec<&str> =
+        letters["dead_letters"].as_array().unwrap().iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    assert!(reasons.contains(&"unauthorized") && reasons.contains(&"invalid_format"), "{letters}");
+    let letters: serde_json::Value =
+        http.get(url("/v1/dead-letters")).bearer_auth(ACME).send().await.unwrap().json().await.unwrap();
+    assert!(
+        letters["dead_letters"].as_array().unwrap().iter().all(|l| l["reason"] != "unauthorized"),
+        "acme sees globex's dead letters: {letters}"
+    );
+
+    // WebSocket: globex's stream never carries acme's events.
+    let ws_url = format!("{}/v1/stream?access_token={GLOBEX}", server.http.replace("http://", "ws://"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    assert_eq!(ingest(&channel, ACME, &[reading("acme-1", 13, 40.0)]).await.accepted, 1);
+    let mut marker = reading("globex-1", 1, 5.0);
+    marker.id = "globex-marker".into();
+    assert_eq!(ingest(&channel, GLOBEX, &[marker]).await.accepted, 1);
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), socket.next()).await.unwrap().unwrap().unwrap();
+        let value: serde_json::Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+        assert_ne!(value["organization"], "acme", "WebSocket leaked {value}");
+        if value["id"] == "globex-marker" {
+            break;
+        }
+    }
+    socket.close(None).await.unwrap();
+
+    // Health.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "citytwin.v1.Ingest".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_with_retry_hints_and_a_killed_server_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = "[limits]\nevents_per_second = 1\nevent_burst = 6\nrequests_per_second = 1\nrequest_burst = 3\n";
+    let server = Server::start(dir.path(), limits);
+    let channel = server.channel().await;
+    let mut client = v1::ingest_client::IngestClient::new(channel.clone());
+
+    let too_large: Vec<v1::CloudEvent> = (0..7).map(|n| event_to_proto(&reading("a", n, 1.0))).collect();
+    let error = client.ingest(authed(v1::IngestRequest { events: too_large }, ACME)).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("exceeds the burst limit of 6"), "{error:?}");
+
+    // The bucket holds 6 events and refills one per second: after 6, another 6 need 6 s.
+    let events = [
+        created("a", None),
+        commissioned("a"),
+        reading("a", 1, 1.0),
+        reading("a", 2, 2.0),
+        reading("a", 3, 3.0),
+        reading("a", 4, 4.0),
+    ];
+    assert_eq!(ingest(&channel, ACME, &events).await.accepted, 6);
+    let more: Vec<v1::CloudEvent> = (5..11).map(|n| event_to_proto(&reading("a", n, 1.0))).collect();
+    let error = client.ingest(authed(v1::IngestRequest { events: more }, ACME)).await.unwrap_err();
+    assert_eq!(error.code(), Code::ResourceExhausted, "{error:?}");
+    let retry: u64 = error.metadata().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1, "{error:?}");
+    // Another organization has its own bucket.
+    assert_eq!(ingest(&channel, GLOBEX, &[created("g", None)]).await.accepted, 1);
+
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let response = http.get(format!("{}/v1/inventory", server.http)).bearer_auth(GLOBEX).send().await.unwrap();
+        statuses.push((response.status().as_u16(), response.headers().contains_key("retry-after")));
+    }
+    assert_eq!(statuses[..3], [(200, false); 3]);
+    assert!(statuses[3..].contains(&(429, true)), "{statuses:?}");
+
+    // SIGKILL: every acknowledged event survives the restart.
+    let data = dir.path().to_owned();
+    drop(server);
+    let server = Server::start(&data, "");
+    let channel = server.channel().await;
+    let mut query = v1::query_client::QueryClient::new(channel);
+    let state = query
+        .get_asset(authed(v1::GetAssetRequest { asset_id: "a".into(), at: None }, ACME))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", server.log()))
+        .into_inner();
+    assert_eq!((state.status.as_str(), state.metrics["pm25"].count), ("online", 4));
+    let error =
+        query.get_asset(authed(v1::GetAssetRequest { asset_id: "a".into(), at: None }, GLOBEX)).await.unwrap_err();
+    assert_eq!(error.code(), Code::NotFound, "ownership survives the restart");
+}
