@@ -25,6 +25,9 @@ pub(crate) struct ServeConfig {
     /// Who may connect.
     #[serde(default)]
     pub(crate) organizations: Vec<Organization>,
+    /// The MQTT gateway, when set.
+    #[serde(default)]
+    pub(crate) mqtt: Option<super::mqtt::MqttConfig>,
 }
 
 impl Default for ServeConfig {
@@ -183,6 +186,9 @@ impl ServeConfig {
             if value == 0 {
                 problems.push(format!("{name}: must be at least 1"));
             }
+        }
+        if let Some(mqtt) = &self.mqtt {
+            problems.extend(mqtt.problems());
         }
         if problems.is_empty() { Ok(()) } else { anyhow::bail!("{}", problems.join("\n")) }
     }

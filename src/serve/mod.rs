@@ -4,13 +4,14 @@
 //! - [`config`]: the configuration file and its checks.
 //! - [`auth`]: tokens (stored hashed) and the authorization rule.
 //! - [`gateway`]: what every protocol shares (ingest with precise refusals, queries).
-//! - [`grpc`] and [`http`]: the protocol translations.
+//! - [`grpc`], [`http`] and [`mqtt`]: the protocol translations.
 
 pub(crate) mod auth;
 pub(crate) mod config;
 pub(crate) mod gateway;
 pub(crate) mod grpc;
 pub(crate) mod http;
+pub(crate) mod mqtt;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,6 +96,7 @@ pub(crate) struct Running {
     shutdown: tokio::sync::watch::Sender<bool>,
     grpc_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    mqtt_task: Option<tokio::task::JoinHandle<()>>,
     gateway: Arc<Gateway>,
 }
 
@@ -188,7 +190,11 @@ pub(crate) async fn start(mut config: ServeConfig) -> anyhow::Result<Running> {
             })
             .await
     });
-    Ok(Running { grpc, http, shutdown, grpc_task, http_task, gateway })
+    let mqtt_task = match config.mqtt.clone() {
+        Some(mqtt) => Some(mqtt::start(mqtt, Arc::clone(&gateway), shutdown.subscribe()).await?),
+        None => None,
+    };
+    Ok(Running { grpc, http, shutdown, grpc_task, http_task, mqtt_task, gateway })
 }
 
 impl Running {
@@ -197,6 +203,9 @@ impl Running {
         let _ = self.shutdown.send(true);
         self.grpc_task.await??;
         self.http_task.await??;
+        if let Some(task) = self.mqtt_task {
+            task.await?;
+        }
         let gateway = Arc::into_inner(self.gateway).context("a connection still holds the twin")?;
         gateway.twin.shutdown().await.map_err(|e| anyhow::anyhow!("stopping the twin: {e}"))?;
         Ok(())

@@ -416,3 +416,128 @@ async fn rate_limits_answer_with_retry_hints_and_a_killed_server_loses_nothing_a
         query.get_asset(authed(v1::GetAssetRequest { asset_id: "a".into(), at: None }, GLOBEX)).await.unwrap_err();
     assert_eq!(error.code(), Code::NotFound, "ownership survives the restart");
 }
+
+/// A real mosquitto on a free loopback port, stopped when dropped.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Mosquitto {
+    fn start(dir: &Path) -> Mosquitto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = dir.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\n"
+            ),
+        )
+        .unwrap();
+        let binary =
+            ["/usr/sbin/mosquitto", "mosquitto"].into_iter().find(|b| Path::new(b).exists()).unwrap_or("mosquitto");
+        let mut child = Command::new(binary)
+            .args(["-c", config.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto is installed (scripts/test installs it)");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            assert!(!line.contains("Error"), "mosquitto failed: {line}");
+            if line.contains("running") {
+                break;
+            }
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Mosquitto { child, port }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_gateway_ingests_cloudevents_and_raw_json_and_keeps_organizations_apart() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mqtt = format!(
+        "[mqtt]\nbroker = \"127.0.0.1:{}\"\nclient_id = \"citytwin-test\"\n\
+         [[mqtt.subscriptions]]\nfilter = \"acme/ce/+\"\norganization = \"acme\"\nasset_level = 2\n\
+         [[mqtt.subscriptions]]\nfilter = \"acme/raw/+\"\norganization = \"acme\"\nformat = \"raw\"\nasset_level = 2\n\
+         [mqtt.subscriptions.transform]\ntime = \"ts\"\nmetrics = [{{ field = \"pm25\", metric = \"pm25\", unit = \"ug/m3\" }}]\n",
+        broker.port
+    );
+    let server = Server::start(dir.path(), &mqtt);
+    let channel = server.channel().await;
+    assert_eq!(ingest(&channel, GLOBEX, &[created("g1", None), commissioned("g1")]).await.accepted, 2);
+    assert_eq!(ingest(&channel, ACME, &[created("m1", None), commissioned("m1")]).await.accepted, 2);
+    let mut subscribe = v1::subscribe_client::SubscribeClient::new(channel.clone());
+    let filter = v1::SubscribeRequest { assets: vec!["m1".into()], ..Default::default() };
+    let mut live = subscribe.events(authed(filter, ACME)).await.unwrap().into_inner();
+
+    let (client, mut eventloop) =
+        rumqttc::v5::AsyncClient::new(rumqttc::v5::MqttOptions::new("test-publisher", "127.0.0.1", broker.port), 64);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let binary = citytwin_core::codec::mqtt::encode_v5(&reading("m1", 1, 10.0));
+    let properties = PublishProperties {
+        user_properties: binary.user_properties,
+        content_type: binary.content_type,
+        ..Default::default()
+    };
+    client.publish_with_properties("acme/ce/m1", QoS::AtLeastOnce, false, binary.payload, properties).await.unwrap();
+    client.publish("acme/ce/m1", QoS::AtLeastOnce, false, json::encode(&reading("m1", 2, 11.0))).await.unwrap();
+    let raw = format!("{{\"ts\": {}, \"pm25\": 17}}", T0 + 180);
+    client.publish("acme/raw/m1", QoS::AtLeastOnce, false, raw).await.unwrap();
+    // Cross-organization attempts through the mapping: another organization's asset, and an
+    // event claiming another organization. Then garbage.
+    client.publish("acme/raw/g1", QoS::AtLeastOnce, false, raw_json(T0 + 200, 99.0)).await.unwrap();
+    let mut claims_globex = reading("m1", 3, 99.0);
+    claims_globex.ext.organization = Some("globex".into());
+    client.publish("acme/ce/m1", QoS::AtLeastOnce, false, json::encode(&claims_globex)).await.unwrap();
+    client.publish("acme/ce/m1", QoS::AtLeastOnce, false, "not json").await.unwrap();
+    client.publish("acme/raw/m1", QoS::AtLeastOnce, false, raw_json(T0 + 240, 1.0)).await.unwrap();
+
+    let marker = format!("m1:pm25:{}", Timestamp::from_secs(T0 + 240).as_nanos());
+    let mut ids = Vec::new();
+    while !ids.contains(&marker) {
+        let delivery = tokio::time::timeout(Duration::from_secs(60), live.message())
+            .await
+            .unwrap_or_else(|_| panic!("no MQTT event arrived; server log:\n{}", server.log()))
+            .unwrap()
+            .unwrap();
+        ids.push(event_from_proto(delivery.event.as_ref().unwrap()).unwrap().id);
+    }
+    let mut query = v1::query_client::QueryClient::new(channel.clone());
+    let m1 = query.get_asset(authed(v1::GetAssetRequest { asset_id: "m1".into(), at: None }, ACME)).await.unwrap();
+    assert_eq!(m1.into_inner().metrics["pm25"].count, 4, "binary, structured, raw and the marker; ids {ids:?}");
+    let g1 = query.get_asset(authed(v1::GetAssetRequest { asset_id: "g1".into(), at: None }, GLOBEX)).await.unwrap();
+    assert!(g1.into_inner().metrics.is_empty(), "acme's MQTT mapping wrote to globex's asset");
+
+    let http = reqwest::Client::new();
+    let letters: serde_json::Value = http
+        .get(format!("{}/v1/dead-letters", server.http))
+        .bearer_auth(ACME)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut reasons: Vec<&str> =
+        letters["dead_letters"].as_array().unwrap().iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["invalid_format", "unauthorized", "unauthorized"], "{letters}");
+}
+
+fn raw_json(secs: i64, pm25: f64) -> String {
+    format!("{{\"ts\": {secs}, \"pm25\": {pm25}}}")
+}
