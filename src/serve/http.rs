@@ -225,7 +225,12 @@ async fn asset(
     state.gateway.admit_request(&who)?;
     let at = time_param("at", query.at.as_deref())?;
     let asset = state.gateway.asset_state(&who, &id, at).await?;
-    Ok(Json(asset).into_response())
+    // The lifecycle as the gRPC API and the inventory name it (`online`), not the Rust variant.
+    let status = asset.status.name();
+    let mut value =
+        serde_json::to_value(asset).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
+    value["status"] = Value::from(status);
+    Ok(Json(value).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -314,6 +314,7 @@ async fn serve_ingests_queries_streams_and_keeps_organizations_apart() {
     let response = http.get(url("/v1/assets/acme-1")).bearer_auth(ACME).send().await.unwrap();
     let state: serde_json::Value = response.json().await.unwrap();
     assert_eq!(state["metrics"]["pm25"]["count"], 8, "{state}");
+    assert_eq!(state["status"], "online", "{state}");
     assert_eq!(http.get(url("/v1/assets/acme-1")).bearer_auth(GLOBEX).send().await.unwrap().status(), 404);
     assert_eq!(http.get(url("/v1/assets/acme-1/history")).bearer_auth(GLOBEX).send().await.unwrap().status(), 404);
     assert_eq!(http.get(url("/v1/inventory")).send().await.unwrap().status(), 401);
