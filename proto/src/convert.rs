@@ -31,8 +31,9 @@ pub fn timestamp_from_proto(time: &prost_types::Timestamp) -> Timestamp {
 
 /// An event as a protobuf CloudEvent.
 pub fn event_to_proto(event: &Event) -> CloudEvent {
-    let BinaryEvent { attributes, content_type, body } = binary::encode(event);
-    let textual = content_type.as_deref().is_none_or(is_textual);
+    let message = binary::encode(event);
+    let textual = message.body_is_text();
+    let BinaryEvent { attributes, content_type, body } = message;
     let mut out = CloudEvent {
         id: event.id.clone(),
         source: event.source.clone(),
@@ -67,16 +68,6 @@ pub fn event_to_proto(event: &Event) -> CloudEvent {
         });
     }
     out
-}
-
-/// Whether a content type is carried as `text_data` (JSON, `text/*`, XML).
-fn is_textual(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence.starts_with("text/")
-        || essence.ends_with("/json")
-        || essence.ends_with("+json")
-        || essence.ends_with("/xml")
-        || essence.ends_with("+xml")
 }
 
 /// A protobuf CloudEvent as a validated domain event.

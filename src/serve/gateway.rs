@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use citytwin_core::cep::{KeyPart, WindowResult};
-use citytwin_core::event::{Event, EventKind, Payload, Timestamp, TypePattern};
+use citytwin_core::event::{Event, EventKind, Timestamp, TypePattern, cell_within};
 use citytwin_core::log::ReplayFilter;
 use citytwin_twin::asset::actor::{CommandError, asset_stream, state_at};
 use citytwin_twin::asset::logic::{AssetState, Rejection};
@@ -18,7 +18,9 @@ use citytwin_twin::cell::{CellConfig, cell_aggregates_at};
 use citytwin_twin::city::{IngestError, Twin};
 use citytwin_twin::deadletter::{DeadLetter, DeadLetterReason, dead_letter_entry, dead_letters, raw_dead_letter_entry};
 use citytwin_twin::read::{LiveReadModels, OpenAlert};
-use governor::clock::{Clock, DefaultClock};
+use citytwin_twin::rollup::Rollup;
+use governor::NotUntil;
+use governor::clock::{Clock, DefaultClock, QuantaInstant};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use h3o::{CellIndex, Resolution};
 
@@ -106,8 +108,8 @@ pub(crate) struct Counters {
 pub(crate) struct Gateway {
     pub(crate) twin: Twin,
     pub(crate) models: LiveReadModels,
-    cells: Option<CellConfig>,
-    resolution: Resolution,
+    /// The twin's cell actors' settings (routing resolution, rules), for aggregate queries.
+    cells: CellConfig,
     /// Asset → organization, for the cheap checks before the asset actor (which has the last
     /// word: it refuses events naming another organization).
     owners: RwLock<HashMap<String, Arc<str>>>,
@@ -124,13 +126,7 @@ fn quota(per_second: u32, burst: u32) -> Quota {
 
 impl Gateway {
     /// A gateway over a started twin whose read models hold every asset already.
-    pub(crate) fn new(
-        twin: Twin,
-        models: LiveReadModels,
-        cells: Option<CellConfig>,
-        resolution: Resolution,
-        limits: &Limits,
-    ) -> Self {
+    pub(crate) fn new(twin: Twin, models: LiveReadModels, cells: CellConfig, limits: &Limits) -> Self {
         let owners = models.read(|m| {
             m.assets.iter().filter_map(|(id, a)| Some((id.clone(), Arc::from(a.organization.as_deref()?)))).collect()
         });
@@ -138,7 +134,6 @@ impl Gateway {
             twin,
             models,
             cells,
-            resolution,
             owners: RwLock::new(owners),
             events: RateLimiter::keyed(quota(limits.events_per_second, limits.event_burst)),
             requests: RateLimiter::keyed(quota(limits.requests_per_second, limits.request_burst)),
@@ -167,26 +162,23 @@ impl Gateway {
 
     /// Counts one non-ingest request against `who`'s request bucket.
     pub(crate) fn admit_request(&self, who: &Principal) -> Result<(), RequestError> {
-        self.requests.check_key(&who.org).map_err(|not_until| {
-            self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-            RequestError::RateLimited {
-                org: Arc::clone(&who.org),
-                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-            }
-        })
+        self.requests.check_key(&who.org).map_err(|not_until| self.limited(who, &not_until))
+    }
+
+    /// Counts a refusal by a rate limit and says when to retry.
+    fn limited(&self, who: &Principal, not_until: &NotUntil<QuantaInstant>) -> RequestError {
+        self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        RequestError::RateLimited {
+            org: Arc::clone(&who.org),
+            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+        }
     }
 
     fn admit_events(&self, who: &Principal, count: usize) -> Result<(), RequestError> {
         let Some(n) = NonZeroU32::new(u32::try_from(count).unwrap_or(u32::MAX)) else { return Ok(()) };
         match self.events.check_key_n(&who.org, n) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => {
-                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-                Err(RequestError::RateLimited {
-                    org: Arc::clone(&who.org),
-                    retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-                })
-            }
+            Ok(Err(not_until)) => Err(self.limited(who, &not_until)),
             Err(_) => Err(RequestError::TooLarge { size: count, limit: self.event_burst }),
         }
     }
@@ -194,7 +186,7 @@ impl Gateway {
     /// Ingests a request's inputs for `who`: every input is accepted (durably appended) or
     /// refused with a precise reason, and every refused one is in the dead-letter queue
     /// before this returns (shed telemetry aside, which is counted). `origin` names the
-    /// protocol for raw dead letters (`http`, `mqtt:<topic>`...).
+    /// protocol for raw dead letters (`http`, `grpc`, `mqtt:<organization>`).
     ///
     /// # Errors
     /// A whole request over the rate limit or the burst size is refused before anything is
@@ -319,10 +311,7 @@ impl Gateway {
             None => self.twin.asset_state(asset).await.map_err(|e| RequestError::Unavailable(e.to_string())),
             Some(at) => {
                 let (log, asset) = (self.twin.log().clone(), asset.to_owned());
-                tokio::task::spawn_blocking(move || state_at(&log, &asset, at))
-                    .await
-                    .map_err(|e| RequestError::Unavailable(e.to_string()))?
-                    .map_err(|e| RequestError::Unavailable(e.to_string()))
+                blocking(move || state_at(&log, &asset, at)).await
             }
         }
     }
@@ -339,14 +328,13 @@ impl Gateway {
     ) -> Result<(Vec<Event>, bool), RequestError> {
         self.check_asset(who, asset)?;
         let (log, stream) = (self.twin.log().clone(), asset_stream(asset));
-        let unavailable = |e: String| RequestError::Unavailable(e);
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let mut out = Vec::new();
-            for record in log.read_stream(&stream, 1).map_err(|e| e.to_string())? {
+            for record in log.read_stream(&stream, 1)? {
                 if range.0.is_some_and(|from| record.time < from) || range.1.is_some_and(|to| record.time > to) {
                     continue;
                 }
-                let event = record.event().map_err(|e| e.to_string())?;
+                let event = record.event()?;
                 if types.is_empty() || types.iter().any(|p| p.matches(event.ty.as_str())) {
                     if out.len() == limit {
                         return Ok((out, true));
@@ -354,11 +342,9 @@ impl Gateway {
                     out.push(event);
                 }
             }
-            Ok((out, false))
+            Ok::<_, citytwin_core::Error>((out, false))
         })
         .await
-        .map_err(|e| unavailable(e.to_string()))?
-        .map_err(unavailable)
     }
 
     /// Window results of `cell` (a routing cell or a parent), optionally as they were at
@@ -369,8 +355,7 @@ impl Gateway {
         resolution: Option<Resolution>,
         at: Option<Timestamp>,
     ) -> Result<Vec<WindowResult>, RequestError> {
-        let Some(config) = self.cells.clone() else { return Ok(Vec::new()) };
-        let routing = self.resolution;
+        let routing = self.cells.resolution;
         if cell.resolution() > routing {
             return Err(RequestError::InvalidArgument(format!(
                 "cell {cell} is finer than the twin's resolution {}; ask for its parent",
@@ -379,11 +364,8 @@ impl Gateway {
         }
         let results = match at {
             Some(at) => {
-                let log = self.twin.log().clone();
-                tokio::task::spawn_blocking(move || cell_aggregates_at(&log, &config, cell, at))
-                    .await
-                    .map_err(|e| RequestError::Unavailable(e.to_string()))?
-                    .map_err(|e| RequestError::Unavailable(e.to_string()))?
+                let (log, config) = (self.twin.log().clone(), self.cells.clone());
+                blocking(move || cell_aggregates_at(&log, &config, cell, at)).await?
             }
             None => {
                 let mut results = Vec::new();
@@ -409,7 +391,7 @@ impl Gateway {
                     alert.asset_id.as_deref().is_none_or(|a| self.owner(a).is_none_or(|owner| who.may_access(&owner)))
                 })
                 .filter(|(_, alert)| {
-                    cells.is_empty() || alert.cell.is_some_and(|c| cells.iter().any(|&area| within(c, area)))
+                    cells.is_empty() || alert.cell.is_some_and(|c| cells.iter().any(|&area| cell_within(c, area)))
                 })
                 .map(|(id, alert)| (id.clone(), alert.clone()))
                 .collect()
@@ -418,35 +400,22 @@ impl Gateway {
 
     /// Asset counts by type, status and cell, over `who`'s assets.
     pub(crate) fn inventory(&self, who: &Principal) -> citytwin_twin::read::Inventory {
-        self.models.read(|m| {
-            let mut inventory = citytwin_twin::read::Inventory::default();
-            for summary in m.assets.values() {
-                if !summary.organization.as_deref().is_some_and(|o| who.may_access(o)) {
-                    continue;
-                }
-                *inventory.by_type.entry(summary.asset_type.clone()).or_default() += 1;
-                *inventory.by_status.entry(summary.status.name()).or_default() += 1;
-                if let Some(cell) = summary.cell {
-                    *inventory.by_cell.entry(cell.to_string()).or_default() += 1;
-                }
-            }
-            inventory
-        })
+        self.models
+            .read(|m| m.inventory_of(|summary| summary.organization.as_deref().is_some_and(|o| who.may_access(o))))
     }
 
     /// Dead letters of `who`'s organization (every one for an admin), newest last.
     pub(crate) async fn dead_letters(&self, who: &Principal) -> Result<Vec<DeadLetter>, RequestError> {
         let log = self.twin.log().clone();
-        let letters = tokio::task::spawn_blocking(move || dead_letters(&log))
-            .await
-            .map_err(|e| RequestError::Unavailable(e.to_string()))?
-            .map_err(|e| RequestError::Unavailable(e.to_string()))?;
-        let org = Arc::clone(&who.org);
-        Ok(letters.into_iter().filter(|l| who.admin || l.organization.as_deref().is_some_and(|o| o == &*org)).collect())
+        let letters = blocking(move || dead_letters(&log)).await?;
+        Ok(letters
+            .into_iter()
+            .filter(|l| who.admin || l.organization.as_deref().is_some_and(|o| who.may_access(o)))
+            .collect())
     }
 
-    /// A live subscription restricted to what `who` may see (the caller checks
-    /// [`Gateway::visible`] on each delivery).
+    /// A live subscription; callers pass on only what [`Gateway::visible`] lets their caller
+    /// see.
     pub(crate) fn subscribe(&self, filter: Filter) -> Subscription {
         self.twin.subscribe(filter)
     }
@@ -478,9 +447,14 @@ impl Gateway {
     }
 }
 
-/// Whether `cell` is `area` or lies under it.
-pub(crate) fn within(cell: CellIndex, area: CellIndex) -> bool {
-    cell == area || (cell.resolution() > area.resolution() && cell.parent(area.resolution()) == Some(area))
+/// Runs log reads off the async workers; any failure is `Unavailable`.
+async fn blocking<T: Send + 'static, E: std::fmt::Display>(
+    read: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, RequestError> {
+    tokio::task::spawn_blocking(move || read().map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| RequestError::Unavailable(e.to_string()))?
+        .map_err(RequestError::Unavailable)
 }
 
 fn violations(error: &citytwin_core::Error) -> Vec<(String, String)> {
@@ -507,14 +481,13 @@ fn refusal(index: usize, id: String, error: &IngestError) -> Refusal {
     Refusal { index, event_id: Some(id), reason, message: error.to_string(), violations: Vec::new(), retry_after_ms }
 }
 
-/// Combines window results of fine cells into their parents at `target`: counts and sums
-/// add, minima and maxima combine, averages are weighted by the windows' counts.
+/// Combines window results of fine cells into their parents at `target`, with the twin's
+/// rollup merge (counts and sums add, minima and maxima combine, averages re-weighted by
+/// their metric's count; aggregates that do not merge from summaries are left out).
 fn rollup(results: Vec<WindowResult>, target: Resolution) -> Vec<WindowResult> {
     /// (rule, key at the target resolution, window start, window end).
     type Group = (Arc<str>, Vec<KeyPart>, Timestamp, Timestamp);
-    /// The combined result so far, and per aggregate (value, weight so far).
-    type Partial = (WindowResult, BTreeMap<String, (f64, f64)>);
-    let mut groups: BTreeMap<Group, Partial> = BTreeMap::new();
+    let mut groups: BTreeMap<Group, (WindowResult, Rollup)> = BTreeMap::new();
     for result in results {
         let key: Vec<KeyPart> = result
             .key
@@ -526,46 +499,28 @@ fn rollup(results: Vec<WindowResult>, target: Resolution) -> Vec<WindowResult> {
             })
             .collect();
         let group = (Arc::clone(&result.rule_id), key.clone(), result.start, result.end);
-        let count = result.count as f64;
-        let entry = groups.entry(group).or_insert_with(|| {
-            let mut empty = result.clone();
-            empty.key = citytwin_core::cep::Key(key);
-            empty.count = 0;
-            empty.values.clear();
-            (empty, BTreeMap::new())
-        });
-        entry.0.count += result.count;
-        for (name, value) in result.values {
-            let slot = entry.1.entry(name.clone()).or_insert((f64::NAN, 0.0));
-            let combined = if name.starts_with("avg(") {
-                let total = slot.1 + count;
-                let previous = if slot.0.is_nan() { 0.0 } else { slot.0 * slot.1 };
-                (if total > 0.0 { (previous + value * count) / total } else { value }, total)
-            } else if name.starts_with("min(") {
-                (if slot.0.is_nan() { value } else { slot.0.min(value) }, 0.0)
-            } else if name.starts_with("max(") {
-                (if slot.0.is_nan() { value } else { slot.0.max(value) }, 0.0)
-            } else {
-                (if slot.0.is_nan() { value } else { slot.0 + value }, 0.0)
+        let (combined, merged) = groups.entry(group).or_insert_with(|| {
+            let empty = WindowResult {
+                rule_id: Arc::clone(&result.rule_id),
+                key: citytwin_core::cep::Key(key),
+                start: result.start,
+                end: result.end,
+                emission: result.emission,
+                count: 0,
+                values: Vec::new(),
             };
-            *slot = combined;
-        }
+            (empty, Rollup::default())
+        });
+        combined.count += result.count;
+        merged.merge(&result.values);
     }
     groups
         .into_values()
-        .map(|(mut result, values)| {
-            result.values = values.into_iter().map(|(name, (value, _))| (name, value)).collect();
+        .map(|(mut result, merged)| {
+            result.values = merged.values.into_iter().collect();
             result
         })
         .collect()
-}
-
-/// The payload of an alert event, when it is one (for the views).
-pub(crate) fn alert_payload(event: &Event) -> Option<&citytwin_core::event::AlertTriggered> {
-    match event.payload() {
-        Some(Payload::AlertTriggered(alert)) => Some(alert),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

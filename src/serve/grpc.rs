@@ -13,14 +13,15 @@ use citytwin_core::log::ReplayFilter;
 use citytwin_proto::convert::{event_from_proto, event_to_proto, timestamp_from_proto, timestamp_to_proto};
 use citytwin_proto::v1;
 use citytwin_twin::bus::{Committed, Filter};
+use citytwin_twin::cell::routing_cell;
 use futures_util::{Stream, StreamExt};
-use h3o::{CellIndex, LatLng, Resolution};
+use h3o::{CellIndex, Resolution};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Principal, Tokens};
-use super::gateway::{Gateway, Input, Outcome, RefusalKind, RequestError, alert_payload};
+use super::gateway::{Gateway, Input, Outcome, RefusalKind, RequestError};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -37,6 +38,13 @@ pub(crate) struct Api {
 impl Api {
     pub(crate) fn new(gateway: Arc<Gateway>) -> Self {
         Api { gateway }
+    }
+
+    /// The caller, counted against its request bucket, and the request's message.
+    fn admit<T>(&self, request: Request<T>) -> Result<(Principal, T), Status> {
+        let who = principal(&request)?;
+        self.gateway.admit_request(&who).map_err(status)?;
+        Ok((who, request.into_inner()))
     }
 }
 
@@ -196,25 +204,15 @@ fn asset_state(state: citytwin_twin::asset::logic::AssetState) -> v1::AssetState
     }
 }
 
+/// A group key as its parts' text (`asset=…`, `asset_type=…`, `metric=…`, `cell=…`).
 pub(crate) fn key_text(key: &citytwin_core::cep::Key) -> Vec<String> {
-    use citytwin_core::cep::KeyPart;
-    key.0
-        .iter()
-        .map(|part| match part {
-            KeyPart::Asset(a) => format!("asset={a}"),
-            KeyPart::AssetType(t) => format!("type={t}"),
-            KeyPart::Metric(m) => format!("metric={m}"),
-            KeyPart::Cell(c) => format!("cell={c}"),
-        })
-        .collect()
+    key.0.iter().map(ToString::to_string).collect()
 }
 
 #[tonic::async_trait]
 impl v1::query_server::Query for Api {
     async fn get_asset(&self, request: Request<v1::GetAssetRequest>) -> Result<Response<v1::AssetState>, Status> {
-        let who = principal(&request)?;
-        self.gateway.admit_request(&who).map_err(status)?;
-        let request = request.into_inner();
+        let (who, request) = self.admit(request)?;
         let state =
             self.gateway.asset_state(&who, &request.asset_id, time_arg(request.at.as_ref())).await.map_err(status)?;
         Ok(Response::new(asset_state(state)))
@@ -224,9 +222,7 @@ impl v1::query_server::Query for Api {
         &self,
         request: Request<v1::AssetHistoryRequest>,
     ) -> Result<Response<v1::AssetHistoryResponse>, Status> {
-        let who = principal(&request)?;
-        self.gateway.admit_request(&who).map_err(status)?;
-        let request = request.into_inner();
+        let (who, request) = self.admit(request)?;
         let limit = if request.limit == 0 { 10_000 } else { request.limit as usize };
         let range = (time_arg(request.from.as_ref()), time_arg(request.to.as_ref()));
         let (events, truncated) = self
@@ -241,9 +237,7 @@ impl v1::query_server::Query for Api {
         &self,
         request: Request<v1::CellAggregatesRequest>,
     ) -> Result<Response<v1::CellAggregatesResponse>, Status> {
-        let who = principal(&request)?;
-        self.gateway.admit_request(&who).map_err(status)?;
-        let request = request.into_inner();
+        let (_, request) = self.admit(request)?;
         let cell = cell_arg(&request.cell)?;
         let resolution = request
             .resolution
@@ -276,8 +270,7 @@ impl v1::query_server::Query for Api {
         &self,
         request: Request<v1::InventoryRequest>,
     ) -> Result<Response<v1::InventoryResponse>, Status> {
-        let who = principal(&request)?;
-        self.gateway.admit_request(&who).map_err(status)?;
+        let (who, _) = self.admit(request)?;
         let inventory = self.gateway.inventory(&who);
         Ok(Response::new(v1::InventoryResponse {
             total: inventory.by_type.values().sum(),
@@ -291,9 +284,8 @@ impl v1::query_server::Query for Api {
         &self,
         request: Request<v1::OpenAlertsRequest>,
     ) -> Result<Response<v1::OpenAlertsResponse>, Status> {
-        let who = principal(&request)?;
-        self.gateway.admit_request(&who).map_err(status)?;
-        let cells = cells_arg(&request.get_ref().cells)?;
+        let (who, request) = self.admit(request)?;
+        let cells = cells_arg(&request.cells)?;
         let alerts = self
             .gateway
             .open_alerts(&who, &cells)
@@ -332,13 +324,14 @@ fn delivery(committed: &Committed) -> v1::Delivery {
     v1::Delivery { position: committed.position, event: Some(event_to_proto(&committed.event)) }
 }
 
-/// Forwards a subscription to a gRPC stream: only what `who` may see; ends when the client
-/// goes away.
-fn forward(
+/// Forwards a subscription to a gRPC stream: what `who` may see, as `message` renders it
+/// (`None` skips an event); ends when the client goes away.
+fn forward<T: Send + 'static>(
     gateway: Arc<Gateway>,
     who: Principal,
     mut subscription: citytwin_twin::bus::Subscription,
-    tx: mpsc::Sender<Result<v1::Delivery, Status>>,
+    tx: mpsc::Sender<Result<T, Status>>,
+    message: impl Fn(&Committed) -> Option<T> + Send + 'static,
 ) {
     tokio::spawn(async move {
         loop {
@@ -346,7 +339,12 @@ fn forward(
                 () = tx.closed() => return,
                 next = subscription.recv() => {
                     let Some(committed) = next else { return };
-                    if gateway.visible(&who, &committed.event) && tx.send(Ok(delivery(&committed))).await.is_err() {
+                    if !gateway.visible(&who, &committed.event) {
+                        continue;
+                    }
+                    if let Some(message) = message(&committed)
+                        && tx.send(Ok(message)).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -361,9 +359,7 @@ impl v1::subscribe_server::Subscribe for Api {
     type ViewportStream = Stream_<v1::ViewportUpdate>;
 
     async fn events(&self, request: Request<v1::SubscribeRequest>) -> Result<Response<Self::EventsStream>, Status> {
-        let who = principal(&request)?;
-        self.gateway.admit_request(&who).map_err(status)?;
-        let request = request.into_inner();
+        let (who, request) = self.admit(request)?;
         let filter = Filter {
             types: types_arg(&request.types),
             cells: cells_arg(&request.cells)?,
@@ -372,14 +368,12 @@ impl v1::subscribe_server::Subscribe for Api {
             organizations: Vec::new(),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        forward(Arc::clone(&self.gateway), who, self.gateway.subscribe(filter), tx);
+        forward(Arc::clone(&self.gateway), who, self.gateway.subscribe(filter), tx, |c| Some(delivery(c)));
         Ok(Response::new(ReceiverStream::new(rx).boxed()))
     }
 
     async fn viewport(&self, request: Request<v1::ViewportRequest>) -> Result<Response<Self::ViewportStream>, Status> {
-        let who = principal(&request)?;
-        self.gateway.admit_request(&who).map_err(status)?;
-        let request = request.into_inner();
+        let (who, request) = self.admit(request)?;
         let bbox = bbox_arg(request.bbox.as_ref())?;
         let fine_zoom = if request.fine_zoom > 0.0 { request.fine_zoom } else { 14.0 };
         let interval = Duration::from_secs_f64(if request.interval_s > 0.0 { request.interval_s } else { 1.0 });
@@ -388,24 +382,10 @@ impl v1::subscribe_server::Subscribe for Api {
         let (tx, rx) = mpsc::channel::<Result<v1::ViewportUpdate, Status>>(STREAM_BUFFER);
         let gateway = Arc::clone(&self.gateway);
         if request.zoom >= fine_zoom {
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = tx.closed() => return,
-                        next = subscription.recv() => {
-                            let Some(committed) = next else { return };
-                            if committed.event.asset_id().is_none() || !gateway.visible(&who, &committed.event) {
-                                continue;
-                            }
-                            let update = v1::ViewportUpdate {
-                                update: Some(v1::viewport_update::Update::AssetEvent(delivery(&committed))),
-                            };
-                            if tx.send(Ok(update)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
+            forward(gateway, who, subscription, tx, |committed| {
+                committed.event.asset_id().is_some().then(|| v1::ViewportUpdate {
+                    update: Some(v1::viewport_update::Update::AssetEvent(delivery(committed))),
+                })
             });
         } else {
             let resolution = zoom_resolution(request.zoom);
@@ -457,18 +437,11 @@ impl CellFrameBuilder {
     }
 
     pub(crate) fn add(&mut self, event: &Event) {
-        let cell = event
-            .ext
-            .h3cell
-            .or_else(|| {
-                event.location().and_then(|l| LatLng::new(l.lat, l.lng).ok().map(|p| p.to_cell(self.resolution)))
-            })
-            .or_else(|| alert_payload(event).and_then(|a| a.cell));
-        let Some(cell) =
-            cell.and_then(|c| if c.resolution() >= self.resolution { c.parent(self.resolution) } else { None })
-        else {
-            return;
+        let alert_cell = || match event.payload() {
+            Some(Payload::AlertTriggered(alert)) => alert.cell.and_then(|c| c.parent(self.resolution)),
+            _ => None,
         };
+        let Some(cell) = routing_cell(event, self.resolution).or_else(alert_cell) else { return };
         let slot = self.cells.entry(cell).or_insert((0, 0, 0.0, 0, None));
         slot.0 += 1;
         if event.kind() == Some(EventKind::AlertTriggered) {
@@ -510,9 +483,7 @@ impl v1::replay_server::Replay for Api {
     type ReplayStream = Stream_<v1::Delivery>;
 
     async fn replay(&self, request: Request<v1::ReplayRequest>) -> Result<Response<Self::ReplayStream>, Status> {
-        let who = principal(&request)?;
-        self.gateway.admit_request(&who).map_err(status)?;
-        let request = request.into_inner();
+        let (who, request) = self.admit(request)?;
         let types = types_arg(&request.types);
         let cells = cells_arg(&request.cells)?;
         let to = time_arg(request.to.as_ref());
@@ -557,7 +528,7 @@ impl v1::replay_server::Replay for Api {
                 return;
             }
             if let Some(subscription) = subscription {
-                forward(gateway, who, subscription, tx);
+                forward(gateway, who, subscription, tx, |c| Some(delivery(c)));
             }
         });
         Ok(Response::new(ReceiverStream::new(rx).boxed()))
@@ -570,9 +541,7 @@ impl v1::admin_server::Admin for Api {
         &self,
         request: Request<v1::DeadLettersRequest>,
     ) -> Result<Response<v1::DeadLettersResponse>, Status> {
-        let who = principal(&request)?;
-        self.gateway.admit_request(&who).map_err(status)?;
-        let request = request.into_inner();
+        let (who, request) = self.admit(request)?;
         let mut letters = self.gateway.dead_letters(&who).await.map_err(status)?;
         if request.pending_only {
             letters.retain(|l| l.status == citytwin_twin::deadletter::DeadLetterStatus::Pending);
@@ -588,7 +557,6 @@ impl v1::admin_server::Admin for Api {
                 reason: l.reason,
                 message: l.message,
                 status: format!("{:?}", l.status).to_lowercase(),
-                attempts: 0,
                 event: l.original.as_ref().map(event_to_proto),
             })
             .collect();

@@ -110,6 +110,21 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// An authenticated caller counted against its request bucket: every route but ingest, which
+/// counts events instead.
+#[derive(Debug)]
+struct Admitted(Principal);
+
+impl FromRequestParts<AppState> for Admitted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Caller(who) = Caller::from_request_parts(parts, state).await?;
+        state.gateway.admit_request(&who)?;
+        Ok(Admitted(who))
+    }
+}
+
 fn inputs(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<Input>, bool), ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
@@ -186,18 +201,20 @@ async fn ingest(
     if batch {
         return Ok((StatusCode::OK, Json(outcome)).into_response());
     }
-    let Some(refusal) = outcome.refusals.first() else {
-        return Ok((StatusCode::ACCEPTED, Json(outcome)).into_response());
+    let (code, retry) = match outcome.refusals.first() {
+        None => (StatusCode::ACCEPTED, None),
+        Some(refusal) => (
+            match refusal.reason {
+                RefusalKind::Invalid => StatusCode::BAD_REQUEST,
+                RefusalKind::Unauthorized => StatusCode::FORBIDDEN,
+                RefusalKind::Refused => StatusCode::CONFLICT,
+                RefusalKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+                RefusalKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            refusal.retry_after_ms.map(Duration::from_millis),
+        ),
     };
-    let code = match refusal.reason {
-        RefusalKind::Invalid => StatusCode::BAD_REQUEST,
-        RefusalKind::Unauthorized => StatusCode::FORBIDDEN,
-        RefusalKind::Refused => StatusCode::CONFLICT,
-        RefusalKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-        RefusalKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    let retry = refusal.retry_after_ms.map(Duration::from_millis);
-    let mut response = (code, Json(outcome.clone())).into_response();
+    let mut response = (code, Json(outcome)).into_response();
     if let Some(retry) = retry
         && let Ok(value) = HeaderValue::from_str(&retry.as_secs().max(1).to_string())
     {
@@ -218,11 +235,10 @@ struct AtQuery {
 /// `GET /v1/assets/{id}?at=<RFC 3339>`: the asset's state, now or at a time.
 async fn asset(
     State(state): State<AppState>,
-    Caller(who): Caller,
+    Admitted(who): Admitted,
     Path(id): Path<String>,
     Query(query): Query<AtQuery>,
 ) -> Result<Response, ApiError> {
-    state.gateway.admit_request(&who)?;
     let at = time_param("at", query.at.as_deref())?;
     let asset = state.gateway.asset_state(&who, &id, at).await?;
     // The lifecycle as the gRPC API and the inventory name it (`online`), not the Rust variant.
@@ -250,11 +266,10 @@ fn list(text: Option<&str>) -> Vec<String> {
 /// `GET /v1/assets/{id}/history?from=&to=&type=&limit=`: the asset's events, oldest first.
 async fn history(
     State(state): State<AppState>,
-    Caller(who): Caller,
+    Admitted(who): Admitted,
     Path(id): Path<String>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Response, ApiError> {
-    state.gateway.admit_request(&who)?;
     let range = (time_param("from", query.from.as_deref())?, time_param("to", query.to.as_deref())?);
     let types = list(query.types.as_deref()).into_iter().map(TypePattern::new).collect();
     let (events, truncated) =
@@ -272,11 +287,10 @@ struct AggregatesQuery {
 /// `GET /v1/cells/{cell}/aggregates?resolution=&at=`: CEP window results of a cell.
 async fn cell_aggregates(
     State(state): State<AppState>,
-    Caller(who): Caller,
+    Admitted(_): Admitted,
     Path(cell): Path<String>,
     Query(query): Query<AggregatesQuery>,
 ) -> Result<Response, ApiError> {
-    state.gateway.admit_request(&who)?;
     let cell = parse_cell(&cell).map_err(bad_request)?;
     let resolution = query
         .resolution
@@ -302,8 +316,7 @@ async fn cell_aggregates(
 }
 
 /// `GET /v1/inventory`: the caller's assets counted by type, status and cell.
-async fn inventory(State(state): State<AppState>, Caller(who): Caller) -> Result<Response, ApiError> {
-    state.gateway.admit_request(&who)?;
+async fn inventory(State(state): State<AppState>, Admitted(who): Admitted) -> Result<Response, ApiError> {
     Ok(Json(state.gateway.inventory(&who)).into_response())
 }
 
@@ -316,10 +329,9 @@ struct CellsQuery {
 /// `GET /v1/alerts?cell=`: open alerts the caller may see.
 async fn alerts(
     State(state): State<AppState>,
-    Caller(who): Caller,
+    Admitted(who): Admitted,
     Query(query): Query<CellsQuery>,
 ) -> Result<Response, ApiError> {
-    state.gateway.admit_request(&who)?;
     let cells = list(query.cell.as_deref())
         .iter()
         .map(|c| parse_cell(c).map_err(bad_request))
@@ -344,8 +356,7 @@ async fn alerts(
 }
 
 /// `GET /v1/dead-letters`: the caller's dead letters with reasons.
-async fn dead_letters(State(state): State<AppState>, Caller(who): Caller) -> Result<Response, ApiError> {
-    state.gateway.admit_request(&who)?;
+async fn dead_letters(State(state): State<AppState>, Admitted(who): Admitted) -> Result<Response, ApiError> {
     let letters: Vec<Value> = state
         .gateway
         .dead_letters(&who)
@@ -409,11 +420,10 @@ fn filter(query: &StreamQuery) -> Result<Filter, ApiError> {
 /// one CloudEvents JSON text message each, with `position` in a `ctposition` attribute.
 async fn stream(
     State(state): State<AppState>,
-    Caller(who): Caller,
+    Admitted(who): Admitted,
     Query(query): Query<StreamQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    state.gateway.admit_request(&who)?;
     let filter = filter(&query)?;
     // Subscribe before the upgrade answers: the client sees everything committed after it
     // got its 101.

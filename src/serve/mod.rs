@@ -132,7 +132,7 @@ pub(crate) async fn start(mut config: ServeConfig) -> anyhow::Result<Running> {
     let models = tokio::task::spawn_blocking(move || ReadModels::rebuild(&log, resolution)).await??;
     tracing::info!(assets = models.assets.len(), events = models.applied, "read models rebuilt from the log");
     let models = LiveReadModels::start_from(twin.bus(), models);
-    let gateway = Arc::new(Gateway::new(twin, models, Some(cells), resolution, &config.limits));
+    let gateway = Arc::new(Gateway::new(twin, models, cells, &config.limits));
 
     let (shutdown, mut grpc_stop) = tokio::sync::watch::channel(false);
     let mut http_stop = grpc_stop.clone();

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use citytwin_core::codec::{json, mqtt as mqtt_codec};
 use citytwin_core::event::{Event, Location, MetricRecorded, Timestamp, Unit};
-use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Publish;
+use rumqttc::v5::mqttbytes::{QoS, matches};
 use rumqttc::v5::{AsyncClient, Event as MqttEvent, Incoming, MqttOptions};
 use serde::Deserialize;
 use serde_json::Value;
@@ -268,20 +268,6 @@ pub(crate) fn decode(subscription: &Subscription, publish: &Publish) -> Vec<Inpu
     }
 }
 
-/// Which subscription a topic belongs to (the first whose filter matches).
-fn matches(filter: &str, topic: &str) -> bool {
-    let mut levels = topic.split('/');
-    for part in filter.split('/') {
-        match (part, levels.next()) {
-            ("#", _) => return true,
-            ("+", Some(_)) => {}
-            (part, Some(level)) if part == level => {}
-            _ => return false,
-        }
-    }
-    levels.next().is_none()
-}
-
 /// Starts the gateway: one task drives the connection, one ingests in batches and acks.
 /// Setting `stop` ends it cleanly: the batch in hand is ingested and acknowledged, then the
 /// client disconnects (what was not acknowledged, the broker redelivers to the next run).
@@ -370,32 +356,28 @@ pub(crate) async fn start(
 /// Ingests one batch, grouped by organization, retrying (with the hinted delay) while the
 /// twin is rate-limited or unavailable: a message is acknowledged only after this returns.
 async fn ingest(gateway: &Gateway, subscriptions: &[Subscription], batch: &[Publish]) {
-    let mut by_org: Vec<(&Subscription, Vec<&Publish>)> = Vec::new();
+    // Each message with the subscription it arrived by (the first whose filter matches),
+    // grouped by that subscription's organization.
+    let mut by_org: Vec<(&str, Vec<(&Subscription, &Publish)>)> = Vec::new();
     for publish in batch {
         let topic = String::from_utf8_lossy(&publish.topic);
-        let Some(subscription) = subscriptions.iter().find(|s| matches(&s.filter, &topic)) else {
+        let Some(subscription) = subscriptions.iter().find(|s| matches(&topic, &s.filter)) else {
             tracing::warn!(%topic, "MQTT message on a topic no subscription matches; acknowledged and ignored");
             continue;
         };
-        match by_org.iter_mut().find(|(s, _)| s.organization == subscription.organization) {
-            Some((_, publishes)) => publishes.push(publish),
-            None => by_org.push((subscription, vec![publish])),
+        let org = subscription.organization.as_str();
+        match by_org.iter_mut().find(|(o, _)| *o == org) {
+            Some((_, messages)) => messages.push((subscription, publish)),
+            None => by_org.push((org, vec![(subscription, publish)])),
         }
     }
-    for (subscription, publishes) in by_org {
-        let who = Principal { org: Arc::from(subscription.organization.as_str()), admin: false };
-        let origin = format!("mqtt:{}", subscription.filter);
+    for (org, messages) in by_org {
+        let who = Principal { org: Arc::from(org), admin: false };
+        let origin = format!("mqtt:{org}");
         let mut attempt = 0u32;
         loop {
             // Decoding is pure: a retry decodes again rather than keeping copies.
-            let inputs = publishes
-                .iter()
-                .flat_map(|p| {
-                    let topic = String::from_utf8_lossy(&p.topic);
-                    let s = subscriptions.iter().find(|s| matches(&s.filter, &topic)).unwrap_or(subscription);
-                    decode(s, p)
-                })
-                .collect();
+            let inputs = messages.iter().flat_map(|(subscription, publish)| decode(subscription, publish)).collect();
             match gateway.ingest(&who, &origin, inputs).await {
                 Ok(outcome) => {
                     if !outcome.refusals.is_empty() {
@@ -420,10 +402,11 @@ mod tests {
 
     #[test]
     fn topic_filters_match_like_mqtt() {
-        assert!(matches("city/+/events", "city/a1/events"));
-        assert!(!matches("city/+/events", "city/a1/b/events"));
-        assert!(matches("sensors/#", "sensors/x/y"));
-        assert!(!matches("sensors/x", "sensors/x/y"));
+        // rumqttc's matcher takes (topic, filter).
+        assert!(matches("city/a1/events", "city/+/events"));
+        assert!(!matches("city/a1/b/events", "city/+/events"));
+        assert!(matches("sensors/x/y", "sensors/#"));
+        assert!(!matches("sensors/x/y", "sensors/x"));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use citytwin_core::event::{Event, TypePattern};
+use citytwin_core::event::{Event, TypePattern, cell_within};
 use citytwin_core::log::{EventLog, ReplayFilter};
 use h3o::CellIndex;
 use tokio::sync::broadcast;
@@ -48,12 +48,7 @@ impl Filter {
     pub fn matches(&self, event: &Event) -> bool {
         let cell = event.ext.h3cell;
         (self.types.is_empty() || self.types.iter().any(|p| p.matches(event.ty.as_str())))
-            && (self.cells.is_empty()
-                || cell.is_some_and(|c| {
-                    self.cells.iter().any(|&area| {
-                        c == area || (c.resolution() > area.resolution() && c.parent(area.resolution()) == Some(area))
-                    })
-                }))
+            && (self.cells.is_empty() || cell.is_some_and(|c| self.cells.iter().any(|&area| cell_within(c, area))))
             && self.bbox.is_none_or(|(south, west, north, east)| {
                 event.location().is_some_and(|l| (south..=north).contains(&l.lat) && (west..=east).contains(&l.lng))
             })

@@ -117,8 +117,13 @@ impl ReadModels {
 
     /// Counts by type, status and cell.
     pub fn inventory(&self) -> Inventory {
+        self.inventory_of(|_| true)
+    }
+
+    /// Counts by type, status and cell of the assets `include` accepts (one organization's).
+    pub fn inventory_of(&self, include: impl Fn(&AssetSummary) -> bool) -> Inventory {
         let mut inventory = Inventory::default();
-        for summary in self.assets.values() {
+        for summary in self.assets.values().filter(|summary| include(summary)) {
             *inventory.by_type.entry(summary.asset_type.clone()).or_default() += 1;
             *inventory.by_status.entry(summary.status.name()).or_default() += 1;
             if let Some(cell) = summary.cell {

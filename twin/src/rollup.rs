@@ -38,6 +38,42 @@ fn split(name: &str) -> Option<(&str, &str)> {
     Some((function, rest.strip_suffix(')')?))
 }
 
+impl Rollup {
+    /// Merges one child window's values (`("avg(pm25)", 41.2)`, ...) into this rollup, as the
+    /// module documentation says.
+    pub fn merge(&mut self, values: &[(String, f64)]) {
+        self.cells += 1;
+        let counts: BTreeMap<&str, f64> = values
+            .iter()
+            .filter_map(|(name, v)| split(name).filter(|(f, _)| *f == "count").map(|(_, m)| (m, *v)))
+            .collect();
+        for (name, value) in values {
+            let Some((function, metric)) = split(name) else { continue };
+            match function {
+                "count" | "sum" => *self.values.entry(name.clone()).or_insert(0.0) += value,
+                "min" => {
+                    let slot = self.values.entry(name.clone()).or_insert(*value);
+                    *slot = slot.min(*value);
+                }
+                "max" => {
+                    let slot = self.values.entry(name.clone()).or_insert(*value);
+                    *slot = slot.max(*value);
+                }
+                "avg" => {
+                    let Some(&weight) = counts.get(metric) else { continue };
+                    let total = self.weights.get(name).copied().unwrap_or(0.0);
+                    let current = self.values.get(name).copied().unwrap_or(0.0);
+                    let merged =
+                        if total + weight > 0.0 { (current * total + value * weight) / (total + weight) } else { 0.0 };
+                    self.values.insert(name.clone(), merged);
+                    self.weights.insert(name.clone(), total + weight);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 impl Rollups {
     /// Rollups at these parent resolutions.
     pub fn new(resolutions: Vec<Resolution>) -> Self {
@@ -50,40 +86,10 @@ impl Rollups {
         let Ok(mut inner) = self.inner.write() else { return };
         for &resolution in &self.resolutions {
             let Some(parent) = cell.parent(resolution) else { continue };
-            let rollup = inner.entry((Arc::clone(&result.rule_id), resolution, parent, result.start)).or_default();
-            rollup.cells += 1;
-            let counts: BTreeMap<&str, f64> = result
-                .values
-                .iter()
-                .filter_map(|(name, v)| split(name).filter(|(f, _)| *f == "count").map(|(_, m)| (m, *v)))
-                .collect();
-            for (name, value) in &result.values {
-                let Some((function, metric)) = split(name) else { continue };
-                match function {
-                    "count" | "sum" => *rollup.values.entry(name.clone()).or_insert(0.0) += value,
-                    "min" => {
-                        let slot = rollup.values.entry(name.clone()).or_insert(*value);
-                        *slot = slot.min(*value);
-                    }
-                    "max" => {
-                        let slot = rollup.values.entry(name.clone()).or_insert(*value);
-                        *slot = slot.max(*value);
-                    }
-                    "avg" => {
-                        let Some(&weight) = counts.get(metric) else { continue };
-                        let total = rollup.weights.get(name).copied().unwrap_or(0.0);
-                        let current = rollup.values.get(name).copied().unwrap_or(0.0);
-                        let merged = if total + weight > 0.0 {
-                            (current * total + value * weight) / (total + weight)
-                        } else {
-                            0.0
-                        };
-                        rollup.values.insert(name.clone(), merged);
-                        rollup.weights.insert(name.clone(), total + weight);
-                    }
-                    _ => {}
-                }
-            }
+            inner
+                .entry((Arc::clone(&result.rule_id), resolution, parent, result.start))
+                .or_default()
+                .merge(&result.values);
         }
     }
 

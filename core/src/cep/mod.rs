@@ -100,14 +100,21 @@ impl fmt::Display for Key {
             if i > 0 {
                 f.write_str(",")?;
             }
-            match part {
-                KeyPart::Asset(v) => write!(f, "asset={v}")?,
-                KeyPart::AssetType(v) => write!(f, "asset_type={v}")?,
-                KeyPart::Metric(v) => write!(f, "metric={v}")?,
-                KeyPart::Cell(v) => write!(f, "cell={v}")?,
-            }
+            write!(f, "{part}")?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for KeyPart {
+    /// `asset=…`, `asset_type=…`, `metric=…` or `cell=…`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyPart::Asset(v) => write!(f, "asset={v}"),
+            KeyPart::AssetType(v) => write!(f, "asset_type={v}"),
+            KeyPart::Metric(v) => write!(f, "metric={v}"),
+            KeyPart::Cell(v) => write!(f, "cell={v}"),
+        }
     }
 }
 

@@ -35,6 +35,16 @@ pub struct BinaryEvent {
     pub body: Vec<u8>,
 }
 
+impl BinaryEvent {
+    /// Whether the body is text (JSON, `text/*`, XML) rather than bytes, as its content type
+    /// says (no content type means JSON).
+    pub fn body_is_text(&self) -> bool {
+        let content_type = self.content_type.as_deref();
+        crate::event::is_json_content_type_pub(content_type)
+            || content_type.is_some_and(crate::event::is_text_content_type_pub)
+    }
+}
+
 /// Maps an event to typed attributes and a body.
 pub fn encode(event: &Event) -> BinaryEvent {
     let attributes = text_attributes(event)

@@ -96,6 +96,12 @@ pub(crate) mod cell_serde {
     }
 }
 
+/// Whether `cell` is `area` or lies under it (`area` a parent cell): how cell filters match
+/// everywhere (replay, subscriptions, queries).
+pub fn cell_within(cell: CellIndex, area: CellIndex) -> bool {
+    cell == area || (cell.resolution() > area.resolution() && cell.parent(area.resolution()) == Some(area))
+}
+
 /// Parses an H3 cell from its hex form (`8828308281fffff`).
 pub fn parse_cell(text: &str) -> Result<CellIndex, String> {
     text.parse::<CellIndex>().map_err(|_| format!("{text:?} is not an H3 cell index"))

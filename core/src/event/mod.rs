@@ -24,7 +24,7 @@ use std::fmt;
 use h3o::{CellIndex, Resolution};
 use serde::{Deserialize, Serialize};
 
-pub use geo::{Location, Unit, parse_cell};
+pub use geo::{Location, Unit, cell_within, parse_cell};
 pub use payload::*;
 pub use time::{Timestamp, TimestampParseError};
 pub use validate::{ValidationError, Violation, is_valid_extension_name};

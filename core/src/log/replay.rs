@@ -12,7 +12,7 @@ use super::frame::{self, Probe};
 use super::segment::Segment;
 use super::{Position, Record, corrupt, io_error};
 use crate::Result;
-use crate::event::{Timestamp, TypePattern};
+use crate::event::{Timestamp, TypePattern, cell_within};
 
 /// Which records a replay yields. Empty lists and `None` mean "no restriction"; the
 /// restrictions combine with AND, the entries of one list with OR.
@@ -50,11 +50,6 @@ impl ReplayFilter {
         self.from_time.is_none_or(|from| max_time >= from.as_nanos())
             && self.to_time.is_none_or(|to| min_time < to.as_nanos())
     }
-}
-
-/// Whether `cell` is `area` or lies under it.
-fn cell_within(cell: CellIndex, area: CellIndex) -> bool {
-    cell == area || (cell.resolution() > area.resolution() && cell.parent(area.resolution()) == Some(area))
 }
 
 /// Replay iterator; see [`super::EventLog::replay`].
