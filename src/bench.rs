@@ -36,8 +36,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 8)]
     shards: usize,
     /// Durability: `always`, `interval` (5 ms) or `never`.
-    #[arg(long, default_value = "interval")]
-    durability: String,
+    #[arg(long, default_value = "interval", value_parser = Durability::parse)]
+    durability: Durability,
     /// Also run cell actors with the shipped rules (congestion, air quality, offline, battery).
     #[arg(long)]
     cells: bool,
@@ -136,11 +136,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
 async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let dir = args.data_dir.clone().unwrap_or_else(|| temp.path().to_owned());
-    let durability = match args.durability.as_str() {
-        "always" => Durability::Always,
-        "never" => Durability::Never,
-        _ => Durability::Interval(Duration::from_millis(5)),
-    };
+    let durability = args.durability;
     let cells = if args.cells { Some(CellConfig::new(rules()?)) } else { None };
     let mut asset = citytwin_twin::asset::actor::AssetConfig::default();
     if let Some(idle) = args.idle_ms {

@@ -55,8 +55,8 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 20_000)]
     batch: usize,
     /// Log durability: `always`, `interval` (5 ms group commit) or `never`.
-    #[arg(long, default_value = "interval")]
-    durability: String,
+    #[arg(long, default_value = "interval", value_parser = Durability::parse)]
+    durability: Durability,
     /// No progress bar (logs only).
     #[arg(long)]
     quiet: bool,
@@ -156,12 +156,7 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
         }
         None => temp.path().to_owned(),
     };
-    let durability = match args.durability.as_str() {
-        "always" => Durability::Always,
-        "never" => Durability::Never,
-        "interval" => Durability::Interval(Duration::from_millis(5)),
-        other => anyhow::bail!("unknown durability {other:?}: always, interval or never"),
-    };
+    let durability = args.durability;
     let scenario = Arc::new(scenario);
     let minutes = rule_minutes(&rules);
     let mut cells = CellConfig::new(rules);
@@ -344,7 +339,7 @@ pub(crate) fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
                 threads: args.threads,
                 realtime: None,
                 batch: 20_000,
-                durability: "interval".into(),
+                durability: Durability::Interval(Duration::from_millis(5)),
                 quiet: false,
             };
             println!("== {role}: {}", input.display());

@@ -66,6 +66,37 @@ pub enum Durability {
     Never,
 }
 
+impl Durability {
+    /// Parses `always`, `never`, `interval` (5 ms) or `interval:<duration>` (`interval:20ms`),
+    /// as command-line flags and configuration files write it.
+    ///
+    /// # Errors
+    /// A message naming the accepted forms.
+    pub fn parse(text: &str) -> std::result::Result<Durability, String> {
+        match text {
+            "always" => Ok(Durability::Always),
+            "never" => Ok(Durability::Never),
+            "interval" => Ok(Durability::Interval(Duration::from_millis(5))),
+            other => match other.strip_prefix("interval:").map(crate::duration::parse_duration) {
+                Some(Ok(interval)) => Ok(Durability::Interval(interval)),
+                _ => Err(format!("unknown durability {other:?}: always, interval, interval:<duration> or never")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    /// The form [`Durability::parse`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durability::Always => f.write_str("always"),
+            Durability::Never => f.write_str("never"),
+            Durability::Interval(interval) if *interval == Duration::from_millis(5) => f.write_str("interval"),
+            Durability::Interval(interval) => write!(f, "interval:{}", crate::duration::format_duration(*interval)),
+        }
+    }
+}
+
 /// Which segments retention may delete.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionPolicy {

@@ -526,3 +526,13 @@ fn a_damaged_snapshot_is_ignored_and_the_stream_replayed() {
     assert_eq!(load.snapshot, None, "a snapshot is a cache: damage means replaying more");
     assert_eq!(load.records.len(), 4);
 }
+
+#[test]
+fn durability_parses_what_it_prints() {
+    for text in ["always", "never", "interval", "interval:20ms"] {
+        assert_eq!(Durability::parse(text).unwrap().to_string(), text);
+    }
+    assert_eq!(Durability::parse("interval").unwrap(), Durability::Interval(std::time::Duration::from_millis(5)));
+    let error = Durability::parse("sometimes").unwrap_err();
+    assert!(error.contains("always, interval"), "{error}");
+}
