@@ -4,6 +4,7 @@
 mod bench;
 mod dlq;
 mod events;
+mod loadtest;
 mod replay;
 mod rules;
 mod run;
@@ -87,6 +88,11 @@ enum Command {
         after_help = "Examples:\n  citytwin token --org acme\n  citytwin token --org acme --hash ct_existing_token"
     )]
     Token(serve::TokenArgs),
+    /// Drive a running server with a scenario's events; report throughput and latencies.
+    #[command(
+        after_help = "Examples:\n  citytwin serve --data-dir /tmp/twin            # prints a development token\n  citytwin loadtest scenarios/demo.toml --target grpc://127.0.0.1:50051 --token $TOKEN --events 200000\n  citytwin loadtest scenarios/demo.toml --target grpc://127.0.0.1:50051 --token $TOKEN --rate 20000 --json half-load.json\n  citytwin loadtest scenarios/demo.toml --target http://127.0.0.1:8080 --token $TOKEN\n  citytwin loadtest scenarios/demo.toml --target mqtt://127.0.0.1:1883 --token $TOKEN   # needs an [mqtt] subscription on citytwin/+/events\n  citytwin loadtest scenarios/demo.toml --target amqp://guest:guest@127.0.0.1:5672/%2f --token $TOKEN\n\nIngest→visible latency is measured from the moment a request leaves until its event\nappears on a gRPC Subscribe stream (--watch); the acknowledgement latency (gRPC, HTTP) is\nsend to answer. Run once without --rate for the maximum, then at half of it for latency."
+    )]
+    Loadtest(loadtest::LoadtestArgs),
     /// Measure end-to-end ingest throughput of an embedded twin.
     #[command(after_help = "Example:\n  cargo run --release -- bench --assets 10000 --events 200000 --cells")]
     Bench(bench::BenchArgs),
@@ -106,6 +112,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => run::compare(&args),
         Command::Replay(args) => replay::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Loadtest(args) => loadtest::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Dlq(command) => dlq::run(command).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::serve(&args).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => {

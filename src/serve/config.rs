@@ -28,6 +28,9 @@ pub(crate) struct ServeConfig {
     /// The MQTT gateway, when set.
     #[serde(default)]
     pub(crate) mqtt: Option<super::mqtt::MqttConfig>,
+    /// The AMQP 0-9-1 gateway, when set.
+    #[serde(default)]
+    pub(crate) amqp: Option<super::amqp::AmqpConfig>,
 }
 
 impl Default for ServeConfig {
@@ -190,6 +193,9 @@ impl ServeConfig {
         if let Some(mqtt) = &self.mqtt {
             problems.extend(mqtt.problems());
         }
+        if let Some(amqp) = &self.amqp {
+            problems.extend(amqp.problems());
+        }
         if problems.is_empty() { Ok(()) } else { anyhow::bail!("{}", problems.join("\n")) }
     }
 }
@@ -204,6 +210,23 @@ mod tests {
             ServeConfig::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/citytwin.example.toml"))).unwrap();
         assert!(config.organizations.len() >= 2);
         assert!(config.twin.rules.iter().all(|rule| rule.exists()), "{:?}", config.twin.rules);
+    }
+
+    #[test]
+    fn the_example_gateways_are_valid_once_uncommented() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/citytwin.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let (head, gateways) = text.split_once("## Gateways").unwrap();
+        let uncommented: String = gateways
+            .lines()
+            .filter_map(|line| line.strip_prefix("# ").or_else(|| line.strip_prefix('#').filter(|l| l.is_empty())))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config: ServeConfig = toml::from_str(&format!("{head}\n{uncommented}")).unwrap();
+        config.check().unwrap();
+        assert_eq!(config.mqtt.unwrap().subscriptions.len(), 2);
+        let amqp = config.amqp.unwrap();
+        assert_eq!((amqp.queues.len(), amqp.queues[0].mapping.asset_level), (1, Some(1)));
     }
 
     #[test]

@@ -103,6 +103,33 @@ pub(crate) struct Counters {
     pub(crate) invalid_inputs: AtomicU64,
 }
 
+/// The server's totals (gRPC `Admin.Stats`, Prometheus `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stats {
+    pub(crate) accepted: u64,
+    pub(crate) rejected: u64,
+    /// Invalid inputs: refused by the gateways' decoders or by the twin's validation.
+    pub(crate) invalid: u64,
+    pub(crate) shed: u64,
+    pub(crate) unauthorized: u64,
+    pub(crate) rate_limited: u64,
+    pub(crate) log_position: u64,
+    pub(crate) live_assets: u64,
+}
+
+impl RefusalKind {
+    /// The name clients and metrics see.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::Invalid => "invalid",
+            RefusalKind::Refused => "refused",
+            RefusalKind::Unauthorized => "unauthorized",
+            RefusalKind::Overloaded => "overloaded",
+            RefusalKind::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// The shared gateway. Cheap to share through an `Arc`.
 #[derive(Debug)]
 pub(crate) struct Gateway {
@@ -117,6 +144,21 @@ pub(crate) struct Gateway {
     requests: DefaultKeyedRateLimiter<Arc<str>>,
     event_burst: u32,
     pub(crate) counters: Counters,
+}
+
+/// Per-protocol figures of one ingest request (the `metrics` facade; a no-op without a
+/// recorder).
+fn record(origin: &str, outcome: &Outcome, elapsed: Duration) {
+    let protocol = origin.split(':').next().unwrap_or(origin).to_owned();
+    metrics::histogram!("citytwin_gateway_ingest_seconds", "protocol" => protocol.clone()).record(elapsed);
+    metrics::counter!("citytwin_gateway_events_total", "protocol" => protocol.clone(), "outcome" => "accepted")
+        .increment(outcome.accepted);
+    let mut kinds: Vec<RefusalKind> = outcome.refusals.iter().map(|r| r.reason).collect();
+    kinds.sort_unstable_by_key(|k| k.as_str());
+    for chunk in kinds.chunk_by(|a, b| a == b) {
+        metrics::counter!("citytwin_gateway_events_total", "protocol" => protocol.clone(), "outcome" => chunk[0].as_str())
+            .increment(chunk.len() as u64);
+    }
 }
 
 fn quota(per_second: u32, burst: u32) -> Quota {
@@ -139,6 +181,21 @@ impl Gateway {
             requests: RateLimiter::keyed(quota(limits.requests_per_second, limits.request_burst)),
             event_burst: limits.event_burst,
             counters: Counters::default(),
+        }
+    }
+
+    /// The server's totals as of now.
+    pub(crate) async fn stats(&self) -> Stats {
+        let counts = self.twin.stats();
+        Stats {
+            accepted: counts.accepted,
+            rejected: counts.rejected,
+            invalid: counts.invalid + self.counters.invalid_inputs.load(Ordering::Relaxed),
+            shed: counts.shed,
+            unauthorized: self.counters.unauthorized.load(Ordering::Relaxed),
+            rate_limited: self.counters.rate_limited.load(Ordering::Relaxed),
+            log_position: self.twin.log().next_position(),
+            live_assets: self.twin.live_assets().await.unwrap_or(0) as u64,
         }
     }
 
@@ -197,6 +254,7 @@ impl Gateway {
         origin: &str,
         inputs: Vec<Input>,
     ) -> Result<Outcome, RequestError> {
+        let started = std::time::Instant::now();
         self.admit_events(who, inputs.len())?;
         let mut outcome = Outcome::default();
         let mut entries = Vec::new();
@@ -270,6 +328,7 @@ impl Gateway {
             }
         }
         outcome.refusals.sort_by_key(|r| r.index);
+        record(origin, &outcome, started.elapsed());
         Ok(outcome)
     }
 

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use citytwin_core::event::{Event, EventKind, Payload, Timestamp, TypePattern, parse_cell};
@@ -587,17 +586,16 @@ impl v1::admin_server::Admin for Api {
 
     async fn stats(&self, request: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {
         let _who = principal(&request)?;
-        let counts = self.gateway.twin.stats();
-        let counters = &self.gateway.counters;
+        let stats = self.gateway.stats().await;
         Ok(Response::new(v1::StatsResponse {
-            accepted: counts.accepted,
-            rejected: counts.rejected,
-            invalid: counts.invalid + counters.invalid_inputs.load(Ordering::Relaxed),
-            shed: counts.shed,
-            unauthorized: counters.unauthorized.load(Ordering::Relaxed),
-            rate_limited: counters.rate_limited.load(Ordering::Relaxed),
-            log_position: self.gateway.twin.log().next_position(),
-            live_assets: self.gateway.twin.live_assets().await.unwrap_or(0) as u64,
+            accepted: stats.accepted,
+            rejected: stats.rejected,
+            invalid: stats.invalid,
+            shed: stats.shed,
+            unauthorized: stats.unauthorized,
+            rate_limited: stats.rate_limited,
+            log_position: stats.log_position,
+            live_assets: stats.live_assets,
         }))
     }
 }

@@ -22,6 +22,8 @@ use h3o::Resolution;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use metrics_exporter_prometheus::PrometheusHandle;
+
 use super::auth::{Principal, Tokens};
 use super::gateway::{Gateway, Input, RefusalKind, RequestError};
 
@@ -29,10 +31,16 @@ use super::gateway::{Gateway, Input, RefusalKind, RequestError};
 struct AppState {
     gateway: Arc<Gateway>,
     tokens: Arc<Tokens>,
+    prometheus: PrometheusHandle,
 }
 
 /// The HTTP application.
-pub(crate) fn router(gateway: Arc<Gateway>, tokens: Arc<Tokens>, max_body_bytes: usize) -> Router {
+pub(crate) fn router(
+    gateway: Arc<Gateway>,
+    tokens: Arc<Tokens>,
+    prometheus: PrometheusHandle,
+    max_body_bytes: usize,
+) -> Router {
     Router::new()
         .route("/v1/events", post(ingest))
         .route("/v1/assets/{id}", get(asset))
@@ -44,8 +52,9 @@ pub(crate) fn router(gateway: Arc<Gateway>, tokens: Arc<Tokens>, max_body_bytes:
         .route("/v1/stream", get(stream))
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(AppState { gateway, tokens })
+        .with_state(AppState { gateway, tokens, prometheus })
 }
 
 /// An error as JSON `{"error": ..., "message": ...}` with the right status code.
@@ -457,6 +466,12 @@ async fn websocket(
             }
         }
     }
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = super::prometheus::render(&state.prometheus, &state.gateway).await;
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], text).into_response()
 }
 
 /// `GET /openapi.json`.

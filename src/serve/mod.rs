@@ -4,14 +4,19 @@
 //! - [`config`]: the configuration file and its checks.
 //! - [`auth`]: tokens (stored hashed) and the authorization rule.
 //! - [`gateway`]: what every protocol shares (ingest with precise refusals, queries).
-//! - [`grpc`], [`http`] and [`mqtt`]: the protocol translations.
+//! - [`grpc`], [`http`], [`mqtt`] and [`amqp`]: the protocol translations; [`mapping`]: how
+//!   broker messages (MQTT, AMQP) map to events.
+//! - [`prometheus`]: `GET /metrics`.
 
+pub(crate) mod amqp;
 pub(crate) mod auth;
 pub(crate) mod config;
 pub(crate) mod gateway;
 pub(crate) mod grpc;
 pub(crate) mod http;
+pub(crate) mod mapping;
 pub(crate) mod mqtt;
+pub(crate) mod prometheus;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,6 +102,7 @@ pub(crate) struct Running {
     grpc_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     mqtt_task: Option<tokio::task::JoinHandle<()>>,
+    amqp_task: Option<tokio::task::JoinHandle<()>>,
     gateway: Arc<Gateway>,
 }
 
@@ -182,7 +188,7 @@ pub(crate) async fn start(mut config: ServeConfig) -> anyhow::Result<Running> {
         let _ = grpc_stop.wait_for(|stop| *stop).await;
     }));
 
-    let app = http::router(Arc::clone(&gateway), tokens, config.http.max_body_bytes);
+    let app = http::router(Arc::clone(&gateway), tokens, prometheus::handle()?, config.http.max_body_bytes);
     let http_task = tokio::spawn(async move {
         axum::serve(http_listener, app)
             .with_graceful_shutdown(async move {
@@ -194,7 +200,11 @@ pub(crate) async fn start(mut config: ServeConfig) -> anyhow::Result<Running> {
         Some(mqtt) => Some(mqtt::start(mqtt, Arc::clone(&gateway), shutdown.subscribe()).await?),
         None => None,
     };
-    Ok(Running { grpc, http, shutdown, grpc_task, http_task, mqtt_task, gateway })
+    let amqp_task = match config.amqp.clone() {
+        Some(amqp) => Some(amqp::start(amqp, Arc::clone(&gateway), shutdown.subscribe()).await?),
+        None => None,
+    };
+    Ok(Running { grpc, http, shutdown, grpc_task, http_task, mqtt_task, amqp_task, gateway })
 }
 
 impl Running {
@@ -203,7 +213,7 @@ impl Running {
         let _ = self.shutdown.send(true);
         self.grpc_task.await??;
         self.http_task.await??;
-        if let Some(task) = self.mqtt_task {
+        for task in [self.mqtt_task, self.amqp_task].into_iter().flatten() {
             task.await?;
         }
         let gateway = Arc::into_inner(self.gateway).context("a connection still holds the twin")?;

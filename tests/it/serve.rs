@@ -81,6 +81,16 @@ impl Server {
         }
     }
 
+    /// SIGTERM, then waits for the graceful stop; returns the server's log.
+    fn terminate(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "graceful stop failed ({exit}); log:\n{}", self.log());
+        self.log()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -435,10 +445,13 @@ impl Mosquitto {
     fn start(dir: &Path) -> Mosquitto {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = dir.join("mosquitto.conf");
+        // mosquitto drops QoS 1 messages beyond 1,000 queued for one client by default
+        // (max_queued_messages): a load test must not lose messages in the broker.
         std::fs::write(
             &config,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\n"
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\n\
+                 max_queued_messages 0\n"
             ),
         )
         .unwrap();
@@ -541,4 +554,238 @@ async fn mqtt_gateway_ingests_cloudevents_and_raw_json_and_keeps_organizations_a
 
 fn raw_json(secs: i64, pm25: f64) -> String {
     format!("{{\"ts\": {secs}, \"pm25\": {pm25}}}")
+}
+
+/// The RabbitMQ the tests use: `CITYTWIN_AMQP_URL`, or the local default (`scripts/test`
+/// starts `rabbitmq-server` when nothing listens there).
+fn amqp_url() -> String {
+    std::env::var("CITYTWIN_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_gateway_acks_after_the_append_and_loses_nothing_while_the_twin_is_down() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+    use lapin::types::AMQPValue;
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let dir = tempfile::tempdir().unwrap();
+    // A queue of this run's own, bound to amq.topic under this run's own prefix.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let run = format!("ct{}x{}", std::process::id(), nanos % 1_000_000_007);
+    let queue = format!("citytwin-test-{run}");
+    let amqp = format!(
+        "[amqp]\nuri = \"{}\"\nprefetch = 64\n\
+         [[amqp.queues]]\nqueue = \"{queue}\"\norganization = \"acme\"\nasset_level = 2\n\
+         bindings = [{{ exchange = \"amq.topic\", routing_key = \"{run}.ce.*\" }}]\n\
+         [[amqp.queues]]\nqueue = \"{queue}-raw\"\norganization = \"acme\"\nformat = \"raw\"\nasset_level = 2\n\
+         bindings = [{{ exchange = \"amq.topic\", routing_key = \"{run}.raw.*\" }}]\n\
+         [amqp.queues.transform]\ntime = \"ts\"\nmetrics = [{{ field = \"pm25\", metric = \"pm25\", unit = \"ug/m3\" }}]\n",
+        amqp_url()
+    );
+    let server = Server::start(dir.path(), &amqp);
+    let channel = server.channel().await;
+    assert_eq!(ingest(&channel, GLOBEX, &[created("g1", None), commissioned("g1")]).await.accepted, 2);
+    assert_eq!(ingest(&channel, ACME, &[created("q1", None), commissioned("q1")]).await.accepted, 2);
+    let mut subscribe = v1::subscribe_client::SubscribeClient::new(channel.clone());
+    let filter = v1::SubscribeRequest { assets: vec!["q1".into()], ..Default::default() };
+    let mut live = subscribe.events(authed(filter, ACME)).await.unwrap().into_inner();
+
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let publisher = connection.create_channel().await.unwrap();
+    publisher.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let publish = |routing_key: String, body: Vec<u8>, properties: BasicProperties| {
+        let publisher = publisher.clone();
+        async move {
+            let confirm = publisher
+                .basic_publish(
+                    "amq.topic".into(),
+                    routing_key.into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    &body,
+                    properties.with_delivery_mode(2),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirm.is_ack() && confirm.take_message().is_none(), "the broker routed and stored it");
+        }
+    };
+    // Binary mode with typed headers, structured mode, raw JSON.
+    let (content_type, headers, body) = binary_amqp(&reading("q1", 1, 10.0));
+    let mut binary = BasicProperties::default().with_headers(headers);
+    if let Some(content_type) = content_type {
+        binary = binary.with_content_type(content_type.into());
+    }
+    publish(format!("{run}.ce.q1"), body, binary).await;
+    let structured = BasicProperties::default().with_content_type("application/cloudevents+json".into());
+    publish(format!("{run}.ce.q1"), json::encode(&reading("q1", 2, 11.0)), structured).await;
+    publish(format!("{run}.raw.q1"), raw_json(T0 + 180, 17.0).into_bytes(), BasicProperties::default()).await;
+    // Refused, each with its reason: another organization's asset through the mapping, an
+    // event claiming another organization, garbage, a header of a type no attribute has.
+    publish(format!("{run}.raw.g1"), raw_json(T0 + 200, 99.0).into_bytes(), BasicProperties::default()).await;
+    let mut claims_globex = reading("q1", 3, 99.0);
+    claims_globex.ext.organization = Some("globex".into());
+    publish(format!("{run}.ce.q1"), json::encode(&claims_globex), BasicProperties::default()).await;
+    publish(format!("{run}.ce.q1"), b"not json".to_vec(), BasicProperties::default()).await;
+    let (_, mut headers, body) = binary_amqp(&reading("q1", 4, 12.0));
+    headers.insert("cloudEvents:sequence".into(), AMQPValue::Double(1.5));
+    publish(format!("{run}.ce.q1"), body, BasicProperties::default().with_headers(headers)).await;
+    publish(format!("{run}.raw.q1"), raw_json(T0 + 240, 1.0).into_bytes(), BasicProperties::default()).await;
+
+    let marker = |secs: i64| format!("q1:pm25:{}", Timestamp::from_secs(secs).as_nanos());
+    let mut ids = Vec::new();
+    while !ids.contains(&marker(T0 + 240)) {
+        let delivery = tokio::time::timeout(Duration::from_secs(60), live.message())
+            .await
+            .unwrap_or_else(|_| panic!("no AMQP event arrived; ids {ids:?}; server log:\n{}", server.log()))
+            .unwrap()
+            .unwrap();
+        ids.push(event_from_proto(delivery.event.as_ref().unwrap()).unwrap().id);
+    }
+    let mut query = v1::query_client::QueryClient::new(channel.clone());
+    let q1 = query.get_asset(authed(v1::GetAssetRequest { asset_id: "q1".into(), at: None }, ACME)).await.unwrap();
+    assert_eq!(q1.into_inner().metrics["pm25"].count, 4, "binary, structured, raw and the marker; ids {ids:?}");
+    let g1 = query.get_asset(authed(v1::GetAssetRequest { asset_id: "g1".into(), at: None }, GLOBEX)).await.unwrap();
+    assert!(g1.into_inner().metrics.is_empty(), "acme's AMQP mapping wrote to globex's asset");
+    let letters: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/dead-letters", server.http))
+        .bearer_auth(ACME)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dead = letters["dead_letters"].as_array().unwrap();
+    let mut reasons: Vec<&str> = dead.iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["invalid_format", "invalid_format", "unauthorized", "unauthorized"], "{letters}");
+    assert!(
+        letters.to_string().contains("cloudEvents:sequence"),
+        "the typed-header refusal names the header: {letters}"
+    );
+
+    // A graceful stop acknowledges what it ingested; what is published while the twin is
+    // down waits in the broker and is ingested once it is back: exactly once each.
+    drop(live);
+    drop(channel);
+    let data = dir.path().to_owned();
+    let first_log = server.terminate();
+    for n in 0..20 {
+        publish(format!("{run}.raw.q1"), raw_json(T0 + 300 + n, 5.0).into_bytes(), BasicProperties::default()).await;
+    }
+    let server = Server::start(&data, &amqp);
+    let channel = server.channel().await;
+    let filter = v1::ReplayRequest { assets: vec!["q1".into()], follow: true, ..Default::default() };
+    let mut replay = v1::replay_client::ReplayClient::new(channel.clone());
+    let mut stream = replay.replay(authed(filter, ACME)).await.unwrap().into_inner();
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    while !seen.contains_key(&marker(T0 + 319)) {
+        let delivery = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("queued AMQP events never arrived; seen {seen:?}; log:\n{}", server.log()))
+            .unwrap()
+            .unwrap();
+        *seen.entry(event_from_proto(delivery.event.as_ref().unwrap()).unwrap().id).or_default() += 1;
+    }
+    let mut query = v1::query_client::QueryClient::new(channel);
+    let q1 = query.get_asset(authed(v1::GetAssetRequest { asset_id: "q1".into(), at: None }, ACME)).await.unwrap();
+    assert_eq!(
+        q1.into_inner().metrics["pm25"].count,
+        24,
+        "4 before the stop and 20 queued meanwhile; seen {seen:?}; first server's log:\n{first_log}"
+    );
+    assert!(seen.values().all(|n| *n == 1), "an acknowledged message came back: {seen:?}\n{first_log}");
+    for name in [queue.clone(), format!("{queue}-raw")] {
+        publisher.queue_delete(name.into(), QueueDeleteOptions::default()).await.unwrap();
+    }
+}
+
+/// An event in the AMQP binary mode, as the gateway's own encoder writes it.
+fn binary_amqp(event: &Event) -> (Option<String>, lapin::types::FieldTable, Vec<u8>) {
+    let message = citytwin_core::codec::amqp::encode(event);
+    let mut headers = lapin::types::FieldTable::default();
+    for (name, value) in &message.headers {
+        let value = match value {
+            citytwin_core::codec::binary::AttributeValue::Text(text) => {
+                lapin::types::AMQPValue::LongString(text.as_str().into())
+            }
+            citytwin_core::codec::binary::AttributeValue::Bool(flag) => lapin::types::AMQPValue::Boolean(*flag),
+            citytwin_core::codec::binary::AttributeValue::Integer(n) => lapin::types::AMQPValue::LongInt(*n),
+            citytwin_core::codec::binary::AttributeValue::Time(time) => {
+                lapin::types::AMQPValue::Timestamp(u64::try_from(time.as_nanos() / 1_000_000_000).unwrap())
+            }
+        };
+        headers.insert(name.as_str().into(), value);
+    }
+    (message.content_type, headers, message.body)
+}
+
+/// Runs `citytwin loadtest` on the tiny scenario and returns its JSON report.
+fn loadtest(dir: &Path, name: &str, args: &[&str]) -> serde_json::Value {
+    let report = dir.join(format!("{name}.json"));
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-city.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_citytwin"))
+        .args(["loadtest", scenario, "--quiet", "--token", ACME, "--json", report.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "loadtest {args:?} failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("ingest→visible") && text.contains("events/s"), "{text}");
+    serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap()
+}
+
+/// What every loadtest report must hold: each event sent is accounted for, each visible one
+/// measured once, percentiles in order.
+fn check_report(report: &serde_json::Value, sent: u64) {
+    assert_eq!(report["sent"], sent, "{report:#}");
+    assert_eq!((report["visible"].as_u64(), report["not_visible"].as_u64()), (Some(sent), Some(0)), "{report:#}");
+    let latency = &report["ingest_to_visible"];
+    assert_eq!(latency["samples"], sent, "{report:#}");
+    let (p50, p99, max) =
+        (latency["p50_us"].as_u64().unwrap(), latency["p99_us"].as_u64().unwrap(), latency["max_us"].as_u64().unwrap());
+    assert!(0 < p50 && p50 <= p99 && p99 <= max, "{report:#}");
+    assert!(report["visible_events_per_second"].as_f64().unwrap() > 0.0, "{report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_accounts_for_every_event_over_grpc_http_and_mqtt() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mqtt = format!(
+        "[mqtt]\nbroker = \"127.0.0.1:{}\"\nclient_id = \"citytwin-loadtest-test\"\n\
+         [[mqtt.subscriptions]]\nfilter = \"lt/+/events\"\norganization = \"acme\"\nasset_level = 1\n",
+        broker.port
+    );
+    // A fresh twin per protocol: the scenario's assets are created once in each.
+    for (protocol, n) in [("grpc", 3000u64), ("http", 2000), ("mqtt", 2000)] {
+        let data = dir.path().join(protocol);
+        std::fs::create_dir_all(&data).unwrap();
+        let server = Server::start(&data, if protocol == "mqtt" { &mqtt } else { "" });
+        let grpc = server.grpc.replace("http://", "grpc://");
+        let target = match protocol {
+            "grpc" => grpc.clone(),
+            "http" => server.http.clone(),
+            _ => format!("mqtt://127.0.0.1:{}", broker.port),
+        };
+        let events = n.to_string();
+        let args = ["--target", &target, "--watch", &grpc, "--events", &events, "--batch", "250", "--prefix", "lt"];
+        let report = loadtest(dir.path(), protocol, &args);
+        check_report(&report, n);
+        match protocol {
+            "mqtt" => {
+                assert_eq!(report["baseline"]["received"], n, "the plain subscriber saw every message: {report:#}");
+                assert!(report["accepted"].is_null(), "MQTT has no per-event answer: {report:#}");
+            }
+            _ => {
+                assert_eq!(report["accepted"], n, "{report:#}");
+                assert!(report["acknowledgement"]["samples"].as_u64().unwrap() >= n / 250, "{report:#}");
+            }
+        }
+        let mut query = v1::query_client::QueryClient::new(server.channel().await);
+        let inventory = query.inventory(authed(v1::InventoryRequest::default(), ACME)).await.unwrap().into_inner();
+        assert!(inventory.total > 0, "the load's assets belong to the token's organization");
+    }
 }

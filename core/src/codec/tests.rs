@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::envelope::Envelope;
-use super::{binary, http, json, mqtt, msgpack};
+use super::{amqp, binary, http, json, mqtt, msgpack};
 use crate::event::{Event, ExtensionValue};
 use crate::testing;
 
@@ -62,6 +62,24 @@ proptest! {
         let back = binary::decode(attributes, message.content_type.as_deref(), &message.body)
             .map_err(|e| TestCaseError::fail(format!("{e}\n{message:?}")))?;
         prop_assert_eq!(back, event);
+    }
+
+    #[test]
+    fn amqp_binary_round_trips_exactly(event in testing::event()) {
+        let message = amqp::encode(&event);
+        prop_assert!(message.headers.iter().all(|(name, _)| name.starts_with(amqp::PREFIX)), "{:?}", message.headers);
+        let back = amqp::decode_any(&message).map_err(|e| TestCaseError::fail(format!("{e}\n{message:?}")))?;
+        prop_assert_eq!(back, event);
+    }
+
+    #[test]
+    fn amqp_structured_round_trips(event in testing::event()) {
+        let message = amqp::AmqpMessage {
+            content_type: Some(amqp::STRUCTURED_CONTENT_TYPE.to_owned()),
+            headers: vec![("x-app".to_owned(), binary::AttributeValue::Text("ignored".into()))],
+            body: json::encode(&event),
+        };
+        prop_assert_eq!(amqp::decode_any(&message).unwrap(), event);
     }
 
     #[test]
@@ -163,4 +181,36 @@ fn msgpack_is_compact_and_versioned() {
     assert!(matches!(msgpack::decode(&future), Err(crate::Error::UnsupportedFormat { .. })));
     assert!(matches!(msgpack::decode(&stored[..stored.len() / 2]), Err(crate::Error::Malformed { .. })));
     assert!(matches!(msgpack::decode(&[]), Err(crate::Error::Malformed { .. })));
+}
+
+#[test]
+fn amqp_reads_the_alternative_prefix_and_names_every_problem() {
+    use binary::AttributeValue::Text;
+    let message = amqp::AmqpMessage {
+        content_type: Some("application/json".into()),
+        headers: vec![
+            ("cloudEvents_specversion".into(), Text("1.0".into())),
+            ("cloudEvents_id".into(), Text("a-1".into())),
+            ("cloudEvents_source".into(), Text("/amqp".into())),
+            ("cloudEvents_type".into(), Text("com.example.t".into())),
+            ("x-trace".into(), Text("not an attribute".into())),
+        ],
+        body: br#"{"k":1}"#.to_vec(),
+    };
+    let event = amqp::decode_any(&message).unwrap();
+    assert_eq!((event.id.as_str(), event.source.as_str()), ("a-1", "/amqp"));
+    assert!(event.ext.other.is_empty(), "{:?}", event.ext.other);
+
+    let broken = amqp::AmqpMessage {
+        content_type: None,
+        headers: vec![
+            ("cloudEvents:specversion".into(), Text("0.3".into())),
+            ("cloudEvents:id".into(), Text(String::new())),
+        ],
+        body: Vec::new(),
+    };
+    let error = amqp::decode_any(&broken).unwrap_err().to_string();
+    for expected in ["specversion", "id", "source", "type"] {
+        assert!(error.contains(expected), "{expected} missing from {error}");
+    }
 }
