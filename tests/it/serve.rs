@@ -330,6 +330,33 @@ async fn serve_ingests_queries_streams_and_keeps_organizations_apart() {
     assert_eq!(http.get(url("/v1/inventory")).send().await.unwrap().status(), 401);
     let openapi: serde_json::Value = http.get(url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert!(openapi["paths"]["/v1/events"]["post"].is_object());
+    // A body over [http] max_body_bytes (4 MiB by default) is refused whole, with 413.
+    let huge = vec![b' '; 5 << 20];
+    let response = http
+        .post(url("/v1/events"))
+        .bearer_auth(ACME)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+
+    // Prometheus metrics, without a token: the twin's totals and per-protocol counters.
+    let metrics = http.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |prefix: &str, parts: &[&str]| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix) && parts.iter().all(|p| l.contains(p)))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix} {parts:?} in\n{metrics}"))
+    };
+    assert!(value("citytwin_events_accepted_total ", &[]) >= 8.0, "{metrics}");
+    assert!(value("citytwin_unauthorized_total ", &[]) >= 1.0, "{metrics}");
+    assert!(value("citytwin_gateway_events_total{", &["protocol=\"grpc\"", "outcome=\"accepted\""]) >= 4.0);
+    assert!(value("citytwin_gateway_events_total{", &["protocol=\"grpc\"", "outcome=\"unauthorized\""]) >= 1.0);
+    assert!(value("citytwin_gateway_ingest_seconds_count{", &["protocol=\"http\""]) >= 1.0, "{metrics}");
+    assert!(value("citytwin_registered_assets ", &[]) >= 2.0, "{metrics}");
 
     // Dead letters: globex's refused events are listed for globex, with reasons; not for acme.
     let letters: serde_json::Value =
