@@ -199,6 +199,14 @@ impl Gateway {
         }
     }
 
+    /// The commissioning sagas `who` may see: its organization's, or all for an admin.
+    pub(crate) async fn sagas(&self, who: &Principal) -> Result<Vec<citytwin_twin::saga::SagaSummary>, RequestError> {
+        let log = self.twin.log().clone();
+        let mut sagas = blocking(move || citytwin_twin::saga::sagas(&log)).await?;
+        sagas.retain(|s| who.admin || s.organization.as_deref().is_some_and(|org| who.may_access(org)));
+        Ok(sagas)
+    }
+
     /// The organization owning `asset`, when known.
     pub(crate) fn owner(&self, asset: &str) -> Option<Arc<str>> {
         self.owners.read().ok()?.get(asset).cloned()

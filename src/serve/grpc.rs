@@ -584,6 +584,36 @@ impl v1::admin_server::Admin for Api {
         }))
     }
 
+    async fn sagas(&self, request: Request<v1::SagasRequest>) -> Result<Response<v1::SagasResponse>, Status> {
+        let (who, request) = self.admit(request)?;
+        let listed = self.gateway.sagas(&who).await.map_err(status)?;
+        let sagas: Vec<v1::Saga> = listed
+            .into_iter()
+            .filter(|s| request.saga_id.is_empty() || s.saga_id == request.saga_id)
+            .map(|s| {
+                let names = |steps: &[citytwin_twin::saga::Step]| steps.iter().map(|s| s.name().to_owned()).collect();
+                let (failed_step, failure) = s
+                    .state
+                    .failed
+                    .as_ref()
+                    .map_or_else(Default::default, |(step, why)| (step.name().to_owned(), why.clone()));
+                v1::Saga {
+                    status: s.state.status().to_owned(),
+                    completed: names(&s.state.completed),
+                    compensated: names(&s.state.compensated),
+                    failed_step,
+                    failure,
+                    organization: s.organization.unwrap_or_default(),
+                    saga_id: s.saga_id,
+                }
+            })
+            .collect();
+        if sagas.is_empty() && !request.saga_id.is_empty() {
+            return Err(Status::not_found(format!("no saga {:?} in organization {:?}", request.saga_id, &*who.org)));
+        }
+        Ok(Response::new(v1::SagasResponse { sagas }))
+    }
+
     async fn stats(&self, request: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {
         let _who = principal(&request)?;
         let stats = self.gateway.stats().await;

@@ -816,3 +816,59 @@ async fn loadtest_accounts_for_every_event_over_grpc_http_and_mqtt() {
         assert!(inventory.total > 0, "the load's assets belong to the token's organization");
     }
 }
+
+/// Commissioning effects for the saga-status test: the device refuses its configuration
+/// for one asset.
+struct Device {
+    refuse: &'static str,
+}
+
+impl citytwin_twin::saga::CommissioningEffects for Device {
+    async fn execute(&self, saga_id: &str, step: citytwin_twin::saga::Step) -> Result<(), String> {
+        if step == citytwin_twin::saga::Step::ConfigureDevice && saga_id == self.refuse {
+            return Err("the device refused its configuration".into());
+        }
+        Ok(())
+    }
+
+    async fn compensate(&self, _saga_id: &str, _step: citytwin_twin::saga::Step) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_sagas_shows_each_organization_its_commissioning_sagas() {
+    use citytwin_core::log::{EventLog, LogConfig};
+    use citytwin_twin::saga::CommissioningSaga;
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path().join("data/log"), LogConfig::default()).unwrap();
+    let device = Device { refuse: "commission-bad" };
+    let now = || Timestamp::from_secs(T0);
+    for (saga_id, org) in [("commission-ok", "acme"), ("commission-bad", "acme"), ("commission-g", "globex")] {
+        let saga = CommissioningSaga::new(log.clone(), saga_id).for_organization(Some(org.into()));
+        saga.run(&device, now).await.unwrap();
+    }
+    drop(log);
+
+    let server = Server::start(dir.path(), "");
+    let mut admin = v1::admin_client::AdminClient::new(server.channel().await);
+    let listed = admin.sagas(authed(v1::SagasRequest::default(), ACME)).await.unwrap().into_inner().sagas;
+    let summary: Vec<(&str, &str, usize, &str)> = listed
+        .iter()
+        .map(|s| (s.saga_id.as_str(), s.status.as_str(), s.completed.len(), s.failed_step.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [("commission-bad", "compensated", 1, "configure_device"), ("commission-ok", "completed", 4, "")]
+    );
+    assert_eq!(listed[0].compensated, ["reserve_id"]);
+    assert_eq!(listed[0].failure, "the device refused its configuration");
+    let one = v1::SagasRequest { saga_id: "commission-g".into() };
+    let error = admin.sagas(authed(one.clone(), ACME)).await.unwrap_err();
+    assert_eq!(error.code(), Code::NotFound, "acme sees globex's saga: {error:?}");
+    let all = admin.sagas(authed(v1::SagasRequest::default(), OPS)).await.unwrap().into_inner().sagas;
+    assert_eq!(all.len(), 3, "an admin organization sees every saga");
+    let globex = admin.sagas(authed(one, GLOBEX)).await.unwrap().into_inner().sagas;
+    assert_eq!((globex.len(), globex[0].organization.as_str()), (1, "globex"));
+}

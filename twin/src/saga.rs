@@ -99,12 +99,79 @@ pub const STEP_COMPENSATED: &str = "com.smartcities.saga.step_compensated";
 pub struct CommissioningSaga {
     log: EventLog,
     saga_id: String,
+    organization: Option<String>,
+}
+
+impl SagaState {
+    /// Where the saga stands: `running`, `completed`, `compensating` (a step failed and not
+    /// every completed step is undone yet) or `compensated`.
+    pub fn status(&self) -> &'static str {
+        match &self.failed {
+            None if self.completed.len() == Step::ALL.len() => "completed",
+            None => "running",
+            Some(_) if self.compensated.len() < self.completed.len() => "compensating",
+            Some(_) => "compensated",
+        }
+    }
+
+    fn apply(&mut self, event: &Event) {
+        let Some(Data::Json(data)) = &event.data else { return };
+        let Some(step) = data["step"].as_str().and_then(Step::parse) else { return };
+        match event.ty.as_str() {
+            STEP_COMPLETED => self.completed.push(step),
+            STEP_FAILED => self.failed = Some((step, data["reason"].as_str().unwrap_or_default().to_owned())),
+            STEP_COMPENSATED => self.compensated.push(step),
+            _ => {}
+        }
+    }
+}
+
+/// One saga as [`sagas`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaSummary {
+    /// The saga's id.
+    pub saga_id: String,
+    /// The organization it runs for, when it names one.
+    pub organization: Option<String>,
+    /// Its state, folded from its events.
+    pub state: SagaState,
+}
+
+/// Every commissioning saga in the log, by id (one pass over the saga events).
+///
+/// # Errors
+/// When the log cannot be read.
+pub fn sagas(log: &EventLog) -> citytwin_core::Result<Vec<SagaSummary>> {
+    use citytwin_core::log::ReplayFilter;
+    let filter = ReplayFilter {
+        types: vec![citytwin_core::event::TypePattern::new("com.smartcities.saga.step_*")],
+        ..ReplayFilter::default()
+    };
+    let mut by_id: std::collections::BTreeMap<String, SagaSummary> = std::collections::BTreeMap::new();
+    for record in log.replay(filter) {
+        let event = record?.event()?;
+        let Some(saga_id) = event.subject.clone() else { continue };
+        let summary = by_id.entry(saga_id.clone()).or_insert_with(|| SagaSummary {
+            saga_id,
+            organization: event.ext.organization.clone(),
+            state: SagaState::default(),
+        });
+        summary.state.apply(&event);
+    }
+    Ok(by_id.into_values().collect())
 }
 
 impl CommissioningSaga {
     /// The saga `saga_id` (new or to resume).
     pub fn new(log: EventLog, saga_id: impl Into<String>) -> Self {
-        CommissioningSaga { log, saga_id: saga_id.into() }
+        CommissioningSaga { log, saga_id: saga_id.into(), organization: None }
+    }
+
+    /// Records the organization the saga runs for on its events (listings filter by it).
+    #[must_use]
+    pub fn for_organization(mut self, organization: Option<String>) -> Self {
+        self.organization = organization;
+        self
     }
 
     /// The saga's stream.
@@ -119,15 +186,7 @@ impl CommissioningSaga {
     pub fn state(&self) -> citytwin_core::Result<SagaState> {
         let mut state = SagaState::default();
         for record in self.log.read_stream(&self.stream(), 1)? {
-            let event = record.event()?;
-            let Some(Data::Json(data)) = &event.data else { continue };
-            let Some(step) = data["step"].as_str().and_then(Step::parse) else { continue };
-            match event.ty.as_str() {
-                STEP_COMPLETED => state.completed.push(step),
-                STEP_FAILED => state.failed = Some((step, data["reason"].as_str().unwrap_or_default().to_owned())),
-                STEP_COMPENSATED => state.compensated.push(step),
-                _ => {}
-            }
+            state.apply(&record.event()?);
         }
         Ok(state)
     }
@@ -137,6 +196,7 @@ impl CommissioningSaga {
         let mut event = Event::untyped(format!("{}:{ty}:{step}", self.stream()), "/twin/sagas", ty).with_time(time);
         event.subject = Some(self.saga_id.clone());
         event.ext.correlationid = Some(self.saga_id.clone());
+        event.ext.organization.clone_from(&self.organization);
         event.data = Some(Data::Json(json!({ "saga_id": self.saga_id, "step": step.name(), "reason": reason })));
         self.log.append(&self.stream(), Expected::Seq(seq), &event)?;
         Ok(())
@@ -375,6 +435,7 @@ mod tests {
             ["do reserve_id", "do configure_device", "do register_inventory", "do activate_monitoring"]
         );
         assert_eq!(saga.state().unwrap().completed, Step::ALL);
+        assert_eq!(saga.state().unwrap().status(), "completed");
         // Running a completed saga again does nothing.
         let again = Effects::default();
         assert_eq!(saga.run(&again, now).await, Ok(SagaOutcome::Completed));
@@ -397,6 +458,7 @@ mod tests {
             assert_eq!(*effects.calls.lock().unwrap(), expected, "failing at {failing}");
             let state = saga.state().unwrap();
             assert_eq!(state.compensated, Step::ALL[..i].iter().rev().copied().collect::<Vec<_>>());
+            assert_eq!(state.status(), "compensated");
         }
     }
 
@@ -412,6 +474,7 @@ mod tests {
             () = crashing.crashed.notified() => {}
         }
         assert_eq!(saga.state().unwrap().completed, [Step::ReserveId, Step::ConfigureDevice]);
+        assert_eq!(saga.state().unwrap().status(), "running");
         drop(log);
 
         // A new process reopens the log and resumes.
@@ -429,5 +492,22 @@ mod tests {
                 "undo reserve_id"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn sagas_lists_every_saga_with_its_organization_and_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        let done = CommissioningSaga::new(log.clone(), "s-a").for_organization(Some("acme".into()));
+        assert_eq!(done.run(&Effects::default(), now).await, Ok(SagaOutcome::Completed));
+        let failed = CommissioningSaga::new(log.clone(), "s-b");
+        let effects = Effects { fail_at: Some(Step::RegisterInventory), ..Effects::default() };
+        failed.run(&effects, now).await.unwrap();
+        let listed = sagas(&log).unwrap();
+        let summary: Vec<(&str, Option<&str>, &str)> =
+            listed.iter().map(|s| (s.saga_id.as_str(), s.organization.as_deref(), s.state.status())).collect();
+        assert_eq!(summary, [("s-a", Some("acme"), "completed"), ("s-b", None, "compensated")]);
+        assert_eq!(listed[1].state, failed.state().unwrap(), "one pass over the log folds like the stream");
+        assert_eq!(listed[1].state.failed.as_ref().map(|(step, _)| *step), Some(Step::RegisterInventory));
     }
 }
