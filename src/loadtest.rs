@@ -70,6 +70,11 @@ pub(crate) struct LoadtestArgs {
     /// (`PREFIX.<asset>.events`); the server's gateway must subscribe to it.
     #[arg(long, default_value = "citytwin")]
     prefix: String,
+    /// Stamp this organization on every event (the scenario's own otherwise). The server
+    /// refuses events naming another organization than the token's, or the broker
+    /// source's (`organization` of the MQTT subscription or AMQP queue).
+    #[arg(long)]
+    organization: Option<String>,
     /// AMQP exchange to publish to.
     #[arg(long, default_value = "amq.topic")]
     exchange: String,
@@ -338,6 +343,7 @@ async fn drive(args: &LoadtestArgs, target: Target, scenario: scenario::Scenario
     let limit = args.events.unwrap_or(u64::MAX);
     let chunk = args.batch.max(1);
     let scenario = Arc::new(scenario);
+    let organization = args.organization.clone();
     let generator = std::thread::Builder::new().name("generator".into()).spawn(move || {
         let plan = Arc::new(Plan::new(scenario));
         let mut generator = Generator::new(Arc::clone(&plan), 1);
@@ -351,7 +357,11 @@ async fn drive(args: &LoadtestArgs, target: Target, scenario: scenario::Scenario
                 if made == limit {
                     break;
                 }
-                out.push(plan.event(sample));
+                let mut event = plan.event(sample);
+                if let Some(org) = &organization {
+                    event.ext.organization = Some(org.clone());
+                }
+                out.push(event);
                 made += 1;
                 if out.len() == chunk
                     && events_tx.blocking_send(std::mem::replace(&mut out, Vec::with_capacity(chunk))).is_err()

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use citytwin_core::codec::{json, mqtt as mqtt_codec};
-use rumqttc::v5::mqttbytes::v5::Publish;
+use rumqttc::v5::mqttbytes::v5::{Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::{QoS, matches};
 use rumqttc::v5::{AsyncClient, Event as MqttEvent, Incoming, MqttOptions};
 use serde::Deserialize;
@@ -127,11 +127,18 @@ pub(crate) async fn start(
         options.set_credentials(user.clone(), password.clone());
     }
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
-    let (tx, mut rx) = mpsc::channel::<Publish>(config.max_batch.max(1) * 2);
+    // Unbounded on purpose, and still bounded: the broker sends at most `receive_maximum`
+    // (one batch) unacknowledged messages, and none is acknowledged before it is ingested. A
+    // bounded channel here deadlocked: the connection task waited for room while the worker
+    // waited for the connection task to take its acknowledgements.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Publish>();
     let filters: Vec<String> = config.subscriptions.iter().map(|s| s.filter.clone()).collect();
     let subscriber = client.clone();
-    // The connection: (re)subscribes on every ConnAck; hands publishes to the worker (a
-    // full channel stops reading the socket: backpressure to the broker).
+    // The connection: (re)subscribes on every ConnAck; hands publishes to the worker; never
+    // waits on it, so acknowledgements always go out.
+    // `start` returns once the broker confirmed every subscription of the first connection:
+    // messages published after `serve` reports ready reach the twin.
+    let (ready, mut confirmed) = tokio::sync::watch::channel(Ok::<usize, String>(0));
     let connection = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -143,8 +150,23 @@ pub(crate) async fn start(
                     }
                     tracing::info!(filters = ?filters, "MQTT gateway connected");
                 }
+                Ok(MqttEvent::Incoming(Incoming::SubAck(ack))) => {
+                    let refused: Vec<String> = ack
+                        .return_codes
+                        .iter()
+                        .filter(|code| !matches!(code, SubscribeReasonCode::Success(_)))
+                        .map(|code| format!("{code:?}"))
+                        .collect();
+                    ready.send_modify(|state| {
+                        *state = match (&*state, refused.is_empty()) {
+                            (Ok(n), true) => Ok(n + 1),
+                            (Ok(_), false) => Err(format!("the broker refused a subscription: {}", refused.join(", "))),
+                            (Err(e), _) => Err(e.clone()),
+                        };
+                    });
+                }
                 Ok(MqttEvent::Incoming(Incoming::Publish(publish))) => {
-                    if tx.send(publish).await.is_err() {
+                    if tx.send(publish).is_err() {
                         return;
                     }
                 }
@@ -157,6 +179,21 @@ pub(crate) async fn start(
             }
         }
     });
+    let wanted = config.subscriptions.len();
+    let subscribed = tokio::time::timeout(
+        Duration::from_secs(30),
+        confirmed.wait_for(|state| state.as_ref().map_or(true, |n| *n >= wanted)),
+    )
+    .await;
+    match subscribed {
+        Ok(Ok(state)) => {
+            if let Err(reason) = &*state {
+                anyhow::bail!("MQTT broker {}: {reason}", config.broker);
+            }
+        }
+        Ok(Err(_)) => anyhow::bail!("MQTT broker {}: the connection task ended", config.broker),
+        Err(_) => anyhow::bail!("MQTT broker {}: no subscription confirmed within 30 s", config.broker),
+    }
     let subscriptions = Arc::new(config.subscriptions);
     let max_batch = config.max_batch.max(1);
     let worker = tokio::spawn(async move {

@@ -547,21 +547,9 @@ async fn mqtt_gateway_ingests_cloudevents_and_raw_json_and_keeps_organizations_a
     client.publish("acme/ce/m1", QoS::AtLeastOnce, false, "not json").await.unwrap();
     client.publish("acme/raw/m1", QoS::AtLeastOnce, false, raw_json(T0 + 240, 1.0)).await.unwrap();
 
-    let marker = format!("m1:pm25:{}", Timestamp::from_secs(T0 + 240).as_nanos());
-    let mut ids = Vec::new();
-    while !ids.contains(&marker) {
-        let delivery = tokio::time::timeout(Duration::from_secs(60), live.message())
-            .await
-            .unwrap_or_else(|_| panic!("no MQTT event arrived; server log:\n{}", server.log()))
-            .unwrap()
-            .unwrap();
-        ids.push(event_from_proto(delivery.event.as_ref().unwrap()).unwrap().id);
-    }
-    let mut query = v1::query_client::QueryClient::new(channel.clone());
-    let m1 = query.get_asset(authed(v1::GetAssetRequest { asset_id: "m1".into(), at: None }, ACME)).await.unwrap();
-    assert_eq!(m1.into_inner().metrics["pm25"].count, 4, "binary, structured, raw and the marker; ids {ids:?}");
-    let g1 = query.get_asset(authed(v1::GetAssetRequest { asset_id: "g1".into(), at: None }, GLOBEX)).await.unwrap();
-    assert!(g1.into_inner().metrics.is_empty(), "acme's MQTT mapping wrote to globex's asset");
+    let ids = ids_until(&mut live, &format!("m1:pm25:{}", Timestamp::from_secs(T0 + 240).as_nanos()), &server).await;
+    assert_eq!(pm25_count(&channel, ACME, "m1").await, 4, "binary, structured, raw and the marker; ids {ids:?}");
+    assert_eq!(pm25_count(&channel, GLOBEX, "g1").await, 0, "acme's MQTT mapping wrote to globex's asset");
 
     let http = reqwest::Client::new();
     let letters: serde_json::Value = http
@@ -577,6 +565,27 @@ async fn mqtt_gateway_ingests_cloudevents_and_raw_json_and_keeps_organizations_a
         letters["dead_letters"].as_array().unwrap().iter().map(|l| l["reason"].as_str().unwrap()).collect();
     reasons.sort_unstable();
     assert_eq!(reasons, ["invalid_format", "unauthorized", "unauthorized"], "{letters}");
+}
+
+/// Event ids from a Subscribe stream until `marker` arrives (in a minute at most).
+async fn ids_until(live: &mut tonic::Streaming<v1::Delivery>, marker: &str, server: &Server) -> Vec<String> {
+    let mut ids = Vec::new();
+    while !ids.iter().any(|id| id == marker) {
+        let delivery = tokio::time::timeout(Duration::from_secs(60), live.message())
+            .await
+            .unwrap_or_else(|_| panic!("{marker} never arrived; ids {ids:?}; server log:\n{}", server.log()))
+            .unwrap()
+            .unwrap();
+        ids.push(event_from_proto(delivery.event.as_ref().unwrap()).unwrap().id);
+    }
+    ids
+}
+
+/// How many pm25 readings an asset holds, as `token`'s organization sees it.
+async fn pm25_count(channel: &Channel, token: &str, asset: &str) -> u64 {
+    let mut query = v1::query_client::QueryClient::new(channel.clone());
+    let state = query.get_asset(authed(v1::GetAssetRequest { asset_id: asset.into(), at: None }, token)).await.unwrap();
+    state.into_inner().metrics.get("pm25").map_or(0, |m| m.count)
 }
 
 fn raw_json(secs: i64, pm25: f64) -> String {
@@ -661,20 +670,9 @@ async fn amqp_gateway_acks_after_the_append_and_loses_nothing_while_the_twin_is_
     publish(format!("{run}.raw.q1"), raw_json(T0 + 240, 1.0).into_bytes(), BasicProperties::default()).await;
 
     let marker = |secs: i64| format!("q1:pm25:{}", Timestamp::from_secs(secs).as_nanos());
-    let mut ids = Vec::new();
-    while !ids.contains(&marker(T0 + 240)) {
-        let delivery = tokio::time::timeout(Duration::from_secs(60), live.message())
-            .await
-            .unwrap_or_else(|_| panic!("no AMQP event arrived; ids {ids:?}; server log:\n{}", server.log()))
-            .unwrap()
-            .unwrap();
-        ids.push(event_from_proto(delivery.event.as_ref().unwrap()).unwrap().id);
-    }
-    let mut query = v1::query_client::QueryClient::new(channel.clone());
-    let q1 = query.get_asset(authed(v1::GetAssetRequest { asset_id: "q1".into(), at: None }, ACME)).await.unwrap();
-    assert_eq!(q1.into_inner().metrics["pm25"].count, 4, "binary, structured, raw and the marker; ids {ids:?}");
-    let g1 = query.get_asset(authed(v1::GetAssetRequest { asset_id: "g1".into(), at: None }, GLOBEX)).await.unwrap();
-    assert!(g1.into_inner().metrics.is_empty(), "acme's AMQP mapping wrote to globex's asset");
+    let ids = ids_until(&mut live, &marker(T0 + 240), &server).await;
+    assert_eq!(pm25_count(&channel, ACME, "q1").await, 4, "binary, structured, raw and the marker; ids {ids:?}");
+    assert_eq!(pm25_count(&channel, GLOBEX, "g1").await, 0, "acme's AMQP mapping wrote to globex's asset");
     let letters: serde_json::Value = reqwest::Client::new()
         .get(format!("{}/v1/dead-letters", server.http))
         .bearer_auth(ACME)
@@ -716,10 +714,8 @@ async fn amqp_gateway_acks_after_the_append_and_loses_nothing_while_the_twin_is_
             .unwrap();
         *seen.entry(event_from_proto(delivery.event.as_ref().unwrap()).unwrap().id).or_default() += 1;
     }
-    let mut query = v1::query_client::QueryClient::new(channel);
-    let q1 = query.get_asset(authed(v1::GetAssetRequest { asset_id: "q1".into(), at: None }, ACME)).await.unwrap();
     assert_eq!(
-        q1.into_inner().metrics["pm25"].count,
+        pm25_count(&channel, ACME, "q1").await,
         24,
         "4 before the stop and 20 queued meanwhile; seen {seen:?}; first server's log:\n{first_log}"
     );
@@ -798,7 +794,20 @@ async fn loadtest_accounts_for_every_event_over_grpc_http_and_mqtt() {
             _ => format!("mqtt://127.0.0.1:{}", broker.port),
         };
         let events = n.to_string();
-        let args = ["--target", &target, "--watch", &grpc, "--events", &events, "--batch", "250", "--prefix", "lt"];
+        let args = [
+            "--target",
+            &target,
+            "--watch",
+            &grpc,
+            "--events",
+            &events,
+            "--batch",
+            "250",
+            "--prefix",
+            "lt",
+            "--organization",
+            "acme",
+        ];
         let report = loadtest(dir.path(), protocol, &args);
         check_report(&report, n);
         match protocol {
