@@ -551,16 +551,7 @@ async fn mqtt_gateway_ingests_cloudevents_and_raw_json_and_keeps_organizations_a
     assert_eq!(pm25_count(&channel, ACME, "m1").await, 4, "binary, structured, raw and the marker; ids {ids:?}");
     assert_eq!(pm25_count(&channel, GLOBEX, "g1").await, 0, "acme's MQTT mapping wrote to globex's asset");
 
-    let http = reqwest::Client::new();
-    let letters: serde_json::Value = http
-        .get(format!("{}/v1/dead-letters", server.http))
-        .bearer_auth(ACME)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let letters = dead_letters(&server, ACME).await;
     let mut reasons: Vec<&str> =
         letters["dead_letters"].as_array().unwrap().iter().map(|l| l["reason"].as_str().unwrap()).collect();
     reasons.sort_unstable();
@@ -579,6 +570,12 @@ async fn ids_until(live: &mut tonic::Streaming<v1::Delivery>, marker: &str, serv
         ids.push(event_from_proto(delivery.event.as_ref().unwrap()).unwrap().id);
     }
     ids
+}
+
+/// The dead letters `token`'s organization sees, as the HTTP API lists them.
+async fn dead_letters(server: &Server, token: &str) -> serde_json::Value {
+    let url = format!("{}/v1/dead-letters", server.http);
+    reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap()
 }
 
 /// How many pm25 readings an asset holds, as `token`'s organization sees it.
@@ -673,15 +670,7 @@ async fn amqp_gateway_acks_after_the_append_and_loses_nothing_while_the_twin_is_
     let ids = ids_until(&mut live, &marker(T0 + 240), &server).await;
     assert_eq!(pm25_count(&channel, ACME, "q1").await, 4, "binary, structured, raw and the marker; ids {ids:?}");
     assert_eq!(pm25_count(&channel, GLOBEX, "g1").await, 0, "acme's AMQP mapping wrote to globex's asset");
-    let letters: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/v1/dead-letters", server.http))
-        .bearer_auth(ACME)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let letters = dead_letters(&server, ACME).await;
     let dead = letters["dead_letters"].as_array().unwrap();
     let mut reasons: Vec<&str> = dead.iter().map(|l| l["reason"].as_str().unwrap()).collect();
     reasons.sort_unstable();
