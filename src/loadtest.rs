@@ -43,8 +43,8 @@ use tonic::metadata::MetadataValue;
 pub(crate) struct LoadtestArgs {
     /// The scenario whose events are sent (see docs/scenarios.md).
     scenario: PathBuf,
-    /// Where to send: grpc://HOST:PORT, http://HOST:PORT, mqtt://HOST:PORT or
-    /// amqp://USER:PASSWORD@HOST:PORT/VHOST.
+    /// Where to send: grpc://HOST:PORT (grpcs:// for TLS), http://HOST:PORT,
+    /// mqtt://HOST:PORT or amqp://USER:PASSWORD@HOST:PORT/VHOST.
     #[arg(long)]
     target: String,
     /// The organization's API token (`citytwin serve` prints a development one).
@@ -87,6 +87,38 @@ pub(crate) struct LoadtestArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    tls: ClientTls,
+}
+
+/// TLS for `grpcs://` addresses (target and `--watch`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ClientTls {
+    /// PEM CA certificate the server's certificate must chain to (default: the system's roots).
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a server that asks for one (`[grpc.tls] client_ca`).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ClientTls {
+    fn config(&self) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+        let mut config = ClientTlsConfig::new();
+        config = match &self.tls_ca {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => config.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(config)
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -104,17 +136,19 @@ enum Target {
 
 impl Target {
     fn parse(text: &str) -> anyhow::Result<Target> {
-        let (scheme, rest) =
-            text.split_once("://").context("the target needs a scheme: grpc://, http://, mqtt://, amqp://")?;
+        let (scheme, rest) = text
+            .split_once("://")
+            .context("the target needs a scheme: grpc://, grpcs://, http://, mqtt://, amqp://")?;
         Ok(match scheme {
             "grpc" => Target::Grpc(format!("http://{rest}")),
+            "grpcs" => Target::Grpc(format!("https://{rest}")),
             "http" => Target::Http(text.trim_end_matches('/').to_owned()),
             "mqtt" => {
                 let (host, port) = rest.trim_end_matches('/').rsplit_once(':').context("mqtt://HOST:PORT")?;
                 Target::Mqtt { host: host.to_owned(), port: port.parse().context("mqtt://HOST:PORT")? }
             }
             "amqp" | "amqps" => Target::Amqp(text.to_owned()),
-            other => anyhow::bail!("unknown target scheme {other:?}: use grpc, http, mqtt or amqp"),
+            other => anyhow::bail!("unknown target scheme {other:?}: use grpc, grpcs, http, mqtt or amqp"),
         })
     }
 
@@ -286,13 +320,14 @@ fn authed<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
     Ok(request)
 }
 
-async fn grpc_channel(address: &str) -> anyhow::Result<tonic::transport::Channel> {
-    tonic::transport::Channel::from_shared(address.to_owned())
+async fn grpc_channel(address: &str, tls: &ClientTls) -> anyhow::Result<tonic::transport::Channel> {
+    let mut endpoint = tonic::transport::Channel::from_shared(address.to_owned())
         .with_context(|| format!("bad gRPC address {address}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {address}"))
+        .tcp_nodelay(true);
+    if address.starts_with("https://") {
+        endpoint = endpoint.tls_config(tls.config()?).context("TLS configuration")?;
+    }
+    endpoint.connect().await.with_context(|| format!("connecting to {address}"))
 }
 
 /// `citytwin loadtest`.
@@ -316,10 +351,10 @@ async fn drive(args: &LoadtestArgs, target: Target, scenario: scenario::Scenario
         (None, Target::Grpc(_)) => target.clone(),
         (None, _) => Target::Grpc("http://127.0.0.1:50051".into()),
     };
-    let Target::Grpc(watch) = watch else { anyhow::bail!("--watch must be a grpc:// address") };
+    let Target::Grpc(watch) = watch else { anyhow::bail!("--watch must be a grpc:// or grpcs:// address") };
 
     // The visibility stream is open before the first event leaves.
-    let mut subscribe = v1::subscribe_client::SubscribeClient::new(grpc_channel(&watch).await?);
+    let mut subscribe = v1::subscribe_client::SubscribeClient::new(grpc_channel(&watch, &args.tls).await?);
     let mut stream = subscribe
         .events(authed(v1::SubscribeRequest::default(), &args.token)?)
         .await
@@ -515,7 +550,7 @@ impl Sender {
             Target::Grpc(address) => {
                 let max = 64 << 20;
                 Sender::Grpc(
-                    v1::ingest_client::IngestClient::new(grpc_channel(address).await?)
+                    v1::ingest_client::IngestClient::new(grpc_channel(address, &args.tls).await?)
                         .max_encoding_message_size(max)
                         .max_decoding_message_size(max),
                 )

@@ -51,11 +51,55 @@ pub(crate) struct GrpcConfig {
     pub(crate) listen: SocketAddr,
     /// Largest request message accepted.
     pub(crate) max_message_bytes: usize,
+    /// TLS, and with `client_ca` mutual TLS; plain HTTP/2 when absent.
+    pub(crate) tls: Option<GrpcTls>,
 }
 
 impl Default for GrpcConfig {
     fn default() -> Self {
-        GrpcConfig { listen: SocketAddr::from(([127, 0, 0, 1], 50051)), max_message_bytes: 16 << 20 }
+        GrpcConfig { listen: SocketAddr::from(([127, 0, 0, 1], 50051)), max_message_bytes: 16 << 20, tls: None }
+    }
+}
+
+/// `[grpc.tls]`: the server's certificate, and the CA its clients' certificates must chain to.
+///
+/// With `client_ca`, a client without a certificate signed by that CA cannot even open a
+/// connection (mutual TLS); requests still carry an organization's token, which decides what
+/// they may see.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GrpcTls {
+    /// PEM certificate chain of the server (leaf first).
+    pub(crate) cert: PathBuf,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub(crate) key: PathBuf,
+    /// PEM CA certificate(s) client certificates must chain to; sets mutual TLS.
+    pub(crate) client_ca: Option<PathBuf>,
+}
+
+impl GrpcTls {
+    /// The tonic configuration, with every file read.
+    ///
+    /// # Errors
+    /// A file that cannot be read, named.
+    pub(crate) fn server_config(&self) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+        let read = |path: &Path, what: &str| {
+            std::fs::read(path).with_context(|| format!("grpc.tls.{what}: reading {}", path.display()))
+        };
+        let identity = tonic::transport::Identity::from_pem(read(&self.cert, "cert")?, read(&self.key, "key")?);
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca, "client_ca")?));
+        }
+        Ok(config)
+    }
+
+    fn relative_to(&mut self, base: &Path) {
+        for path in [&mut self.cert, &mut self.key].into_iter().chain(self.client_ca.as_mut()) {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
     }
 }
 
@@ -154,6 +198,9 @@ impl ServeConfig {
                 *rule = base.join(&*rule);
             }
         }
+        if let Some(tls) = &mut config.grpc.tls {
+            tls.relative_to(base);
+        }
         config.check().with_context(|| format!("in {}", path.display()))?;
         Ok(config)
     }
@@ -188,6 +235,15 @@ impl ServeConfig {
         ] {
             if value == 0 {
                 problems.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if let Some(tls) = &self.grpc.tls {
+            for (what, path) in
+                [("cert", Some(&tls.cert)), ("key", Some(&tls.key)), ("client_ca", tls.client_ca.as_ref())]
+            {
+                if let Some(path) = path.filter(|p| !p.is_file()) {
+                    problems.push(format!("grpc.tls.{what}: {} is not a file", path.display()));
+                }
             }
         }
         if let Some(mqtt) = &self.mqtt {
@@ -239,6 +295,27 @@ mod tests {
         for expected in ["twin.resolution", "limits.event_burst", "organizations[0].token_sha256", "appears twice"] {
             assert!(message.contains(expected), "{expected} missing from:\n{message}");
         }
+    }
+
+    #[test]
+    fn tls_files_are_relative_to_the_config_and_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("citytwin.toml");
+        let tls = "[grpc.tls]\ncert = \"tls/server.pem\"\nkey = \"tls/server.key\"\nclient_ca = \"tls/ca.pem\"\n";
+        std::fs::write(&path, tls).unwrap();
+        let message = format!("{:#}", ServeConfig::load(&path).unwrap_err());
+        for what in ["cert", "key", "client_ca"] {
+            assert!(message.contains(&format!("grpc.tls.{what}: {}", dir.path().join("tls").display())), "{message}");
+        }
+
+        std::fs::create_dir(dir.path().join("tls")).unwrap();
+        for file in ["server.pem", "server.key", "ca.pem"] {
+            std::fs::write(dir.path().join("tls").join(file), "-").unwrap();
+        }
+        let config = ServeConfig::load(&path).unwrap();
+        let tls = config.grpc.tls.unwrap();
+        assert_eq!(tls.client_ca.unwrap(), dir.path().join("tls/ca.pem"));
+        assert_eq!(tls.cert, dir.path().join("tls/server.pem"));
     }
 
     #[test]

@@ -160,7 +160,13 @@ pub(crate) async fn start(mut config: ServeConfig) -> anyhow::Result<Running> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.grpc.tls {
+        server = server.tls_config(tls.server_config()?).context("grpc.tls")?;
+        let mutual = if tls.client_ca.is_some() { "mutual TLS" } else { "TLS" };
+        tracing::info!(cert = %tls.cert.display(), "gRPC over {mutual}");
+    }
+    let router = server
         .add_service(health)
         .add_service(reflection)
         .add_service(tonic::service::interceptor::InterceptedService::new(

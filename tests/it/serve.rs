@@ -873,3 +873,126 @@ async fn admin_sagas_shows_each_organization_its_commissioning_sagas() {
     let globex = admin.sagas(authed(one, GLOBEX)).await.unwrap().into_inner().sagas;
     assert_eq!((globex.len(), globex[0].organization.as_str()), (1, "globex"));
 }
+
+/// A throwaway PKI for the mutual-TLS test: a CA, a server certificate for `localhost` and
+/// 127.0.0.1, a client certificate from the same CA, and one from a CA the server does not trust.
+struct Pki {
+    ca: String,
+    client: (String, String),
+    stranger: (String, String),
+}
+
+impl Pki {
+    fn write(dir: &Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        };
+        let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>, names: &[&str]| {
+            let key = KeyPair::generate().unwrap();
+            let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+            (params.signed_by(&key, issuer).unwrap().pem(), key.serialize_pem())
+        };
+        let (trusted, untrusted) = (ca("citytwin test CA"), ca("someone else's CA"));
+        let server = leaf(&trusted, &["localhost", "127.0.0.1"]);
+        let files = [("ca.pem", trusted.pem()), ("server.pem", server.0), ("server.key", server.1)];
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        Pki {
+            ca: trusted.pem(),
+            client: leaf(&trusted, &["sensor-gateway"]),
+            stranger: leaf(&untrusted, &["intruder"]),
+        }
+    }
+
+    fn client(&self, identity: Option<&(String, String)>) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca)).domain_name("localhost");
+        match identity {
+            Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+            None => config,
+        }
+    }
+}
+
+/// One inventory query over a fresh connection: whether the server let it through.
+async fn inventory_over(endpoint: tonic::transport::Endpoint) -> Result<u64, String> {
+    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
+    let mut query = v1::query_client::QueryClient::new(channel);
+    match query.inventory(authed(v1::InventoryRequest::default(), ACME)).await {
+        Ok(answer) => Ok(answer.into_inner().total),
+        Err(status) => Err(format!("{status:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_with_mutual_tls_admits_only_clients_with_a_certificate_from_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::write(dir.path());
+    let server =
+        Server::start(dir.path(), "[grpc.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n");
+    assert!(server.log().contains("mutual TLS"), "{}", server.log());
+    let address = server.grpc.strip_prefix("http://").unwrap().to_owned();
+    let https = |tls: tonic::transport::ClientTlsConfig| {
+        Channel::from_shared(format!("https://{address}")).unwrap().tls_config(tls).unwrap()
+    };
+
+    // Plain HTTP/2, TLS without a client certificate, and a certificate from another CA: refused.
+    let plain = inventory_over(Channel::from_shared(format!("http://{address}")).unwrap()).await;
+    assert!(plain.is_err(), "plaintext must not reach a TLS server: {plain:?}");
+    let anonymous = inventory_over(https(pki.client(None))).await;
+    assert!(anonymous.is_err(), "mutual TLS requires a client certificate: {anonymous:?}");
+    let stranger = inventory_over(https(pki.client(Some(&pki.stranger)))).await;
+    assert!(stranger.is_err(), "a certificate from an untrusted CA must be refused: {stranger:?}");
+
+    // The right certificate gets a connection; the token still decides what it may do.
+    let channel = https(pki.client(Some(&pki.client))).connect().await.unwrap();
+    let answer =
+        ingest(&channel, ACME, &[created("acme-tls", None), commissioned("acme-tls"), reading("acme-tls", 1, 3.0)])
+            .await;
+    assert_eq!((answer.accepted, answer.rejected), (3, 0), "{answer:?}\n{}", server.log());
+    let mut query = v1::query_client::QueryClient::new(channel.clone());
+    let state = query
+        .get_asset(authed(v1::GetAssetRequest { asset_id: "acme-tls".into(), at: None }, ACME))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state.metrics["pm25"].count, 1);
+    let foreign = query.get_asset(authed(v1::GetAssetRequest { asset_id: "acme-tls".into(), at: None }, GLOBEX)).await;
+    assert_eq!(foreign.unwrap_err().code(), Code::NotFound, "a certificate does not widen an organization's view");
+    let error = query.inventory(tonic::Request::new(v1::InventoryRequest::default())).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unauthenticated, "a certificate does not replace the token");
+
+    // The load-test client speaks grpcs:// with the same files.
+    let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    std::fs::write(&cert, &pki.client.0).unwrap();
+    std::fs::write(&key, &pki.client.1).unwrap();
+    let target = format!("grpcs://localhost:{}", address.rsplit_once(':').unwrap().1);
+    let ca = dir.path().join("ca.pem");
+    let tls = [ca.to_str().unwrap(), cert.to_str().unwrap(), key.to_str().unwrap()];
+    let args = [
+        "--target",
+        &target,
+        "--watch",
+        &target,
+        "--events",
+        "500",
+        "--batch",
+        "100",
+        "--prefix",
+        "tls",
+        "--tls-ca",
+        tls[0],
+        "--tls-cert",
+        tls[1],
+        "--tls-key",
+        tls[2],
+    ];
+    let report = loadtest(dir.path(), "grpcs", &args);
+    check_report(&report, 500);
+    assert_eq!(report["accepted"], 500, "{report:#}");
+}
