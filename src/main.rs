@@ -9,6 +9,7 @@ mod replay;
 mod rules;
 mod run;
 mod serve;
+mod view;
 
 use std::process::ExitCode;
 
@@ -93,6 +94,11 @@ enum Command {
         after_help = "Examples:\n  citytwin serve --data-dir /tmp/twin            # prints a development token\n  citytwin loadtest scenarios/demo.toml --target grpc://127.0.0.1:50051 --token $TOKEN --events 200000\n  citytwin loadtest scenarios/demo.toml --target grpc://127.0.0.1:50051 --token $TOKEN --rate 20000 --json half-load.json\n  citytwin loadtest scenarios/demo.toml --target http://127.0.0.1:8080 --token $TOKEN\n  citytwin loadtest scenarios/demo.toml --target mqtt://127.0.0.1:1883 --token $TOKEN   # needs an [mqtt] subscription on citytwin/+/events\n  citytwin loadtest scenarios/demo.toml --target amqp://guest:guest@127.0.0.1:5672/%2f --token $TOKEN\n\nIngest→visible latency is measured from the moment a request leaves until its event\nappears on a gRPC Subscribe stream (--watch); the acknowledgement latency (gRPC, HTTP) is\nsend to answer. Run once without --rate for the maximum, then at half of it for latency."
     )]
     Loadtest(loadtest::LoadtestArgs),
+    /// Watch a running twin in 3D (starts the citytwin-visualizer binary built beside this one).
+    #[command(
+        after_help = "Examples:\n  citytwin serve &                     # writes a development token to data/dev-token\n  citytwin view                        # connects to http://127.0.0.1:50051 with it\n  citytwin view --connect http://twin:50051 --token $TOKEN\n  xvfb-run -s '-screen 0 1280x720x24' citytwin view --screenshot city.png --after-frames 20\n\nBuild the visualizer first: cargo build --release -p citytwin-visualizer (see its --help for the keys)."
+    )]
+    View(view::ViewArgs),
     /// Measure end-to-end ingest throughput of an embedded twin.
     #[command(after_help = "Example:\n  cargo run --release -- bench --assets 10000 --events 200000 --cells")]
     Bench(bench::BenchArgs),
@@ -115,6 +121,7 @@ fn main() -> ExitCode {
         Command::Loadtest(args) => loadtest::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Dlq(command) => dlq::run(command).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve::serve(&args).map(|()| ExitCode::SUCCESS),
+        Command::View(args) => view::run(&args),
         Command::Token(args) => {
             serve::token(&args);
             Ok(ExitCode::SUCCESS)

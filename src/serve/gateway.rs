@@ -17,7 +17,7 @@ use citytwin_twin::bus::{Committed, Filter, Subscription};
 use citytwin_twin::cell::{CellConfig, cell_aggregates_at};
 use citytwin_twin::city::{IngestError, Twin};
 use citytwin_twin::deadletter::{DeadLetter, DeadLetterReason, dead_letter_entry, dead_letters, raw_dead_letter_entry};
-use citytwin_twin::read::{LiveReadModels, OpenAlert};
+use citytwin_twin::read::{AssetSummary, LiveReadModels, OpenAlert};
 use citytwin_twin::rollup::Rollup;
 use governor::NotUntil;
 use governor::clock::{Clock, DefaultClock, QuantaInstant};
@@ -465,6 +465,90 @@ impl Gateway {
         })
     }
 
+    /// `who`'s assets inside `bbox` (all of them without one) whose type is one of `types`
+    /// (any when empty), at most `limit` in asset-id order, each with its open-alert count;
+    /// and whether more matched.
+    pub(crate) fn assets(
+        &self,
+        who: &Principal,
+        bbox: Option<(f64, f64, f64, f64)>,
+        types: &[String],
+        limit: usize,
+    ) -> (Vec<(String, AssetSummary, u32)>, bool) {
+        self.models.read(|m| {
+            let mut alerts: HashMap<&str, u32> = HashMap::new();
+            for alert in m.open_alerts.values() {
+                if let Some(asset) = &alert.asset_id {
+                    *alerts.entry(asset).or_default() += 1;
+                }
+            }
+            let mut matching = m
+                .assets
+                .iter()
+                .filter(|(_, a)| a.organization.as_deref().is_some_and(|o| who.may_access(o)))
+                .filter(|(_, a)| types.is_empty() || types.contains(&a.asset_type))
+                .filter(|(_, a)| bbox.is_none_or(|b| a.location.is_some_and(|l| within(b, l.lat, l.lng))));
+            let page: Vec<_> = matching
+                .by_ref()
+                .take(limit)
+                .map(|(id, a)| (id.clone(), a.clone(), alerts.get(id.as_str()).copied().unwrap_or(0)))
+                .collect();
+            (page, matching.next().is_some())
+        })
+    }
+
+    /// The current state of the map at `resolution` inside `bbox`, over `who`'s assets: per
+    /// cell, the assets located there, the mean of their latest `metric` values (of every
+    /// metric when empty), the open alerts, and the latest time one was heard from.
+    pub(crate) fn cell_snapshot(
+        &self,
+        who: &Principal,
+        bbox: Option<(f64, f64, f64, f64)>,
+        resolution: Resolution,
+        metric: &str,
+    ) -> BTreeMap<CellIndex, CellSnapshot> {
+        self.models.read(|m| {
+            let mut cells: BTreeMap<CellIndex, CellSnapshot> = BTreeMap::new();
+            let visible = |asset: Option<&str>| asset.is_none_or(|a| self.owner(a).is_none_or(|o| who.may_access(&o)));
+            let placed = |cell: CellIndex| {
+                let center = h3o::LatLng::from(cell);
+                bbox.is_none_or(|b| within(b, center.lat(), center.lng()))
+            };
+            for summary in m.assets.values() {
+                if !summary.organization.as_deref().is_some_and(|o| who.may_access(o)) {
+                    continue;
+                }
+                let in_view = match summary.location {
+                    Some(l) => bbox.is_none_or(|b| within(b, l.lat, l.lng)),
+                    None => summary.cell.is_some_and(placed),
+                };
+                // Finer than the twin's resolution: the cell of the asset's own location.
+                let cell = match (summary.cell, summary.location) {
+                    (Some(c), _) if c.resolution() >= resolution => c.parent(resolution),
+                    (_, Some(l)) => l.cell(resolution),
+                    (c, None) => c,
+                };
+                let Some(cell) = cell.filter(|_| in_view) else { continue };
+                let slot = cells.entry(cell).or_default();
+                slot.assets += 1;
+                for (name, (value, _)) in &summary.last_values {
+                    if metric.is_empty() || name == metric {
+                        slot.sum += value;
+                        slot.readings += 1;
+                    }
+                }
+                slot.last_seen = slot.last_seen.max(summary.last_seen);
+            }
+            for alert in m.open_alerts.values() {
+                let Some(cell) = alert.cell.and_then(|c| c.parent(resolution)) else { continue };
+                if visible(alert.asset_id.as_deref()) && placed(cell) {
+                    cells.entry(cell).or_default().alerts += 1;
+                }
+            }
+            cells
+        })
+    }
+
     /// Asset counts by type, status and cell, over `who`'s assets.
     pub(crate) fn inventory(&self, who: &Principal) -> citytwin_twin::read::Inventory {
         self.models
@@ -619,4 +703,23 @@ mod tests {
         assert_eq!(values["max(pm25)"], 40.0);
         assert_eq!(values["count(pm25)"], 4.0);
     }
+}
+
+/// Whether a point lies in a `(south, west, north, east)` box.
+fn within((south, west, north, east): (f64, f64, f64, f64), lat: f64, lng: f64) -> bool {
+    (south..=north).contains(&lat) && (west..=east).contains(&lng)
+}
+
+/// One cell of [`Gateway::cell_snapshot`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct CellSnapshot {
+    /// Assets located in the cell.
+    pub(crate) assets: u64,
+    /// Open alerts in the cell.
+    pub(crate) alerts: u64,
+    /// Sum and number of the latest values of the metric.
+    pub(crate) sum: f64,
+    pub(crate) readings: u64,
+    /// Latest time one of its assets was heard from.
+    pub(crate) last_seen: Option<Timestamp>,
 }

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Principal, Tokens};
-use super::gateway::{Gateway, Input, Outcome, RefusalKind, RequestError};
+use super::gateway::{CellSnapshot, Gateway, Input, Outcome, RefusalKind, RequestError};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -301,6 +301,28 @@ impl v1::query_server::Query for Api {
             .collect();
         Ok(Response::new(v1::OpenAlertsResponse { alerts }))
     }
+
+    async fn assets(&self, request: Request<v1::AssetsRequest>) -> Result<Response<v1::AssetsResponse>, Status> {
+        let (who, request) = self.admit(request)?;
+        let bbox = bbox_arg(request.bbox.as_ref())?;
+        let limit = if request.limit == 0 { 10_000 } else { request.limit as usize };
+        let (assets, truncated) = self.gateway.assets(&who, bbox, &request.types, limit);
+        let assets = assets
+            .into_iter()
+            .map(|(asset_id, a, open_alerts)| v1::AssetSummary {
+                asset_id,
+                asset_type: a.asset_type,
+                status: a.status.name().to_owned(),
+                lat: a.location.map(|l| l.lat),
+                lng: a.location.map(|l| l.lng),
+                cell: a.cell.map(|c| c.to_string()).unwrap_or_default(),
+                last_values: a.last_values.into_iter().map(|(metric, (value, _))| (metric, value)).collect(),
+                open_alerts,
+                last_seen: a.last_seen.map(timestamp_to_proto),
+            })
+            .collect();
+        Ok(Response::new(v1::AssetsResponse { assets, truncated }))
+    }
 }
 
 fn bbox_arg(bbox: Option<&v1::BoundingBox>) -> Result<Option<(f64, f64, f64, f64)>, Status> {
@@ -389,7 +411,12 @@ impl v1::subscribe_server::Subscribe for Api {
         } else {
             let resolution = zoom_resolution(request.zoom);
             let metric = request.metric;
+            let snapshot = snapshot_frame(&gateway.cell_snapshot(&who, bbox, resolution, &metric), resolution);
             tokio::spawn(async move {
+                let update = v1::ViewportUpdate { update: Some(v1::viewport_update::Update::Cells(snapshot)) };
+                if tx.send(Ok(update)).await.is_err() {
+                    return;
+                }
                 let mut frame = CellFrameBuilder::new(resolution, metric);
                 let mut tick = tokio::time::interval(interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -420,6 +447,26 @@ impl v1::subscribe_server::Subscribe for Api {
 pub(crate) fn zoom_resolution(zoom: f64) -> Resolution {
     let resolution = ((zoom - 2.0) * 0.75).round().clamp(0.0, 15.0) as u8;
     Resolution::try_from(resolution).unwrap_or(Resolution::Zero)
+}
+
+/// The first frame of a viewport stream: the map as the read models have it.
+fn snapshot_frame(cells: &BTreeMap<CellIndex, CellSnapshot>, resolution: Resolution) -> v1::CellFrame {
+    v1::CellFrame {
+        resolution: u32::from(u8::from(resolution)),
+        until: cells.values().filter_map(|c| c.last_seen).max().map(timestamp_to_proto),
+        snapshot: true,
+        cells: cells
+            .iter()
+            .map(|(cell, c)| v1::CellSummary {
+                cell: cell.to_string(),
+                events: 0,
+                alerts: c.alerts,
+                mean: (c.readings > 0).then(|| c.sum / c.readings as f64),
+                last_time: c.last_seen.map(timestamp_to_proto),
+                assets: c.assets,
+            })
+            .collect(),
+    }
 }
 
 /// Accumulates what happened per cell between two viewport frames.
@@ -463,6 +510,7 @@ impl CellFrameBuilder {
         v1::CellFrame {
             resolution: u32::from(u8::from(self.resolution)),
             until: until.map(timestamp_to_proto),
+            snapshot: false,
             cells: cells
                 .into_iter()
                 .map(|(cell, (events, alerts, sum, n, last))| v1::CellSummary {
@@ -471,6 +519,7 @@ impl CellFrameBuilder {
                     alerts,
                     mean: (n > 0).then(|| sum / n as f64),
                     last_time: last.map(timestamp_to_proto),
+                    assets: 0,
                 })
                 .collect(),
         }

@@ -43,6 +43,7 @@ pub(crate) fn router(
 ) -> Router {
     Router::new()
         .route("/v1/events", post(ingest))
+        .route("/v1/assets", get(assets))
         .route("/v1/assets/{id}", get(asset))
         .route("/v1/assets/{id}/history", get(history))
         .route("/v1/cells/{cell}/aggregates", get(cell_aggregates))
@@ -385,6 +386,62 @@ async fn dead_letters(State(state): State<AppState>, Admitted(who): Admitted) ->
     Ok(Json(json!({ "dead_letters": letters })).into_response())
 }
 
+/// A `south,west,north,east` query parameter.
+fn bbox_param(text: Option<&str>) -> Result<Option<(f64, f64, f64, f64)>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
+    let parts: Vec<f64> = text
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad_request(format!("bbox {text:?}: expected south,west,north,east in degrees")))?;
+    match parts.as_slice() {
+        &[south, west, north, east] if south <= north && west <= east => Ok(Some((south, west, north, east))),
+        _ => Err(bad_request(format!(
+            "bbox {text:?}: expected south,west,north,east with south <= north and west <= east"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AssetsQuery {
+    /// `south,west,north,east`.
+    bbox: Option<String>,
+    /// Comma-separated asset types.
+    #[serde(rename = "type")]
+    types: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/assets?bbox=&type=&limit=`: the caller's assets with location, status and latest
+/// values (what a map draws), in asset-id order.
+async fn assets(
+    State(state): State<AppState>,
+    Admitted(who): Admitted,
+    Query(query): Query<AssetsQuery>,
+) -> Result<Response, ApiError> {
+    let bbox = bbox_param(query.bbox.as_deref())?;
+    let types = list(query.types.as_deref());
+    let (assets, truncated) =
+        state.gateway.assets(&who, bbox, &types, query.limit.filter(|&l| l > 0).unwrap_or(10_000));
+    let assets: Vec<Value> = assets
+        .into_iter()
+        .map(|(id, a, open_alerts)| {
+            json!({
+                "asset_id": id,
+                "asset_type": a.asset_type,
+                "status": a.status.name(),
+                "lat": a.location.map(|l| l.lat),
+                "lng": a.location.map(|l| l.lng),
+                "cell": a.cell.map(|c| c.to_string()),
+                "last_values": a.last_values.into_iter().map(|(k, (v, _))| (k, Value::from(v))).collect::<serde_json::Map<_, _>>(),
+                "open_alerts": open_alerts,
+                "last_seen": a.last_seen.map(Timestamp::to_rfc3339),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "assets": assets, "truncated": truncated })).into_response())
+}
+
 #[derive(Debug, Deserialize)]
 struct StreamQuery {
     #[serde(rename = "type")]
@@ -398,24 +455,7 @@ struct StreamQuery {
 fn filter(query: &StreamQuery) -> Result<Filter, ApiError> {
     let cells =
         list(query.cell.as_deref()).iter().map(|c| parse_cell(c).map_err(bad_request)).collect::<Result<_, _>>()?;
-    let bbox = match &query.bbox {
-        None => None,
-        Some(text) => {
-            let parts: Vec<f64> = text
-                .split(',')
-                .map(|p| p.trim().parse::<f64>())
-                .collect::<Result<_, _>>()
-                .map_err(|_| bad_request(format!("bbox {text:?}: expected south,west,north,east in degrees")))?;
-            match parts.as_slice() {
-                &[south, west, north, east] if south <= north && west <= east => Some((south, west, north, east)),
-                _ => {
-                    return Err(bad_request(format!(
-                        "bbox {text:?}: expected south,west,north,east with south <= north and west <= east"
-                    )));
-                }
-            }
-        }
-    };
+    let bbox = bbox_param(query.bbox.as_deref())?;
     Ok(Filter {
         types: list(query.types.as_deref()).into_iter().map(TypePattern::new).collect(),
         cells,

@@ -106,6 +106,27 @@ pub(crate) struct Running {
     gateway: Arc<Gateway>,
 }
 
+/// Where `serve` leaves its development token, for `citytwin view` and scripts.
+pub(crate) fn dev_token_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("dev-token")
+}
+
+/// Writes the development token, readable by its owner only.
+fn write_dev_token(data_dir: &std::path::Path, token: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = dev_token_path(data_dir);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{token}").with_context(|| format!("writing {}", path.display()))
+}
+
 /// Starts the twin (recovering it from its log), then the listeners.
 pub(crate) async fn start(mut config: ServeConfig) -> anyhow::Result<Running> {
     let resolution = Resolution::try_from(config.twin.resolution).context("twin.resolution")?;
@@ -113,8 +134,10 @@ pub(crate) async fn start(mut config: ServeConfig) -> anyhow::Result<Running> {
         let token = new_token();
         eprintln!(
             "no organizations configured: development token for the admin organization \"local\" \
-             (valid until this server stops):\n  {token}"
+             (valid until this server stops; also in {}):\n  {token}",
+            dev_token_path(&config.data_dir).display()
         );
+        write_dev_token(&config.data_dir, &token)?;
         config.organizations.push(Organization {
             name: "local".into(),
             token_sha256: vec![hash_token(&token)],

@@ -108,6 +108,10 @@ fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
 }
 
 fn created(asset: &str, org: Option<&str>) -> Event {
+    created_at(asset, org, (60.1699, 24.9384))
+}
+
+fn created_at(asset: &str, org: Option<&str>, (lat, lng): (f64, f64)) -> Event {
     let mut event = Event::new(
         format!("{asset}-created"),
         "/test",
@@ -115,7 +119,7 @@ fn created(asset: &str, org: Option<&str>) -> Event {
             asset_id: asset.into(),
             asset_type: "air_quality_sensor".into(),
             name: None,
-            location: Some(Location::new(60.1699, 24.9384)),
+            location: Some(Location::new(lat, lng)),
             reporting_interval_s: Some(60),
             attributes: BTreeMap::new(),
         },
@@ -135,6 +139,10 @@ fn commissioned(asset: &str) -> Event {
 }
 
 fn reading(asset: &str, n: i64, value: f64) -> Event {
+    reading_at(asset, n, value, (60.1699, 24.9384))
+}
+
+fn reading_at(asset: &str, n: i64, value: f64, (lat, lng): (f64, f64)) -> Event {
     Event::new(
         format!("{asset}-r{n}"),
         "/test",
@@ -143,7 +151,7 @@ fn reading(asset: &str, n: i64, value: f64) -> Event {
             metric_type: "pm25".into(),
             value,
             unit: Unit::new("ug/m3"),
-            location: Some(Location::new(60.1699, 24.9384)),
+            location: Some(Location::new(lat, lng)),
         },
     )
     .with_time(Timestamp::from_secs(T0 + 60 * n))
@@ -995,4 +1003,204 @@ async fn grpc_with_mutual_tls_admits_only_clients_with_a_certificate_from_its_ca
     let report = loadtest(dir.path(), "grpcs", &args);
     check_report(&report, 500);
     assert_eq!(report["accepted"], 500, "{report:#}");
+}
+
+/// An asset created, commissioned and reporting `value` at a place.
+fn sensor_at(asset: &str, lat: f64, lng: f64, value: f64) -> [Event; 3] {
+    [created_at(asset, None, (lat, lng)), commissioned(asset), reading_at(asset, 1, value, (lat, lng))]
+}
+
+/// Polls `query` until `done` holds of its answer (the read models follow the log
+/// asynchronously), for at most 30 s.
+async fn until<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    mut query: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        let answer = query().await;
+        if done(&answer) || tokio::time::Instant::now() > deadline {
+            return answer;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_map_apis_give_the_callers_assets_and_cells_as_they_are_then_what_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "");
+    let channel = server.channel().await;
+    // Two acme sensors in one res-8 cell of central Helsinki, one in Espoo; globex in the center.
+    let (center, espoo) = ((60.1699, 24.9384), (60.2055, 24.6559));
+    let mut acme = sensor_at("acme-a", center.0, center.1, 10.0).to_vec();
+    acme.extend(sensor_at("acme-b", center.0 + 0.0003, center.1 + 0.0003, 30.0));
+    acme.extend(sensor_at("acme-far", espoo.0, espoo.1, 50.0));
+    assert_eq!(ingest(&channel, ACME, &acme).await.accepted, 9, "{}", server.log());
+    assert_eq!(ingest(&channel, GLOBEX, &sensor_at("globex-a", center.0, center.1, 1000.0)).await.accepted, 3);
+
+    let mut query = v1::query_client::QueryClient::new(channel.clone());
+    let central = v1::BoundingBox { south: 60.16, west: 24.92, north: 60.18, east: 24.96 };
+    let request = |bbox: Option<v1::BoundingBox>, limit| v1::AssetsRequest { bbox, types: vec![], limit };
+    let all = until(
+        || {
+            let mut query = query.clone();
+            async move { query.assets(authed(request(None, 0), ACME)).await.unwrap().into_inner() }
+        },
+        |a| a.assets.len() == 3 && a.assets.iter().all(|a| a.last_values.contains_key("pm25")),
+    )
+    .await;
+    let ids: Vec<&str> = all.assets.iter().map(|a| a.asset_id.as_str()).collect();
+    assert_eq!(ids, ["acme-a", "acme-b", "acme-far"], "only the caller's assets, in id order");
+    let b = &all.assets[1];
+    assert_eq!((b.status.as_str(), b.lat, b.last_values["pm25"]), ("online", Some(center.0 + 0.0003), 30.0));
+    let inside = query.assets(authed(request(Some(central), 0), ACME)).await.unwrap().into_inner();
+    assert_eq!(inside.assets.len(), 2, "the bounding box leaves Espoo out: {inside:?}");
+    let page = query.assets(authed(request(Some(central), 1), ACME)).await.unwrap().into_inner();
+    assert_eq!((page.assets.len(), page.truncated), (1, true));
+    let bad = v1::BoundingBox { south: 61.0, west: 24.0, north: 60.0, east: 25.0 };
+    assert_eq!(query.assets(authed(request(Some(bad), 0), ACME)).await.unwrap_err().code(), Code::InvalidArgument);
+    // The HTTP mirror.
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/assets?bbox=60.16,24.92,60.18,24.96", server.http);
+    let body: serde_json::Value = until(
+        || {
+            let request = http.get(&url).bearer_auth(GLOBEX);
+            async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+        },
+        |body| body["assets"][0]["last_values"]["pm25"].is_number(),
+    )
+    .await;
+    assert_eq!(body["assets"].as_array().unwrap().len(), 1, "globex sees its own sensor only: {body}");
+    assert_eq!(
+        (body["assets"][0]["asset_id"].as_str(), body["assets"][0]["last_values"]["pm25"].as_f64()),
+        (Some("globex-a"), Some(1000.0))
+    );
+    let refused = http.get(format!("{}/v1/assets?bbox=1,2,3", server.http)).bearer_auth(ACME).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+
+    // The viewport stream opens with the map as it is (acme's mean only), then what changes.
+    let mut subscribe = v1::subscribe_client::SubscribeClient::new(channel.clone());
+    let viewport = v1::ViewportRequest {
+        bbox: Some(v1::BoundingBox { south: 60.1, west: 24.5, north: 60.3, east: 25.1 }),
+        zoom: 12.0,
+        fine_zoom: 0.0,
+        interval_s: 0.05,
+        metric: "pm25".into(),
+    };
+    let mut stream = subscribe.viewport(authed(viewport, ACME)).await.unwrap().into_inner();
+    let frame = |update: Option<v1::ViewportUpdate>| match update.and_then(|u| u.update) {
+        Some(v1::viewport_update::Update::Cells(frame)) => frame,
+        other => panic!("expected a cell frame, got {other:?}"),
+    };
+    let snapshot = frame(stream.message().await.unwrap());
+    assert!(snapshot.snapshot);
+    let resolution = h3o::Resolution::try_from(snapshot.resolution as u8).unwrap();
+    let center_cell = Location::new(center.0, center.1).cell(resolution).unwrap().to_string();
+    let cells: BTreeMap<&str, (u64, Option<f64>)> =
+        snapshot.cells.iter().map(|c| (c.cell.as_str(), (c.assets, c.mean))).collect();
+    assert_eq!(cells.len(), 2, "{snapshot:?}");
+    assert_eq!(cells[center_cell.as_str()], (2, Some(20.0)), "globex's 1000 must not count: {snapshot:?}");
+
+    assert_eq!(ingest(&channel, ACME, &[reading_at("acme-a", 2, 70.0, center)]).await.accepted, 1);
+    let change = loop {
+        let next = frame(stream.message().await.unwrap());
+        assert!(!next.snapshot, "only the first frame is a snapshot");
+        if !next.cells.is_empty() {
+            break next;
+        }
+    };
+    assert_eq!(change.cells.len(), 1, "{change:?}");
+    assert_eq!(
+        (change.cells[0].cell.as_str(), change.cells[0].events, change.cells[0].mean),
+        (center_cell.as_str(), 1, Some(70.0))
+    );
+}
+
+/// The visualizer (`citytwin view`, which starts `citytwin-visualizer`) against a live twin,
+/// headless under Xvfb with Mesa's software Vulkan: the screenshot shows the map, the known
+/// hottest cell carries the legend's top colour, and the HUD has text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_visualizer_renders_the_live_twin_with_the_hottest_cell_in_the_top_legend_colour() {
+    let seed: u64 = 20_261_204;
+    println!("seed {seed}");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "");
+    let channel = server.channel().await;
+    // Twelve sensors on a grid over Helsinki with modest readings; one far hotter.
+    let mut state = seed;
+    let mut events = Vec::new();
+    for i in 0..12 {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let value = if i == 7 { 500.0 } else { 5.0 + (state >> 33) as f64 % 40.0 };
+        let at = (60.15 + 0.06 * f64::from(i / 4), 24.80 + 0.12 * f64::from(i % 4));
+        events.extend(sensor_at(&format!("aq-{i}"), at.0, at.1, value));
+    }
+    let hot = (60.15 + 0.06, 24.80 + 0.12 * 3.0);
+    assert_eq!(ingest(&channel, ACME, &events).await.accepted, 36, "seed {seed}\n{}", server.log());
+    let mut query = v1::query_client::QueryClient::new(channel.clone());
+    let ready = until(
+        || {
+            let mut query = query.clone();
+            async move { query.assets(authed(v1::AssetsRequest::default(), ACME)).await.unwrap().into_inner() }
+        },
+        |a| a.assets.iter().filter(|a| a.last_values.contains_key("pm25")).count() == 12,
+    )
+    .await;
+    assert_eq!(ready.assets.len(), 12);
+    query.get_asset(authed(v1::GetAssetRequest { asset_id: "aq-7".into(), at: None }, ACME)).await.unwrap();
+
+    let shot = dir.path().join("city.png");
+    let output = Command::new("timeout")
+        .args(["300", "xvfb-run", "-a", "-s", "-screen 0 1280x720x24"])
+        .arg(env!("CARGO_BIN_EXE_citytwin"))
+        .args(["view", "--connect", &server.grpc, "--token", ACME, "--size", "800x450", "--after-frames", "5"])
+        .arg("--screenshot")
+        .arg(&shot)
+        .output()
+        .expect("xvfb-run (the test command installs xvfb, mesa-vulkan-drivers and libvulkan1)");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "seed {seed}: the visualizer failed ({}):\n{log}", output.status);
+    let artifact = Path::new(env!("CARGO_TARGET_TMPDIR")).join("visualizer-e2e.png");
+    std::fs::copy(&shot, &artifact).unwrap();
+    println!("screenshot kept at {}", artifact.display());
+
+    let image = image::open(&shot).unwrap().to_rgb8();
+    assert_eq!(image.dimensions(), (800, 450));
+    let colours: std::collections::HashSet<[u8; 3]> = image.pixels().map(|p| p.0).collect();
+    assert!(colours.len() > 64, "a blank image ({} colours); seed {seed}", colours.len());
+
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(shot.with_extension("json")).unwrap()).unwrap();
+    let hottest: h3o::CellIndex = sidecar["hottest"].as_str().unwrap().parse().unwrap();
+    let expected = Location::new(hot.0, hot.1).cell(hottest.resolution()).unwrap();
+    assert_eq!(hottest, expected, "the cell of the 500 µg/m³ sensor is the hottest");
+    let cell = sidecar["cells"].as_array().unwrap().iter().find(|c| c["cell"] == hottest.to_string()).unwrap();
+    let scale = sidecar["scale_factor"].as_f64().unwrap();
+    let (x, y) = ((cell["x"].as_f64().unwrap() * scale) as i64, (cell["y"].as_f64().unwrap() * scale) as i64);
+    let top: Vec<i64> = sidecar["legend_top"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let near = |p: [u8; 3]| p.iter().zip(&top).all(|(a, b)| (i64::from(*a) - b).abs() <= 20);
+    let mut matching = 0;
+    for dy in -2..=2 {
+        for dx in -2..=2 {
+            let (px, py) = ((x + dx).clamp(0, 799) as u32, (y + dy).clamp(0, 449) as u32);
+            matching += u32::from(near(image.get_pixel(px, py).0));
+        }
+    }
+    assert!(
+        matching >= 13,
+        "pixels around ({x}, {y}) should carry the legend's top colour {top:?}: {:?} (image at {})",
+        image.get_pixel(x.clamp(0, 799) as u32, y.clamp(0, 449) as u32),
+        artifact.display()
+    );
+
+    // The HUD's status panel: dark background with light text in it.
+    let panel: Vec<u32> =
+        sidecar["status_panel"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as u32).collect();
+    let bright = (panel[1]..panel[1] + panel[3])
+        .flat_map(|py| (panel[0]..panel[0] + panel[2]).map(move |px| (px, py)))
+        .filter(|&(px, py)| image.get_pixel(px, py).0.iter().all(|&c| c > 150))
+        .count();
+    assert!(bright > 100, "the HUD panel has no text ({bright} light pixels; image at {})", artifact.display());
 }

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
-use citytwin_core::event::{Event, EventKind, Payload, Severity, Timestamp};
+use citytwin_core::event::{Event, EventKind, Location, Payload, Severity, Timestamp};
 use citytwin_core::log::{EventLog, ReplayFilter};
 use h3o::{CellIndex, Resolution};
 use serde::Serialize;
@@ -32,6 +32,8 @@ pub struct AssetSummary {
     pub status: Lifecycle,
     /// Its cell at the read side's resolution.
     pub cell: Option<CellIndex>,
+    /// Where it is, as last reported (creation, coming online, a located reading).
+    pub location: Option<Location>,
     /// Last time it was heard from.
     pub last_seen: Option<Timestamp>,
     /// Latest value per metric, with its time.
@@ -180,6 +182,7 @@ impl ReadModels {
                     organization: event.ext.organization.clone(),
                     status: Lifecycle::Created,
                     cell,
+                    location: created.location,
                     last_seen: event.time,
                     last_values: BTreeMap::new(),
                 },
@@ -196,6 +199,7 @@ impl ReadModels {
                 summary.status = Lifecycle::Online;
                 if let Some(location) = online.location {
                     summary.cell = location.cell(self.resolution);
+                    summary.location = Some(location);
                 }
             }
             Payload::AssetOffline(_) => summary.status = Lifecycle::Offline,
@@ -215,6 +219,7 @@ impl ReadModels {
                 }
                 if let Some(location) = m.location {
                     summary.cell = location.cell(self.resolution);
+                    summary.location = Some(location);
                 }
                 if let Some(cell) = cell {
                     self.cells.entry(cell).or_default().readings += 1;

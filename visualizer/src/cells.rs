@@ -1,0 +1,296 @@
+//! `CellMapPlugin`: the H3 cells as hexagonal prisms, height and colour by the chosen metric,
+//! merged into one mesh (one draw call for 10k cells); alerts pulse as halos over their cells;
+//! the selected cell carries a beacon.
+
+use bevy::asset::RenderAssetUsages;
+use bevy::mesh::{Indices, PrimitiveTopology};
+use bevy::prelude::*;
+use h3o::CellIndex;
+
+use crate::link::Selection;
+use crate::model::{CellTable, Projection, normalized, ramp};
+use crate::twin_link::{LinkSet, TwinView, ViewSettings};
+
+/// The prisms' mesh entity.
+#[derive(Component, Debug)]
+pub struct CellPrisms;
+
+/// The alert halos' mesh entity.
+#[derive(Component, Debug)]
+pub struct AlertHalos;
+
+/// The selection beacon.
+#[derive(Component, Debug)]
+pub struct SelectionBeacon;
+
+/// Prism heights: the tallest is this many cell edge lengths; an empty cell is a thin tile.
+const HEIGHT_EDGES: f32 = 3.0;
+const BASE_EDGES: f32 = 0.08;
+/// Side walls are darker than tops, so the prisms read as 3D while unlit.
+const SIDE_SHADE: f32 = 0.62;
+/// Cells without a reading of the metric.
+const NO_DATA: [f32; 3] = [0.32, 0.34, 0.38];
+
+/// Draws the cells. See the module documentation.
+#[derive(Debug, Default)]
+pub struct CellMapPlugin;
+
+impl Plugin for CellMapPlugin {
+    fn build(&self, app: &mut App) {
+        app.add_systems(Startup, spawn_cell_map)
+            .add_systems(Update, (rebuild_cells.after(LinkSet), pulse_alerts, place_beacon));
+    }
+}
+
+fn spawn_cell_map(
+    mut commands: Commands,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+) {
+    let unlit = StandardMaterial { unlit: true, cull_mode: None, double_sided: true, ..default() };
+    commands.spawn((CellPrisms, MeshMaterial3d(materials.add(unlit)), Transform::default(), Visibility::Hidden));
+    let halo = StandardMaterial {
+        base_color: Color::srgba(1.0, 0.1, 0.2, 0.5),
+        emissive: LinearRgba::rgb(2.0, 0.1, 0.2),
+        alpha_mode: AlphaMode::Blend,
+        unlit: true,
+        cull_mode: None,
+        ..default()
+    };
+    commands.spawn((AlertHalos, MeshMaterial3d(materials.add(halo)), Transform::default(), Visibility::Hidden));
+    let beacon = StandardMaterial { base_color: Color::WHITE, unlit: true, ..default() };
+    commands.spawn((
+        SelectionBeacon,
+        Mesh3d(meshes.add(Cylinder::new(1.0, 1.0))),
+        MeshMaterial3d(materials.add(beacon)),
+        Transform::default(),
+        Visibility::Hidden,
+    ));
+}
+
+/// Gives `entity` a new mesh (a fresh asset, the old one dropped: Bevy's mesh slabs do not
+/// take a replaced vertex layout in place), hidden when there is nothing to draw.
+pub fn replace_mesh(
+    commands: &mut Commands,
+    meshes: &mut Assets<Mesh>,
+    entity: Entity,
+    old: Option<&Mesh3d>,
+    mesh: MeshBuilder,
+    visible: bool,
+) {
+    if let Some(old) = old {
+        meshes.remove(&old.0);
+    }
+    let mut target = commands.entity(entity);
+    if mesh.is_empty() {
+        target.remove::<Mesh3d>().insert(Visibility::Hidden);
+    } else {
+        target
+            .insert((Mesh3d(meshes.add(mesh.build())), if visible { Visibility::Visible } else { Visibility::Hidden }));
+    }
+}
+
+/// Rebuilds the prisms and halos when the cells changed.
+pub fn rebuild_cells(
+    mut commands: Commands,
+    mut view: ResMut<TwinView>,
+    settings: Res<ViewSettings>,
+    mut meshes: ResMut<Assets<Mesh>>,
+    prisms: Query<(Entity, Option<&Mesh3d>), With<CellPrisms>>,
+    halos: Query<(Entity, Option<&Mesh3d>), With<AlertHalos>>,
+) {
+    if !view.cells_dirty {
+        return;
+    }
+    let Some(projection) = view.projection else { return };
+    view.cells_dirty = false;
+    if let Ok((entity, old)) = prisms.single() {
+        // At street zoom the cells lie flat, so the asset markers stand clear.
+        let flat = settings.subscribed.is_some_and(|v| v.fine());
+        replace_mesh(&mut commands, &mut meshes, entity, old, prism_mesh(&view.cells, &projection, flat), true);
+    }
+    if let Ok((entity, old)) = halos.single() {
+        replace_mesh(&mut commands, &mut meshes, entity, old, halo_mesh(&view.cells, &projection), true);
+    }
+}
+
+/// Height (world units) and top colour (sRGB) of a cell.
+pub fn cell_look(table: &CellTable, cell: CellIndex) -> (f32, [f32; 3]) {
+    let edge = cell.resolution().edge_length_m() as f32;
+    let value = table.cells.get(&cell).and_then(|d| d.value);
+    match (value, table.range()) {
+        (Some(value), Some(range)) => {
+            let t = normalized(value, range);
+            (edge * (BASE_EDGES + HEIGHT_EDGES * t as f32), ramp(t))
+        }
+        _ => (edge * BASE_EDGES, NO_DATA),
+    }
+}
+
+/// The corners of a cell in world x, z, shrunk a little so neighbours stay apart.
+fn corners(cell: CellIndex, projection: &Projection, shrink: f32) -> (Vec2, Vec<Vec2>) {
+    let center = h3o::LatLng::from(cell);
+    let (cx, cz) = projection.to_world(center.lat(), center.lng());
+    let c = Vec2::new(cx, cz);
+    let ring = cell
+        .boundary()
+        .iter()
+        .map(|corner| {
+            let (x, z) = projection.to_world(corner.lat(), corner.lng());
+            c + (Vec2::new(x, z) - c) * shrink
+        })
+        .collect();
+    (c, ring)
+}
+
+/// One mesh of every cell's prism, vertex-coloured.
+pub fn prism_mesh(table: &CellTable, projection: &Projection, flat: bool) -> MeshBuilder {
+    let mut mesh = MeshBuilder::default();
+    for &cell in table.cells.keys() {
+        let (mut height, colour) = cell_look(table, cell);
+        if flat {
+            height = height.min(2.0);
+        }
+        let (center, ring) = corners(cell, projection, 0.94);
+        mesh.prism(center, &ring, 0.0, height, colour);
+    }
+    mesh
+}
+
+/// Flat halos above the cells with open alerts.
+pub fn halo_mesh(table: &CellTable, projection: &Projection) -> MeshBuilder {
+    let mut mesh = MeshBuilder::default();
+    for (&cell, datum) in &table.cells {
+        if datum.alerts == 0 {
+            continue;
+        }
+        let (height, _) = cell_look(table, cell);
+        let (center, ring) = corners(cell, projection, 1.1);
+        mesh.prism(
+            center,
+            &ring,
+            height + 5.0,
+            height + 5.0 + cell.resolution().edge_length_m() as f32 * 0.06,
+            [1.0; 3],
+        );
+    }
+    mesh
+}
+
+/// Alerts pulse: the halo material breathes.
+fn pulse_alerts(
+    time: Res<Time>,
+    halos: Query<&MeshMaterial3d<StandardMaterial>, With<AlertHalos>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+) {
+    let Ok(handle) = halos.single() else { return };
+    let Some(mut material) = materials.get_mut(&handle.0) else { return };
+    let pulse = 0.5 + 0.5 * (time.elapsed_secs() * 4.0).sin();
+    material.base_color = Color::srgba(1.0, 0.15, 0.25, 0.25 + 0.5 * pulse);
+}
+
+/// The beacon stands on the selected cell.
+fn place_beacon(
+    settings: Res<ViewSettings>,
+    view: Res<TwinView>,
+    mut beacon: Query<(&mut Transform, &mut Visibility), With<SelectionBeacon>>,
+) {
+    let Ok((mut transform, mut visibility)) = beacon.single_mut() else { return };
+    let placed = match (&settings.selected, view.projection) {
+        (Some(Selection::Cell(cell)), Some(projection)) => {
+            let c = h3o::LatLng::from(*cell);
+            let (x, z) = projection.to_world(c.lat(), c.lng());
+            let edge = cell.resolution().edge_length_m() as f32;
+            let (height, _) = cell_look(&view.cells, *cell);
+            Some((Vec3::new(x, height + edge * 0.5, z), Vec3::new(edge * 0.08, edge, edge * 0.08)))
+        }
+        (Some(Selection::Asset(id)), Some(projection)) => view.assets.get(id).map(|a| {
+            let (x, z) = projection.to_world(a.lat, a.lng);
+            (Vec3::new(x, 40.0, z), Vec3::new(2.0, 60.0, 2.0))
+        }),
+        _ => None,
+    };
+    match placed {
+        Some((at, scale)) => {
+            *transform = Transform::from_translation(at).with_scale(scale);
+            *visibility = Visibility::Visible;
+        }
+        None => *visibility = Visibility::Hidden,
+    }
+}
+
+/// Accumulates triangles into one vertex-coloured mesh.
+#[derive(Debug, Default)]
+pub struct MeshBuilder {
+    positions: Vec<[f32; 3]>,
+    normals: Vec<[f32; 3]>,
+    colours: Vec<[f32; 4]>,
+    indices: Vec<u32>,
+}
+
+impl MeshBuilder {
+    fn vertex(&mut self, at: Vec3, normal: Vec3, colour: [f32; 4]) -> u32 {
+        let index = self.positions.len() as u32;
+        self.positions.push(at.to_array());
+        self.normals.push(normal.to_array());
+        self.colours.push(colour);
+        index
+    }
+
+    /// A vertical prism over `ring` (world x, z) from `bottom` to `top`, its top `colour`
+    /// (sRGB) and its walls shaded.
+    pub fn prism(&mut self, center: Vec2, ring: &[Vec2], bottom: f32, top: f32, colour: [f32; 3]) {
+        let linear =
+            |c: [f32; 3], shade: f32| Color::srgb(c[0] * shade, c[1] * shade, c[2] * shade).to_linear().to_f32_array();
+        let (top_colour, side_colour) = (linear(colour, 1.0), linear(colour, SIDE_SHADE));
+        let hub = self.vertex(Vec3::new(center.x, top, center.y), Vec3::Y, top_colour);
+        let first = self.positions.len() as u32;
+        for p in ring {
+            self.vertex(Vec3::new(p.x, top, p.y), Vec3::Y, top_colour);
+        }
+        let n = ring.len() as u32;
+        // The materials draw both faces (`cull_mode: None`), so winding does not matter.
+        for i in 0..n {
+            self.indices.extend([hub, first + i, first + (i + 1) % n]);
+        }
+        for i in 0..ring.len() {
+            let (p, q) = (ring[i], ring[(i + 1) % ring.len()]);
+            let mut out = Vec2::new(q.y - p.y, p.x - q.x).normalize_or_zero();
+            if out.dot((p + q) / 2.0 - center) < 0.0 {
+                out = -out;
+            }
+            let normal = Vec3::new(out.x, 0.0, out.y);
+            let a = self.vertex(Vec3::new(p.x, bottom, p.y), normal, side_colour);
+            let b = self.vertex(Vec3::new(q.x, bottom, q.y), normal, side_colour);
+            let c = self.vertex(Vec3::new(q.x, top, q.y), normal, side_colour);
+            let d = self.vertex(Vec3::new(p.x, top, p.y), normal, side_colour);
+            self.indices.extend([a, b, c, a, c, d]);
+        }
+    }
+
+    /// A box standing on the ground at `at` (world x, z).
+    pub fn block(&mut self, at: Vec2, width: f32, height: f32, colour: [f32; 3]) {
+        let h = width / 2.0;
+        let ring = [at + Vec2::new(-h, -h), at + Vec2::new(h, -h), at + Vec2::new(h, h), at + Vec2::new(-h, h)];
+        self.prism(at, &ring, 0.0, height, colour);
+    }
+
+    /// Vertices so far.
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    /// The mesh.
+    pub fn build(self) -> Mesh {
+        Mesh::new(PrimitiveTopology::TriangleList, RenderAssetUsages::default())
+            .with_inserted_attribute(Mesh::ATTRIBUTE_POSITION, self.positions)
+            .with_inserted_attribute(Mesh::ATTRIBUTE_NORMAL, self.normals)
+            .with_inserted_attribute(Mesh::ATTRIBUTE_COLOR, self.colours)
+            .with_inserted_indices(Indices::U32(self.indices))
+    }
+}

@@ -1,0 +1,183 @@
+//! The visualizer's systems in a minimal `App` (no window, no renderer): link events become
+//! coloured, raised prisms and markers; the camera becomes the viewport subscription; keys
+//! switch the metric.
+
+use bevy::mesh::VertexAttributeValues;
+use bevy::prelude::*;
+use citytwin_visualizer::camera::OrbitCamera;
+use citytwin_visualizer::cells::CellPrisms;
+use citytwin_visualizer::link::{self, LinkEnds, LinkEvent, ViewRequest};
+use citytwin_visualizer::markers::AssetMarkers;
+use citytwin_visualizer::model::{AssetDatum, CellUpdate, MarkerStatus, RAMP, cell_at};
+use citytwin_visualizer::twin_link::{Link, TwinView, ViewSettings};
+use citytwin_visualizer::{AssetMarkerPlugin, CellMapPlugin, TwinLinkPlugin};
+use h3o::{CellIndex, Resolution};
+
+fn app() -> (App, LinkEnds) {
+    let mut app = App::new();
+    // Input resources without InputPlugin, whose systems would clear a press before Update.
+    app.add_plugins((MinimalPlugins, AssetPlugin::default()))
+        .init_resource::<ButtonInput<KeyCode>>()
+        .init_resource::<ButtonInput<MouseButton>>()
+        .init_asset::<Mesh>()
+        .init_asset::<StandardMaterial>()
+        .add_plugins((TwinLinkPlugin::default(), CellMapPlugin, AssetMarkerPlugin));
+    let (handles, ends) = link::channels(ViewSettings::default().request());
+    app.insert_resource(Link(handles));
+    app.update();
+    (app, ends)
+}
+
+fn cell(lat: f64, lng: f64) -> CellIndex {
+    cell_at(lat, lng, Resolution::Seven).unwrap()
+}
+
+fn snapshot(cells: &[(CellIndex, f64)]) -> LinkEvent {
+    LinkEvent::Frame {
+        resolution: Resolution::Seven,
+        snapshot: true,
+        cells: cells
+            .iter()
+            .map(|&(cell, mean)| CellUpdate {
+                cell,
+                events: 0,
+                alerts: 0,
+                mean: Some(mean),
+                assets: 1,
+                last_time: Some(1),
+            })
+            .collect(),
+    }
+}
+
+fn mesh_of<M: Component>(app: &mut App) -> Mesh {
+    let handle = app.world_mut().query_filtered::<&Mesh3d, With<M>>().single(app.world()).unwrap().0.clone();
+    app.world().resource::<Assets<Mesh>>().get(&handle).unwrap().clone()
+}
+
+fn attribute(mesh: &Mesh, id: bevy::mesh::MeshVertexAttribute) -> Vec<[f32; 4]> {
+    match mesh.attribute(id) {
+        Some(VertexAttributeValues::Float32x3(values)) => values.iter().map(|v| [v[0], v[1], v[2], 0.0]).collect(),
+        Some(VertexAttributeValues::Float32x4(values)) => values.clone(),
+        other => panic!("unexpected attribute {other:?}"),
+    }
+}
+
+fn linear(rgb: [f32; 3]) -> [f32; 4] {
+    Color::srgb(rgb[0], rgb[1], rgb[2]).to_linear().to_f32_array()
+}
+
+#[test]
+fn a_snapshot_becomes_prisms_whose_height_and_colour_follow_the_metric() {
+    let (mut app, ends) = app();
+    let (low, mid, hot) = (cell(60.17, 24.94), cell(60.20, 24.80), cell(60.25, 25.05));
+    ends.events.try_send(snapshot(&[(low, 5.0), (mid, 20.0), (hot, 45.0)])).unwrap();
+    app.update();
+
+    let view = app.world().resource::<TwinView>();
+    assert_eq!((view.snapshots, view.cells.cells.len()), (1, 3));
+    assert_eq!(view.cells.hottest(), Some((hot, 45.0)));
+    let mesh = mesh_of::<CellPrisms>(&mut app);
+    let positions = attribute(&mesh, Mesh::ATTRIBUTE_POSITION);
+    let colours = attribute(&mesh, Mesh::ATTRIBUTE_COLOR);
+    assert_eq!(positions.len(), colours.len());
+    let edge = Resolution::Seven.edge_length_m() as f32;
+    let tallest = positions.iter().map(|p| p[1]).fold(0.0, f32::max);
+    assert!((tallest - edge * 3.08).abs() < 1.0, "the hottest cell is the tallest: {tallest} vs edge {edge}");
+    let normals = attribute(&mesh, Mesh::ATTRIBUTE_NORMAL);
+    let top: Vec<[f32; 4]> = positions
+        .iter()
+        .zip(&normals)
+        .zip(&colours)
+        .filter(|((p, n), _)| (p[1] - tallest).abs() < 1e-3 && n[1] == 1.0)
+        .map(|(_, c)| *c)
+        .collect();
+    assert!(!top.is_empty() && top.iter().all(|c| *c == linear(RAMP[4])), "its top has the legend's top colour");
+    let lowest_top = linear(RAMP[0]);
+    assert!(colours.contains(&lowest_top), "the coolest cell has the legend's bottom colour");
+
+    // A live frame raises the coolest cell above the rest.
+    let live = LinkEvent::Frame {
+        resolution: Resolution::Seven,
+        snapshot: false,
+        cells: vec![CellUpdate { cell: low, events: 4, alerts: 1, mean: Some(90.0), assets: 0, last_time: Some(2) }],
+    };
+    ends.events.try_send(live).unwrap();
+    app.update();
+    let view = app.world().resource::<TwinView>();
+    assert_eq!(view.cells.hottest(), Some((low, 90.0)));
+    assert_eq!(view.cells.cells[&low].alerts, 1);
+    assert_eq!(view.cells.until, Some(2));
+}
+
+#[test]
+fn the_camera_becomes_the_viewport_subscription() {
+    let (mut app, mut ends) = app();
+    app.world_mut().spawn(OrbitCamera::default());
+    ends.events.try_send(snapshot(&[(cell(60.17, 24.94), 5.0), (cell(60.25, 25.05), 9.0)])).unwrap();
+    app.update();
+    assert!(ends.view.has_changed().unwrap(), "the first snapshot subscribes to the camera's view");
+    let city = ends.view.borrow_and_update().clone();
+    let viewport = city.viewport.expect("a viewport");
+    assert!(!viewport.fine(), "a city-wide camera gets cell aggregates: {viewport:?}");
+    assert_eq!(city.metric, "pm25");
+
+    // A small move keeps the subscription.
+    app.world_mut().query::<&mut OrbitCamera>().single_mut(app.world_mut()).unwrap().focus.x += 100.0;
+    app.update();
+    assert!(!ends.view.has_changed().unwrap());
+
+    // Zooming to a street renews it, for assets.
+    app.world_mut().query::<&mut OrbitCamera>().single_mut(app.world_mut()).unwrap().distance = 300.0;
+    app.update();
+    let street = ends.view.borrow_and_update().clone().viewport.unwrap();
+    assert!(street.fine(), "{street:?}");
+    let (s, w, n, e) = street.bbox;
+    let (cs, cw, cn, ce) = viewport.bbox;
+    assert!(n - s < (cn - cs) / 10.0 && e - w < (ce - cw) / 10.0, "a street is a small part of the city");
+}
+
+#[test]
+fn the_metric_key_switches_what_is_streamed() {
+    let (mut app, mut ends) = app();
+    app.world_mut().resource_mut::<ButtonInput<KeyCode>>().press(KeyCode::KeyM);
+    app.update();
+    let request: ViewRequest = ends.view.borrow_and_update().clone();
+    assert_eq!(request.metric, "vehicle_count");
+    assert_eq!(app.world().resource::<ViewSettings>().metric().unit, "vehicles");
+}
+
+#[test]
+fn asset_markers_follow_status_changes() {
+    let (mut app, ends) = app();
+    app.world_mut().resource_mut::<ViewSettings>().subscribed =
+        Some(citytwin_visualizer::model::Viewport { bbox: (60.0, 24.0, 61.0, 25.0), zoom: 16.0 });
+    ends.events.try_send(snapshot(&[(cell(60.17, 24.94), 5.0)])).unwrap();
+    let datum = |status| AssetDatum {
+        asset_type: "air_quality_sensor".into(),
+        lat: 60.1699,
+        lng: 24.9384,
+        status,
+        last_values: Default::default(),
+    };
+    ends.events.try_send(LinkEvent::Assets(vec![("aq-1".into(), datum(MarkerStatus::Online))])).unwrap();
+    app.update();
+    let visible = *app.world_mut().query_filtered::<&Visibility, With<AssetMarkers>>().single(app.world()).unwrap();
+    assert_eq!(visible, Visibility::Visible, "markers show at street zoom");
+    let colours = attribute(&mesh_of::<AssetMarkers>(&mut app), Mesh::ATTRIBUTE_COLOR);
+    assert_eq!(colours.len(), 1 + 4 + 16, "one block: hub, top corners, four walls");
+    assert!(colours.contains(&linear(MarkerStatus::Online.colour())));
+
+    let change = link::AssetChange {
+        asset_id: "aq-1".into(),
+        location: None,
+        status: Some(MarkerStatus::Alerting),
+        reading: Some(("pm25".into(), 80.0)),
+        time: Some(5),
+    };
+    ends.events.try_send(LinkEvent::AssetEvent(change)).unwrap();
+    app.update();
+    let colours = attribute(&mesh_of::<AssetMarkers>(&mut app), Mesh::ATTRIBUTE_COLOR);
+    assert!(colours.contains(&linear(MarkerStatus::Alerting.colour())), "an alert recolours the marker");
+    assert_eq!(app.world().resource::<TwinView>().assets["aq-1"].last_values["pm25"], 80.0);
+}
