@@ -31,6 +31,9 @@ pub(crate) struct ViewArgs {
     /// Window size, WIDTHxHEIGHT.
     #[arg(long, value_name = "WxH")]
     size: Option<String>,
+    /// Roads and buildings to draw: a GeoJSON file (`scenarios/geo/helsinki-roads.geojson`).
+    #[arg(long, value_name = "GEOJSON")]
+    geometry: Option<PathBuf>,
 }
 
 /// Runs the visualizer and returns its exit status.
@@ -70,6 +73,9 @@ pub(crate) fn run(args: &ViewArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(frames) = args.after_frames {
         command.args(["--after-frames", &frames.to_string()]);
+    }
+    if let Some(geometry) = &args.geometry {
+        command.arg("--geometry").arg(geometry);
     }
     if let Some(size) = &args.size {
         command.args(["--size", size]);

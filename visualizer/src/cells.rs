@@ -268,6 +268,21 @@ impl MeshBuilder {
         }
     }
 
+    /// A flat strip `width` wide from `p` to `q` (world x, z) at height `y`: a road segment.
+    pub fn strip(&mut self, p: Vec2, q: Vec2, width: f32, y: f32, colour: [f32; 3]) {
+        let side = (q - p).perp().normalize_or_zero() * (width / 2.0);
+        if side == Vec2::ZERO {
+            return;
+        }
+        let c = Color::srgb(colour[0], colour[1], colour[2]).to_linear().to_f32_array();
+        let corners = [p - side, p + side, q + side, q - side];
+        let first = self.positions.len() as u32;
+        for corner in corners {
+            self.vertex(Vec3::new(corner.x, y, corner.y), Vec3::Y, c);
+        }
+        self.indices.extend([first, first + 1, first + 2, first, first + 2, first + 3]);
+    }
+
     /// A box standing on the ground at `at` (world x, z).
     pub fn block(&mut self, at: Vec2, width: f32, height: f32, colour: [f32; 3]) {
         let h = width / 2.0;

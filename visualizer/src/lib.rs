@@ -6,6 +6,7 @@
 //!
 //! Each feature is a plugin: [`TwinLinkPlugin`] (network thread → ECS, camera → viewport
 //! subscription), [`CameraPlugin`], [`CellMapPlugin`], [`AssetMarkerPlugin`], [`HudPlugin`],
+//! [`GeometryPlugin`] (roads and buildings from a GeoJSON file),
 //! and [`CapturePlugin`] for headless screenshots. Systems are plain functions; the mappings
 //! they use (metric → colour and height, camera → viewport) live in [`model`], tested
 //! without Bevy.
@@ -21,6 +22,7 @@
 pub mod camera;
 pub mod capture;
 pub mod cells;
+pub mod geometry;
 pub mod hud;
 pub mod link;
 pub mod markers;
@@ -36,6 +38,7 @@ use bevy::window::{PresentMode, WindowResolution};
 pub use camera::CameraPlugin;
 pub use capture::CapturePlugin;
 pub use cells::CellMapPlugin;
+pub use geometry::GeometryPlugin;
 pub use hud::HudPlugin;
 pub use markers::AssetMarkerPlugin;
 pub use twin_link::TwinLinkPlugin;
@@ -82,6 +85,10 @@ pub struct Args {
     /// Window size, WIDTHxHEIGHT.
     #[arg(long, default_value = "1280x720", value_parser = parse_size)]
     pub size: (u32, u32),
+    /// Roads and buildings to draw under the cells: a GeoJSON file such as the scenario's
+    /// (`scenarios/geo/helsinki-roads.geojson`).
+    #[arg(long, value_name = "GEOJSON")]
+    pub geometry: Option<PathBuf>,
 }
 
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
@@ -91,7 +98,14 @@ fn parse_size(text: &str) -> Result<(u32, u32), String> {
 }
 
 /// Builds the visualizer app for `args` (not run).
-pub fn app(args: &Args) -> App {
+///
+/// # Errors
+/// When the `--geometry` file cannot be read.
+pub fn app(args: &Args) -> anyhow::Result<App> {
+    let geometry = match &args.geometry {
+        Some(path) => geometry::Geometry::load(path)?,
+        None => geometry::Geometry::default(),
+    };
     let mut app = App::new();
     let window = Window {
         title: format!("citytwin - {}", args.connect),
@@ -114,6 +128,7 @@ pub fn app(args: &Args) -> App {
             CellMapPlugin,
             AssetMarkerPlugin,
             HudPlugin,
+            GeometryPlugin { geometry },
         ));
     if let Some(path) = &args.screenshot {
         app.add_plugins(CapturePlugin {
@@ -122,5 +137,5 @@ pub fn app(args: &Args) -> App {
             timeout: Duration::from_secs(args.timeout_s),
         });
     }
-    app
+    Ok(app)
 }

@@ -4,5 +4,11 @@ use clap::Parser;
 
 fn main() -> bevy::app::AppExit {
     let args = citytwin_visualizer::Args::parse();
-    citytwin_visualizer::app(&args).run()
+    match citytwin_visualizer::app(&args) {
+        Ok(mut app) => app.run(),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            bevy::app::AppExit::error()
+        }
+    }
 }

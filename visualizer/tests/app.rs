@@ -14,6 +14,11 @@ use citytwin_visualizer::{AssetMarkerPlugin, CellMapPlugin, TwinLinkPlugin};
 use h3o::{CellIndex, Resolution};
 
 fn app() -> (App, LinkEnds) {
+    app_with(|_| {})
+}
+
+/// The app, with `more` added before its first update (so its startup systems run).
+fn app_with(more: impl FnOnce(&mut App)) -> (App, LinkEnds) {
     let mut app = App::new();
     // Input resources without InputPlugin, whose systems would clear a press before Update.
     app.add_plugins((MinimalPlugins, AssetPlugin::default()))
@@ -24,6 +29,7 @@ fn app() -> (App, LinkEnds) {
         .add_plugins((TwinLinkPlugin::default(), CellMapPlugin, AssetMarkerPlugin));
     let (handles, ends) = link::channels(ViewSettings::default().request());
     app.insert_resource(Link(handles));
+    more(&mut app);
     app.update();
     (app, ends)
 }
@@ -180,4 +186,31 @@ fn asset_markers_follow_status_changes() {
     let colours = attribute(&mesh_of::<AssetMarkers>(&mut app), Mesh::ATTRIBUTE_COLOR);
     assert!(colours.contains(&linear(MarkerStatus::Alerting.colour())), "an alert recolours the marker");
     assert_eq!(app.world().resource::<TwinView>().assets["aq-1"].last_values["pm25"], 80.0);
+}
+
+#[test]
+fn scenario_roads_and_buildings_are_drawn_once_the_map_is_placed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("city.geojson");
+    let road = r#"{"type":"Feature","properties":{"highway":"primary"},"geometry":{"type":"LineString","coordinates":[[24.94,60.17],[24.95,60.17],[24.95,60.18]]}}"#;
+    let building = r#"{"type":"Feature","properties":{},"geometry":{"type":"Polygon","coordinates":[[[24.941,60.171],[24.942,60.171],[24.942,60.172],[24.941,60.171]]]}}"#;
+    let point = r#"{"type":"Feature","properties":{},"geometry":{"type":"Point","coordinates":[24.9,60.1]}}"#;
+    std::fs::write(&path, format!(r#"{{"type":"FeatureCollection","features":[{road},{building},{point}]}}"#)).unwrap();
+    let geometry = citytwin_visualizer::geometry::Geometry::load(&path).unwrap();
+    assert_eq!((geometry.roads.len(), geometry.buildings.len()), (1, 1), "the point is skipped");
+    assert_eq!(geometry.roads[0].1, 16.0, "a primary road is wide");
+
+    let (mut app, ends) = app_with(|app| {
+        app.add_plugins(citytwin_visualizer::GeometryPlugin { geometry });
+    });
+    let mut unplaced = app.world_mut().query_filtered::<&Mesh3d, With<citytwin_visualizer::geometry::GeometryMesh>>();
+    assert_eq!(unplaced.iter(app.world()).count(), 0, "nothing to place it by before the first snapshot");
+    ends.events.try_send(snapshot(&[(cell(60.17, 24.94), 5.0)])).unwrap();
+    app.update();
+    let mesh = mesh_of::<citytwin_visualizer::geometry::GeometryMesh>(&mut app);
+    let positions = attribute(&mesh, Mesh::ATTRIBUTE_POSITION);
+    // Two road segments of 4 corners; a triangle building: hub, 3 corners, 3 walls of 4.
+    assert_eq!(positions.len(), 2 * 4 + 1 + 3 + 3 * 4);
+    let width = (positions[0][0] - positions[1][0]).hypot(positions[0][2] - positions[1][2]);
+    assert!((width - 16.0).abs() < 0.01, "{width}");
 }
