@@ -13,7 +13,7 @@ use citytwin_core::event::{Event, EventKind, Timestamp, TypePattern, cell_within
 use citytwin_core::log::ReplayFilter;
 use citytwin_twin::asset::actor::{CommandError, asset_stream, state_at};
 use citytwin_twin::asset::logic::{AssetState, Rejection};
-use citytwin_twin::bus::{Committed, Filter, Subscription};
+use citytwin_twin::bus::{Committed, Filter, Subscription, within_bbox};
 use citytwin_twin::cell::{CellConfig, cell_aggregates_at};
 use citytwin_twin::city::{IngestError, Twin};
 use citytwin_twin::deadletter::{DeadLetter, DeadLetterReason, dead_letter_entry, dead_letters, raw_dead_letter_entry};
@@ -487,7 +487,7 @@ impl Gateway {
                 .iter()
                 .filter(|(_, a)| a.organization.as_deref().is_some_and(|o| who.may_access(o)))
                 .filter(|(_, a)| types.is_empty() || types.contains(&a.asset_type))
-                .filter(|(_, a)| bbox.is_none_or(|b| a.location.is_some_and(|l| within(b, l.lat, l.lng))));
+                .filter(|(_, a)| bbox.is_none_or(|b| a.location.is_some_and(|l| within_bbox(b, l.lat, l.lng))));
             let page: Vec<_> = matching
                 .by_ref()
                 .take(limit)
@@ -512,14 +512,14 @@ impl Gateway {
             let visible = |asset: Option<&str>| asset.is_none_or(|a| self.owner(a).is_none_or(|o| who.may_access(&o)));
             let placed = |cell: CellIndex| {
                 let center = h3o::LatLng::from(cell);
-                bbox.is_none_or(|b| within(b, center.lat(), center.lng()))
+                bbox.is_none_or(|b| within_bbox(b, center.lat(), center.lng()))
             };
             for summary in m.assets.values() {
                 if !summary.organization.as_deref().is_some_and(|o| who.may_access(o)) {
                     continue;
                 }
                 let in_view = match summary.location {
-                    Some(l) => bbox.is_none_or(|b| within(b, l.lat, l.lng)),
+                    Some(l) => bbox.is_none_or(|b| within_bbox(b, l.lat, l.lng)),
                     None => summary.cell.is_some_and(placed),
                 };
                 // Finer than the twin's resolution: the cell of the asset's own location.
@@ -703,11 +703,6 @@ mod tests {
         assert_eq!(values["max(pm25)"], 40.0);
         assert_eq!(values["count(pm25)"], 4.0);
     }
-}
-
-/// Whether a point lies in a `(south, west, north, east)` box.
-fn within((south, west, north, east): (f64, f64, f64, f64), lat: f64, lng: f64) -> bool {
-    (south..=north).contains(&lat) && (west..=east).contains(&lng)
 }
 
 /// One cell of [`Gateway::cell_snapshot`].

@@ -43,15 +43,18 @@ pub struct Filter {
     pub organizations: Vec<String>,
 }
 
+/// Whether a point lies in a `(south, west, north, east)` box, edges included.
+pub fn within_bbox((south, west, north, east): (f64, f64, f64, f64), lat: f64, lng: f64) -> bool {
+    (south..=north).contains(&lat) && (west..=east).contains(&lng)
+}
+
 impl Filter {
     /// Whether `event` passes.
     pub fn matches(&self, event: &Event) -> bool {
         let cell = event.ext.h3cell;
         (self.types.is_empty() || self.types.iter().any(|p| p.matches(event.ty.as_str())))
             && (self.cells.is_empty() || cell.is_some_and(|c| self.cells.iter().any(|&area| cell_within(c, area))))
-            && self.bbox.is_none_or(|(south, west, north, east)| {
-                event.location().is_some_and(|l| (south..=north).contains(&l.lat) && (west..=east).contains(&l.lng))
-            })
+            && self.bbox.is_none_or(|bbox| event.location().is_some_and(|l| within_bbox(bbox, l.lat, l.lng)))
             && (self.assets.is_empty() || event.asset_id().is_some_and(|a| self.assets.iter().any(|x| x == a)))
             && (self.organizations.is_empty()
                 || event.ext.organization.as_deref().is_some_and(|o| self.organizations.iter().any(|x| x == o)))

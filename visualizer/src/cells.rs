@@ -290,11 +290,6 @@ impl MeshBuilder {
         self.prism(at, &ring, 0.0, height, colour);
     }
 
-    /// Vertices so far.
-    pub fn len(&self) -> usize {
-        self.positions.len()
-    }
-
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
         self.positions.is_empty()

@@ -3,7 +3,7 @@
 //!
 //! Nothing here touches Bevy's renderer or the network, so all of it is tested directly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use h3o::{CellIndex, LatLng, Resolution};
 
@@ -357,17 +357,6 @@ pub struct AlertItem {
     pub cell: Option<CellIndex>,
     /// When, seconds since the epoch.
     pub time: Option<i64>,
-}
-
-/// Alerts grouped by cell, counted.
-pub fn alerts_by_cell(alerts: &[AlertItem]) -> HashMap<CellIndex, u64> {
-    let mut by = HashMap::new();
-    for alert in alerts {
-        if let Some(cell) = alert.cell {
-            *by.entry(cell).or_default() += 1;
-        }
-    }
-    by
 }
 
 #[cfg(test)]
