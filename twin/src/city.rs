@@ -106,12 +106,9 @@ pub fn shard_of(asset_id: &str, shards: usize) -> usize {
     (hash % shards.max(1) as u64) as usize
 }
 
-/// The commands of one batch for one shard, with their places in the batch.
+/// The commands of one batch for one shard, with their slots in the batch's collector.
 #[derive(Debug, Default)]
-struct ShardBatch {
-    indices: Vec<usize>,
-    commands: Vec<(String, AssetCommand)>,
-}
+struct ShardBatch(Vec<u32>, Vec<(String, AssetCommand)>);
 
 /// The log stream of events not about one asset (incidents, weather, outages).
 pub const CITY_STREAM: &str = "city";
@@ -298,7 +295,9 @@ impl Twin {
             }
         };
         let shard_count = self.shards.read().map(|s| s.len()).unwrap_or(0).max(1);
+        // Each command's slot in the collector, and the batch index the slot answers.
         let mut per_shard: Vec<ShardBatch> = (0..shard_count).map(|_| ShardBatch::default()).collect();
+        let mut slots: Vec<usize> = Vec::with_capacity(total);
         let mut city: (Vec<usize>, Vec<Event>) = Default::default();
         for (index, event) in events.into_iter().enumerate() {
             if let Err(error) = event.validate() {
@@ -311,8 +310,10 @@ impl Twin {
             match event.asset_id().map(str::to_owned) {
                 Some(asset_id) => {
                     let shard = shard_of(&asset_id, shard_count);
-                    per_shard[shard].indices.push(index);
-                    per_shard[shard].commands.push((asset_id, AssetCommand::Observe(Box::new(event))));
+                    let slot = u32::try_from(slots.len()).expect("a batch of fewer than 2^32 events");
+                    slots.push(index);
+                    per_shard[shard].0.push(slot);
+                    per_shard[shard].1.push((asset_id, AssetCommand::Observe(Box::new(event))));
                 }
                 None => {
                     city.0.push(index);
@@ -336,40 +337,36 @@ impl Twin {
                 }
             }
         }
-        let mut waiting = Vec::new();
-        for (shard, ShardBatch { indices, commands }) in per_shard.into_iter().enumerate() {
+        // One collector for the whole batch: the assets (or the writer, once their events are
+        // committed) fill its slots, and this call is woken once.
+        let collector = crate::completion::Collector::new(slots.len());
+        for (shard, ShardBatch(indices, commands)) in per_shard.into_iter().enumerate() {
             if commands.is_empty() {
                 continue;
             }
-            let actor = self.shards.read().ok().and_then(|s| s.get(shard).cloned());
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let sent = actor.is_some_and(|a| a.cast(ShardMsg::Batch(commands, tx)).is_ok());
-            waiting.push((indices, sent.then_some(rx)));
-        }
-        for (indices, rx) in waiting {
-            let answers = match rx {
-                Some(rx) => rx.await.unwrap_or_default(),
-                None => Vec::new(),
-            };
-            let mut answers = answers.into_iter();
-            for index in indices {
-                results[index] = Some(match answers.next() {
-                    Some(Ok(appended)) => {
-                        IngestStats::add(&self.stats.accepted);
-                        Ok(appended)
-                    }
-                    Some(Err(BatchFailure { error, event })) => {
-                        if let CommandError::Rejected(rejection) = &error {
-                            IngestStats::add(&self.stats.rejected);
-                            if let Some(event) = event {
-                                self.dead_letter(*event, DeadLetterReason::Rejected(rejection.to_string())).await;
-                            }
-                        }
-                        Err(IngestError::Refused(error))
-                    }
-                    None => Err(IngestError::Unavailable("a shard did not answer".into())),
-                });
+            // A message that is not delivered drops its part, which answers with an error.
+            let part = crate::completion::Part::new(Arc::clone(&collector), indices);
+            if let Some(actor) = self.shards.read().ok().and_then(|s| s.get(shard).cloned()) {
+                let _ = actor.cast(ShardMsg::Batch(commands, part));
             }
+        }
+        for (slot, answer) in collector.wait().await.into_iter().enumerate() {
+            let index = slots[slot];
+            results[index] = Some(match answer {
+                Ok(appended) => {
+                    IngestStats::add(&self.stats.accepted);
+                    Ok(appended)
+                }
+                Err(BatchFailure { error, event }) => {
+                    if let CommandError::Rejected(rejection) = &error {
+                        IngestStats::add(&self.stats.rejected);
+                        if let Some(event) = event {
+                            self.dead_letter(*event, DeadLetterReason::Rejected(rejection.to_string())).await;
+                        }
+                    }
+                    Err(IngestError::Refused(error))
+                }
+            });
         }
         results.into_iter().map(|r| r.expect("every event has a result")).collect()
     }

@@ -20,6 +20,7 @@ pub mod asset;
 pub mod bus;
 pub mod cell;
 pub mod city;
+pub mod completion;
 pub mod consumer;
 pub mod deadletter;
 

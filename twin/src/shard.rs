@@ -13,7 +13,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::broadcast;
 
-use crate::asset::actor::{AssetActor, AssetArgs, AssetConfig, AssetMsg, BatchReply, CommandError, CommandReply};
+use crate::asset::actor::{AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandReply};
 use crate::asset::logic::{AssetCommand, AssetState};
 
 /// The live asset actors of one shard, shared read-only with the twin so that commands for a
@@ -37,8 +37,8 @@ pub enum ShardEvent {
 pub enum ShardMsg {
     /// Route a command to an asset.
     Command(String, AssetCommand, RpcReplyPort<CommandReply>),
-    /// Commands for several assets: one result per command, in order.
-    Batch(Vec<(String, AssetCommand)>, tokio::sync::oneshot::Sender<Vec<BatchReply>>),
+    /// Commands for several assets, answered through `Part` (one slot per command, in order).
+    Batch(Vec<(String, AssetCommand)>, crate::completion::Part),
     /// The state of an asset (rehydrated if passivated).
     GetState(String, RpcReplyPort<AssetState>),
     /// How many asset actors are alive.
@@ -202,33 +202,14 @@ impl Actor for ShardActor {
             ShardMsg::GetState(asset_id, reply) => {
                 self.deliver(&myself, asset_id, AssetMsg::GetState(reply), state).await?
             }
-            ShardMsg::Batch(commands, reply) => {
-                // One message per asset; a task gathers the answers so the shard never waits.
-                let total = commands.len();
-                let mut by_asset: HashMap<String, (Vec<usize>, Vec<AssetCommand>)> = HashMap::new();
-                for (index, (asset_id, command)) in commands.into_iter().enumerate() {
-                    let entry = by_asset.entry(asset_id).or_default();
-                    entry.0.push(index);
-                    entry.1.push(command);
+            ShardMsg::Batch(commands, part) => {
+                // One message per asset, each answering its own slots: the shard never waits.
+                let (ids, commands): (Vec<String>, Vec<AssetCommand>) = commands.into_iter().unzip();
+                let mut commands: Vec<Option<AssetCommand>> = commands.into_iter().map(Some).collect();
+                for (asset_id, positions, part) in part.split(&ids) {
+                    let mine = positions.iter().filter_map(|&p| commands[p].take()).collect();
+                    self.deliver(&myself, asset_id, AssetMsg::Batch(mine, part), state).await?;
                 }
-                let mut waiting = Vec::with_capacity(by_asset.len());
-                for (asset_id, (indices, commands)) in by_asset {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    self.deliver(&myself, asset_id, AssetMsg::Batch(commands, tx), state).await?;
-                    waiting.push((indices, rx));
-                }
-                tokio::spawn(async move {
-                    let mut results: Vec<Option<BatchReply>> = (0..total).map(|_| None).collect();
-                    for (indices, rx) in waiting {
-                        let mut answers = rx.await.unwrap_or_default().into_iter();
-                        for index in indices {
-                            results[index] = Some(answers.next().unwrap_or_else(|| {
-                                Err(CommandError::Storage("the asset actor stopped".into()).into())
-                            }));
-                        }
-                    }
-                    let _ = reply.send(results.into_iter().map(|r| r.expect("every index answered")).collect());
-                });
             }
             ShardMsg::Sweep => {
                 for actor in state.live.values() {

@@ -1,11 +1,17 @@
 //! `LogWriter`: one thread that owns appends to the event log and batches them.
 //!
-//! Under `Durability::Always`, asset actors hand their decided events to the writer and await
-//! the durable acknowledgement (with relaxed policies they append inline: there is no fsync to
-//! share). Cell actors and the twin's city stream always go through it. The writer drains everything queued (up to `max_batch` events) into one
-//! `append_batch`, so one fsync (group commit) covers the events of many actors: batching
-//! per mailbox drain. A stream whose expected sequence does not hold fails alone; the rest of
-//! the batch is retried without it.
+//! Every append goes through it: asset actors, cell actors and the twin's city stream. The
+//! writer drains everything queued (up to `max_batch` events) into one `append_batch`, so one
+//! `write()` (and under `Durability::Always` one fsync: group commit) covers the events of
+//! many actors: batching per mailbox drain. A stream whose expected sequence does not hold
+//! fails alone; the rest of the batch is retried without it.
+//!
+//! Two ways to wait: [`LogWriter::append`] awaits the answer; [`LogWriter::submit`] hands
+//! over a callback that the writer thread runs once the events are committed (or refused),
+//! so an asset actor goes on with its next message while its events wait for the group
+//! commit. Requests are answered in the order they were queued (one queue, one thread):
+//! an actor's appends stay in order, and [`LogWriter::flush`] returns once everything
+//! queued before it is answered.
 //!
 //! The queue is bounded: when the writer falls behind, `append` waits (backpressure reaches
 //! the producers instead of memory growing).
@@ -24,11 +30,31 @@ pub struct WriteError(pub String);
 /// What an append gives back: where each event landed, and the events themselves.
 pub type Written = (Vec<Appended>, Vec<Event>);
 
+/// What the writer thread runs once a submitted append is committed or refused.
+pub type Done = Box<dyn FnOnce(Result<Written, WriteError>) + Send>;
+
 struct Request {
     stream: String,
     expected: Expected,
     events: Vec<Event>,
-    reply: oneshot::Sender<Result<Written, WriteError>>,
+    reply: Reply,
+}
+
+enum Reply {
+    Wait(oneshot::Sender<Result<Written, WriteError>>),
+    Then(Done),
+}
+
+impl Reply {
+    fn send(self, result: Result<Written, WriteError>) {
+        match self {
+            // A caller that stopped waiting is not the writer's concern.
+            Reply::Wait(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Then(done) => done(result),
+        }
+    }
 }
 
 /// A handle to the writer thread. Cheap to clone.
@@ -69,10 +95,28 @@ impl LogWriter {
     pub async fn append(&self, stream: String, expected: Expected, events: Vec<Event>) -> Result<Written, WriteError> {
         let (reply, done) = oneshot::channel();
         self.tx
-            .send(Request { stream, expected, events, reply })
+            .send(Request { stream, expected, events, reply: Reply::Wait(reply) })
             .await
             .map_err(|_| WriteError("the log writer has stopped".into()))?;
         done.await.map_err(|_| WriteError("the log writer stopped before answering".into()))?
+    }
+
+    /// Queues an append and returns without waiting for it (only for room in the queue:
+    /// backpressure); `done` runs on the writer thread with the outcome, exactly once (also
+    /// when the writer has stopped). Keep `done` short: it delays the next group commit.
+    pub async fn submit(&self, stream: String, expected: Expected, events: Vec<Event>, done: Done) {
+        let request = Request { stream, expected, events, reply: Reply::Then(done) };
+        if let Err(mpsc::error::SendError(request)) = self.tx.send(request).await {
+            request.reply.send(Err(WriteError("the log writer has stopped".into())));
+        }
+    }
+
+    /// Returns once every append queued before it has been answered.
+    ///
+    /// # Errors
+    /// When the writer has stopped.
+    pub async fn flush(&self) -> Result<(), WriteError> {
+        self.append(String::new(), Expected::Any, Vec::new()).await.map(|_| ())
     }
 }
 
@@ -120,7 +164,7 @@ fn write(log: &EventLog, pending: &mut Vec<Request>) {
                         continue;
                     }
                     let mine: Vec<Appended> = appended.by_ref().take(request.events.len()).collect();
-                    let _ = request.reply.send(Ok((mine, request.events)));
+                    request.reply.send(Ok((mine, request.events)));
                 }
                 return;
             }
@@ -128,7 +172,7 @@ fn write(log: &EventLog, pending: &mut Vec<Request>) {
                 let message = format!("stream {stream:?} is at sequence {actual}, expected {expected}");
                 let (refused, kept): (Vec<Request>, Vec<Request>) = pending.drain(..).partition(|r| r.stream == stream);
                 for request in refused {
-                    let _ = request.reply.send(Err(WriteError(message.clone())));
+                    request.reply.send(Err(WriteError(message.clone())));
                 }
                 *pending = kept;
                 failed.insert(stream);
@@ -139,7 +183,7 @@ fn write(log: &EventLog, pending: &mut Vec<Request>) {
             Err(error) => {
                 let message = error.to_string();
                 for request in pending.drain(..) {
-                    let _ = request.reply.send(Err(WriteError(message.clone())));
+                    request.reply.send(Err(WriteError(message.clone())));
                 }
                 return;
             }

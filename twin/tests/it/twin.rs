@@ -345,3 +345,32 @@ async fn no_event_is_lost_or_doubled_while_assets_passivate_under_load() {
     assert!(passivations > 0, "the test must actually race with passivation");
     std::sync::Arc::into_inner(twin).unwrap().shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_group_append_fails_its_batch_and_the_asset_is_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = Twin::start(config(dir.path())).await.unwrap();
+    let batch = vec![created("g1"), commissioned("g1"), reading("g1", 1, 10.0), created("g2"), commissioned("g2")];
+    assert!(twin.ingest_batch(batch).await.iter().all(Result::is_ok));
+    // A write behind the live actor's back: its next expected sequence no longer holds, so
+    // the writer refuses that actor's next batch (and only that one).
+    let foreign = reading("g1", 2, 99.0);
+    twin.log().append("asset:g1", citytwin_core::log::Expected::Any, &foreign).unwrap();
+    let results = twin.ingest_batch(vec![reading("g1", 3, 30.0), reading("g2", 1, 5.0)]).await;
+    match &results[0] {
+        Err(IngestError::Refused(error)) => {
+            assert!(error.to_string().contains("is at sequence 5, expected 4"), "a precise storage error, got: {error}")
+        }
+        other => panic!("the batch against a stale sequence must be refused, got {other:?}"),
+    }
+    assert!(matches!(results[1], Ok(n) if n >= 1), "the other asset's command is committed: {:?}", results[1]);
+    // The refused asset restarted from the log: it holds the foreign reading, not the refused one,
+    // and takes new readings again.
+    let g1 = twin.asset_state("g1").await.unwrap();
+    assert_eq!((g1.metrics["vehicle_count"].count, g1.metrics["vehicle_count"].last), (2, 99.0));
+    let again = twin.ingest_batch(vec![reading("g1", 4, 40.0)]).await;
+    assert!(matches!(again[0], Ok(n) if n >= 1), "the rebuilt asset accepts readings: {:?}", again[0]);
+    let g1 = twin.asset_state("g1").await.unwrap();
+    assert_eq!((g1.metrics["vehicle_count"].count, g1.metrics["vehicle_count"].last), (3, 40.0));
+    twin.shutdown().await.unwrap();
+}
