@@ -63,7 +63,7 @@ enum Command {
     Dlq(dlq::DlqCommand),
     /// Run a scenario file against an embedded twin and write a report (JSON + HTML plots).
     #[command(
-        after_help = "Examples:\n  citytwin run scenarios/demo.toml\n  citytwin run scenarios/demo.toml --report-dir /tmp/demo --threads 1\n  citytwin run scenarios/demo.toml --realtime 600   # ten simulated minutes per second\n\nThe same scenario and seed give the same event stream (its digest is printed) and the same\nreport.json, whatever --threads is."
+        after_help = "Examples:\n  citytwin run scenarios/demo.toml\n  citytwin run scenarios/demo.toml --report-dir /tmp/demo --threads 1\n  citytwin run scenarios/demo.toml --realtime 600   # ten simulated minutes per second\n  citytwin run scenarios/helsinki-centre.toml --realtime 120 --serve   # then, in another terminal: citytwin view\n\nThe same scenario and seed give the same event stream (its digest is printed) and the same\nreport.json, whatever --threads is."
     )]
     Run(run::RunArgs),
     /// Compare two scenarios (run both) or two report directories: KPI differences.

@@ -60,6 +60,79 @@ pub(crate) struct RunArgs {
     /// No progress bar (logs only).
     #[arg(long)]
     quiet: bool,
+    /// Serve the twin while the scenario runs (gRPC + HTTP, as `citytwin serve`), so that a
+    /// viewer (`citytwin view`) or any client can watch; once the run is over the final state
+    /// stays served until Ctrl-C or SIGTERM. The scenario's geometry is served too.
+    #[arg(long)]
+    serve: bool,
+    /// With --serve: the gRPC address (port 0 picks a free one).
+    #[arg(long, requires = "serve", default_value = "127.0.0.1:50051")]
+    grpc: std::net::SocketAddr,
+    /// With --serve: the HTTP / WebSocket address (port 0 picks a free one).
+    #[arg(long, requires = "serve", default_value = "127.0.0.1:8080")]
+    http: std::net::SocketAddr,
+    /// With --serve: a server configuration file (organizations and tokens, limits, TLS;
+    /// see citytwin.example.toml). Its data directory and `[twin]` section are not used:
+    /// the run's are.
+    #[arg(long, requires = "serve", value_name = "FILE")]
+    serve_config: Option<PathBuf>,
+}
+
+/// Where the run's twin lives: embedded only, or also behind the server's listeners.
+enum Host {
+    Embedded(Twin),
+    Served(crate::serve::Running),
+}
+
+impl Host {
+    fn twin(&self) -> &Twin {
+        match self {
+            Host::Embedded(twin) => twin,
+            Host::Served(running) => &running.gateway().twin,
+        }
+    }
+
+    async fn ingest(&self, batch: Vec<Event>) -> Vec<Result<usize, citytwin_twin::city::IngestError>> {
+        match self {
+            Host::Embedded(twin) => twin.ingest_batch(batch).await,
+            Host::Served(running) => running.gateway().ingest_local(batch).await,
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Host::Embedded(twin) => twin.shutdown().await.map_err(|e| anyhow::anyhow!("stopping the twin: {e}")),
+            Host::Served(running) => {
+                println!("run finished; still serving its final state (Ctrl-C or SIGTERM stops)");
+                crate::serve::terminated().await;
+                tracing::info!("stopping: finishing requests in flight, flushing the log");
+                running.stop().await
+            }
+        }
+    }
+}
+
+/// Puts the run's twin behind the server's listeners.
+async fn serve(
+    args: &RunArgs,
+    scenario: &Scenario,
+    twin: Twin,
+    cells: CellConfig,
+    data_dir: &Path,
+) -> anyhow::Result<Host> {
+    let mut config = match &args.serve_config {
+        Some(path) => crate::serve::config::ServeConfig::load(path)?,
+        None => crate::serve::config::ServeConfig::default(),
+    };
+    config.data_dir = data_dir.to_owned();
+    config.grpc.listen = args.grpc;
+    config.http.listen = args.http;
+    let geometry = scenario.geometry.as_deref().map(crate::serve::gateway::CityGeometry::load).transpose()?;
+    let running = crate::serve::start_with(config, twin, cells, geometry).await?;
+    // The same line as `citytwin serve`, for people and scripts that wait for the server.
+    println!("citytwin serving: grpc={} http={}", running.grpc, running.http);
+    tracing::info!(grpc = %running.grpc, http = %running.http, scenario = %scenario.name, "serving the run");
+    Ok(Host::Served(running))
 }
 
 fn default_threads() -> usize {
@@ -163,12 +236,14 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
     cells.resolution = scenario.resolution;
     cells.engine.max_out_of_orderness = BATCH_SPAN * 2;
     let config = TwinConfig {
-        cells: Some(cells),
+        cells: Some(cells.clone()),
         log: LogConfig { durability, ..LogConfig::default() },
         ..TwinConfig::new(&data_dir)
     };
     let twin = Twin::start(config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?;
     tracing::info!(scenario = %scenario.name, data_dir = %data_dir.display(), "twin started");
+    let host = if args.serve { serve(args, &scenario, twin, cells, &data_dir).await? } else { Host::Embedded(twin) };
+    let twin = host.twin();
 
     // Alerts, counted live for the progress bar (the report reads them from the log at the end).
     let alerts = Arc::new(AtomicU64::new(0));
@@ -250,7 +325,7 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
     let mut refused = 0u64;
     while let Some((batch, reached)) = rx.recv().await {
         let n = batch.len() as u64;
-        refused += twin.ingest_batch(batch).await.iter().filter(|r| r.is_err()).count() as u64;
+        refused += host.ingest(batch).await.iter().filter(|r| r.is_err()).count() as u64;
         ingested += n;
         let sim_s = (reached.as_nanos() - scenario.start.as_nanos()).max(0) as u64 / 1_000_000_000;
         bar.set_position(sim_s.min(total_s));
@@ -284,7 +359,6 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
     }
     alert_task.abort();
     let stats = twin.stats();
-    twin.shutdown().await.map_err(|e| anyhow::anyhow!("stopping the twin: {e}"))?;
 
     let report = report.finish(digest.hex(), assets, truth);
     let rate = report.events as f64 / elapsed.as_secs_f64();
@@ -293,6 +367,7 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
     std::fs::write(report_dir.join("report.json"), report.to_json())?;
     std::fs::write(report_dir.join("report.html"), report.to_html(&timing))?;
     print_summary(&report, &timing, refused, stats.accepted, &report_dir);
+    host.stop().await?;
     Ok(report)
 }
 
@@ -341,6 +416,10 @@ pub(crate) fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
                 batch: 20_000,
                 durability: Durability::Interval(Duration::from_millis(5)),
                 quiet: false,
+                serve: false,
+                grpc: std::net::SocketAddr::from(([127, 0, 0, 1], 50051)),
+                http: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+                serve_config: None,
             };
             println!("== {role}: {}", input.display());
             runtime.block_on(run_async(&run, scenario, rules))?

@@ -31,7 +31,8 @@ pub(crate) struct ViewArgs {
     /// Window size, WIDTHxHEIGHT.
     #[arg(long, value_name = "WxH")]
     size: Option<String>,
-    /// Roads and buildings to draw: a GeoJSON file (`scenarios/geo/helsinki-roads.geojson`).
+    /// Roads and buildings to draw: a GeoJSON file (`scenarios/geo/helsinki-roads.geojson`);
+    /// without it, what the twin serves (a scenario's geometry under `run --serve`).
     #[arg(long, value_name = "GEOJSON")]
     geometry: Option<PathBuf>,
 }

@@ -248,6 +248,8 @@ pub struct Scenario {
     pub area: Area,
     /// Roads (GeoJSON), when the scenario names a geometry file.
     pub roads: Option<Arc<Roads>>,
+    /// That geometry file, resolved against the scenario's directory (served to viewers).
+    pub geometry: Option<PathBuf>,
     /// CEP rule files, resolved against the scenario's directory.
     pub rules: Vec<PathBuf>,
     /// Asset populations, in file order.
@@ -808,6 +810,7 @@ impl Validator<'_> {
             }
         });
         self.roads.clone_from(&roads);
+        let geometry = city.geometry.as_deref().map(|file| dir.join(file));
         let rules = raw
             .rules
             .iter()
@@ -847,6 +850,7 @@ impl Validator<'_> {
             utc_offset_s,
             area,
             roads,
+            geometry,
             rules,
             populations,
             incidents,

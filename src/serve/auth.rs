@@ -26,6 +26,12 @@ impl Principal {
     pub(crate) fn may_access(&self, owner: &str) -> bool {
         self.admin || *self.org == *owner
     }
+
+    /// Whether this principal may see data owned by `owner`: an asset of no organization
+    /// only admins see.
+    pub(crate) fn may_see(&self, owner: Option<&str>) -> bool {
+        self.admin || owner.is_some_and(|o| *self.org == *o)
+    }
 }
 
 /// Why a caller was not let in.

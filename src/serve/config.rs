@@ -131,11 +131,14 @@ pub(crate) struct TwinSection {
     pub(crate) rules: Vec<PathBuf>,
     /// Events of one snapshot interval per asset.
     pub(crate) snapshot_every: Option<u64>,
+    /// The city's roads and buildings (a GeoJSON FeatureCollection), served to viewers by
+    /// `Query.Geometry` and `GET /v1/geometry`.
+    pub(crate) geometry: Option<PathBuf>,
 }
 
 impl Default for TwinSection {
     fn default() -> Self {
-        TwinSection { shards: 8, resolution: 8, rules: Vec::new(), snapshot_every: None }
+        TwinSection { shards: 8, resolution: 8, rules: Vec::new(), snapshot_every: None, geometry: None }
     }
 }
 
@@ -201,6 +204,11 @@ impl ServeConfig {
         if let Some(tls) = &mut config.grpc.tls {
             tls.relative_to(base);
         }
+        if let Some(geometry) = &mut config.twin.geometry
+            && geometry.is_relative()
+        {
+            *geometry = base.join(&*geometry);
+        }
         config.check().with_context(|| format!("in {}", path.display()))?;
         Ok(config)
     }
@@ -245,6 +253,9 @@ impl ServeConfig {
                     problems.push(format!("grpc.tls.{what}: {} is not a file", path.display()));
                 }
             }
+        }
+        if let Some(path) = self.twin.geometry.as_ref().filter(|p| !p.is_file()) {
+            problems.push(format!("twin.geometry: {} is not a file", path.display()));
         }
         if let Some(mqtt) = &self.mqtt {
             problems.extend(mqtt.problems());

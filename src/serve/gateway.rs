@@ -144,6 +144,32 @@ pub(crate) struct Gateway {
     requests: DefaultKeyedRateLimiter<Arc<str>>,
     event_burst: u32,
     pub(crate) counters: Counters,
+    /// The city's geometry for viewers, when the twin has one.
+    pub(crate) geometry: Option<CityGeometry>,
+}
+
+/// Roads and buildings of the city, as the GeoJSON text viewers draw.
+#[derive(Debug, Clone)]
+pub(crate) struct CityGeometry {
+    /// A GeoJSON FeatureCollection.
+    pub(crate) geojson: Arc<str>,
+    /// The file it came from (its name, for display).
+    pub(crate) source: String,
+}
+
+impl CityGeometry {
+    /// Reads a GeoJSON FeatureCollection file.
+    pub(crate) fn load(path: &std::path::Path) -> anyhow::Result<CityGeometry> {
+        use anyhow::Context as _;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        if value["type"] != "FeatureCollection" || !value["features"].is_array() {
+            anyhow::bail!("{}: expected a GeoJSON FeatureCollection", path.display());
+        }
+        let source = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        Ok(CityGeometry { geojson: Arc::from(text), source })
+    }
 }
 
 /// Per-protocol figures of one ingest request (the `metrics` facade; a no-op without a
@@ -181,6 +207,7 @@ impl Gateway {
             requests: RateLimiter::keyed(quota(limits.requests_per_second, limits.request_burst)),
             event_burst: limits.event_burst,
             counters: Counters::default(),
+            geometry: None,
         }
     }
 
@@ -205,6 +232,33 @@ impl Gateway {
         let mut sagas = blocking(move || citytwin_twin::saga::sagas(&log)).await?;
         sagas.retain(|s| who.admin || s.organization.as_deref().is_some_and(|org| who.may_access(org)));
         Ok(sagas)
+    }
+
+    /// Ingests from a trusted producer in this process (the scenario simulator under
+    /// `citytwin run --serve`): straight into the twin, no token or rate limit, noting the
+    /// owner of each asset created with an organization so that organizations see only
+    /// their own assets.
+    pub(crate) async fn ingest_local(
+        &self,
+        events: Vec<Event>,
+    ) -> Vec<Result<usize, citytwin_twin::city::IngestError>> {
+        let created: Vec<(usize, String, Arc<str>)> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind() == Some(EventKind::AssetCreated))
+            .filter_map(|(i, e)| Some((i, e.asset_id()?.to_owned(), Arc::from(e.ext.organization.as_deref()?))))
+            .collect();
+        let results = self.twin.ingest_batch(events).await;
+        if !created.is_empty()
+            && let Ok(mut owners) = self.owners.write()
+        {
+            for (index, asset, org) in created {
+                if results[index].is_ok() {
+                    owners.entry(asset).or_insert(org);
+                }
+            }
+        }
+        results
     }
 
     /// The organization owning `asset`, when known.
@@ -485,7 +539,7 @@ impl Gateway {
             let mut matching = m
                 .assets
                 .iter()
-                .filter(|(_, a)| a.organization.as_deref().is_some_and(|o| who.may_access(o)))
+                .filter(|(_, a)| who.may_see(a.organization.as_deref()))
                 .filter(|(_, a)| types.is_empty() || types.contains(&a.asset_type))
                 .filter(|(_, a)| bbox.is_none_or(|b| a.location.is_some_and(|l| within_bbox(b, l.lat, l.lng))));
             let page: Vec<_> = matching
@@ -515,7 +569,7 @@ impl Gateway {
                 bbox.is_none_or(|b| within_bbox(b, center.lat(), center.lng()))
             };
             for summary in m.assets.values() {
-                if !summary.organization.as_deref().is_some_and(|o| who.may_access(o)) {
+                if !who.may_see(summary.organization.as_deref()) {
                     continue;
                 }
                 let in_view = match summary.location {
@@ -551,18 +605,14 @@ impl Gateway {
 
     /// Asset counts by type, status and cell, over `who`'s assets.
     pub(crate) fn inventory(&self, who: &Principal) -> citytwin_twin::read::Inventory {
-        self.models
-            .read(|m| m.inventory_of(|summary| summary.organization.as_deref().is_some_and(|o| who.may_access(o))))
+        self.models.read(|m| m.inventory_of(|summary| who.may_see(summary.organization.as_deref())))
     }
 
     /// Dead letters of `who`'s organization (every one for an admin), newest last.
     pub(crate) async fn dead_letters(&self, who: &Principal) -> Result<Vec<DeadLetter>, RequestError> {
         let log = self.twin.log().clone();
         let letters = blocking(move || dead_letters(&log)).await?;
-        Ok(letters
-            .into_iter()
-            .filter(|l| who.admin || l.organization.as_deref().is_some_and(|o| who.may_access(o)))
-            .collect())
+        Ok(letters.into_iter().filter(|l| who.may_see(l.organization.as_deref())).collect())
     }
 
     /// A live subscription; callers pass on only what [`Gateway::visible`] lets their caller

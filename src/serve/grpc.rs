@@ -32,11 +32,24 @@ const STREAM_BUFFER: usize = 1024;
 #[derive(Debug, Clone)]
 pub(crate) struct Api {
     gateway: Arc<Gateway>,
+    /// Becomes true when the server stops: open streams then end, so that a graceful stop
+    /// does not wait for clients that never hang up (a viewer, a live subscription).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Api {
-    pub(crate) fn new(gateway: Arc<Gateway>) -> Self {
-        Api { gateway }
+    pub(crate) fn new(gateway: Arc<Gateway>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Api { gateway, stopping }
+    }
+
+    /// A response stream that ends when the server stops.
+    fn until_stopped<T: Send + 'static>(&self, rx: mpsc::Receiver<Result<T, Status>>) -> Stream_<T> {
+        let mut stopping = self.stopping.clone();
+        ReceiverStream::new(rx)
+            .take_until(async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            })
+            .boxed()
     }
 
     /// The caller, counted against its request bucket, and the request's message.
@@ -323,6 +336,15 @@ impl v1::query_server::Query for Api {
             .collect();
         Ok(Response::new(v1::AssetsResponse { assets, truncated }))
     }
+
+    async fn geometry(&self, request: Request<v1::GeometryRequest>) -> Result<Response<v1::GeometryResponse>, Status> {
+        self.admit(request)?;
+        let (geojson, source) = match &self.gateway.geometry {
+            Some(g) => (g.geojson.to_string(), g.source.clone()),
+            None => (String::new(), String::new()),
+        };
+        Ok(Response::new(v1::GeometryResponse { geojson, source }))
+    }
 }
 
 fn bbox_arg(bbox: Option<&v1::BoundingBox>) -> Result<Option<(f64, f64, f64, f64)>, Status> {
@@ -390,7 +412,7 @@ impl v1::subscribe_server::Subscribe for Api {
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         forward(Arc::clone(&self.gateway), who, self.gateway.subscribe(filter), tx, |c| Some(delivery(c)));
-        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+        Ok(Response::new(self.until_stopped(rx)))
     }
 
     async fn viewport(&self, request: Request<v1::ViewportRequest>) -> Result<Response<Self::ViewportStream>, Status> {
@@ -439,7 +461,7 @@ impl v1::subscribe_server::Subscribe for Api {
                 }
             });
         }
-        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+        Ok(Response::new(self.until_stopped(rx)))
     }
 }
 
@@ -579,7 +601,7 @@ impl v1::replay_server::Replay for Api {
                 forward(gateway, who, subscription, tx, |c| Some(delivery(c)));
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx).boxed()))
+        Ok(Response::new(self.until_stopped(rx)))
     }
 }
 

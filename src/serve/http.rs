@@ -44,6 +44,7 @@ pub(crate) fn router(
     Router::new()
         .route("/v1/events", post(ingest))
         .route("/v1/assets", get(assets))
+        .route("/v1/geometry", get(geometry))
         .route("/v1/assets/{id}", get(asset))
         .route("/v1/assets/{id}/history", get(history))
         .route("/v1/cells/{cell}/aggregates", get(cell_aggregates))
@@ -440,6 +441,20 @@ async fn assets(
         })
         .collect();
     Ok(Json(json!({ "assets": assets, "truncated": truncated })).into_response())
+}
+
+/// `GET /v1/geometry`: the city's roads and buildings (GeoJSON), 404 when the twin has none.
+async fn geometry(State(state): State<AppState>, Admitted(_): Admitted) -> Result<Response, ApiError> {
+    match &state.gateway.geometry {
+        Some(g) => {
+            Ok(([(axum::http::header::CONTENT_TYPE, "application/geo+json")], g.geojson.to_string()).into_response())
+        }
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "this twin has no geometry (set [twin] geometry, or run a scenario with one)".into(),
+            None,
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]

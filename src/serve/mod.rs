@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 
 use self::auth::{Tokens, hash_token, new_token};
 use self::config::{Organization, ServeConfig};
-use self::gateway::Gateway;
+use self::gateway::{CityGeometry, Gateway};
 
 /// The rule files shipped with citytwin, run when the configuration names none.
 const SHIPPED_RULES: [(&str, &str); 4] = [
@@ -128,8 +128,33 @@ fn write_dev_token(data_dir: &std::path::Path, token: &str) -> anyhow::Result<()
 }
 
 /// Starts the twin (recovering it from its log), then the listeners.
-pub(crate) async fn start(mut config: ServeConfig) -> anyhow::Result<Running> {
+pub(crate) async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let resolution = Resolution::try_from(config.twin.resolution).context("twin.resolution")?;
+    let mut cells = CellConfig::new(rules(&config)?);
+    cells.resolution = resolution;
+    let mut twin_config = TwinConfig {
+        shards: config.twin.shards.max(1),
+        cells: Some(cells.clone()),
+        ..TwinConfig::new(&config.data_dir)
+    };
+    if let Some(every) = config.twin.snapshot_every {
+        twin_config.asset.snapshot_every = every;
+    }
+    let twin = Twin::start(twin_config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?;
+    let geometry = config.twin.geometry.as_deref().map(CityGeometry::load).transpose()?;
+    start_with(config, twin, cells, geometry).await
+}
+
+/// Serves a twin that is already running (`citytwin run --serve` starts its own): rebuilds
+/// the read models from its log, then starts the listeners. `cells` are the twin's cell
+/// settings (for aggregate queries).
+pub(crate) async fn start_with(
+    mut config: ServeConfig,
+    twin: Twin,
+    cells: CellConfig,
+    geometry: Option<CityGeometry>,
+) -> anyhow::Result<Running> {
+    let resolution = cells.resolution;
     if config.organizations.is_empty() {
         let token = new_token();
         eprintln!(
@@ -145,23 +170,14 @@ pub(crate) async fn start(mut config: ServeConfig) -> anyhow::Result<Running> {
         });
     }
     let tokens = Arc::new(Tokens::new(&config.organizations));
-    let mut cells = CellConfig::new(rules(&config)?);
-    cells.resolution = resolution;
-    let mut twin_config = TwinConfig {
-        shards: config.twin.shards.max(1),
-        cells: Some(cells.clone()),
-        ..TwinConfig::new(&config.data_dir)
-    };
-    if let Some(every) = config.twin.snapshot_every {
-        twin_config.asset.snapshot_every = every;
-    }
-    let twin = Twin::start(twin_config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?;
     // The read side, rebuilt from the log before any client can write.
     let log = twin.log().clone();
     let models = tokio::task::spawn_blocking(move || ReadModels::rebuild(&log, resolution)).await??;
     tracing::info!(assets = models.assets.len(), events = models.applied, "read models rebuilt from the log");
     let models = LiveReadModels::start_from(twin.bus(), models);
-    let gateway = Arc::new(Gateway::new(twin, models, cells, &config.limits));
+    let mut gateway = Gateway::new(twin, models, cells, &config.limits);
+    gateway.geometry = geometry;
+    let gateway = Arc::new(gateway);
 
     let (shutdown, mut grpc_stop) = tokio::sync::watch::channel(false);
     let mut http_stop = grpc_stop.clone();
@@ -175,7 +191,7 @@ pub(crate) async fn start(mut config: ServeConfig) -> anyhow::Result<Running> {
         .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
     let http = http_listener.local_addr()?;
 
-    let api = grpc::Api::new(Arc::clone(&gateway));
+    let api = grpc::Api::new(Arc::clone(&gateway), shutdown.subscribe());
     let auth = grpc::authenticate(Arc::clone(&tokens));
     let max = config.grpc.max_message_bytes;
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -237,6 +253,11 @@ pub(crate) async fn start(mut config: ServeConfig) -> anyhow::Result<Running> {
 }
 
 impl Running {
+    /// The gateway in front of the twin being served.
+    pub(crate) fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
     /// Stops accepting, lets requests in flight finish, stops the actors and flushes the log.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
@@ -251,7 +272,7 @@ impl Running {
     }
 }
 
-async fn terminated() {
+pub(crate) async fn terminated() {
     #[cfg(unix)]
     {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

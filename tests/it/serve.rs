@@ -1204,3 +1204,90 @@ async fn the_visualizer_renders_the_live_twin_with_the_hottest_cell_in_the_top_l
         .count();
     assert!(bright > 100, "the HUD panel has no text ({bright} light pixels; image at {})", artifact.display());
 }
+
+/// `citytwin run --serve`: a scenario runs while its twin is served; clients watch it live,
+/// get the scenario's geometry, and find its final state served after the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serve_serves_a_scenario_while_it_runs_and_its_final_state_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let geo = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/geo/helsinki-roads.geojson");
+    // 15 simulated minutes at 180× real time: 5 s of wall time to watch.
+    let scenario = format!(
+        "[city]\nname = \"Watched\"\nseed = 7\nresolution = 9\nstart = \"2025-03-11T08:00:00Z\"\n\
+         duration = \"15m\"\narea = {{ bbox = [60.1642, 24.9353, 60.1790, 24.9533] }}\ngeometry = {geo:?}\n\n\
+         [[populations]]\ntype = \"air_quality_sensor\"\ncount = 40\nid_prefix = \"aq\"\ninterval = \"1m\"\n\n\
+         [[populations.metrics]]\nname = \"pm25\"\nunit = \"ug/m3\"\ndistribution = {{ kind = \"normal\", mean = 12, sd = 3 }}\n"
+    );
+    std::fs::write(dir.path().join("watched.toml"), scenario).unwrap();
+    let log = dir.path().join("run.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_citytwin"))
+        .args(["run", "watched.toml", "--realtime", "180", "--quiet", "--data-dir", "data", "--report-dir", "report"])
+        .args(["--serve", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .expect("citytwin run starts");
+    let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addresses: BTreeMap<&str, &str> = line
+        .trim()
+        .strip_prefix("citytwin serving: ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}; log:\n{}", show_log()))
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let server = Server {
+        grpc: format!("http://{}", addresses["grpc"]),
+        http: format!("http://{}", addresses["http"]),
+        child,
+        log: log.clone(),
+    };
+    let token = std::fs::read_to_string(dir.path().join("data/dev-token")).unwrap().trim().to_owned();
+    let channel = server.channel().await;
+
+    // Live: readings arrive on a subscription while the scenario runs.
+    let filter =
+        v1::SubscribeRequest { types: vec!["com.smartcities.asset.metric_recorded".into()], ..Default::default() };
+    let mut live = v1::subscribe_client::SubscribeClient::new(channel.clone())
+        .events(authed(filter, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let first =
+        tokio::time::timeout(Duration::from_secs(60), live.next()).await.expect("a live reading").unwrap().unwrap();
+    let event = event_from_proto(&first.event.unwrap()).unwrap();
+    assert!(event.asset_id().unwrap().starts_with("aq"), "{event:?}");
+
+    // The scenario's geometry, over gRPC and HTTP.
+    let mut query = v1::query_client::QueryClient::new(channel.clone());
+    let geometry = query.geometry(authed(v1::GeometryRequest {}, &token)).await.unwrap().into_inner();
+    assert_eq!(geometry.source, "helsinki-roads.geojson");
+    assert_eq!(geometry.geojson, std::fs::read_to_string(&geo).unwrap());
+    let http = reqwest::Client::new();
+    let answer = http.get(format!("{}/v1/geometry", server.http)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["content-type"], "application/geo+json");
+
+    // After the run: the summary, then the final state stays served.
+    let rest = tokio::task::spawn_blocking(move || {
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).unwrap() == 0 || line.starts_with("run finished") {
+                return (seen + &line, stdout);
+            }
+            seen.push_str(&line);
+        }
+    });
+    let (printed, _stdout) = rest.await.unwrap();
+    assert!(printed.contains("run finished; still serving"), "{printed}\nlog:\n{}", show_log());
+    assert!(dir.path().join("report/report.json").is_file(), "the report is written before serving on");
+    let inventory = query.inventory(authed(v1::InventoryRequest::default(), &token)).await.unwrap().into_inner();
+    assert_eq!(inventory.total, 40, "every asset of the scenario is in the served read model");
+    // The live subscription is still open: a graceful stop ends it rather than wait for it.
+    server.terminate();
+    assert!(live.next().await.is_none_or(|end| end.is_ok()), "the stream ends cleanly");
+}

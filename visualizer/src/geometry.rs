@@ -1,7 +1,9 @@
 //! `GeometryPlugin`: the scenario's roads (GeoJSON line strings) as flat strips and its
 //! buildings (polygons) as low blocks; drawn once the map has a projection. At city zoom the
 //! cell prisms stand over them; at street zoom the cells lie flat and the roads show.
-//! The geometry is a local file (`--geometry`): the twin does not serve it.
+//! The geometry comes from the twin (`Query.Geometry`: the scenario's file under
+//! `citytwin run --serve`, `[twin] geometry` under `citytwin serve`) or from a local file
+//! (`--geometry`), which wins when given.
 
 use std::path::Path;
 
@@ -33,11 +35,17 @@ impl Geometry {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-        let features = value["features"]
-            .as_array()
-            .with_context(|| format!("{}: expected a GeoJSON FeatureCollection", path.display()))?;
+        Geometry::parse(&text).with_context(|| path.display().to_string())
+    }
+
+    /// As [`Geometry::load`], from GeoJSON text.
+    ///
+    /// # Errors
+    /// When the text is not a GeoJSON FeatureCollection.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let value: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
+        let features = value["features"].as_array().context("expected a GeoJSON FeatureCollection")?;
         let ring = |v: &serde_json::Value| -> Vec<(f64, f64)> {
             v.as_array()
                 .into_iter()
@@ -125,16 +133,41 @@ fn spawn_geometry(mut commands: Commands, mut materials: ResMut<Assets<StandardM
     commands.spawn((GeometryMesh, MeshMaterial3d(materials.add(material)), Transform::default(), Visibility::Hidden));
 }
 
-/// Builds the mesh once the first snapshot fixed the projection.
+impl Geometry {
+    /// Whether there is nothing to draw.
+    pub fn is_empty(&self) -> bool {
+        self.roads.is_empty() && self.buildings.is_empty()
+    }
+}
+
+/// What the geometry mesh was built from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Built {
+    /// Nothing yet.
+    #[default]
+    Nothing,
+    /// The local `--geometry` file.
+    Local,
+    /// What the twin served.
+    Served,
+}
+
+/// Builds the mesh once the first snapshot fixed the projection: from the local file when
+/// one was given, else from what the twin serves (once it arrived).
 pub fn build_geometry(
     mut commands: Commands,
     view: Res<TwinView>,
     geometry: Res<Geometry>,
     mut meshes: ResMut<Assets<Mesh>>,
-    mut built: Local<bool>,
+    mut built: Local<Built>,
     entity: Query<(Entity, Option<&Mesh3d>), With<GeometryMesh>>,
 ) {
-    let (false, Some(projection), Ok((entity, old))) = (*built, view.projection, entity.single()) else { return };
-    *built = true;
-    replace_mesh(&mut commands, &mut meshes, entity, old, geometry.mesh(&projection), true);
+    let (Some(projection), Ok((entity, old))) = (view.projection, entity.single()) else { return };
+    let source = match (*built, geometry.is_empty(), &view.served_geometry) {
+        (Built::Nothing, false, _) => (Built::Local, &*geometry),
+        (Built::Nothing, true, Some(served)) => (Built::Served, served),
+        _ => return,
+    };
+    *built = source.0;
+    replace_mesh(&mut commands, &mut meshes, entity, old, source.1.mesh(&projection), true);
 }

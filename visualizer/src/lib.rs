@@ -86,7 +86,8 @@ pub struct Args {
     #[arg(long, default_value = "1280x720", value_parser = parse_size)]
     pub size: (u32, u32),
     /// Roads and buildings to draw under the cells: a GeoJSON file such as the scenario's
-    /// (`scenarios/geo/helsinki-roads.geojson`).
+    /// (`scenarios/geo/helsinki-roads.geojson`). Without it, the viewer draws what the twin
+    /// serves (`Query.Geometry`), if anything.
     #[arg(long, value_name = "GEOJSON")]
     pub geometry: Option<PathBuf>,
 }

@@ -76,6 +76,8 @@ pub enum LinkEvent {
     },
     /// Details of the selection, as lines of text.
     Details(Vec<String>),
+    /// The city's roads and buildings, as the twin serves them (parsed on the link thread).
+    Geometry(crate::geometry::Geometry),
 }
 
 /// What one live event changes of an asset.
@@ -215,6 +217,24 @@ async fn session(
     let mut subscribe = v1::subscribe_client::SubscribeClient::new(channel.clone());
     let mut query = v1::query_client::QueryClient::new(channel);
     let mut alerts_tick = tokio::time::interval(Duration::from_secs(2));
+    // The city's geometry, once per connection (a twin without one answers with nothing).
+    match query.geometry(authed(v1::GeometryRequest {}, token)).await {
+        Ok(answer) => {
+            let answer = answer.into_inner();
+            if !answer.geojson.is_empty() {
+                match crate::geometry::Geometry::parse(&answer.geojson) {
+                    Ok(geometry) => {
+                        tracing::info!(source = %answer.source, roads = geometry.roads.len(), buildings = geometry.buildings.len(), "geometry from the twin");
+                        if events.send(LinkEvent::Geometry(geometry)).await.is_err() {
+                            return "viewer closed".into();
+                        }
+                    }
+                    Err(error) => tracing::warn!(source = %answer.source, %error, "the twin's geometry is not usable"),
+                }
+            }
+        }
+        Err(status) => tracing::debug!(status = %status.message(), "no geometry from the twin"),
+    }
     loop {
         let request = view.borrow_and_update().clone();
         let viewport = request.viewport;

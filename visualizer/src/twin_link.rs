@@ -47,6 +47,8 @@ pub struct TwinView {
     pub projection: Option<Projection>,
     /// Snapshots received (the first one fits the camera).
     pub snapshots: u64,
+    /// The roads and buildings the twin serves (`Query.Geometry`), when it has some.
+    pub served_geometry: Option<crate::geometry::Geometry>,
 }
 
 /// What the viewer shows: the metric (`M`), the level of detail (`[` `]`), the selection.
@@ -165,6 +167,7 @@ pub fn apply(view: &mut TwinView, event: LinkEvent, alert_metric: bool, now: f64
         }
         LinkEvent::Inventory { total, by_status } => view.inventory = Some((total, by_status)),
         LinkEvent::Details(lines) => view.details = lines,
+        LinkEvent::Geometry(geometry) => view.served_geometry = Some(geometry),
     }
 }
 

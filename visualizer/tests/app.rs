@@ -214,3 +214,27 @@ fn scenario_roads_and_buildings_are_drawn_once_the_map_is_placed() {
     let width = (positions[0][0] - positions[1][0]).hypot(positions[0][2] - positions[1][2]);
     assert!((width - 16.0).abs() < 0.01, "{width}");
 }
+
+#[test]
+fn geometry_served_by_the_twin_is_drawn_when_no_local_file_is_given() {
+    let road = r#"{"type":"Feature","properties":{"highway":"residential"},"geometry":{"type":"LineString","coordinates":[[24.94,60.17],[24.95,60.17]]}}"#;
+    let served = citytwin_visualizer::geometry::Geometry::parse(&format!(
+        r#"{{"type":"FeatureCollection","features":[{road}]}}"#
+    ))
+    .unwrap();
+    assert!(citytwin_visualizer::geometry::Geometry::parse(r#"{"type":"Feature"}"#).is_err(), "not a collection");
+    let (mut app, ends) = app_with(|app| {
+        app.add_plugins(citytwin_visualizer::GeometryPlugin::default());
+    });
+    ends.events.try_send(snapshot(&[(cell(60.17, 24.94), 5.0)])).unwrap();
+    app.update();
+    let mut meshes = app.world_mut().query_filtered::<&Mesh3d, With<citytwin_visualizer::geometry::GeometryMesh>>();
+    assert_eq!(meshes.iter(app.world()).count(), 0, "nothing to draw until the twin's geometry arrives");
+    ends.events.try_send(LinkEvent::Geometry(served)).unwrap();
+    app.update();
+    let positions =
+        attribute(&mesh_of::<citytwin_visualizer::geometry::GeometryMesh>(&mut app), Mesh::ATTRIBUTE_POSITION);
+    assert_eq!(positions.len(), 4, "one road segment: one strip of 4 corners");
+    let width = (positions[0][0] - positions[1][0]).hypot(positions[0][2] - positions[1][2]);
+    assert!((width - 7.0).abs() < 0.01, "a residential road is 7 m wide: {width}");
+}
