@@ -144,6 +144,46 @@ pub struct AssetState {
     pub firmware: Option<String>,
     /// Number of events applied (the stream sequence).
     pub version: u64,
+    /// The identities of the latest events applied, to recognise a redelivered one.
+    #[serde(default)]
+    pub recent: RecentIds,
+}
+
+/// Hashes of the CloudEvents identities (`source` + `id`) of an asset's latest
+/// [`RecentIds::CAPACITY`] events: an observation seen among them is a duplicate (a broker
+/// redelivering after a lost acknowledgement, a client retrying) and is accepted without
+/// being stored again. 128 bytes per live asset; rebuilt by replay like the rest of the state.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RecentIds {
+    hashes: Vec<u64>,
+    next: usize,
+}
+
+impl RecentIds {
+    /// How many identities are remembered.
+    pub const CAPACITY: usize = 16;
+
+    /// A stable hash of an event's identity (FNV-1a over source, a separator, id).
+    pub fn identity(event: &Event) -> u64 {
+        let bytes = event.source.bytes().chain(std::iter::once(0xff)).chain(event.id.bytes());
+        bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    }
+
+    /// Whether `event`'s identity is among the latest.
+    pub fn contains(&self, event: &Event) -> bool {
+        let identity = Self::identity(event);
+        self.hashes.contains(&identity)
+    }
+
+    fn push(&mut self, event: &Event) {
+        let identity = Self::identity(event);
+        if self.hashes.len() < Self::CAPACITY {
+            self.hashes.push(identity);
+        } else {
+            self.hashes[self.next] = identity;
+        }
+        self.next = (self.next + 1) % Self::CAPACITY;
+    }
 }
 
 /// What an asset can be asked to do.
@@ -281,6 +321,10 @@ impl Decision {
 pub fn decide_lean(state: &AssetState, command: &AssetCommand) -> Result<Decision, Rejection> {
     let derived = |events| Ok(Decision { keeps_event: false, derived: events });
     match command {
+        // Seen already: accepted, nothing new to store (at-least-once delivery made idempotent).
+        AssetCommand::Observe(event) if state.recent.contains(event) => {
+            Ok(Decision { keeps_event: false, derived: Vec::new() })
+        }
         AssetCommand::Observe(event) => Ok(Decision { keeps_event: true, derived: observe(state, event)? }),
         AssetCommand::SetThreshold { metric, threshold, event_id, time } => {
             if state.status == Lifecycle::Unregistered {
@@ -433,6 +477,7 @@ fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
 /// the log is applied as it is.
 pub fn apply(state: &mut AssetState, event: &Event) {
     state.version += 1;
+    state.recent.push(event);
     if let Some(time) = event.time
         && state.last_seen.is_none_or(|seen| time > seen)
         && !matches!(

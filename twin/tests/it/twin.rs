@@ -374,3 +374,20 @@ async fn a_refused_group_append_fails_its_batch_and_the_asset_is_rebuilt_from_th
     assert_eq!((g1.metrics["vehicle_count"].count, g1.metrics["vehicle_count"].last), (3, 40.0));
     twin.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_is_acknowledged_once_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = Twin::start(config(dir.path())).await.unwrap();
+    assert!(twin.ingest_batch(vec![created("d1"), commissioned("d1")]).await.iter().all(Result::is_ok));
+    let first = twin.ingest_batch(vec![reading("d1", 1, 10.0)]).await;
+    assert!(matches!(first[0], Ok(n) if n >= 1), "{first:?}");
+    let stored = twin.log().read_stream("asset:d1", 1).unwrap().len();
+    // The broker redelivers it (twice in one batch, once alone): accepted, nothing appended.
+    let again = twin.ingest_batch(vec![reading("d1", 1, 10.0), reading("d1", 1, 10.0)]).await;
+    assert!(again.iter().all(|r| matches!(r, Ok(0))), "{again:?}");
+    assert!(matches!(twin.ingest(reading("d1", 1, 10.0)).await, Ok(ref events) if events.is_empty()));
+    assert_eq!(twin.log().read_stream("asset:d1", 1).unwrap().len(), stored);
+    assert_eq!(twin.asset_state("d1").await.unwrap().metrics["vehicle_count"].count, 1);
+    twin.shutdown().await.unwrap();
+}

@@ -79,7 +79,11 @@ fn lifecycle_follows_the_allowed_transitions() {
         decide(&state, &observe(reading("s1", 1, "pm25", 3.0, 5))).unwrap_err().to_string(),
         "asset \"s1\" is created: com.smartcities.asset.metric_recorded is not allowed"
     );
-    assert_eq!(decide(&state, &observe(created("s1"))), Err(Rejection::AlreadyExists("s1".into())));
+    // Another creation is refused; the same one again is a redelivery (nothing to store).
+    let mut another = created("s1");
+    another.id = "s1-created-again".into();
+    assert_eq!(decide(&state, &observe(another)), Err(Rejection::AlreadyExists("s1".into())));
+    assert_eq!(decide(&state, &observe(created("s1"))), Ok(Vec::new()));
 
     let state = given(&[created("s1"), commissioned("s1", 10)]);
     assert_eq!(state.status, Lifecycle::Commissioned);
@@ -230,4 +234,34 @@ fn an_event_naming_another_organization_is_refused_and_one_naming_none_is_accept
     own.ext.organization = Some("acme".into());
     assert_eq!(kinds(&decide(&state, &observe(own)).unwrap()), ["asset.metric_recorded", "asset.online"]);
     assert!(decide(&state, &observe(reading("s1", 3, "pm25", 3.0, 20))).is_ok());
+}
+
+#[test]
+fn a_redelivered_observation_is_accepted_without_being_stored_again() {
+    let mut history = vec![created("s1"), commissioned("s1", 10)];
+    for n in 1..=3 {
+        history.extend(decide(&given(&history), &observe(reading("s1", n, "pm25", 30.0, 60 + i64::from(n)))).unwrap());
+    }
+    let state = given(&history);
+    // The same event again (same source and id): nothing to store, no alert, no rejection.
+    assert_eq!(decide(&state, &observe(reading("s1", 2, "pm25", 99.0, 62))).unwrap(), Vec::<Event>::new());
+    // The same id from another source is another event.
+    let mut other = reading("s1", 2, "pm25", 5.0, 70);
+    other.source = "/elsewhere".into();
+    assert_eq!(kinds(&decide(&state, &observe(other)).unwrap()), ["asset.metric_recorded"]);
+    // Only the latest RecentIds::CAPACITY identities are remembered.
+    let mut long = history.clone();
+    for n in 10..10 + RecentIds::CAPACITY as u32 {
+        long.push(reading("s1", n, "pm25", 1.0, 100 + i64::from(n)));
+    }
+    let state = given(&long);
+    assert!(
+        !state.recent.contains(&reading("s1", 1, "pm25", 30.0, 61)),
+        "forgotten after {} more",
+        RecentIds::CAPACITY
+    );
+    assert!(state.recent.contains(&reading("s1", 10 + RecentIds::CAPACITY as u32 - 1, "pm25", 1.0, 0)));
+    // A snapshot keeps them.
+    let bytes = rmp_serde::to_vec(&state).unwrap();
+    assert_eq!(rmp_serde::from_slice::<AssetState>(&bytes).unwrap().recent, state.recent);
 }
