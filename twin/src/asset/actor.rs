@@ -115,7 +115,8 @@ pub enum AssetMsg {
     /// The shard agreed to passivate this actor: stop now (after everything queued before).
     Passivate,
     /// An append submitted without waiting was refused: the state holds events the log does
-    /// not, so the actor fails and its supervisor rebuilds it from the log.
+    /// not, so the actor rebuilds its state from the log (in place: what is queued behind
+    /// this message is kept; a rebuild that cannot read the log fails the actor).
     StorageFailed(String),
 }
 
@@ -276,7 +277,7 @@ impl AssetActor {
     /// applied at once; all resulting events go to the writer in one append, without waiting
     /// for it: the writer thread publishes them and answers `part` once they are committed,
     /// while the actor goes on with its next message (group commit across actors). Returns
-    /// the failure when the actor must restart (a panic while applying, a refused append).
+    /// the failure when the actor must restart (a panic while applying).
     async fn run_batch(
         &self,
         myself: &ActorRef<AssetMsg>,
@@ -355,8 +356,8 @@ impl AssetActor {
     }
 
     /// What the writer thread does once a batch's append is answered: publish, answer the
-    /// part, save the snapshot; or, when the append was refused, answer with the error and
-    /// fail the actor (its state holds events the log does not).
+    /// part, save the snapshot; or, when the append was refused, tell the actor to rebuild
+    /// (its state holds events the log does not) and answer with the error.
     fn on_committed(
         &self,
         myself: &ActorRef<AssetMsg>,
@@ -384,12 +385,14 @@ impl AssetActor {
                     }
                 }
                 Err(error) => {
-                    tracing::error!(%stream, %error, "asset could not persist a batch; restarting it");
+                    tracing::error!(%stream, %error, "asset could not persist a batch; rebuilding it from the log");
+                    // Queued before the answer: whatever a caller sends the asset after seeing
+                    // the refusal reaches it after the rebuild (one mailbox, first in first out).
+                    let _ = actor.cast(AssetMsg::StorageFailed(error.0.clone()));
                     part.answer(outcomes.into_iter().map(|outcome| match outcome {
                         Ok(_) => Err(CommandError::Storage(error.0.clone()).into()),
                         failed => failed,
                     }));
-                    let _ = actor.cast(AssetMsg::StorageFailed(error.0));
                 }
             }
             unanswered.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
@@ -571,7 +574,14 @@ impl AssetActor {
                 myself.stop(Some("passivated".into()));
             }
             AssetMsg::StorageFailed(error) => {
-                return Err(format!("asset {}: an append was refused: {error}", state.asset.asset_id).into());
+                // Rebuilt in place rather than by a restart: a failing actor drops its mailbox,
+                // and with it the commands and queries queued behind this message. Appends
+                // still in flight are answered first, so the rebuild reads all that stuck.
+                tracing::warn!(asset = %state.asset.asset_id, %error, "an append was refused; rebuilding the asset from the log");
+                self.settle(state).await;
+                let (log, id) = (state.args.log.clone(), state.asset.asset_id.clone());
+                state.asset = tokio::task::spawn_blocking(move || rehydrate(&log, &id)).await??;
+                state.since_snapshot = 0;
             }
         }
         Ok(())
