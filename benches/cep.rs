@@ -5,6 +5,7 @@
 //! - `sequence_1000_keys_every_event_relevant`: the same with every event an A or a B.
 //! - `negation_1000_keys`: "A then no C within 1 min" per asset (A and C each 5%).
 //! - `congestion_10k_cells`: the shipped congestion rule (sum, avg, negation) over 10,000 cells.
+//! - `sensor_offline_10k_assets`: the shipped heartbeat rule (a step and an absence) per asset.
 //!
 //! Run with `cargo bench --bench cep`.
 
@@ -149,6 +150,12 @@ pattern = { sequence = [{ metric = "pm25", op = ">", value = 95 }], absent = { m
         Some(&locations),
     );
     run(c, "congestion_10k_cells", &congestion, &events);
+    // The shipped heartbeat rule: every asset event starts a run that waits out 15 minutes of
+    // silence and cancels the previous one (10,000 assets).
+    let offline =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/rules/sensor-offline.toml")).unwrap();
+    let events = metric_events(N_EVENTS, 10_000, |_| "pm25", None);
+    run(c, "sensor_offline_10k_assets", &offline, &events);
 }
 
 criterion_group!(benches, cep);

@@ -132,7 +132,7 @@ fn ingest(c: &mut Criterion) {
 fn actors(c: &mut Criterion) {
     use citytwin_core::cep::parse_rules;
     use citytwin_twin::asset::actor::{AssetActor, AssetArgs, AssetConfig, AssetMsg};
-    use citytwin_twin::bus::{Bus, Committed};
+    use citytwin_twin::bus::{Bus, Committed, Delivered};
     use citytwin_twin::cell::{CellConfig, CellRouterActor, CellRouterArgs, CellRouterMsg};
     use citytwin_twin::writer::LogWriter;
     use ractor::Actor;
@@ -145,15 +145,14 @@ fn actors(c: &mut Criterion) {
         LogConfig { durability: Durability::Never, ..LogConfig::default() },
     )
     .unwrap();
-    let writer = LogWriter::start(log.clone(), 1024, 4096);
     let bus = Bus::new(log.clone(), 1 << 16);
+    let writer = LogWriter::start(log.clone(), 1024, 4096, Some(bus.clone()));
     let (asset, router) = runtime.block_on(async {
         let args = AssetArgs {
             asset_id: "a1".into(),
             log: log.clone(),
             writer: writer.clone(),
             config: AssetConfig::default(),
-            publish: None,
             shard: None,
         };
         let (asset, _) = Actor::spawn(None, AssetActor, args).await.unwrap();
@@ -176,20 +175,24 @@ fn actors(c: &mut Criterion) {
         })
     });
     // 10,000 readings over 1,000 cells: one Route message, fanned out as one message per cell.
-    let batch: Vec<Arc<Committed>> = (0..10_000u64)
-        .map(|n| {
-            let cell = n % 1000;
-            let location = Location::new(40.5 + (cell / 40) as f64 * 0.012, -74.3 + (cell % 40) as f64 * 0.012);
-            let mut event = reading(&format!("a{cell}"), n);
-            if let Some(citytwin_core::event::Payload::MetricRecorded(m)) = event.data.as_mut().and_then(|d| match d {
-                citytwin_core::event::Data::Payload(p) => Some(p),
-                _ => None,
-            }) {
-                m.location = Some(location);
-            }
-            Arc::new(Committed { position: n, event: event.with_derived_cell(h3o::Resolution::Ten) })
-        })
-        .collect();
+    let batch: Vec<Delivered> = Delivered::batch(
+        (0..10_000u64)
+            .map(|n| {
+                let cell = n % 1000;
+                let location = Location::new(40.5 + (cell / 40) as f64 * 0.012, -74.3 + (cell % 40) as f64 * 0.012);
+                let mut event = reading(&format!("a{cell}"), n);
+                if let Some(citytwin_core::event::Payload::MetricRecorded(m)) =
+                    event.data.as_mut().and_then(|d| match d {
+                        citytwin_core::event::Data::Payload(p) => Some(p),
+                        _ => None,
+                    })
+                {
+                    m.location = Some(location);
+                }
+                Committed { position: n, event: event.with_derived_cell(h3o::Resolution::Ten) }
+            })
+            .collect(),
+    );
     group.throughput(Throughput::Elements(batch.len() as u64));
     group.bench_function("cell_fan_out_10k_readings_1000_cells", |b| {
         b.iter(|| {

@@ -10,6 +10,7 @@ use citytwin_core::event::{AssetCommissioned, AssetCreated, Event, Location, Met
 use citytwin_core::log::{Durability, LogConfig};
 use citytwin_twin::cell::CellConfig;
 use citytwin_twin::city::{Twin, TwinConfig};
+use citytwin_twin::read::LiveReadModels;
 use clap::Args;
 use h3o::Resolution;
 
@@ -38,9 +39,17 @@ pub(crate) struct BenchArgs {
     /// Durability: `always`, `interval` (5 ms) or `never`.
     #[arg(long, default_value = "interval", value_parser = Durability::parse)]
     durability: Durability,
-    /// Also run cell actors with the shipped rules (congestion, air quality, offline, battery).
+    /// Also run cell actors with the shipped rules named by `--rules`.
     #[arg(long)]
     cells: bool,
+    /// Which shipped rules the cell actors run (with `--cells`): comma-separated names of
+    /// `scenarios/rules/*.toml`.
+    #[arg(long, default_value = "congestion,air-quality", value_delimiter = ',')]
+    rules: Vec<String>,
+    /// Also keep the CQRS read models (asset state, inventory, cell activity, open alerts)
+    /// current from the bus, and wait for them to catch up before stopping the clock.
+    #[arg(long)]
+    read_models: bool,
     /// Passivate asset actors after this many idle milliseconds, and report memory with every
     /// asset live and after they all passivated.
     #[arg(long)]
@@ -58,9 +67,9 @@ fn location(i: u32) -> Location {
     Location::new(40.70 + f64::from(i % 200) * 0.0009, -74.02 + f64::from(i / 200 % 200) * 0.0012)
 }
 
-fn rules() -> anyhow::Result<Vec<citytwin_core::cep::Rule>> {
+fn rules(names: &[String]) -> anyhow::Result<Vec<citytwin_core::cep::Rule>> {
     let mut all = Vec::new();
-    for name in ["congestion", "air-quality", "sensor-offline", "battery-low"] {
+    for name in names {
         let path = format!("{}/scenarios/rules/{name}.toml", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         all.extend(parse_rules(&text).map_err(anyhow::Error::msg)?);
@@ -137,7 +146,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let dir = args.data_dir.clone().unwrap_or_else(|| temp.path().to_owned());
     let durability = args.durability;
-    let cells = if args.cells { Some(CellConfig::new(rules()?)) } else { None };
+    let cells = if args.cells { Some(CellConfig::new(rules(&args.rules)?)) } else { None };
     let mut asset = citytwin_twin::asset::actor::AssetConfig::default();
     if let Some(idle) = args.idle_ms {
         asset.idle_timeout = Duration::from_millis(idle);
@@ -152,6 +161,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let rss_start = rss_kb("VmRSS");
     let twin = Arc::new(Twin::start(config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?);
+    let mut read_models = args.read_models.then(|| LiveReadModels::start(twin.bus(), Resolution::Eight));
     let t0 = Timestamp::from_secs(1_736_899_200);
     let created: MakeEvent = Arc::new(move |i| {
         let id = format!("sensor_{i:07}");
@@ -203,7 +213,14 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         .with_derived_cell(Resolution::Ten)
     });
     let cpu_before = cpu_time();
-    let (elapsed, failures) = ingest_all(&twin, args.events, reading, args.concurrency, args.batch).await?;
+    let started = Instant::now();
+    let (_, failures) = ingest_all(&twin, args.events, reading, args.concurrency, args.batch).await?;
+    if let Some(models) = &mut read_models {
+        // Until the projection has applied everything published so far.
+        let published = twin.bus().published();
+        models.wait_applied(published).await.context("the read models stopped")?;
+    }
+    let elapsed = started.elapsed();
     let cpu = cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let rate = f64::from(args.events) / elapsed.as_secs_f64();
     println!("setup: {} assets created in {:.2?}", args.assets, created_in);
@@ -223,8 +240,11 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         args.shards,
         args.concurrency,
         args.batch,
-        if args.cells { ", cell actors with the shipped rules" } else { "" }
+        if args.cells { format!(", cell actors running {}", args.rules.join(" + ")) } else { String::new() }
     );
+    if let Some(models) = &read_models {
+        println!("read models: {} events applied, caught up before the clock stopped", models.applied());
+    }
     if let Some(cpu) = cpu {
         println!(
             "cpu: {:.2?} of CPU time for the readings = {:.2} µs per event ({:.1} cores busy on average)",

@@ -1,16 +1,23 @@
 //! The in-process publish-subscribe bus.
 //!
-//! Every committed event is published once, with its log position, on a broadcast channel:
-//! publishers never wait for subscribers, and subscribers never block each other (fan-out).
-//! A [`Subscription`] filters by event-type pattern, cell (or any cell under a parent cell),
-//! bounding box, asset and organization.
+//! Every committed event is published once, with its log position: publishers never wait for
+//! subscribers, and subscribers never block each other (fan-out). A [`Subscription`] filters
+//! by event-type pattern, cell (or any cell under a parent cell), bounding box, asset and
+//! organization.
+//!
+//! One publisher, in commit order: the log writer thread publishes what each group commit
+//! appended as one batch ([`Bus::publish_committed`]), so a subscriber pays one channel
+//! message per group, not per event, and sees positions in increasing order. Each batch also
+//! says where the group ended: positions below it that were not in any batch (dead letters,
+//! cursors) are not for the bus, so a subscriber needs no memory of what it has seen beyond
+//! one number.
 //!
 //! A key design decision: the log is the source of truth, so a subscriber that falls behind
 //! does not lose events. When the channel reports that it lagged, the subscription replays
-//! the positions it has not seen from the log, then goes on live: delivery is gap-free (each
-//! committed event at least once, in no particular order across assets).
+//! the positions it has not seen from the log, then goes on live: delivery is gap-free and
+//! free of duplicates (each committed event once, in position order).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use citytwin_core::event::{Event, TypePattern, cell_within};
@@ -27,7 +34,17 @@ pub struct Committed {
     pub event: Event,
 }
 
-/// What a subscription wants. Empty lists mean "no restriction"; restrictions combine with
+/// What a filter-less subscriber of the bus receives: the events of the streams the twin
+/// publishes (assets, cells and rule hosts, the city stream). Other streams (dead letters,
+/// sagas, consumer cursors) live in the log only; catching up from the log skips them too.
+pub fn published_stream(stream: &str) -> bool {
+    stream == crate::city::CITY_STREAM
+        || stream.starts_with("asset:")
+        || stream.starts_with("cell:")
+        || stream.starts_with("rules:")
+}
+
+/// What subscriptions want. Empty lists mean "no restriction"; restrictions combine with
 /// AND, entries of one list with OR.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
@@ -59,49 +76,78 @@ impl Filter {
             && (self.organizations.is_empty()
                 || event.ext.organization.as_deref().is_some_and(|o| self.organizations.iter().any(|x| x == o)))
     }
+
+    /// Whether the filter lets everything through.
+    fn is_open(&self) -> bool {
+        self == &Filter::default()
+    }
+}
+
+/// The events of one group commit, in position order; every position below `upto` has been
+/// published by now or is not for the bus.
+#[derive(Debug)]
+struct Published {
+    upto: u64,
+    events: Vec<Committed>,
+}
+
+/// One delivered event: a handle into the batch it was published in (cloning it copies a
+/// pointer, not the event).
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    batch: Arc<Published>,
+    index: usize,
+}
+
+impl Delivered {
+    /// Handles to each of `events`, as if published together (to feed a consumer directly:
+    /// tests, benches).
+    pub fn batch(events: Vec<Committed>) -> Vec<Delivered> {
+        let upto = events.iter().map(|c| c.position + 1).max().unwrap_or(0);
+        let batch = Arc::new(Published { upto, events });
+        (0..batch.events.len()).map(|index| Delivered { batch: Arc::clone(&batch), index }).collect()
+    }
+}
+
+impl std::ops::Deref for Delivered {
+    type Target = Committed;
+
+    fn deref(&self) -> &Committed {
+        &self.batch.events[self.index]
+    }
 }
 
 /// The bus: publish committed events, subscribe with filters.
 #[derive(Debug, Clone)]
 pub struct Bus {
-    tx: broadcast::Sender<Arc<Committed>>,
+    tx: broadcast::Sender<Arc<Published>>,
     log: EventLog,
     published: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Bus {
-    /// A bus over `log` buffering `capacity` events for slow subscribers before they must
-    /// catch up from the log.
+    /// A bus over `log` buffering `capacity` published batches (group commits) for slow
+    /// subscribers before they must catch up from the log.
     pub fn new(log: EventLog, capacity: usize) -> Bus {
         let (tx, _) = broadcast::channel(capacity.max(1));
         Bus { tx, log, published: Arc::default() }
     }
 
-    /// Publishes a committed event (never waits).
-    pub fn publish(&self, position: u64, event: Event) {
-        self.published.fetch_add(1, std::sync::atomic::Ordering::Release);
+    /// Publishes the events one group commit appended, in position order, with the position
+    /// after the group (never waits). The log writer is the only publisher: batches must
+    /// come in commit order.
+    pub(crate) fn publish_committed(&self, upto: u64, events: Vec<Committed>) {
+        debug_assert!(events.windows(2).all(|w| w[0].position < w[1].position));
+        debug_assert!(events.last().is_none_or(|last| last.position < upto));
+        self.published.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Release);
         // No subscriber is not an error.
-        let _ = self.tx.send(Arc::new(Committed { position, event }));
+        let _ = self.tx.send(Arc::new(Published { upto, events }));
     }
 
     /// How many events have been published so far (a subscriber that has received this many
     /// since the bus started has seen them all).
     pub fn published(&self) -> u64 {
         self.published.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Publishes events just appended, each with its position (as a writer append returns them).
-    pub fn publish_appended(&self, appended: &[citytwin_core::log::Appended], events: &[Event]) {
-        for (at, event) in appended.iter().zip(events) {
-            self.publish(at.position, event.clone());
-        }
-    }
-
-    /// As [`Bus::publish_appended`], taking the events (no copies).
-    pub fn publish_owned(&self, appended: &[citytwin_core::log::Appended], events: Vec<Event>) {
-        for (at, event) in appended.iter().zip(events) {
-            self.publish(at.position, event);
-        }
     }
 
     /// Subscribes to every event committed from now on that passes `filter`.
@@ -111,9 +157,10 @@ impl Bus {
         Subscription {
             rx,
             log: self.log.clone(),
+            open: filter.is_open(),
             filter,
             low_water: start,
-            seen: BTreeSet::new(),
+            current: None,
             backlog: VecDeque::new(),
             recovered: 0,
             start,
@@ -124,103 +171,143 @@ impl Bus {
 /// A filtered, gap-free view of the bus. See the module documentation.
 #[derive(Debug)]
 pub struct Subscription {
-    rx: broadcast::Receiver<Arc<Committed>>,
+    rx: broadcast::Receiver<Arc<Published>>,
     log: EventLog,
     filter: Filter,
-    /// Every position below this has been seen (delivered or filtered out).
+    /// The filter lets everything through (no per-event check).
+    open: bool,
+    /// Every position below this has been delivered, filtered out or is not for the bus.
     low_water: u64,
-    /// Positions at or above `low_water` already seen.
-    seen: BTreeSet<u64>,
-    backlog: VecDeque<Arc<Committed>>,
+    /// The batch being delivered and the index of its next event.
+    current: Option<(Arc<Published>, usize)>,
+    backlog: VecDeque<Delivered>,
     /// Events recovered from the log after the channel lagged.
     pub recovered: u64,
     start: u64,
 }
 
 impl Subscription {
-    /// Marks `position` seen; returns false if it already was (or precedes the subscription).
-    fn mark(&mut self, position: u64) -> bool {
-        if position < self.low_water || !self.seen.insert(position) {
-            return false;
-        }
-        while self.seen.remove(&self.low_water) {
-            self.low_water += 1;
-        }
-        true
-    }
-
     /// The first log position this subscription delivers: every event before it is in the
     /// log already (replay up to here, then follow the subscription: no gap, no duplicate).
     pub fn start(&self) -> u64 {
         self.start
     }
 
+    /// The next matching event of the batch in hand, if any.
+    fn next_in_current(&mut self) -> Option<Delivered> {
+        let (batch, index) = self.current.as_mut()?;
+        while let Some(committed) = batch.events.get(*index) {
+            let at = *index;
+            *index += 1;
+            // Below the low-water mark: delivered already from the log while catching up.
+            if committed.position >= self.low_water && (self.open || self.filter.matches(&committed.event)) {
+                return Some(Delivered { batch: Arc::clone(batch), index: at });
+            }
+        }
+        self.low_water = self.low_water.max(batch.upto);
+        self.current = None;
+        None
+    }
+
+    /// Takes a batch from the channel (`None`: nothing there, or the bus is closed when
+    /// `closed` is set).
+    fn take(&mut self, received: Result<Arc<Published>, broadcast::error::RecvError>, closed: &mut bool) {
+        match received {
+            Ok(batch) => self.current = Some((batch, 0)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "bus subscriber lagged: catching up from the log");
+                self.catch_up();
+            }
+            Err(broadcast::error::RecvError::Closed) => *closed = true,
+        }
+    }
+
     /// The next matching committed event; `None` once the bus is closed.
-    pub async fn recv(&mut self) -> Option<Arc<Committed>> {
+    pub async fn recv(&mut self) -> Option<Delivered> {
         loop {
             if let Some(next) = self.backlog.pop_front() {
                 return Some(next);
             }
-            match self.rx.recv().await {
-                Ok(committed) => {
-                    if self.mark(committed.position) && self.filter.matches(&committed.event) {
-                        return Some(committed);
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "bus subscriber lagged: catching up from the log");
-                    self.catch_up();
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+            if let Some(next) = self.next_in_current() {
+                return Some(next);
+            }
+            let received = self.rx.recv().await;
+            let mut closed = false;
+            self.take(received, &mut closed);
+            if closed {
+                return None;
             }
         }
     }
 
     /// The next matching event if one is ready now, without waiting.
-    pub fn try_recv(&mut self) -> Option<Arc<Committed>> {
+    pub fn try_recv(&mut self) -> Option<Delivered> {
         loop {
             if let Some(next) = self.backlog.pop_front() {
                 return Some(next);
             }
-            match self.rx.try_recv() {
-                Ok(committed) => {
-                    if self.mark(committed.position) && self.filter.matches(&committed.event) {
-                        return Some(committed);
-                    }
-                }
-                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "bus subscriber lagged: catching up from the log");
-                    self.catch_up();
-                }
+            if let Some(next) = self.next_in_current() {
+                return Some(next);
+            }
+            let received = match self.rx.try_recv() {
+                Ok(batch) => Ok(batch),
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => Err(broadcast::error::RecvError::Lagged(missed)),
                 Err(_) => return None,
+            };
+            let mut closed = false;
+            self.take(received, &mut closed);
+        }
+    }
+
+    /// Waits for at least one matching event, then returns it with every other matching event
+    /// ready now, up to about `max` (a consumer that works in batches pays one wake-up per
+    /// batch). `None` once the bus is closed.
+    pub async fn recv_batch(&mut self, max: usize) -> Option<Vec<Delivered>> {
+        let first = self.recv().await?;
+        let mut batch = vec![first];
+        while batch.len() < max {
+            match self.try_recv() {
+                Some(next) => batch.push(next),
+                None => break,
             }
         }
+        Some(batch)
     }
 
     /// Replays every unseen position from the log into the backlog.
     fn catch_up(&mut self) {
+        // Everything published and not delivered yet is in the log: read from the low-water
+        // mark to the end as it is now (batches still in the channel below it are skipped).
+        let until = self.log.next_position();
         let filter = ReplayFilter { from_position: self.low_water, ..ReplayFilter::default() };
-        let replay = self.log.replay(filter);
-        for record in replay {
+        for record in self.log.replay(filter) {
             let record = match record {
                 Ok(record) => record,
                 Err(error) => {
                     tracing::error!(%error, "catching up from the log failed");
-                    return;
+                    break;
                 }
             };
-            if !self.mark(record.position) {
+            if record.position >= until {
+                break;
+            }
+            if !published_stream(&record.stream) {
                 continue;
             }
             match record.event() {
-                Ok(event) if self.filter.matches(&event) => {
+                Ok(event) if self.open || self.filter.matches(&event) => {
                     self.recovered += 1;
-                    self.backlog.push_back(Arc::new(Committed { position: record.position, event }));
+                    let batch = Published {
+                        upto: record.position + 1,
+                        events: vec![Committed { position: record.position, event }],
+                    };
+                    self.backlog.push_back(Delivered { batch: Arc::new(batch), index: 0 });
                 }
                 Ok(_) => {}
                 Err(error) => tracing::error!(%error, position = record.position, "undecodable record skipped"),
             }
         }
+        self.low_water = self.low_water.max(until);
     }
 }
 
@@ -249,34 +336,81 @@ mod tests {
         .with_derived_cell(Resolution::Ten)
     }
 
+    /// Appends 100 events in groups of 10 (with a dead letter after each group, which is not
+    /// for the bus), publishes each group as the writer does, then calls `after_each`.
+    fn commit_groups(log: &EventLog, bus: &Bus, mut after_each: impl FnMut()) {
+        for group in 0..10 {
+            let mut committed = Vec::new();
+            for n in group * 10..group * 10 + 10 {
+                let e = event(n, "a1", 40.7);
+                committed.push(Committed {
+                    position: log.append("asset:a1", Expected::Any, &e).unwrap().position,
+                    event: e,
+                });
+            }
+            let noise =
+                log.append(crate::deadletter::DEAD_LETTER_STREAM, Expected::Any, &event(1000 + group, "x", 0.0));
+            bus.publish_committed(noise.unwrap().position + 1, committed);
+            after_each();
+        }
+    }
+
     #[tokio::test]
-    async fn a_lagging_subscriber_catches_up_from_the_log_without_gaps() {
+    async fn subscribers_get_every_published_event_once_in_order_even_after_lagging() {
         let dir = tempfile::tempdir().unwrap();
         let log =
             EventLog::open(dir.path(), LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap();
         let bus = Bus::new(log.clone(), 4);
-        let mut all = bus.subscribe(Filter::default());
+        let mut live = bus.subscribe(Filter::default());
+        let mut lagging = bus.subscribe(Filter::default());
         let mut org_a = bus.subscribe(Filter { organizations: vec!["org_a".into()], ..Filter::default() });
-        // Commit 100 events, publishing them in a scrambled order (as concurrent actors do).
-        let events: Vec<Event> = (0..100).map(|n| event(n, "a1", 40.7)).collect();
-        let mut positions: Vec<(u64, Event)> =
-            events.iter().map(|e| (log.append("a1", Expected::Any, e).unwrap().position, e.clone())).collect();
-        positions.reverse();
-        for (position, event) in positions {
-            bus.publish(position, event);
+        let mut published = Vec::new();
+        // `live` drains as the groups come; the others read only afterwards: the 4-batch
+        // channel has dropped the first 6 groups for them.
+        commit_groups(&log, &bus, || {
+            while let Some(next) = live.try_recv() {
+                published.push((next.position, next.event.id.clone()));
+            }
+        });
+        assert_eq!(live.recovered, 0, "a subscriber that keeps up reads nothing from the log");
+        assert_eq!(published.len(), 100, "every asset event, no dead letter");
+        assert!(published.windows(2).all(|w| w[0].0 < w[1].0), "in position order");
+        assert_eq!(bus.published(), 100);
+        let mut caught_up = Vec::new();
+        while caught_up.len() < 100 {
+            let next = lagging.recv().await.unwrap();
+            caught_up.push((next.position, next.event.id.clone()));
         }
-        let mut seen = Vec::new();
-        while seen.len() < 100 {
-            seen.push(all.recv().await.unwrap().position);
+        assert_eq!(caught_up, published, "the log filled the gap: same events, same order, no duplicate");
+        assert!(lagging.recovered > 0, "the channel lagged and the log filled the gap");
+        assert!(lagging.try_recv().is_none(), "nothing twice");
+        let evens = org_a.recv_batch(1000).await.unwrap();
+        let mut evens: Vec<u64> = evens.iter().map(|d| d.position).collect();
+        while let Some(next) = org_a.try_recv() {
+            evens.push(next.position);
         }
-        seen.sort_unstable();
-        assert_eq!(seen, (0..100).collect::<Vec<_>>());
-        assert!(all.recovered > 0, "the 4-slot channel lagged and the log filled the gap");
-        let mut evens = Vec::new();
-        while evens.len() < 50 {
-            evens.push(org_a.recv().await.unwrap().position);
-        }
-        assert!(evens.iter().all(|p| p % 2 == 0));
+        assert_eq!(evens.len(), 50);
+        let by_position: std::collections::HashMap<u64, &String> = published.iter().map(|(p, id)| (*p, id)).collect();
+        assert!(evens.iter().all(|p| by_position[p].trim_start_matches('e').parse::<u64>().unwrap() % 2 == 0));
+    }
+
+    #[tokio::test]
+    async fn a_subscription_starts_after_what_the_log_holds_when_it_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let log =
+            EventLog::open(dir.path(), LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap();
+        let bus = Bus::new(log.clone(), 64);
+        // Committed before the subscription, published after it (the writer is a step behind).
+        let before = event(1, "a1", 40.7);
+        let at = log.append("asset:a1", Expected::Any, &before).unwrap().position;
+        let mut subscription = bus.subscribe(Filter::default());
+        assert_eq!(subscription.start(), at + 1);
+        bus.publish_committed(at + 1, vec![Committed { position: at, event: before }]);
+        let after = event(2, "a1", 40.7);
+        let next = log.append("asset:a1", Expected::Any, &after).unwrap().position;
+        bus.publish_committed(next + 1, vec![Committed { position: next, event: after }]);
+        assert_eq!(subscription.recv().await.unwrap().position, next, "the replay below start() has the first");
+        assert!(subscription.try_recv().is_none());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use citytwin_core::log::{EventLog, Expected, ReplayFilter};
 use h3o::{CellIndex, Resolution};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::bus::{Bus, Committed, Filter};
+use crate::bus::{Bus, Delivered, Filter};
 use crate::rollup::Rollups;
 use crate::writer::LogWriter;
 
@@ -84,9 +84,9 @@ impl CellConfig {
 #[derive(Debug)]
 pub enum CellMsg {
     /// Events located in this cell, in commit order.
-    Events(Vec<Arc<Committed>>),
+    Events(Vec<Delivered>),
     /// Events located within `k` steps of this cell, for its neighbourhood rules of distance k.
-    Ring(u32, Vec<Arc<Committed>>),
+    Ring(u32, Vec<Delivered>),
     /// Move the watermark (global event time has moved on).
     Advance(Timestamp),
     /// Latest window result per (rule, key).
@@ -152,7 +152,6 @@ pub struct CellArgs {
     scope: Scope,
     config: CellConfig,
     writer: LogWriter,
-    bus: Bus,
 }
 
 /// A cell actor's state.
@@ -195,8 +194,7 @@ impl CellActor {
             return Ok(());
         }
         state.alerts += alerts.len() as u64;
-        let (appended, events) = state.args.writer.append(state.args.scope.stream(), Expected::Any, alerts).await?;
-        state.args.bus.publish_appended(&appended, &events);
+        state.args.writer.append_published(state.args.scope.stream(), Expected::Any, alerts).await?;
         Ok(())
     }
 }
@@ -270,7 +268,7 @@ impl Actor for CellActor {
 #[derive(Debug)]
 pub enum CellRouterMsg {
     /// A batch drained from the bus.
-    Route(Vec<Arc<Committed>>),
+    Route(Vec<Delivered>),
     /// The latest aggregates of a cell (empty when it has no actor).
     Aggregates(CellIndex, RpcReplyPort<Vec<WindowResult>>),
     /// Cells with an actor.
@@ -332,12 +330,7 @@ impl CellRouterActor {
         if let Some(actor) = state.hosts.get(&scope) {
             return Ok(actor.clone());
         }
-        let args = CellArgs {
-            scope,
-            config: state.args.config.clone(),
-            writer: state.args.writer.clone(),
-            bus: state.args.bus.clone(),
-        };
+        let args = CellArgs { scope, config: state.args.config.clone(), writer: state.args.writer.clone() };
         let (actor, _) = Actor::spawn_linked(None, CellActor, args, myself.get_cell()).await?;
         state.ids.insert(actor.get_id(), scope);
         state.hosts.insert(scope, actor.clone());
@@ -363,14 +356,7 @@ impl Actor for CellRouterActor {
         let mut subscription = args.bus.subscribe(Filter::default());
         let router = myself.clone();
         tokio::spawn(async move {
-            while let Some(first) = subscription.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < 4096 {
-                    match subscription.try_recv() {
-                        Some(next) => batch.push(next),
-                        None => break,
-                    }
-                }
+            while let Some(batch) = subscription.recv_batch(8192).await {
                 if router.cast(CellRouterMsg::Route(batch)).is_err() {
                     return;
                 }
@@ -399,14 +385,14 @@ impl Actor for CellRouterActor {
             CellRouterMsg::Route(batch) => {
                 state.routed += batch.len() as u64;
                 let resolution = state.args.config.resolution;
-                let mut by_cell: HashMap<CellIndex, Vec<Arc<Committed>>> = HashMap::new();
+                let mut by_cell: HashMap<CellIndex, Vec<Delivered>> = HashMap::new();
                 // Rules keyed by asset see an asset's events wherever it is (with a location or
                 // not); city-wide rules see everything. Both get the batch in commit order.
                 if state.asset_rules {
-                    let mut partitions: Vec<Vec<Arc<Committed>>> = vec![Vec::new(); ASSET_PARTITIONS as usize];
+                    let mut partitions: Vec<Vec<Delivered>> = vec![Vec::new(); ASSET_PARTITIONS as usize];
                     for committed in &batch {
                         if let Some(asset) = committed.event.asset_id() {
-                            partitions[partition_of(asset) as usize].push(Arc::clone(committed));
+                            partitions[partition_of(asset) as usize].push(committed.clone());
                         }
                     }
                     for (k, events) in partitions.into_iter().enumerate() {
@@ -429,7 +415,7 @@ impl Actor for CellRouterActor {
                     }
                 }
                 // Neighbourhood rules: every cell within k of an event's cell gets it too.
-                let mut rings: HashMap<(CellIndex, u32), Vec<Arc<Committed>>> = HashMap::new();
+                let mut rings: HashMap<(CellIndex, u32), Vec<Delivered>> = HashMap::new();
                 for k in state.args.config.ring_distances() {
                     for (cell, events) in &by_cell {
                         for neighbour in cell.grid_disk::<Vec<_>>(k) {

@@ -44,7 +44,8 @@ pub struct TwinConfig {
     pub max_restarts: usize,
     /// See `max_restarts`.
     pub restart_window: Duration,
-    /// Capacity of the event bus (slow subscribers lag and are told how much they missed).
+    /// Capacity of the event bus in published batches (one per group commit); subscribers
+    /// that fall further behind catch up from the log.
     pub bus_capacity: usize,
     /// Appends queued for the writer before producers wait.
     pub writer_queue: usize,
@@ -68,7 +69,7 @@ impl TwinConfig {
             asset: AssetConfig::default(),
             max_restarts: 10,
             restart_window: Duration::from_secs(60),
-            bus_capacity: 65_536,
+            bus_capacity: 4096,
             writer_queue: 16_384,
             writer_max_batch: 8_192,
             cells: None,
@@ -138,8 +139,8 @@ impl Twin {
     pub async fn start(config: TwinConfig) -> Result<Twin, ActorProcessingErr> {
         let (dir, log_config) = (config.data_dir.join("log"), config.log.clone());
         let log = tokio::task::spawn_blocking(move || EventLog::open(dir, log_config)).await??;
-        let writer = LogWriter::start(log.clone(), config.writer_queue, config.writer_max_batch);
         let bus = Bus::new(log.clone(), config.bus_capacity);
+        let writer = LogWriter::start(log.clone(), config.writer_queue, config.writer_max_batch, Some(bus.clone()));
         let (shard_events, _) = broadcast::channel(1024);
         let shards = Arc::new(RwLock::new(Vec::new()));
         let directories: Vec<Directory> = (0..config.shards.max(1)).map(|_| Directory::default()).collect();
@@ -148,7 +149,6 @@ impl Twin {
             config,
             log: log.clone(),
             writer: writer.clone(),
-            bus: bus.clone(),
             shard_events: shard_events.clone(),
             shards: Arc::clone(&shards),
         };
@@ -190,7 +190,7 @@ impl Twin {
         self.bus.subscribe(filter)
     }
 
-    /// The bus (to publish from other components).
+    /// The bus (to subscribe from other components).
     pub fn bus(&self) -> &Bus {
         &self.bus
     }
@@ -322,13 +322,12 @@ impl Twin {
             }
         }
         if !city.1.is_empty() {
-            match self.writer.append(CITY_STREAM.to_owned(), Expected::Any, city.1).await {
-                Ok((appended, events)) => {
+            match self.writer.append_published(CITY_STREAM.to_owned(), Expected::Any, city.1).await {
+                Ok(_) => {
                     for index in &city.0 {
                         IngestStats::add(&self.stats.accepted);
                         results[*index] = Some(Ok(1));
                     }
-                    self.bus.publish_owned(&appended, events);
                 }
                 Err(error) => {
                     for index in city.0 {
@@ -392,12 +391,11 @@ impl Twin {
 
     async fn route(&self, event: Event) -> Result<Vec<Event>, (IngestError, Option<Event>)> {
         let Some(asset_id) = event.asset_id().map(str::to_owned) else {
-            let (appended, events) = self
-                .writer
-                .append(CITY_STREAM.to_owned(), Expected::Any, vec![event])
+            let events = vec![event];
+            self.writer
+                .append_published(CITY_STREAM.to_owned(), Expected::Any, events.clone())
                 .await
                 .map_err(|e| (IngestError::Unavailable(e.0), None))?;
-            self.bus.publish_appended(&appended, &events);
             return Ok(events);
         };
         // Fast path: straight to the live actor. A command it did not take (it stopped first:
@@ -550,7 +548,6 @@ pub struct CityArgs {
     config: TwinConfig,
     log: EventLog,
     writer: LogWriter,
-    bus: Bus,
     shard_events: broadcast::Sender<ShardEvent>,
     shards: Arc<RwLock<Vec<ActorRef<ShardMsg>>>>,
 }
@@ -581,7 +578,6 @@ impl CityActor {
             asset: state.config.asset.clone(),
             max_restarts: state.config.max_restarts,
             restart_window: state.config.restart_window,
-            publish: Some(state.bus.clone()),
             events: Some(state.shard_events.clone()),
             directory: state.directories.get(shard).cloned(),
         };

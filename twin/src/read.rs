@@ -212,13 +212,19 @@ impl ReadModels {
             Payload::AssetDecommissioned(_) => summary.status = Lifecycle::Decommissioned,
             Payload::AssetDeleted(_) => summary.status = Lifecycle::Deleted,
             Payload::MetricRecorded(m) => {
+                // The hot path: a metric seen before, from where the asset was.
                 let time = event.time.unwrap_or_default();
-                let newer = summary.last_values.get(&m.metric_type).is_none_or(|(_, t)| time >= *t);
-                if newer {
-                    summary.last_values.insert(m.metric_type.clone(), (m.value, time));
+                match summary.last_values.get_mut(&m.metric_type) {
+                    Some(last) if time >= last.1 => *last = (m.value, time),
+                    Some(_) => {}
+                    None => {
+                        summary.last_values.insert(m.metric_type.clone(), (m.value, time));
+                    }
                 }
-                if let Some(location) = m.location {
-                    summary.cell = location.cell(self.resolution);
+                if let Some(location) = m.location
+                    && summary.location != Some(location)
+                {
+                    summary.cell = cell.or_else(|| location.cell(self.resolution));
                     summary.location = Some(location);
                 }
                 if let Some(cell) = cell {
@@ -259,10 +265,13 @@ impl LiveReadModels {
         let mut subscription = bus.subscribe(Filter::default());
         let shared = Arc::clone(&models);
         tokio::spawn(async move {
-            while let Some(committed) = subscription.recv().await {
+            // One lock and one notification per batch drained from the bus, not per event.
+            while let Some(batch) = subscription.recv_batch(8192).await {
                 let count = {
                     let Ok(mut models) = shared.write() else { return };
-                    models.apply(&committed.event);
+                    for committed in &batch {
+                        models.apply(&committed.event);
+                    }
                     models.applied
                 };
                 if tx.send(count).is_err() {

@@ -64,8 +64,6 @@ pub struct ShardArgs {
     pub max_restarts: usize,
     /// See `max_restarts`.
     pub restart_window: Duration,
-    /// Committed events are published here.
-    pub publish: Option<crate::bus::Bus>,
     /// Shard lifecycle notifications.
     pub events: Option<broadcast::Sender<ShardEvent>>,
     /// The shared directory of live actors (see [`Directory`]).
@@ -122,7 +120,6 @@ impl ShardActor {
             log: state.args.log.clone(),
             writer: state.args.writer.clone(),
             config: state.args.asset.clone(),
-            publish: state.args.publish.clone(),
             shard: Some(myself.clone()),
         };
         let (actor, _) = Actor::spawn_linked(None, AssetActor, args, myself.get_cell()).await?;

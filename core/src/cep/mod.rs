@@ -264,16 +264,37 @@ impl Matcher {
 
 /// The facts of an event: one per reading of a batch, one per metric event, else one
 /// without metric (with `battery_pct` as value for `battery_low`).
-fn facts(event: &Event, time: i64) -> Vec<Fact<'_>> {
+fn facts(event: &Event, time: i64) -> Facts<'_> {
     match event.payload() {
-        Some(Payload::MetricRecorded(m)) => vec![Fact { time, metric: Some(&m.metric_type), value: Some(m.value) }],
-        Some(Payload::MetricBatchIngested(batch)) => batch
-            .readings
-            .iter()
-            .map(|r| Fact { time: r.time.as_nanos(), metric: Some(&r.metric_type), value: Some(r.value) })
-            .collect(),
-        Some(Payload::BatteryLow(b)) => vec![Fact { time, metric: None, value: Some(b.battery_pct) }],
-        _ => vec![Fact { time, metric: None, value: None }],
+        Some(Payload::MetricRecorded(m)) => {
+            Facts::One([Fact { time, metric: Some(&m.metric_type), value: Some(m.value) }])
+        }
+        Some(Payload::MetricBatchIngested(batch)) => Facts::Many(
+            batch
+                .readings
+                .iter()
+                .map(|r| Fact { time: r.time.as_nanos(), metric: Some(&r.metric_type), value: Some(r.value) })
+                .collect(),
+        ),
+        Some(Payload::BatteryLow(b)) => Facts::One([Fact { time, metric: None, value: Some(b.battery_pct) }]),
+        _ => Facts::One([Fact { time, metric: None, value: None }]),
+    }
+}
+
+/// The facts of one event: almost always one (kept inline: no allocation per event).
+enum Facts<'a> {
+    One([Fact<'a>; 1]),
+    Many(Vec<Fact<'a>>),
+}
+
+impl<'a> std::ops::Deref for Facts<'a> {
+    type Target = [Fact<'a>];
+
+    fn deref(&self) -> &[Fact<'a>] {
+        match self {
+            Facts::One(one) => one,
+            Facts::Many(many) => many,
+        }
     }
 }
 

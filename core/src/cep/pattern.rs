@@ -2,7 +2,7 @@
 //! the last step, over events in event-time order.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use super::rules::{PatternRule, Rule, RuleKind, Selection};
@@ -22,9 +22,11 @@ struct Run {
     next_step: usize,
     start: i64,
     last: i64,
-    causes: Vec<String>,
-    values: BTreeMap<String, f64>,
-    correlation: Option<String>,
+    /// Triggering event ids (shared with the buffered events: no copy per run).
+    causes: Vec<Arc<str>>,
+    /// The value of each step that carried one, by step (named only when an alert is made).
+    values: Vec<(usize, f64)>,
+    correlation: Option<Arc<str>>,
     /// Set once every step matched and the negation is being waited out.
     absent_until: Option<i64>,
 }
@@ -35,9 +37,24 @@ struct KeyRuns {
     cooldown_until: i64,
     /// When the key's pending expiry timer fires (one per key, for its oldest incomplete run).
     expiry_at: Option<i64>,
+    /// When the key's pending absence timer fires (one per key, for its earliest negation
+    /// deadline: a run that is cancelled and replaced costs no timer).
+    absence_at: Option<i64>,
 }
 
 impl KeyRuns {
+    /// Schedules the absence timer for the earliest negation deadline, unless one at or
+    /// before it is pending.
+    fn schedule_absence(&mut self, slot: u32, timers: &mut BinaryHeap<Reverse<(i64, TimerKind, u32, u64)>>) {
+        let Some(next) = self.runs.iter().filter_map(|r| r.absent_until).min() else {
+            return;
+        };
+        if self.absence_at.is_none_or(|at| at > next) {
+            self.absence_at = Some(next);
+            timers.push(Reverse((next, TimerKind::Absence, slot, 0)));
+        }
+    }
+
     /// Schedules the expiry of the oldest incomplete run, if none is scheduled.
     fn schedule_expiry(
         &mut self,
@@ -59,7 +76,7 @@ impl KeyRuns {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
-    /// The negation's deadline: fire if the run is still waiting.
+    /// The key's earliest negation deadline: fire the runs still waiting that are due.
     Absence,
     /// The sequence's `within` ran out: drop the run if still incomplete.
     Expiry,
@@ -71,6 +88,8 @@ enum TimerKind {
 pub(crate) struct PatternOp {
     rule: Arc<Rule>,
     rule_id: Arc<str>,
+    /// The name of each step's value in alerts: `pm25[0]` (a pm25 reading), `value[1]`.
+    value_names: Vec<String>,
     within: Option<i64>,
     absent_within: Option<i64>,
     selection: Selection,
@@ -86,8 +105,15 @@ pub(crate) struct PatternOp {
 impl PatternOp {
     pub(crate) fn new(rule: Arc<Rule>, max_runs: usize) -> Self {
         let pattern = pattern_of(&rule);
+        let value_names = pattern
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(step, m)| format!("{}[{step}]", m.metric.as_deref().unwrap_or("value")))
+            .collect();
         PatternOp {
             rule_id: rule.id.as_str().into(),
+            value_names,
             within: pattern.within.map(nanos),
             absent_within: pattern.absent.as_ref().map(|a| nanos(a.within)),
             selection: pattern.selection,
@@ -159,11 +185,7 @@ impl PatternOp {
         let step_of = |run: &Run| run.next_step;
         let mut completed: Vec<Run> = Vec::new();
         let mut spawned: Vec<Run> = Vec::new();
-        let metric_name = |step: usize| {
-            // `pm25[0]`: the value of step 0, a pm25 reading; `value[1]` for other events.
-            format!("{}[{step}]", pattern_of(&self.rule).steps[step].metric.as_deref().unwrap_or("value"))
-        };
-        let mut kept = Vec::with_capacity(state.runs.len());
+        let mut kept = Vec::with_capacity(state.runs.len() + 1);
         for mut run in state.runs.drain(..) {
             if run.absent_until.is_some() {
                 kept.push(run);
@@ -177,7 +199,7 @@ impl PatternOp {
                         // Keep the run waiting too: a later event may also match this step.
                         spawned.push(run.clone());
                     }
-                    advance(&mut run, entry, value, metric_name(step));
+                    advance(&mut run, entry, step, value);
                     if run.next_step == n_steps { completed.push(run) } else { kept.push(run) }
                 }
                 (Selection::StrictContiguity, false) => {}
@@ -194,11 +216,11 @@ impl PatternOp {
                 start: time,
                 last: time,
                 causes: Vec::new(),
-                values: BTreeMap::new(),
+                values: Vec::new(),
                 correlation: None,
                 absent_until: None,
             };
-            advance(&mut run, entry, value, metric_name(0));
+            advance(&mut run, entry, 0, value);
             if run.next_step == n_steps { completed.push(run) } else { kept.push(run) }
         }
         state.runs = kept;
@@ -208,12 +230,12 @@ impl PatternOp {
                 Some(within) => {
                     let until = run.last.saturating_add(within);
                     run.absent_until = Some(until);
-                    self.timers.push(Reverse((until, TimerKind::Absence, slot, run.id)));
                     state.runs.push(run);
                 }
                 None => {
                     let time = run.last;
-                    if let Some(alert) = alert_for(&self.rule, &self.rule_id, key, run, time, state) {
+                    if let Some(alert) = alert_for(&self.rule, &self.rule_id, &self.value_names, key, run, time, state)
+                    {
                         if let Some(until) = self.rule.cooldown.map(|c| time.saturating_add(nanos(c))) {
                             self.timers.push(Reverse((until, TimerKind::Forget, slot, 0)));
                         }
@@ -227,6 +249,7 @@ impl PatternOp {
             state.runs.drain(..excess);
             self.dropped_runs += excess as u64;
         }
+        state.schedule_absence(slot, &mut self.timers);
         self.runs = self.runs + state.runs.len() - before;
         if state.runs.is_empty() && state.cooldown_until <= time {
             self.keys.remove(slot);
@@ -235,7 +258,7 @@ impl PatternOp {
 
     /// Fires negations whose deadline is at or before `upto` and drops expired runs.
     pub(crate) fn fire_deadlines(&mut self, upto: i64, out: &mut Vec<Output>) {
-        while let Some(&Reverse((at, kind, slot, run_id))) = self.timers.peek() {
+        while let Some(&Reverse((at, kind, slot, _))) = self.timers.peek() {
             if at > upto {
                 break;
             }
@@ -245,20 +268,35 @@ impl PatternOp {
             };
             match kind {
                 TimerKind::Absence => {
-                    let Some(index) = state.runs.iter().position(|r| r.id == run_id && r.absent_until == Some(at))
-                    else {
+                    // A timer superseded by an earlier one, or of a key whose slot was reused.
+                    if state.absence_at != Some(at) {
                         continue;
-                    };
-                    let run = state.runs.remove(index);
-                    self.runs -= 1;
+                    }
+                    state.absence_at = None;
+                    // The runs due at this deadline, in the order they were started.
+                    let mut due: Vec<Run> = Vec::new();
+                    state.runs.retain(|r| {
+                        let fire = r.absent_until == Some(at);
+                        if fire {
+                            due.push(r.clone());
+                        }
+                        !fire
+                    });
+                    due.sort_by_key(|r| r.id);
+                    self.runs -= due.len();
                     let key = self.keys.key(slot).expect("live slot").to_vec();
                     let state = self.keys.get_mut(slot).expect("live slot");
-                    if let Some(alert) = alert_for(&self.rule, &self.rule_id, &key, run, at, state) {
-                        if let Some(until) = self.rule.cooldown.map(|c| at.saturating_add(nanos(c))) {
-                            self.timers.push(Reverse((until, TimerKind::Forget, slot, 0)));
+                    for run in due {
+                        if let Some(alert) =
+                            alert_for(&self.rule, &self.rule_id, &self.value_names, &key, run, at, state)
+                        {
+                            if let Some(until) = self.rule.cooldown.map(|c| at.saturating_add(nanos(c))) {
+                                self.timers.push(Reverse((until, TimerKind::Forget, slot, 0)));
+                            }
+                            out.push(Output::Alert(alert));
                         }
-                        out.push(Output::Alert(alert));
                     }
+                    state.schedule_absence(slot, &mut self.timers);
                 }
                 TimerKind::Expiry => {
                     // A timer of a key that was purged and whose slot was reused does not
@@ -290,22 +328,30 @@ fn pattern_of(rule: &Rule) -> &PatternRule {
     }
 }
 
-fn advance(run: &mut Run, entry: &Pending, value: Option<f64>, name: String) {
+fn advance(run: &mut Run, entry: &Pending, step: usize, value: Option<f64>) {
     run.next_step += 1;
     run.last = entry.time;
     if run.causes.len() < MAX_CAUSES {
-        run.causes.push(entry.event_id.to_string());
+        run.causes.push(Arc::clone(&entry.event_id));
     }
     if run.correlation.is_none() {
-        run.correlation = entry.correlation.as_deref().map(str::to_owned);
+        run.correlation.clone_from(&entry.correlation);
     }
     if let Some(value) = value {
-        run.values.insert(name, value);
+        run.values.push((step, value));
     }
 }
 
 /// The alert for a completed run, unless the key is cooling down (then `None`).
-fn alert_for(rule: &Rule, rule_id: &Arc<str>, key: &[u8], run: Run, time: i64, state: &mut KeyRuns) -> Option<Alert> {
+fn alert_for(
+    rule: &Rule,
+    rule_id: &Arc<str>,
+    value_names: &[String],
+    key: &[u8],
+    run: Run,
+    time: i64,
+    state: &mut KeyRuns,
+) -> Option<Alert> {
     if time < state.cooldown_until {
         return None;
     }
@@ -318,9 +364,9 @@ fn alert_for(rule: &Rule, rule_id: &Arc<str>, key: &[u8], run: Run, time: i64, s
         key: decode_key(key),
         time: Timestamp::from_nanos(time),
         window: None,
-        values: run.values,
-        causes: run.causes,
-        correlation: run.correlation,
+        values: run.values.into_iter().map(|(step, value)| (value_names[step].clone(), value)).collect(),
+        causes: run.causes.iter().map(|c| c.to_string()).collect(),
+        correlation: run.correlation.as_deref().map(str::to_owned),
         actions: rule.actions.clone(),
         message: rule.message.clone(),
     })

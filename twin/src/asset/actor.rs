@@ -127,12 +127,10 @@ pub struct AssetArgs {
     pub asset_id: String,
     /// The event log (reads: rehydration, snapshots, dead letters).
     pub log: EventLog,
-    /// The batching writer (appends).
+    /// The batching writer (appends, and publishes what it committed).
     pub writer: crate::writer::LogWriter,
     /// Settings.
     pub config: AssetConfig,
-    /// Where committed events are published.
-    pub publish: Option<crate::bus::Bus>,
     /// The supervising shard, asked for passivation (without one the actor stops by itself).
     pub shard: Option<ActorRef<crate::shard::ShardMsg>>,
 }
@@ -198,15 +196,15 @@ pub fn state_at(log: &EventLog, asset_id: &str, time: Timestamp) -> Result<Asset
 }
 
 /// Appends an asset's events with the expected sequence `expected` through the batching
-/// writer and waits for the answer. (The batch path does not wait: see
-/// [`AssetActor::run_batch`].) Every append of an asset goes through the one writer queue,
-/// so its appends stay in order.
+/// writer, which publishes them, and waits for the answer. (The batch path does not wait:
+/// see [`AssetActor::run_batch`].) Every append of an asset goes through the one writer
+/// queue, so its appends stay in order.
 async fn persist(
     state: &AssetActorState,
     expected: u64,
     events: Vec<Event>,
-) -> Result<crate::writer::Written, crate::writer::WriteError> {
-    state.args.writer.append(state.stream.clone(), Expected::Seq(expected), events).await
+) -> Result<Vec<citytwin_core::log::Appended>, crate::writer::WriteError> {
+    state.args.writer.append_published(state.stream.clone(), Expected::Seq(expected), events).await
 }
 
 /// The event a command carries (an observation), if any.
@@ -245,15 +243,13 @@ impl AssetActor {
         if events.is_empty() {
             return Ok(Ok(events));
         }
-        let written = persist(state, state.asset.version, events).await;
-        let (appended, events) = match written {
-            Ok(written) => written,
-            Err(error) => {
-                // Nothing was acknowledged; a poisoned log fails every later write too.
-                tracing::error!(asset = %state.asset.asset_id, %error, "asset could not persist its events");
-                return Ok(Err(CommandError::Storage(error.0)));
-            }
-        };
+        // The reply carries the events, and the writer publishes them: one copy.
+        let written = persist(state, state.asset.version, events.clone()).await;
+        if let Err(error) = written {
+            // Nothing was acknowledged; a poisoned log fails every later write too.
+            tracing::error!(asset = %state.asset.asset_id, %error, "asset could not persist its events");
+            return Ok(Err(CommandError::Storage(error.0)));
+        }
         let applied = catch_unwind(AssertUnwindSafe(|| {
             for event in &events {
                 apply(&mut state.asset, event);
@@ -261,9 +257,6 @@ impl AssetActor {
         }));
         if let Err(panic) = applied {
             return Err(self.poisoned(observed_event(command), panic_text(&*panic), state).await);
-        }
-        if let Some(bus) = &state.args.publish {
-            bus.publish_appended(&appended, &events);
         }
         state.since_snapshot += events.len() as u64;
         if state.since_snapshot >= state.args.config.snapshot_every {
@@ -275,7 +268,7 @@ impl AssetActor {
 
     /// Runs a batch: each command is decided against the state left by the previous ones and
     /// applied at once; all resulting events go to the writer in one append, without waiting
-    /// for it: the writer thread publishes them and answers `part` once they are committed,
+    /// for it: the writer thread publishes them and `part` is answered once they are committed,
     /// while the actor goes on with its next message (group commit across actors). Returns
     /// the failure when the actor must restart (a panic while applying).
     async fn run_batch(
@@ -287,7 +280,7 @@ impl AssetActor {
     ) -> Option<ActorProcessingErr> {
         let start_version = state.asset.version;
         let mut outcomes: Vec<BatchReply> = Vec::with_capacity(commands.len());
-        let mut events: Vec<Event> = Vec::new();
+        let mut events: Vec<Event> = Vec::with_capacity(commands.len());
         let mut failure = None;
         let mut commands = commands.into_iter();
         for command in commands.by_ref() {
@@ -299,22 +292,24 @@ impl AssetActor {
             match decided {
                 Ok(Ok(decision)) => {
                     let observed = decision.keeps_event;
-                    let mut decided = decision.into_events(command);
+                    let first = events.len();
+                    decision.append_events(command, &mut events);
                     let applied = catch_unwind(AssertUnwindSafe(|| {
-                        for event in &decided {
+                        for event in &events[first..] {
                             apply(&mut state.asset, event);
                         }
                     }));
                     if let Err(panic) = applied {
-                        // The observed event (first, when stored) is what goes to the dead-letter queue.
+                        // The observed event (first, when stored) is what goes to the dead-letter
+                        // queue; this command's events are not appended.
+                        let mut decided = events.split_off(first);
                         let event = observed.then(|| Box::new(decided.swap_remove(0)));
                         let error = self.poisoned(event, panic_text(&*panic), state).await;
                         outcomes.push(Err(CommandError::Poison(error.to_string()).into()));
                         failure = Some(error);
                         break;
                     }
-                    outcomes.push(Ok(decided.len()));
-                    events.extend(decided);
+                    outcomes.push(Ok(events.len() - first));
                 }
                 Ok(Err(rejection)) => {
                     let event = observed_event(command);
@@ -355,8 +350,8 @@ impl AssetActor {
         failure
     }
 
-    /// What the writer thread does once a batch's append is answered: publish, answer the
-    /// part, save the snapshot; or, when the append was refused, tell the actor to rebuild
+    /// What the writer thread does once a batch's append is answered (and published): answer
+    /// the part, save the snapshot; or, when the append was refused, tell the actor to rebuild
     /// (its state holds events the log does not) and answer with the error.
     fn on_committed(
         &self,
@@ -366,15 +361,12 @@ impl AssetActor {
         snapshot: Option<(u64, Vec<u8>)>,
         state: &AssetActorState,
     ) -> crate::writer::Done {
-        let (bus, actor, unanswered) = (state.args.publish.clone(), myself.clone(), Arc::clone(&state.unanswered));
+        let (actor, unanswered) = (myself.clone(), Arc::clone(&state.unanswered));
         let (log, stream) = (state.args.log.clone(), state.stream.clone());
         let runtime = tokio::runtime::Handle::current();
         Box::new(move |result| {
             match result {
-                Ok((appended, events)) => {
-                    if let Some(bus) = &bus {
-                        bus.publish_owned(&appended, events);
-                    }
+                Ok(()) => {
                     part.answer(outcomes);
                     if let Some((seq, bytes)) = snapshot {
                         runtime.spawn_blocking(move || {

@@ -299,22 +299,20 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The events to append, moving the observed event out of `command`: the same list as
-    /// [`decide`] returns.
-    pub fn into_events(self, command: AssetCommand) -> Vec<Event> {
-        let mut events = Vec::with_capacity(self.derived.len() + 1);
+    /// Appends the events to store to `events`, moving the observed event out of `command`:
+    /// the same list as [`decide`] returns.
+    pub fn append_events(self, command: AssetCommand, events: &mut Vec<Event>) {
         if self.keeps_event
             && let AssetCommand::Observe(event) = command
         {
             events.push(*event);
         }
         events.extend(self.derived);
-        events
     }
 }
 
 /// [`decide`] for the high-throughput path: the observed event is moved, not copied (see
-/// [`Decision::into_events`]).
+/// [`Decision::append_events`]).
 ///
 /// # Errors
 /// A [`Rejection`] when the command does not fit the asset's state.
@@ -555,19 +553,26 @@ pub fn apply(state: &mut AssetState, event: &Event) {
 }
 
 fn record(state: &mut AssetState, metric: &str, value: f64, unit: &Unit, time: Timestamp) {
-    let stats = state.metrics.entry(metric.to_owned()).or_insert_with(|| MetricStats {
-        last: value,
-        last_time: time,
-        unit: unit.clone(),
-        count: 0,
-        sum: 0.0,
-        min: value,
-        max: value,
-    });
+    // The hot path (a metric seen before, in the same unit) allocates nothing.
+    if !state.metrics.contains_key(metric) {
+        let first = MetricStats {
+            last: value,
+            last_time: time,
+            unit: unit.clone(),
+            count: 0,
+            sum: 0.0,
+            min: value,
+            max: value,
+        };
+        state.metrics.insert(metric.to_owned(), first);
+    }
+    let Some(stats) = state.metrics.get_mut(metric) else { return };
     if time >= stats.last_time {
         stats.last = value;
         stats.last_time = time;
-        stats.unit = unit.clone();
+        if stats.unit != *unit {
+            stats.unit = unit.clone();
+        }
     }
     stats.count += 1;
     stats.sum += value;

@@ -42,11 +42,10 @@ async fn start(dir: &std::path::Path, asset: AssetConfig) -> Twin {
     let args = ShardArgs {
         shard: 0,
         log: log.clone(),
-        writer: crate::writer::LogWriter::start(log.clone(), 1024, 4096),
+        writer: crate::writer::LogWriter::start(log.clone(), 1024, 4096, Some(bus)),
         asset,
         max_restarts: 3,
         restart_window: Duration::from_secs(60),
-        publish: Some(bus),
         events: Some(events_tx),
         directory: None,
     };
@@ -288,11 +287,10 @@ async fn a_shard_escalates_after_too_many_restarts() {
     let args = ShardArgs {
         shard: 7,
         log: log.clone(),
-        writer: crate::writer::LogWriter::start(log.clone(), 64, 64),
+        writer: crate::writer::LogWriter::start(log.clone(), 64, 64, None),
         asset: AssetConfig::default(),
         max_restarts: 1,
         restart_window: Duration::from_secs(600),
-        publish: None,
         events: None,
         directory: None,
     };
