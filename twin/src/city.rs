@@ -129,6 +129,7 @@ pub struct Twin {
     delivery: DeliveryClasses,
     stats: Arc<IngestStats>,
     directories: Vec<Directory>,
+    recovery: crate::recovery::FoldReport,
 }
 
 impl Twin {
@@ -138,7 +139,14 @@ impl Twin {
     /// When the log cannot be opened or the actors cannot start.
     pub async fn start(config: TwinConfig) -> Result<Twin, ActorProcessingErr> {
         let (dir, log_config) = (config.data_dir.join("log"), config.log.clone());
-        let log = tokio::task::spawn_blocking(move || EventLog::open(dir, log_config)).await??;
+        // Recovery: open the log (verifying it), then bring every asset's snapshot up to date
+        // with it in one pass, so each asset rehydrates from one read.
+        let (log, recovery) = tokio::task::spawn_blocking(move || {
+            let log = EventLog::open(dir, log_config)?;
+            let recovery = crate::recovery::fold_assets(&log)?;
+            Ok::<_, citytwin_core::Error>((log, recovery))
+        })
+        .await??;
         let bus = Bus::new(log.clone(), config.bus_capacity);
         let writer = LogWriter::start(log.clone(), config.writer_queue, config.writer_max_batch, Some(bus.clone()));
         let (shard_events, _) = broadcast::channel(1024);
@@ -177,7 +185,13 @@ impl Twin {
             delivery,
             stats,
             directories,
+            recovery,
         })
+    }
+
+    /// What recovery did at startup (the assets' snapshots brought up to date with the log).
+    pub fn recovery(&self) -> &crate::recovery::FoldReport {
+        &self.recovery
     }
 
     /// The event log (read side: replay, time travel, dead letters).

@@ -23,10 +23,10 @@ pub mod city;
 pub mod completion;
 pub mod consumer;
 pub mod deadletter;
-
 pub mod delivery;
 pub mod outbox;
 pub mod read;
+pub mod recovery;
 pub mod rollup;
 pub mod saga;
 pub mod shard;

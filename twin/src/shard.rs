@@ -13,7 +13,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::broadcast;
 
-use crate::asset::actor::{AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandReply};
+use crate::asset::actor::{AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandReply, rehydrate};
 use crate::asset::logic::{AssetCommand, AssetState};
 
 /// The live asset actors of one shard, shared read-only with the twin so that commands for a
@@ -39,7 +39,8 @@ pub enum ShardMsg {
     Command(String, AssetCommand, RpcReplyPort<CommandReply>),
     /// Commands for several assets, answered through `Part` (one slot per command, in order).
     Batch(Vec<(String, AssetCommand)>, crate::completion::Part),
-    /// The state of an asset (rehydrated if passivated).
+    /// The state of an asset (read from its snapshot and tail when passivated, without
+    /// waking it).
     GetState(String, RpcReplyPort<AssetState>),
     /// How many asset actors are alive.
     LiveCount(RpcReplyPort<usize>),
@@ -197,7 +198,24 @@ impl Actor for ShardActor {
                 self.deliver(&myself, asset_id, AssetMsg::Command(command, reply), state).await?
             }
             ShardMsg::GetState(asset_id, reply) => {
-                self.deliver(&myself, asset_id, AssetMsg::GetState(reply), state).await?
+                if state.live.contains_key(&asset_id) || state.stopping.contains_key(&asset_id) {
+                    self.deliver(&myself, asset_id, AssetMsg::GetState(reply), state).await?
+                } else {
+                    // A passivated (or unknown) asset: a query reads its state from its snapshot
+                    // and tail without waking an actor, so browsing a city of millions of
+                    // assets does not fill memory with actors. No actor runs for it, and the
+                    // shard handles one message at a time, so nobody writes it meanwhile.
+                    // NOTE: read inline: one positioned read of the page cache (the snapshot
+                    // is current after recovery and at passivation), cheaper than a hand-off
+                    // to the blocking pool.
+                    match rehydrate(&state.args.log, &asset_id) {
+                        Ok(asset) => {
+                            let _ = reply.send(asset);
+                        }
+                        // The caller sees the dropped reply as "unavailable".
+                        Err(error) => tracing::error!(asset = %asset_id, %error, "reading a passivated asset failed"),
+                    }
+                }
             }
             ShardMsg::Batch(commands, part) => {
                 // One message per asset, each answering its own slots: the shard never waits.

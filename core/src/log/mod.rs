@@ -300,7 +300,7 @@ struct SyncState {
 
 struct Inner {
     dir: PathBuf,
-    snapshot_dir: PathBuf,
+    snapshots: snapshot::SnapshotStore,
     config: LogConfig,
     state: Mutex<State>,
     sync: Mutex<SyncState>,
@@ -336,10 +336,7 @@ impl EventLog {
     /// [`Error::Recovery`] for damage other than a torn tail, [`Error::Io`] for I/O failures.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<EventLog> {
         let dir = dir.as_ref().to_owned();
-        let snapshot_dir = dir.join("snapshots");
-        for d in [&dir, &snapshot_dir] {
-            std::fs::create_dir_all(d).map_err(|e| io_error(format!("creating {}", d.display()), e))?;
-        }
+        std::fs::create_dir_all(&dir).map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
         let mut streams: FxHashMap<Box<str>, StreamHead> = load_retired(&dir)?;
         let files = segment::list(&dir)?;
         let first_base = files.first().map_or(0, |f| f.0);
@@ -426,11 +423,13 @@ impl EventLog {
             Arc::new(active.try_clone().map_err(|e| io_error("cloning the active segment handle".into(), e))?);
         let next_position = segments.last().map_or(0, |s| s.next);
         let archived = read_archived(&dir)?;
+        let snapshots =
+            snapshot::SnapshotStore::open(&dir.join("snapshots"), &|stream| streams.get(stream).map_or(0, |h| h.seq))?;
         let state =
             State { segments, active, active_sync, next_position, streams, buf: Vec::with_capacity(1 << 16), archived };
         let inner = Arc::new(Inner {
             dir,
-            snapshot_dir,
+            snapshots,
             config,
             state: Mutex::new(state),
             sync: Mutex::new(SyncState { synced: next_position, syncing: false }),
@@ -682,6 +681,10 @@ impl EventLog {
             let Some(&head) = state.streams.get(stream) else {
                 return Ok(Vec::new());
             };
+            if head.seq < from_seq {
+                // Nothing that new (a rehydration whose snapshot is current): no read at all.
+                return Ok(Vec::new());
+            }
             let segments: Vec<(u64, u64, PathBuf, Arc<File>)> =
                 state.segments.iter().map(|s| (s.base, s.next, s.path.clone(), Arc::clone(&s.file))).collect();
             (head, segments)
@@ -746,7 +749,86 @@ impl EventLog {
                 "snapshot of {stream:?} at sequence {seq}, but the stream is at {current}"
             )));
         }
-        snapshot::save(&self.inner.snapshot_dir, stream, &Snapshot { seq, state: state.to_vec() })
+        self.inner.snapshots.save(stream, seq, state)
+    }
+
+    /// Saves many snapshots at once (one write), each as [`EventLog::save_snapshot`] would.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] when a sequence is beyond its stream's last one (nothing is
+    /// saved then); [`Error::Io`].
+    pub fn save_snapshots<'a>(&self, snapshots: &[(&'a str, u64, &'a [u8])]) -> Result<()> {
+        {
+            let state = lock(&self.inner.state);
+            for &(stream, seq, _) in snapshots {
+                let current = state.streams.get(stream).map_or(0, |h| h.seq);
+                if seq > current {
+                    return Err(Error::Rejected(format!(
+                        "snapshot of {stream:?} at sequence {seq}, but the stream is at {current}"
+                    )));
+                }
+            }
+        }
+        self.inner.snapshots.save_many(snapshots.iter().copied())
+    }
+
+    /// The latest usable snapshot of `stream` (not ahead of the log), without its tail.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the snapshot table cannot be read.
+    pub fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
+        let current = self.stream_seq(stream);
+        Ok(match self.inner.snapshots.load(stream)? {
+            Some(s) if s.seq > current => {
+                tracing::warn!(stream, snapshot_seq = s.seq, log_seq = current, "ignoring a snapshot ahead of the log");
+                None
+            }
+            other => other,
+        })
+    }
+
+    /// The sequence `stream`'s latest snapshot includes, without reading it (`None`: no
+    /// snapshot). The snapshot itself may still turn out damaged when read.
+    pub fn snapshot_seq(&self, stream: &str) -> Option<u64> {
+        self.inner.snapshots.seq_of(stream)
+    }
+
+    /// Makes every snapshot saved so far durable (before recording a cursor that relies on
+    /// them).
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn sync_snapshots(&self) -> Result<()> {
+        self.inner.snapshots.sync()
+    }
+
+    /// The position recorded under `name` by [`EventLog::set_snapshot_cursor`] (0 when none,
+    /// and when it is beyond the log: a machine crash lost the appends it counted on).
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn snapshot_cursor(&self, name: &str) -> Result<Position> {
+        let cursor = self.inner.snapshots.cursor(name)?;
+        let next = self.next_position();
+        if cursor > next {
+            tracing::warn!(name, cursor, next, "ignoring a snapshot cursor beyond the log");
+            return Ok(0);
+        }
+        Ok(cursor)
+    }
+
+    /// Records, durably, that the snapshots of some family of streams (the caller's `name`)
+    /// include every event of theirs below `position`. Call [`EventLog::sync_snapshots`] first.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn set_snapshot_cursor(&self, name: &str, position: Position) -> Result<()> {
+        self.inner.snapshots.set_cursor(name, position)
+    }
+
+    /// Streams with a snapshot, and the bytes their snapshots take (live, and in all).
+    pub fn snapshot_stats(&self) -> (usize, u64, u64) {
+        self.inner.snapshots.stats()
     }
 
     /// The latest snapshot of `stream` and the records after it: what an actor needs to
@@ -757,15 +839,7 @@ impl EventLog {
     /// # Errors
     /// As [`EventLog::read_stream`], and when a snapshot file is damaged.
     pub fn load_stream(&self, stream: &str) -> Result<StreamLoad> {
-        let current = self.stream_seq(stream);
-        let snapshot = snapshot::load(&self.inner.snapshot_dir, stream)?;
-        let snapshot = match snapshot {
-            Some(s) if s.seq > current => {
-                tracing::warn!(stream, snapshot_seq = s.seq, log_seq = current, "ignoring a snapshot ahead of the log");
-                None
-            }
-            other => other,
-        };
+        let snapshot = self.load_snapshot(stream)?;
         let from_seq = snapshot.as_ref().map_or(1, |s| s.seq + 1);
         let records = self.read_stream(stream, from_seq)?;
         Ok(StreamLoad { snapshot, records })

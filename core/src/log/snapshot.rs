@@ -1,23 +1,45 @@
-//! Per-stream snapshots: the latest state bytes of a stream and the sequence they include.
+//! Snapshots: the latest saved state of each stream, in one append-only table.
 //!
-//! File `snapshots/<name>.snap`: magic `CTWINSNP`, u32 version, u32 CRC32C of the rest,
-//! u64 sequence, u16 stream length, stream id, state bytes. Written to a temporary file and
-//! renamed over the old one.
+//! Files `snapshots/table-<n>.snap` (`n` grows with each compaction): a header (magic
+//! `CTWINSNT`, u32 version), then entries `[u32 length of the rest][u32 CRC32C of the rest]`
+//! with the rest `[u64 sequence][u16 stream length][stream id][state bytes]`. Saving appends an
+//! entry; an in-memory index (a 128-bit hash of the stream id → where its latest entry lies) is
+//! rebuilt by one sequential scan on open, and a load is one positioned read. When dead entries
+//! (superseded ones) outweigh the live ones, the live entries are copied into a new table and
+//! the old one is deleted.
+//!
+//! One file instead of one file per stream: a city has millions of streams, and rebuilding a
+//! million assets must not cost a million `open` calls, nor a passivation a `create` and a
+//! `rename`.
 //!
 //! A key design decision: snapshots are caches. The log is the truth; a missing or damaged
-//! snapshot only means replaying more of the stream. So they are not fsynced (a snapshot every
-//! N events would otherwise cost an fsync each), and a snapshot that fails its checks is
-//! logged and ignored rather than failing the load.
+//! snapshot only means replaying more of the stream. So entries are not fsynced one by one,
+//! and an entry that fails its checks (torn by a crash, bad media) is skipped with a warning
+//! rather than failing the open. [`SnapshotStore::sync`] makes everything saved so far durable,
+//! for callers that record a cursor meaning "the table holds everything below position P"
+//! ([`SnapshotStore::set_cursor`]; written after the sync, by rename).
 
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use super::io_error;
+use rustc_hash::FxHashMap;
+
+use super::{io_error, lock};
 use crate::Result;
 
-const MAGIC: &[u8; 8] = b"CTWINSNP";
+const MAGIC: &[u8; 8] = b"CTWINSNT";
 const VERSION: u32 = 1;
+const HEADER_LEN: u64 = 12;
+/// Entries: length and CRC, then sequence and stream length.
+const ENTRY_PREFIX: usize = 8;
+const ENTRY_FIXED: usize = 10;
+/// Compact when the table holds this much more than its live entries (and at least this much
+/// dead data), so small tables never churn.
+const COMPACT_MIN_DEAD: u64 = 64 << 20;
 
 /// A stream's saved state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,75 +50,474 @@ pub struct Snapshot {
     pub state: Vec<u8>,
 }
 
-/// File name for a stream: hex of its id when short, else hex of a 128-bit hash (the id is
-/// stored inside the file and checked on load).
-fn file_name(stream: &str) -> String {
-    if stream.len() <= 100 {
-        let hex: String = stream.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("s{hex}.snap")
-    } else {
-        // FNV-1a, twice with different offsets, for a name that cannot collide in practice.
-        let fnv =
-            |seed: u64| stream.bytes().fold(seed, |hash, b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
-        format!("h{:016x}{:016x}.snap", fnv(0xcbf2_9ce4_8422_2325), fnv(0x6c62_272e_07bb_0142))
+/// Where a stream's latest entry lies.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    table: u32,
+    offset: u64,
+    len: u32,
+    seq: u64,
+}
+
+struct Table {
+    number: u32,
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+}
+
+struct State {
+    index: FxHashMap<u128, Loc>,
+    /// Tables by number: the active one (last) takes appends; older ones are being compacted
+    /// away or hold live entries until the next compaction.
+    tables: BTreeMap<u32, Table>,
+    live_bytes: u64,
+    total_bytes: u64,
+    /// Reused entry buffer.
+    buf: Vec<u8>,
+}
+
+/// The snapshot table (see the module documentation).
+pub(crate) struct SnapshotStore {
+    dir: PathBuf,
+    state: Mutex<State>,
+    /// See [`COMPACT_MIN_DEAD`].
+    compact_min_dead: u64,
+}
+
+/// A 128-bit hash of a stream id (two FNV-1a passes with different offsets): collisions are
+/// out of reach in practice, and the id stored in each entry is checked on load anyway.
+fn key(stream: &str) -> u128 {
+    let fnv =
+        |seed: u64| stream.bytes().fold(seed, |hash, b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    (u128::from(fnv(0xcbf2_9ce4_8422_2325)) << 64) | u128::from(fnv(0x6c62_272e_07bb_0142))
+}
+
+fn table_path(dir: &Path, number: u32) -> PathBuf {
+    dir.join(format!("table-{number:06}.snap"))
+}
+
+fn cursor_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("cursor.{name}"))
+}
+
+fn encode_entry(buf: &mut Vec<u8>, stream: &str, seq: u64, state: &[u8]) {
+    buf.clear();
+    let rest_len = ENTRY_FIXED + stream.len() + state.len();
+    buf.extend_from_slice(&u32::try_from(rest_len).unwrap_or(u32::MAX).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&(stream.len() as u16).to_le_bytes());
+    buf.extend_from_slice(stream.as_bytes());
+    buf.extend_from_slice(state);
+    let crc = crc32c::crc32c(&buf[ENTRY_PREFIX..]);
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A decoded entry: sequence, stream id, state.
+fn decode_entry(rest: &[u8]) -> Option<(u64, &str, &[u8])> {
+    let seq = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+    let len = usize::from(u16::from_le_bytes(rest.get(8..10)?.try_into().ok()?));
+    let stream = std::str::from_utf8(rest.get(10..10 + len)?).ok()?;
+    Some((seq, stream, &rest[10 + len..]))
+}
+
+impl SnapshotStore {
+    /// Opens the table in `dir` (created when missing), rebuilding the index by one scan;
+    /// compacts when dead entries dominate.
+    ///
+    /// `log_seq` gives each stream's last sequence in the log: an entry ahead of it (a
+    /// machine crash lost appends that a snapshot had seen) is dropped, so it can never be
+    /// taken for the state at that sequence once the stream grows back to it.
+    pub(crate) fn open(dir: &Path, log_seq: &dyn Fn(&str) -> u64) -> Result<SnapshotStore> {
+        Self::open_with(dir, COMPACT_MIN_DEAD, log_seq)
+    }
+
+    fn open_with(dir: &Path, compact_min_dead: u64, log_seq: &dyn Fn(&str) -> u64) -> Result<SnapshotStore> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
+        let mut numbers = Vec::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(number) = name.strip_prefix("table-").and_then(|n| n.strip_suffix(".snap")) {
+                if let Ok(number) = number.parse::<u32>() {
+                    numbers.push(number);
+                }
+            } else if name.ends_with(".snap") || name.ends_with(".snap.tmp") {
+                // One file per stream (earlier versions), or a compaction that did not finish.
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        numbers.sort_unstable();
+        let mut state = State {
+            index: FxHashMap::default(),
+            tables: BTreeMap::new(),
+            live_bytes: 0,
+            total_bytes: 0,
+            buf: Vec::with_capacity(4096),
+        };
+        for number in numbers {
+            let path = table_path(dir, number);
+            let len = scan(&path, number, &mut state, log_seq)?;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_error(format!("opening {}", path.display()), e))?;
+            state.total_bytes += len;
+            state.tables.insert(number, Table { number, path, file: Arc::new(file), len });
+        }
+        if state.tables.is_empty() {
+            let table = create_table(dir, 0)?;
+            state.tables.insert(0, table);
+        }
+        let store = SnapshotStore { dir: dir.to_owned(), state: Mutex::new(state), compact_min_dead };
+        store.compact_if_worth_it()?;
+        Ok(store)
+    }
+
+    /// Saves `state` as `stream`'s latest snapshot at `seq` (appended; not synced).
+    pub(crate) fn save(&self, stream: &str, seq: u64, state: &[u8]) -> Result<()> {
+        {
+            let mut guard = lock(&self.state);
+            let st = &mut *guard;
+            let mut buf = std::mem::take(&mut st.buf);
+            encode_entry(&mut buf, stream, seq, state);
+            let result = append(st, &buf, key(stream), seq);
+            st.buf = buf;
+            result?;
+        }
+        self.compact_if_worth_it()
+    }
+
+    /// Saves many snapshots with one write (a bulk checkpoint: recovery).
+    pub(crate) fn save_many<'a>(&self, entries: impl IntoIterator<Item = (&'a str, u64, &'a [u8])>) -> Result<()> {
+        {
+            let mut guard = lock(&self.state);
+            let st = &mut *guard;
+            let mut all = Vec::new();
+            let mut keys = Vec::new();
+            let mut one = Vec::new();
+            for (stream, seq, state) in entries {
+                encode_entry(&mut one, stream, seq, state);
+                keys.push((key(stream), seq, all.len() as u64, one.len() as u32));
+                all.extend_from_slice(&one);
+            }
+            let table = st.tables.values_mut().next_back().expect("an active table always exists");
+            (&*table.file).write_all(&all).map_err(|e| io_error(format!("writing {}", table.path.display()), e))?;
+            let (number, base) = (table.number, table.len);
+            table.len += all.len() as u64;
+            st.total_bytes += all.len() as u64;
+            st.live_bytes += all.len() as u64;
+            for (k, seq, at, len) in keys {
+                if let Some(old) = st.index.insert(k, Loc { table: number, offset: base + at, len, seq }) {
+                    st.live_bytes -= u64::from(old.len);
+                }
+            }
+        }
+        self.compact_if_worth_it()
+    }
+
+    /// The sequence of `stream`'s latest snapshot, from the index (no read).
+    pub(crate) fn seq_of(&self, stream: &str) -> Option<u64> {
+        lock(&self.state).index.get(&key(stream)).map(|loc| loc.seq)
+    }
+
+    /// The latest intact snapshot of `stream`.
+    pub(crate) fn load(&self, stream: &str) -> Result<Option<Snapshot>> {
+        let (loc, file, path) = {
+            let state = lock(&self.state);
+            let Some(&loc) = state.index.get(&key(stream)) else { return Ok(None) };
+            let Some(table) = state.tables.get(&loc.table) else { return Ok(None) };
+            (loc, Arc::clone(&table.file), table.path.clone())
+        };
+        let mut bytes = vec![0; loc.len as usize];
+        file.read_exact_at(&mut bytes, loc.offset)
+            .map_err(|e| io_error(format!("reading snapshot of {stream:?} in {}", path.display()), e))?;
+        let ignore = |reason: &str| {
+            tracing::warn!(file = %path.display(), offset = loc.offset, stream, reason, "ignoring a damaged snapshot; the stream is replayed from the log");
+            Ok(None)
+        };
+        let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+        if crc32c::crc32c(&bytes[ENTRY_PREFIX..]) != crc {
+            return ignore("snapshot checksum mismatch");
+        }
+        match decode_entry(&bytes[ENTRY_PREFIX..]) {
+            Some((seq, stored, state)) if stored == stream => Ok(Some(Snapshot { seq, state: state.to_vec() })),
+            Some(_) => ignore("the entry belongs to another stream"),
+            None => ignore("malformed entry"),
+        }
+    }
+
+    /// Makes every snapshot saved so far durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        let state = lock(&self.state);
+        for table in state.tables.values() {
+            table.file.sync_data().map_err(|e| io_error(format!("syncing {}", table.path.display()), e))?;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// A position recorded under `name` with [`SnapshotStore::set_cursor`] (0 when none).
+    pub(crate) fn cursor(&self, name: &str) -> Result<u64> {
+        let path = cursor_path(&self.dir, name);
+        match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() == 12 => {
+                let value = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+                let crc = u32::from_le_bytes(bytes[8..].try_into().expect("4 bytes"));
+                if crc32c::crc32c(&bytes[..8]) == crc {
+                    Ok(value)
+                } else {
+                    tracing::warn!(file = %path.display(), "ignoring a damaged snapshot cursor");
+                    Ok(0)
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(file = %path.display(), "ignoring a malformed snapshot cursor");
+                Ok(0)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io_error(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    /// Records `position` under `name`, durably (written to a temporary file, synced, renamed).
+    pub(crate) fn set_cursor(&self, name: &str, position: u64) -> Result<()> {
+        let path = cursor_path(&self.dir, name);
+        let temp = path.with_extension(format!("{name}.tmp"));
+        let mut bytes = position.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&crc32c::crc32c(&position.to_le_bytes()).to_le_bytes());
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&temp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&temp, &path)
+        };
+        write().map_err(|e| io_error(format!("writing {}", path.display()), e))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Streams with a snapshot, and the bytes of table they take (live) and in all.
+    pub(crate) fn stats(&self) -> (usize, u64, u64) {
+        let state = lock(&self.state);
+        (state.index.len(), state.live_bytes, state.total_bytes)
+    }
+
+    /// Copies the live entries into a new table and deletes the old ones, when dead entries
+    /// take more room than live ones (and at least [`COMPACT_MIN_DEAD`]).
+    fn compact_if_worth_it(&self) -> Result<()> {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let dead = st.total_bytes.saturating_sub(st.live_bytes);
+        if dead < self.compact_min_dead || dead < st.live_bytes {
+            return Ok(());
+        }
+        let next = st.tables.keys().next_back().map_or(0, |n| n + 1);
+        let mut table = create_table(&self.dir, next)?;
+        // In file order, so the copy reads each old table sequentially.
+        let mut live: Vec<(u128, Loc)> = st.index.iter().map(|(k, l)| (*k, *l)).collect();
+        live.sort_unstable_by_key(|(_, l)| (l.table, l.offset));
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &*table.file);
+        let mut bytes = Vec::new();
+        let mut index = FxHashMap::with_capacity_and_hasher(live.len(), Default::default());
+        for (k, loc) in live {
+            let Some(old) = st.tables.get(&loc.table) else { continue };
+            bytes.resize(loc.len as usize, 0);
+            old.file
+                .read_exact_at(&mut bytes, loc.offset)
+                .map_err(|e| io_error(format!("compacting {}", old.path.display()), e))?;
+            out.write_all(&bytes).map_err(|e| io_error(format!("writing {}", table.path.display()), e))?;
+            index.insert(k, Loc { table: next, offset: table.len, len: loc.len, seq: loc.seq });
+            table.len += u64::from(loc.len);
+        }
+        out.flush().map_err(|e| io_error(format!("writing {}", table.path.display()), e))?;
+        drop(out);
+        table.file.sync_data().map_err(|e| io_error(format!("syncing {}", table.path.display()), e))?;
+        sync_dir(&self.dir)?;
+        for old in std::mem::take(&mut st.tables).into_values() {
+            let _ = std::fs::remove_file(&old.path);
+        }
+        tracing::info!(live = index.len(), bytes = table.len, freed = dead, "compacted the snapshot table");
+        st.live_bytes = table.len - HEADER_LEN;
+        st.total_bytes = table.len;
+        st.index = index;
+        st.tables.insert(next, table);
+        Ok(())
     }
 }
 
-pub(crate) fn path(dir: &Path, stream: &str) -> PathBuf {
-    dir.join(file_name(stream))
+fn create_table(dir: &Path, number: u32) -> Result<Table> {
+    let path = table_path(dir, number);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_error(format!("creating {}", path.display()), e))?;
+    let mut header = MAGIC.to_vec();
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    file.write_all(&header).map_err(|e| io_error(format!("writing {}", path.display()), e))?;
+    Ok(Table { number, path, file: Arc::new(file), len: HEADER_LEN })
 }
 
-pub(crate) fn save(dir: &Path, stream: &str, snapshot: &Snapshot) -> Result<()> {
-    let mut rest = Vec::with_capacity(10 + stream.len() + snapshot.state.len());
-    rest.extend_from_slice(&snapshot.seq.to_le_bytes());
-    rest.extend_from_slice(&(stream.len() as u16).to_le_bytes());
-    rest.extend_from_slice(stream.as_bytes());
-    rest.extend_from_slice(&snapshot.state);
-    let mut bytes = Vec::with_capacity(16 + rest.len());
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&VERSION.to_le_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(&rest).to_le_bytes());
-    bytes.extend_from_slice(&rest);
-
-    let target = path(dir, stream);
-    let temp = target.with_extension("snap.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut file = File::create(&temp)?;
-        file.write_all(&bytes)?;
-        std::fs::rename(&temp, &target)
-    };
-    write().map_err(|e| io_error(format!("writing snapshot {}", target.display()), e))
+/// Appends an entry to the active table and points the index at it.
+fn append(state: &mut State, entry: &[u8], k: u128, seq: u64) -> Result<()> {
+    let table = state.tables.values_mut().next_back().expect("an active table always exists");
+    (&*table.file).write_all(entry).map_err(|e| io_error(format!("writing {}", table.path.display()), e))?;
+    let loc = Loc { table: table.number, offset: table.len, len: entry.len() as u32, seq };
+    table.len += entry.len() as u64;
+    state.total_bytes += entry.len() as u64;
+    state.live_bytes += entry.len() as u64;
+    if let Some(old) = state.index.insert(k, loc) {
+        state.live_bytes -= u64::from(old.len);
+    }
+    Ok(())
 }
 
-/// The stream's snapshot, if one exists and is intact. A damaged snapshot (a crash before the
-/// file reached the disk, bad media) is logged and ignored: the stream is replayed instead.
-pub(crate) fn load(dir: &Path, stream: &str) -> Result<Option<Snapshot>> {
-    let path = path(dir, stream);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(format!("reading snapshot {}", path.display()), e)),
-    };
-    let ignore = |reason: &str| {
-        tracing::warn!(file = %path.display(), reason, "ignoring a damaged snapshot; the stream is replayed from the log");
-        Ok(None)
-    };
-    if bytes.len() < 26 || &bytes[..8] != MAGIC {
-        return ignore("not a citytwin snapshot");
+/// Reads a table front to back into the index; returns the length of its intact part (a torn
+/// or damaged tail is cut off: later saves append after what is intact).
+fn scan(path: &Path, number: u32, state: &mut State, log_seq: &dyn Fn(&str) -> u64) -> Result<u64> {
+    let file = File::open(path).map_err(|e| io_error(format!("opening {}", path.display()), e))?;
+    let file_len = file.metadata().map_err(|e| io_error(format!("reading {}", path.display()), e))?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut header = [0u8; HEADER_LEN as usize];
+    if reader.read_exact(&mut header).is_err() || &header[..8] != MAGIC || header[8..12] != VERSION.to_le_bytes() {
+        tracing::warn!(file = %path.display(), "ignoring a snapshot table with an unknown header");
+        return rewrite_empty(path);
     }
-    if u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != VERSION {
-        return ignore("unsupported snapshot version");
+    let mut offset = HEADER_LEN;
+    let mut prefix = [0u8; ENTRY_PREFIX];
+    let mut rest = Vec::new();
+    loop {
+        if reader.read_exact(&mut prefix).is_err() {
+            break;
+        }
+        let len = u32::from_le_bytes(prefix[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(prefix[4..].try_into().expect("4 bytes"));
+        if len < ENTRY_FIXED || offset + (ENTRY_PREFIX + len) as u64 > file_len {
+            break;
+        }
+        rest.resize(len, 0);
+        if reader.read_exact(&mut rest).is_err() || crc32c::crc32c(&rest) != crc {
+            break;
+        }
+        let Some((seq, stream, _)) = decode_entry(&rest) else { break };
+        let entry_len = (ENTRY_PREFIX + len) as u32;
+        offset += u64::from(entry_len);
+        let k = key(stream);
+        if seq > log_seq(stream) {
+            tracing::warn!(stream, snapshot_seq = seq, "dropping a snapshot ahead of the log");
+            if let Some(old) = state.index.remove(&k) {
+                state.live_bytes -= u64::from(old.len);
+            }
+            continue;
+        }
+        let loc = Loc { table: number, offset: offset - u64::from(entry_len), len: entry_len, seq };
+        state.live_bytes += u64::from(entry_len);
+        if let Some(old) = state.index.insert(k, loc) {
+            state.live_bytes -= u64::from(old.len);
+        }
     }
-    let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
-    let rest = &bytes[16..];
-    if crc32c::crc32c(rest) != crc {
-        return ignore("snapshot checksum mismatch");
+    if offset < file_len {
+        tracing::warn!(file = %path.display(), offset, dropped_bytes = file_len - offset, "cutting a torn or damaged end off the snapshot table");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| io_error(format!("opening {}", path.display()), e))?;
+        file.set_len(offset).map_err(|e| io_error(format!("truncating {}", path.display()), e))?;
     }
-    let seq = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
-    let len = usize::from(u16::from_le_bytes(rest[8..10].try_into().expect("2 bytes")));
-    let Some(stored_stream) = rest.get(10..10 + len) else { return ignore("truncated snapshot") };
-    if stored_stream != stream.as_bytes() {
-        return ignore("snapshot belongs to another stream");
+    Ok(offset)
+}
+
+fn rewrite_empty(path: &Path) -> Result<u64> {
+    let mut header = MAGIC.to_vec();
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    std::fs::write(path, &header).map_err(|e| io_error(format!("rewriting {}", path.display()), e))?;
+    Ok(HEADER_LEN)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(format!("syncing the directory {}", dir.display()), e))
+}
+
+#[cfg(test)]
+pub(crate) fn table_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("table-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_entry_of_each_stream_wins_across_reopens_and_compactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open_with(dir.path(), 4096, &|_| u64::MAX).unwrap();
+        for round in 0..20u64 {
+            for n in 0..100 {
+                store.save(&format!("asset:{n}"), round, format!("{n}@{round}").repeat(4).as_bytes()).unwrap();
+            }
+        }
+        let (streams, live, total) = store.stats();
+        assert_eq!(streams, 100);
+        assert!(total < 2 * live + 4096 + HEADER_LEN, "dead entries were compacted away: {live} live of {total}");
+        assert!(table_files(dir.path()).len() == 1, "the old tables are gone");
+        drop(store);
+        let store = SnapshotStore::open_with(dir.path(), 4096, &|_| u64::MAX).unwrap();
+        for n in 0..100 {
+            let snapshot = store.load(&format!("asset:{n}")).unwrap().unwrap();
+            assert_eq!((snapshot.seq, snapshot.state), (19, format!("{n}@19").repeat(4).into_bytes()));
+        }
+        assert_eq!(store.load("asset:100").unwrap(), None);
     }
-    Ok(Some(Snapshot { seq, state: rest[10 + len..].to_vec() }))
+
+    #[test]
+    fn a_torn_end_is_cut_off_and_earlier_entries_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), &|_| u64::MAX).unwrap();
+        store.save("a", 1, b"first").unwrap();
+        store.save("b", 1, b"second").unwrap();
+        drop(store);
+        let table = &table_files(dir.path())[0];
+        let len = std::fs::metadata(table).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(table).unwrap().set_len(len - 3).unwrap();
+        let store = SnapshotStore::open(dir.path(), &|_| u64::MAX).unwrap();
+        assert_eq!(store.load("a").unwrap().unwrap().state, b"first");
+        assert_eq!(store.load("b").unwrap(), None, "the torn entry is gone");
+        store.save("b", 2, b"again").unwrap();
+        drop(store);
+        let store = SnapshotStore::open(dir.path(), &|_| u64::MAX).unwrap();
+        assert_eq!(store.load("b").unwrap().unwrap(), Snapshot { seq: 2, state: b"again".to_vec() });
+    }
+
+    #[test]
+    fn cursors_are_durable_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path(), &|_| u64::MAX).unwrap();
+        assert_eq!(store.cursor("assets").unwrap(), 0);
+        store.set_cursor("assets", 1234).unwrap();
+        store.set_cursor("cells", 99).unwrap();
+        drop(store);
+        let store = SnapshotStore::open(dir.path(), &|_| u64::MAX).unwrap();
+        assert_eq!((store.cursor("assets").unwrap(), store.cursor("cells").unwrap()), (1234, 99));
+        let path = cursor_path(dir.path(), "assets");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(store.cursor("assets").unwrap(), 0, "a damaged cursor means starting from the beginning");
+    }
 }

@@ -457,6 +457,11 @@ fn snapshots_ahead_of_the_log_are_ignored() {
     let load = log.load_stream("s").unwrap();
     assert_eq!(load.snapshot, None, "a snapshot at 3 when the log holds 2 must not be used");
     assert_eq!(load.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+    // The stream grows back to sequence 3 with another event: the old state@3 is not it.
+    log.append("s", Expected::Seq(2), &event(9, "s")).unwrap();
+    let load = log.load_stream("s").unwrap();
+    assert_eq!(load.snapshot, None, "the stale snapshot was dropped when the log was opened");
+    assert_eq!(load.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
 }
 
 #[test]
@@ -517,14 +522,22 @@ fn a_damaged_snapshot_is_ignored_and_the_stream_replayed() {
     }
     log.save_snapshot("s", 3, b"state@3").unwrap();
     assert_eq!(log.load_stream("s").unwrap().snapshot.map(|s| s.seq), Some(3));
-    let path = snapshot::path(&dir.path().join("snapshots"), "s");
-    let mut bytes = std::fs::read(&path).unwrap();
+    let tables = snapshot::table_files(&dir.path().join("snapshots"));
+    assert_eq!(tables.len(), 1, "one table for every stream's snapshots");
+    let path = &tables[0];
+    let mut bytes = std::fs::read(path).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
-    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(path, &bytes).unwrap();
     let load = log.load_stream("s").unwrap();
     assert_eq!(load.snapshot, None, "a snapshot is a cache: damage means replaying more");
     assert_eq!(load.records.len(), 4);
+    // Reopening cuts the damaged entry off; the next save is found again.
+    drop(log);
+    let log = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap();
+    assert_eq!(log.load_stream("s").unwrap().snapshot, None);
+    log.save_snapshot("s", 4, b"state@4").unwrap();
+    assert_eq!(log.load_stream("s").unwrap().snapshot.map(|s| s.seq), Some(4));
 }
 
 #[test]

@@ -563,6 +563,12 @@ impl AssetActor {
             }
             AssetMsg::Passivate => {
                 self.settle(state).await;
+                // The state as it stops, so the next rehydration (or a query) is one read.
+                if state.since_snapshot > 0
+                    && let Err(error) = self.snapshot(state).await
+                {
+                    tracing::warn!(asset = %state.asset.asset_id, %error, "no snapshot at passivation (it is only a cache)");
+                }
                 myself.stop(Some("passivated".into()));
             }
             AssetMsg::StorageFailed(error) => {

@@ -2,5 +2,6 @@
 
 mod cells;
 mod read_models;
+mod recovery;
 mod saga;
 mod twin;

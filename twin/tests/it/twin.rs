@@ -169,8 +169,11 @@ async fn only_active_assets_stay_in_memory() {
     .await
     .expect("every idle asset passivates");
     assert_eq!(twin.live_assets().await.unwrap(), 0);
-    assert_eq!(twin.asset_state("a7").await.unwrap().status, Lifecycle::Created, "rehydrated on demand");
-    assert_eq!(twin.live_assets().await.unwrap(), 1);
+    assert_eq!(twin.asset_state("a7").await.unwrap().status, Lifecycle::Created, "read from its snapshot");
+    assert_eq!(twin.live_assets().await.unwrap(), 0, "a query does not wake a passivated asset");
+    twin.ingest(commissioned("a7")).await.unwrap();
+    assert_eq!(twin.live_assets().await.unwrap(), 1, "a command does");
+    assert_eq!(twin.asset_state("a7").await.unwrap().status, Lifecycle::Commissioned);
     twin.shutdown().await.unwrap();
 }
 

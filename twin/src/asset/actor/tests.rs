@@ -189,8 +189,14 @@ async fn idle_assets_passivate_and_rehydrate_on_the_next_message() {
     twin.expect_event(ShardEvent::Started("s1".into())).await;
     twin.expect_event(ShardEvent::Passivated("s1".into())).await;
     assert_eq!(twin.live().await, 0, "only active assets stay in memory");
-    assert_eq!(twin.state("s1").await, before, "rehydrated from the log");
+    assert_eq!(twin.state("s1").await, before, "a query reads the passivated asset from its snapshot");
+    assert_eq!(twin.live().await, 0, "without waking it");
+    assert!(twin.events.try_recv().is_err(), "no actor started for a query");
+    // The next command rehydrates it: same state, then the reading on top.
+    twin.observe(reading("s1", 2, "pm25", 9.0, Timestamp::from_secs(T0 + 120))).await.unwrap();
     twin.expect_event(ShardEvent::Started("s1".into())).await;
+    let after = twin.state("s1").await;
+    assert_eq!((after.version, after.metrics["pm25"].count), (before.version + 1, 2), "rehydrated, then applied");
     twin.stop().await;
 }
 
