@@ -154,6 +154,7 @@ fn actors(c: &mut Criterion) {
             writer: writer.clone(),
             config: AssetConfig::default(),
             shard: None,
+            activity: citytwin_twin::asset::actor::Activity::new(),
         };
         let (asset, _) = Actor::spawn(None, AssetActor, args).await.unwrap();
         let rules =

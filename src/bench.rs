@@ -50,6 +50,11 @@ pub(crate) struct BenchArgs {
     /// current from the bus, and wait for them to catch up before stopping the clock.
     #[arg(long)]
     read_models: bool,
+    /// Pace the readings at this many events per second (default: as fast as possible), and
+    /// report memory and live actors in the steady state: e.g. 1,000,000 assets reporting once
+    /// a minute is `--rate 16667`.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Passivate asset actors after this many idle milliseconds, and report memory with every
     /// asset live and after they all passivated.
     #[arg(long)]
@@ -91,8 +96,10 @@ async fn ingest_all(
     make: MakeEvent,
     concurrency: u32,
     batch: usize,
+    rate: Option<f64>,
 ) -> anyhow::Result<(Duration, u64)> {
     let started = Instant::now();
+    let start_at = tokio::time::Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let batch = u32::try_from(batch.max(1)).unwrap_or(u32::MAX);
     let mut tasks = Vec::new();
@@ -104,6 +111,10 @@ async fn ingest_all(
                 let first = next.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);
                 if first >= count {
                     return failures;
+                }
+                if let Some(rate) = rate {
+                    // Paced load: event n is due n / rate seconds after the start.
+                    tokio::time::sleep_until(start_at + Duration::from_secs_f64(f64::from(first) / rate)).await;
                 }
                 let events: Vec<Event> = (first..count.min(first.saturating_add(batch))).map(|n| make(n)).collect();
                 if batch <= 1 {
@@ -184,7 +195,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         .with_time(t0)
     });
     let mut shard_events = twin.shard_events();
-    let (created_in, _) = ingest_all(&twin, args.assets, created, args.concurrency, args.batch).await?;
+    let (created_in, _) = ingest_all(&twin, args.assets, created, args.concurrency, args.batch, None).await?;
     let rss_live = rss_kb("VmRSS");
     let live_after_setup = twin.live_assets().await?;
     let commissioned: MakeEvent = Arc::new(move |i| {
@@ -196,7 +207,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         )
         .with_time(t0)
     });
-    ingest_all(&twin, args.assets, commissioned, args.concurrency, args.batch).await?;
+    ingest_all(&twin, args.assets, commissioned, args.concurrency, args.batch, None).await?;
     let metrics = ["vehicle_count", "avg_speed", "pm25"];
     let assets = args.assets.max(1);
     let reading: MakeEvent = Arc::new(move |n| {
@@ -218,7 +229,27 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     });
     let cpu_before = cpu_time();
     let started = Instant::now();
-    let (_, failures) = ingest_all(&twin, args.events, reading, args.concurrency, args.batch).await?;
+    // With a paced load, sample memory and live actors every second (the steady state is
+    // what a city running at that rate costs).
+    let (stop_sampling, mut stopped) = tokio::sync::watch::channel(false);
+    let sampler = args.rate.map(|_| {
+        let twin = Arc::clone(&twin);
+        tokio::spawn(async move {
+            let mut samples: Vec<(u64, usize)> = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let live = twin.live_assets().await.unwrap_or(0);
+                        samples.push((rss_kb("VmRSS").unwrap_or(0), live));
+                    }
+                    _ = stopped.changed() => return samples,
+                }
+            }
+        })
+    });
+    let (_, failures) = ingest_all(&twin, args.events, reading, args.concurrency, args.batch, args.rate).await?;
+    let _ = stop_sampling.send(true);
     if let Some(models) = &mut read_models {
         // Until the projection has applied everything published so far.
         let published = twin.bus().published();
@@ -248,6 +279,20 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     );
     if let Some(models) = &read_models {
         println!("read models: {} events applied, caught up before the clock stopped", models.applied());
+    }
+    if let Some(sampler) = sampler {
+        let samples = sampler.await?;
+        // The second half: past the warm-up, when every asset has reported at least once.
+        let steady = &samples[samples.len() / 2..];
+        let max_rss = steady.iter().map(|s| s.0).max().unwrap_or(0);
+        let max_live = steady.iter().map(|s| s.1).max().unwrap_or(0);
+        let mean_live = steady.iter().map(|s| s.1).sum::<usize>() as f64 / steady.len().max(1) as f64;
+        println!(
+            "paced at {:.0} events/s: steady state (second half, {} samples): RSS at most {max_rss} kB ({:.2} GB), live asset actors {mean_live:.0} on average, {max_live} at most",
+            args.rate.unwrap_or(0.0),
+            steady.len(),
+            max_rss as f64 / 1e6
+        );
     }
     if let Some(cpu) = cpu {
         println!(

@@ -1,8 +1,8 @@
 //! `ShardActor`: supervises the asset actors of one shard (assets hash to shards).
 //!
 //! It spawns an asset actor on the first message for the asset (rehydrating it from the
-//! log), forwards commands without waiting for them, sweeps its live actors with idle checks
-//! (one timer per shard, not per actor), passivates idle actors with a handshake (messages that arrive while an actor stops are held and delivered to its
+//! log), forwards commands without waiting for them, sweeps its live actors' activity clocks
+//! (one timer per shard, no message per actor), passivates idle actors with a handshake (messages that arrive while an actor stops are held and delivered to its
 //! successor, so one asset never has two writers), and restarts actors that fail, up to
 //! `max_restarts` within `restart_window`; beyond that it fails itself (escalation to the
 //! city supervisor).
@@ -13,7 +13,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::broadcast;
 
-use crate::asset::actor::{AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandReply, rehydrate};
+use crate::asset::actor::{Activity, AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandReply, rehydrate};
 use crate::asset::logic::{AssetCommand, AssetState};
 
 /// The live asset actors of one shard, shared read-only with the twin so that commands for a
@@ -44,9 +44,7 @@ pub enum ShardMsg {
     GetState(String, RpcReplyPort<AssetState>),
     /// How many asset actors are alive.
     LiveCount(RpcReplyPort<usize>),
-    /// An asset actor has been idle: passivate it.
-    Idle(String),
-    /// Periodic: ask every live asset actor whether it has been idle.
+    /// Periodic: passivate the live asset actors that have been idle long enough.
     Sweep,
 }
 
@@ -75,7 +73,7 @@ pub struct ShardArgs {
 #[derive(Debug)]
 pub struct ShardState {
     args: ShardArgs,
-    live: HashMap<String, ActorRef<AssetMsg>>,
+    live: HashMap<String, (ActorRef<AssetMsg>, Activity)>,
     ids: HashMap<ActorId, String>,
     /// Assets whose actor is stopping, with messages held for the successor.
     stopping: HashMap<String, Vec<AssetMsg>>,
@@ -83,13 +81,13 @@ pub struct ShardState {
 }
 
 impl ShardState {
-    fn set_live(&mut self, asset_id: &str, actor: ActorRef<AssetMsg>) {
+    fn set_live(&mut self, asset_id: &str, actor: ActorRef<AssetMsg>, activity: Activity) {
         if let Some(directory) = &self.args.directory
             && let Ok(mut directory) = directory.write()
         {
             directory.insert(asset_id.to_owned(), actor.clone());
         }
-        self.live.insert(asset_id.to_owned(), actor);
+        self.live.insert(asset_id.to_owned(), (actor, activity));
     }
 
     fn unset_live(&mut self, asset_id: &str) -> Option<ActorRef<AssetMsg>> {
@@ -98,7 +96,7 @@ impl ShardState {
         {
             directory.remove(asset_id);
         }
-        self.live.remove(asset_id)
+        self.live.remove(asset_id).map(|(actor, _)| actor)
     }
 }
 
@@ -113,19 +111,21 @@ impl ShardActor {
         asset_id: &str,
         state: &mut ShardState,
     ) -> Result<ActorRef<AssetMsg>, ActorProcessingErr> {
-        if let Some(actor) = state.live.get(asset_id) {
+        if let Some((actor, _)) = state.live.get(asset_id) {
             return Ok(actor.clone());
         }
+        let activity = Activity::new();
         let args = AssetArgs {
             asset_id: asset_id.to_owned(),
             log: state.args.log.clone(),
             writer: state.args.writer.clone(),
             config: state.args.asset.clone(),
             shard: Some(myself.clone()),
+            activity: activity.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, AssetActor, args, myself.get_cell()).await?;
         state.ids.insert(actor.get_id(), asset_id.to_owned());
-        state.set_live(asset_id, actor.clone());
+        state.set_live(asset_id, actor.clone(), activity);
         notify(state, ShardEvent::Started(asset_id.to_owned()));
         Ok(actor)
     }
@@ -169,8 +169,10 @@ impl Actor for ShardActor {
     type Arguments = ShardArgs;
 
     async fn pre_start(&self, myself: ActorRef<ShardMsg>, args: ShardArgs) -> Result<ShardState, ActorProcessingErr> {
-        // One timer per shard drives passivation of its actors (not one per actor).
-        let sweep = args.asset.idle_timeout.max(Duration::from_millis(10)) / 2;
+        // One timer per shard drives passivation of its actors (not one per actor). A sweep
+        // only reads clocks, so it can run often: an idle actor outlives its timeout by at
+        // most an eighth of it (fewer actors live at once).
+        let sweep = (args.asset.idle_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(5));
         myself.send_interval(sweep, || ShardMsg::Sweep);
         // A restarted shard starts with no live actors: forget its predecessor's.
         if let Some(directory) = &args.directory
@@ -227,19 +229,25 @@ impl Actor for ShardActor {
                 }
             }
             ShardMsg::Sweep => {
-                for actor in state.live.values() {
-                    let _ = actor.cast(AssetMsg::IdleCheck);
+                // Reads each live actor's activity clock: no message to the busy ones.
+                let idle_timeout = state.args.asset.idle_timeout;
+                let idle: Vec<String> = state
+                    .live
+                    .iter()
+                    .filter(|(_, (_, activity))| activity.idle_for() >= idle_timeout)
+                    .map(|(asset_id, _)| asset_id.clone())
+                    .collect();
+                for asset_id in idle {
+                    if let Some(actor) = state.unset_live(&asset_id) {
+                        tracing::debug!(asset = %asset_id, "asset idle: passivating");
+                        state.stopping.insert(asset_id, Vec::new());
+                        // Processed after anything already in the actor's mailbox.
+                        let _ = actor.cast(AssetMsg::Passivate);
+                    }
                 }
             }
             ShardMsg::LiveCount(reply) => {
                 let _ = reply.send(state.live.len());
-            }
-            ShardMsg::Idle(asset_id) => {
-                if let Some(actor) = state.unset_live(&asset_id) {
-                    state.stopping.insert(asset_id, Vec::new());
-                    // Processed after anything already in the actor's mailbox.
-                    let _ = actor.cast(AssetMsg::Passivate);
-                }
             }
         }
         Ok(())

@@ -110,14 +110,45 @@ pub enum AssetMsg {
     GetState(RpcReplyPort<AssetState>),
     /// A heartbeat deadline set when the asset was last heard from.
     HeartbeatDeadline,
-    /// Periodic idleness check (passivation).
+    /// Periodic idleness check of an actor without a shard.
     IdleCheck,
-    /// The shard agreed to passivate this actor: stop now (after everything queued before).
+    /// The shard passivates this actor (it was idle): stop now, after everything queued before.
     Passivate,
     /// An append submitted without waiting was refused: the state holds events the log does
     /// not, so the actor rebuilds its state from the log (in place: what is queued behind
     /// this message is kept; a rebuild that cannot read the log fails the actor).
     StorageFailed(String),
+}
+
+/// When an asset actor last handled a command or query, shared with its shard: the shard's
+/// sweep reads it to find idle actors without sending each one a message (at a million
+/// assets, per-actor idle checks outnumbered the readings).
+#[derive(Debug, Clone, Default)]
+pub struct Activity(Arc<std::sync::atomic::AtomicU64>);
+
+impl Activity {
+    /// Milliseconds since the process's first use of an activity clock (monotonic).
+    pub fn now_ms() -> u64 {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+    }
+
+    /// A clock that says "active now".
+    pub fn new() -> Activity {
+        let activity = Activity::default();
+        activity.touch();
+        activity
+    }
+
+    /// Notes activity now.
+    pub fn touch(&self) {
+        self.0.store(Self::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the last activity.
+    pub fn idle_for(&self) -> Duration {
+        Duration::from_millis(Self::now_ms().saturating_sub(self.0.load(std::sync::atomic::Ordering::Relaxed)))
+    }
 }
 
 /// What an asset actor starts with.
@@ -131,8 +162,11 @@ pub struct AssetArgs {
     pub writer: crate::writer::LogWriter,
     /// Settings.
     pub config: AssetConfig,
-    /// The supervising shard, asked for passivation (without one the actor stops by itself).
+    /// The supervising shard (it passivates the actor; without one the actor stops by itself
+    /// when idle).
     pub shard: Option<ActorRef<crate::shard::ShardMsg>>,
+    /// When the actor was last active (shared with the shard's sweep).
+    pub activity: Activity,
 }
 
 impl std::fmt::Debug for AssetArgs {
@@ -148,7 +182,6 @@ pub struct AssetActorState {
     stream: String,
     asset: AssetState,
     since_snapshot: u64,
-    last_activity: tokio::time::Instant,
     /// When the asset was last heard from (receive time), and the pending heartbeat timer:
     /// one per asset, re-armed when it fires early, cancelled when the actor stops (a pending
     /// timer holds a reference to the actor and would keep a passivated actor in memory).
@@ -463,19 +496,21 @@ impl Actor for AssetActor {
         myself: ActorRef<AssetMsg>,
         args: AssetArgs,
     ) -> Result<AssetActorState, ActorProcessingErr> {
-        let (log, id) = (args.log.clone(), args.asset_id.clone());
-        let asset = tokio::task::spawn_blocking(move || rehydrate(&log, &id)).await??;
+        // NOTE: read inline: after recovery and passivation the snapshot is current, so this
+        // is one positioned read of the page cache, cheaper than a hand-off to the blocking
+        // pool (which cost two thread wake-ups per rehydration).
+        let asset = rehydrate(&args.log, &args.asset_id)?;
         let idle = args.config.idle_timeout;
         if args.shard.is_none() {
-            // Under a shard, the shard's sweep sends the idle checks: no timer task per actor.
+            // Under a shard, the shard's sweep finds idle actors: no timer task per actor.
             myself.send_interval(idle.max(Duration::from_millis(10)) / 2, || AssetMsg::IdleCheck);
         }
+        args.activity.touch();
         let mut state = AssetActorState {
             stream: asset_stream(&args.asset_id),
             args,
             asset,
             since_snapshot: 0,
-            last_activity: tokio::time::Instant::now(),
             last_heard: tokio::time::Instant::now(),
             heartbeat: None,
             unanswered: Arc::default(),
@@ -500,6 +535,26 @@ impl Actor for AssetActor {
 }
 
 impl AssetActor {
+    /// Stops after the submitted appends are answered, leaving a snapshot of the state it
+    /// stops with (so the next rehydration, or a query, is one read).
+    async fn passivate(&self, myself: &ActorRef<AssetMsg>, state: &mut AssetActorState) {
+        self.settle(state).await;
+        if state.since_snapshot > 0 {
+            // NOTE: written inline (one append to the snapshot table) rather than through the
+            // blocking pool: passivation happens for every asset that goes quiet.
+            let saved = rmp_serde::to_vec(&state.asset)
+                .map_err(|e| citytwin_core::Error::Rejected(e.to_string()))
+                .and_then(|bytes| state.args.log.save_snapshot(&state.stream, state.asset.version, &bytes));
+            match saved {
+                Ok(()) => state.since_snapshot = 0,
+                Err(error) => {
+                    tracing::warn!(asset = %state.asset.asset_id, %error, "no snapshot at passivation (it is only a cache)")
+                }
+            }
+        }
+        myself.stop(Some("passivated".into()));
+    }
+
     async fn handle_message(
         &self,
         myself: &ActorRef<AssetMsg>,
@@ -508,7 +563,7 @@ impl AssetActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             AssetMsg::Command(command, reply) => {
-                state.last_activity = tokio::time::Instant::now();
+                state.args.activity.touch();
                 let outcome = self.run_command(myself, command, state).await;
                 match outcome {
                     Ok(result) => {
@@ -522,13 +577,13 @@ impl AssetActor {
                 }
             }
             AssetMsg::Batch(commands, part) => {
-                state.last_activity = tokio::time::Instant::now();
+                state.args.activity.touch();
                 if let Some(failure) = self.run_batch(myself, commands, part, state).await {
                     return Err(failure);
                 }
             }
             AssetMsg::GetState(reply) => {
-                state.last_activity = tokio::time::Instant::now();
+                state.args.activity.touch();
                 let _ = reply.send(state.asset.clone());
             }
             AssetMsg::HeartbeatDeadline => {
@@ -549,28 +604,14 @@ impl AssetActor {
                 }
             }
             AssetMsg::IdleCheck => {
-                if state.last_activity.elapsed() >= state.args.config.idle_timeout {
-                    tracing::debug!(asset = %state.asset.asset_id, "asset idle: asking to passivate");
-                    match &state.args.shard {
-                        Some(shard) => {
-                            let _ = shard.cast(crate::shard::ShardMsg::Idle(state.asset.asset_id.clone()));
-                            // Ask once per idle period.
-                            state.last_activity = tokio::time::Instant::now();
-                        }
-                        None => myself.stop(Some("passivated".into())),
-                    }
+                // Only actors without a shard check themselves; a shard's sweep reads their
+                // activity clocks instead.
+                if state.args.activity.idle_for() >= state.args.config.idle_timeout {
+                    tracing::debug!(asset = %state.asset.asset_id, "asset idle: stopping");
+                    self.passivate(myself, state).await;
                 }
             }
-            AssetMsg::Passivate => {
-                self.settle(state).await;
-                // The state as it stops, so the next rehydration (or a query) is one read.
-                if state.since_snapshot > 0
-                    && let Err(error) = self.snapshot(state).await
-                {
-                    tracing::warn!(asset = %state.asset.asset_id, %error, "no snapshot at passivation (it is only a cache)");
-                }
-                myself.stop(Some("passivated".into()));
-            }
+            AssetMsg::Passivate => self.passivate(myself, state).await,
             AssetMsg::StorageFailed(error) => {
                 // Rebuilt in place rather than by a restart: a failing actor drops its mailbox,
                 // and with it the commands and queries queued behind this message. Appends
