@@ -9,6 +9,11 @@
 //! the snapshots durable, then moves the cursor to the end of the log. After that, an asset
 //! rehydrates from one snapshot read and an empty tail.
 //!
+//! When the snapshots already cover nearly everything (assets snapshot when they passivate, so
+//! after a clean stop only the live ones' latest events are missing), the indexes of the log
+//! and of the snapshot table tell which streams are behind, and only those streams' missing
+//! records are read, through their back-pointers, instead of replaying the log.
+//!
 //! The invariant the cursor stands for: every asset stream with events below the cursor has a
 //! snapshot including them all. A pass keeps it: the streams it touched get a snapshot at
 //! their latest sequence, the others had one already. Snapshots are caches, so a lost or
@@ -36,6 +41,8 @@ pub struct FoldReport {
     pub events: u64,
     /// Assets whose snapshot it brought up to date.
     pub assets: usize,
+    /// Whether it replayed the log (else it read only the streams behind their snapshots).
+    pub replayed: bool,
     /// How long it took.
     pub elapsed: Duration,
 }
@@ -67,6 +74,25 @@ pub fn fold_assets(log: &EventLog) -> citytwin_core::Result<FoldReport> {
     if from >= to {
         return Ok(report);
     }
+    // The snapshots may hold (nearly) everything already: assets snapshot when they
+    // passivate, so after a clean stop or in a city where most assets are idle only the
+    // live ones' latest events are missing. The indexes say which, without reading the log.
+    let behind: Vec<(String, u64, u64)> = log
+        .streams_with_prefix("asset:")
+        .into_iter()
+        .filter_map(|(stream, seq)| {
+            let snapshot = log.snapshot_seq(&stream).unwrap_or(0);
+            (seq > snapshot).then_some((stream, snapshot, seq))
+        })
+        .collect();
+    let missing: u64 = behind.iter().map(|(_, snapshot, seq)| seq - snapshot).sum();
+    if missing <= (to - from) / 20 {
+        // Few records to add: read them through each stream's back-pointers rather than
+        // replaying the whole log.
+        let (events, assets) = catch_up(log, &behind)?;
+        return finish(log, report, events, assets, 0, started);
+    }
+    report.replayed = true;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
     let (events, assets) = std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(workers);
@@ -117,21 +143,55 @@ pub fn fold_assets(log: &EventLog) -> citytwin_core::Result<FoldReport> {
             None => Ok(totals),
         }
     })?;
+    finish(log, report, events, assets, workers, started)
+}
+
+/// Makes the saved snapshots durable, moves the cursor, reports.
+fn finish(
+    log: &EventLog,
+    mut report: FoldReport,
+    events: u64,
+    assets: usize,
+    workers: usize,
+    started: Instant,
+) -> citytwin_core::Result<FoldReport> {
     log.sync_snapshots()?;
-    log.set_snapshot_cursor(ASSET_CURSOR, to)?;
+    log.set_snapshot_cursor(ASSET_CURSOR, report.to)?;
     report.events = events;
     report.assets = assets;
     report.elapsed = started.elapsed();
     tracing::info!(
-        from,
-        to,
+        from = report.from,
+        to = report.to,
         events = report.events,
         assets = report.assets,
+        replayed = report.replayed,
         workers,
         elapsed_ms = report.elapsed.as_millis() as u64,
         "asset snapshots brought up to date with the log"
     );
     Ok(report)
+}
+
+/// Brings the snapshots of the streams `behind` (stream, snapshot sequence, last sequence) up
+/// to date from their own records. Returns the events applied and the assets saved.
+fn catch_up(log: &EventLog, behind: &[(String, u64, u64)]) -> citytwin_core::Result<(u64, usize)> {
+    let mut events = 0;
+    for slice in behind.chunks(4096) {
+        let mut encoded = Vec::with_capacity(slice.len());
+        for (stream, _, last) in slice {
+            let asset_id = stream.strip_prefix("asset:").unwrap_or(stream);
+            let mut folding = start_of(log, stream, asset_id)?;
+            let before = folding.seq;
+            fill_gap(log, stream, &mut folding, last + 1)?;
+            events += folding.seq - before;
+            let bytes = rmp_serde::to_vec(&folding.state).map_err(|e| citytwin_core::Error::Rejected(e.to_string()))?;
+            encoded.push((stream.as_str(), folding.seq, bytes));
+        }
+        let entries: Vec<(&str, u64, &[u8])> = encoded.iter().map(|(s, seq, b)| (*s, *seq, &b[..])).collect();
+        log.save_snapshots(&entries)?;
+    }
+    Ok((events, behind.len()))
 }
 
 /// A hash of a stream id (which worker folds it; groups a chunk's records by stream).

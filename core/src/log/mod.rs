@@ -655,6 +655,13 @@ impl EventLog {
         lock(&self.inner.state).streams.get(stream).map_or(0, |h| h.seq)
     }
 
+    /// The streams whose id starts with `prefix`, with their last sequence (from the index:
+    /// no read).
+    pub fn streams_with_prefix(&self, prefix: &str) -> Vec<(String, u64)> {
+        let state = lock(&self.inner.state);
+        state.streams.iter().filter(|(s, _)| s.starts_with(prefix)).map(|(s, h)| (s.to_string(), h.seq)).collect()
+    }
+
     /// Number of streams the log knows.
     pub fn stream_count(&self) -> usize {
         lock(&self.inner.state).streams.len()
