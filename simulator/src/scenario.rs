@@ -3,7 +3,8 @@
 //! Stage one deserializes the text into `Raw*` structs (syntax errors and unknown keys come
 //! from `toml` with their position). Stage two validates every value and collects *all*
 //! problems, each with the file, line, column and key path (`populations[1].metrics[0].unit`),
-//! found by walking the spanned document that `toml` parses alongside. The format is
+//! found by walking the spanned document that `toml` parses alongside. A what-if variant
+//! (`extends = "base.toml"`) is merged over its bases first ([`extends`]). The format is
 //! documented in `docs/scenarios.md`.
 
 use std::fmt;
@@ -621,23 +622,58 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioErrors> {
     parse(path, &text)
 }
 
-/// Parses and validates scenario text (`path` names it in errors and anchors rule paths).
+/// Parses and validates scenario text (`path` names it in errors and anchors relative paths).
+///
+/// A file may start from another: `extends = "base.toml"` (relative to the file, chains
+/// allowed) merges it over its base: tables key by key, `rules` replaced as a whole,
+/// `populations` and `interventions` entries merged into the base entry of the same `name`
+/// (a population without one is named by its `type`) or appended, `incidents` appended.
+/// Relative paths in a base stay relative to the base's own file.
 ///
 /// # Errors
 /// Every problem found, each with file, line and key.
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioErrors> {
-    let raw: RawScenario = toml::from_str(text).map_err(|e| {
-        ScenarioErrors(vec![ScenarioError {
-            file: path.to_owned(),
-            line: e.span().map(|span| line_col(text, span.start)),
-            key: String::new(),
-            message: e.message().trim().to_owned(),
-        }])
-    })?;
-    let document = DeTable::parse(text).ok();
-    let mut v = Validator { path, text, document: document.as_ref(), errors: Vec::new(), roads: None };
+    let mut sources = vec![(path.to_owned(), text.to_owned())];
+    let mut merged = extends::Merged::default();
+    if let Some(layers) = extends::layers(path, text, &mut sources)? {
+        merged = layers;
+    }
+    let documents: Vec<Option<Spanned<DeTable<'_>>>> =
+        sources.iter().map(|(_, text)| DeTable::parse(text).ok()).collect();
+    let layers: Vec<Layer<'_>> = sources
+        .iter()
+        .zip(&documents)
+        .map(|((path, text), document)| Layer { path, text, document: document.as_ref() })
+        .collect();
+    let raw: RawScenario = match merged.table.take() {
+        None => toml::from_str(text).map_err(|e| {
+            ScenarioErrors(vec![ScenarioError {
+                file: path.to_owned(),
+                line: e.span().map(|span| line_col(text, span.start)),
+                key: String::new(),
+                message: e.message().trim().to_owned(),
+            }])
+        })?,
+        Some(table) => RawScenario::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let chain: Vec<String> = sources.iter().skip(1).map(|(p, _)| p.display().to_string()).collect();
+            ScenarioErrors(vec![ScenarioError {
+                file: path.to_owned(),
+                line: None,
+                key: String::new(),
+                message: format!("{} (merged over {})", e.message().trim(), chain.join(", then ")),
+            }])
+        })?,
+    };
+    let mut v = Validator { path, layers: &layers, origins: &merged.origins, errors: Vec::new(), roads: None };
     let scenario = v.scenario(raw);
     if v.errors.is_empty() { Ok(scenario) } else { Err(ScenarioErrors(v.errors)) }
+}
+
+/// One file of a scenario: the file itself, then the bases it extends, in that order.
+struct Layer<'a> {
+    path: &'a Path,
+    text: &'a str,
+    document: Option<&'a Spanned<DeTable<'a>>>,
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -656,8 +692,9 @@ enum Seg {
 
 struct Validator<'a> {
     path: &'a Path,
-    text: &'a str,
-    document: Option<&'a Spanned<DeTable<'a>>>,
+    layers: &'a [Layer<'a>],
+    /// Where each entry of a merged array came from (see [`extends::Origins`]).
+    origins: &'a extends::Origins,
     errors: Vec<ScenarioError>,
     roads: Option<Arc<Roads>>,
 }
@@ -706,13 +743,33 @@ fn locate(document: &Spanned<DeTable<'_>>, path: &[Seg]) -> Option<Range<usize>>
 
 impl Validator<'_> {
     fn error(&mut self, path: &[Seg], message: impl Into<String>) {
-        let line = self.document.and_then(|doc| locate(doc, path)).map(|span| line_col(self.text, span.start));
-        self.errors.push(ScenarioError {
-            file: self.path.to_owned(),
-            line,
-            key: key_text(path),
-            message: message.into(),
+        // The file that set the key: the scenario itself, else the nearest base that has it
+        // (an entry of a merged array is looked up under its index in each file).
+        let found = self.candidates(path).into_iter().find_map(|(layer, path)| {
+            let layer = self.layers.get(layer)?;
+            let span = locate(layer.document?, &path)?;
+            Some((layer.path, line_col(layer.text, span.start)))
         });
+        let (file, line) = found.map_or((self.path, None), |(file, line)| (file, Some(line)));
+        self.errors.push(ScenarioError { file: file.to_owned(), line, key: key_text(path), message: message.into() });
+    }
+
+    /// The (layer, key path in that layer) pairs where the key at `path` of the merged
+    /// scenario may be written, the most specific first.
+    fn candidates(&self, path: &[Seg]) -> Vec<(usize, Vec<Seg>)> {
+        if let [Seg::Key(array), Seg::Index(i), rest @ ..] = path
+            && let Some(entries) = self.origins.get(*array).and_then(|entries| entries.get(*i))
+        {
+            return entries
+                .iter()
+                .map(|&(layer, index)| {
+                    let mut translated = vec![Seg::Key(array), Seg::Index(index)];
+                    translated.extend_from_slice(rest);
+                    (layer, translated)
+                })
+                .collect();
+        }
+        (0..self.layers.len()).map(|layer| (layer, path.to_vec())).collect()
     }
 
     fn duration(&mut self, path: &[Seg], text: &str) -> Duration {
@@ -1282,6 +1339,8 @@ fn parse_offset(text: &str) -> Option<i32> {
     let seconds = time_of_day(rest)?;
     (seconds <= 14 * 3600).then(|| sign * i32::try_from(seconds).unwrap_or(0))
 }
+
+mod extends;
 
 #[cfg(test)]
 mod tests;

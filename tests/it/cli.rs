@@ -232,3 +232,45 @@ fn validate_reports_every_problem_with_line_and_key() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("valid"));
 }
+
+#[test]
+fn compare_runs_a_base_and_its_extends_variant_and_shows_the_intervention() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("{}/tests/fixtures/tiny-city.toml", env!("CARGO_MANIFEST_DIR"));
+    // The variant lives elsewhere: the base's relative rule paths must still resolve.
+    let variant = dir.path().join("slow-traffic.toml");
+    std::fs::write(
+        &variant,
+        format!(
+            "extends = {base:?}\n\n[city]\nname = \"Tiny city, slow morning\"\n\n\
+             [[interventions]]\nname = \"slow\"\nfrom = \"06:00\"\nto = \"09:30\"\n\
+             effect = {{ kind = \"scale\", metric = \"avg_speed\", factor = 0.3 }}\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("compare");
+    let output = citytwin(&[
+        "compare",
+        &base,
+        variant.to_str().unwrap(),
+        "--report-dir",
+        out.to_str().unwrap(),
+        "--threads",
+        "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report = |role: &str| -> serde_json::Value { serde_json::from_str(&report_of(&out.join(role))).unwrap() };
+    let (before, after) = (report("base"), report("variant"));
+    assert_eq!(after["scenario"], "Tiny city, slow morning", "{after}");
+    assert_eq!(before["assets"], after["assets"], "the variant keeps the base's assets");
+    let congestion = |r: &serde_json::Value| r["kpis"]["congestion_minutes"].as_f64().unwrap();
+    assert!(
+        congestion(&after) > congestion(&before),
+        "slower traffic congests more (scenario seed 7): {} vs {}",
+        congestion(&after),
+        congestion(&before)
+    );
+    assert!(out.join("compare.html").is_file() && out.join("compare.json").is_file());
+    assert!(stdout.contains("congestion"), "the KPI table: {stdout}");
+}
