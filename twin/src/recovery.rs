@@ -77,15 +77,13 @@ pub fn fold_assets(log: &EventLog) -> citytwin_core::Result<FoldReport> {
     // The snapshots may hold (nearly) everything already: assets snapshot when they
     // passivate, so after a clean stop or in a city where most assets are idle only the
     // live ones' latest events are missing. The indexes say which, without reading the log.
-    let behind: Vec<(String, u64, u64)> = log
-        .streams_with_prefix("asset:")
-        .into_iter()
-        .filter_map(|(stream, seq)| {
-            let snapshot = log.snapshot_seq(&stream).unwrap_or(0);
-            (seq > snapshot).then_some((stream, snapshot, seq))
-        })
-        .collect();
-    let missing: u64 = behind.iter().map(|(_, snapshot, seq)| seq - snapshot).sum();
+    let mut missing = 0;
+    let mut behind = log.streams_with_prefix("asset:");
+    behind.retain(|(stream, seq)| {
+        let snapshot = log.snapshot_seq(stream).unwrap_or(0);
+        missing += seq.saturating_sub(snapshot);
+        *seq > snapshot
+    });
     if missing <= (to - from) / 20 {
         // Few records to add: read them through each stream's back-pointers rather than
         // replaying the whole log.
@@ -173,23 +171,22 @@ fn finish(
     Ok(report)
 }
 
-/// Brings the snapshots of the streams `behind` (stream, snapshot sequence, last sequence) up
-/// to date from their own records. Returns the events applied and the assets saved.
-fn catch_up(log: &EventLog, behind: &[(String, u64, u64)]) -> citytwin_core::Result<(u64, usize)> {
+/// Brings the snapshots of the streams `behind` (stream, last sequence) up to date from their
+/// own records. Returns the events applied and the assets saved.
+fn catch_up(log: &EventLog, behind: &[(String, u64)]) -> citytwin_core::Result<(u64, usize)> {
     let mut events = 0;
-    for slice in behind.chunks(4096) {
-        let mut encoded = Vec::with_capacity(slice.len());
-        for (stream, _, last) in slice {
+    for slice in behind.chunks(SAVE_SLICE) {
+        let mut folded = Vec::with_capacity(slice.len());
+        for (stream, last) in slice {
             let asset_id = stream.strip_prefix("asset:").unwrap_or(stream);
             let mut folding = start_of(log, stream, asset_id)?;
             let before = folding.seq;
             fill_gap(log, stream, &mut folding, last + 1)?;
             events += folding.seq - before;
-            let bytes = rmp_serde::to_vec(&folding.state).map_err(|e| citytwin_core::Error::Rejected(e.to_string()))?;
-            encoded.push((stream.as_str(), folding.seq, bytes));
+            folded.push((stream.as_str(), folding));
         }
-        let entries: Vec<(&str, u64, &[u8])> = encoded.iter().map(|(s, seq, b)| (*s, *seq, &b[..])).collect();
-        log.save_snapshots(&entries)?;
+        let refs: Vec<(&str, &Folding)> = folded.iter().map(|(stream, folding)| (*stream, folding)).collect();
+        save_folded(log, &refs)?;
     }
     Ok((events, behind.len()))
 }
@@ -250,23 +247,29 @@ fn fold_worker(
             at = end;
         }
     }
-    // Saved in slices, each with one write.
-    let all: Vec<(&String, &Folding)> = assets.iter().collect();
-    for slice in all.chunks(4096) {
+    let all: Vec<(&str, &Folding)> = assets.iter().map(|(stream, folding)| (stream.as_str(), folding)).collect();
+    save_folded(log, &all)?;
+    Ok((events, assets.len()))
+}
+
+/// Saves folded states as the streams' snapshots, in slices of [`SAVE_SLICE`], each with one
+/// write.
+fn save_folded(log: &EventLog, folded: &[(&str, &Folding)]) -> citytwin_core::Result<()> {
+    for slice in folded.chunks(SAVE_SLICE) {
         let encoded: Vec<Vec<u8>> = slice
             .iter()
             .map(|(_, folding)| rmp_serde::to_vec(&folding.state))
             .collect::<Result<_, _>>()
             .map_err(|e| citytwin_core::Error::Rejected(e.to_string()))?;
-        let entries: Vec<(&str, u64, &[u8])> = slice
-            .iter()
-            .zip(&encoded)
-            .map(|((stream, folding), bytes)| (stream.as_str(), folding.seq, &bytes[..]))
-            .collect();
+        let entries: Vec<(&str, u64, &[u8])> =
+            slice.iter().zip(&encoded).map(|((stream, folding), bytes)| (*stream, folding.seq, &bytes[..])).collect();
         log.save_snapshots(&entries)?;
     }
-    Ok((events, assets.len()))
+    Ok(())
 }
+
+/// How many snapshots one write saves.
+const SAVE_SLICE: usize = 4096;
 
 /// Where folding `stream` starts: its snapshot, or nothing.
 fn start_of(log: &EventLog, stream: &str, asset_id: &str) -> citytwin_core::Result<Folding> {
