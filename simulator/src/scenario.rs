@@ -634,10 +634,10 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioErrors> {
 /// Every problem found, each with file, line and key.
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioErrors> {
     let mut sources = vec![(path.to_owned(), text.to_owned())];
-    let mut merged = extends::Merged::default();
-    if let Some(layers) = extends::layers(path, text, &mut sources)? {
-        merged = layers;
-    }
+    let (merged, origins) = match extends::layers(path, text, &mut sources)? {
+        Some(extends::Merged { table, origins }) => (Some(table), origins),
+        None => (None, extends::Origins::new()),
+    };
     let documents: Vec<Option<Spanned<DeTable<'_>>>> =
         sources.iter().map(|(_, text)| DeTable::parse(text).ok()).collect();
     let layers: Vec<Layer<'_>> = sources
@@ -645,7 +645,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioErrors> {
         .zip(&documents)
         .map(|((path, text), document)| Layer { path, text, document: document.as_ref() })
         .collect();
-    let raw: RawScenario = match merged.table.take() {
+    let raw: RawScenario = match merged {
         None => toml::from_str(text).map_err(|e| {
             ScenarioErrors(vec![ScenarioError {
                 file: path.to_owned(),
@@ -664,7 +664,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioErrors> {
             }])
         })?,
     };
-    let mut v = Validator { path, layers: &layers, origins: &merged.origins, errors: Vec::new(), roads: None };
+    let mut v = Validator { path, layers: &layers, origins: &origins, errors: Vec::new(), roads: None };
     let scenario = v.scenario(raw);
     if v.errors.is_empty() { Ok(scenario) } else { Err(ScenarioErrors(v.errors)) }
 }

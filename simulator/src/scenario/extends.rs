@@ -19,9 +19,8 @@ use super::{ScenarioError, ScenarioErrors, Seg, line_col, locate};
 pub(super) type Origins = HashMap<&'static str, Vec<Vec<(usize, usize)>>>;
 
 /// A merged chain: the table to deserialize and where its array entries came from.
-#[derive(Default)]
 pub(super) struct Merged {
-    pub(super) table: Option<Table>,
+    pub(super) table: Table,
     pub(super) origins: Origins,
 }
 
@@ -44,9 +43,9 @@ pub(super) fn layers(
     let mut tables = vec![table];
     let mut seen = vec![canonical(path)];
     loop {
-        let (child, child_text) = sources.last().cloned().unwrap_or_default();
-        let base_path = dir_of(&child).join(&base);
-        let fail = |message: String| error_at_extends(&child, &child_text, message);
+        let (child, child_text) = sources.last().expect("the scenario itself is the first source");
+        let base_path = dir_of(child).join(&base);
+        let fail = |message: String| error_at_extends(child, child_text, message);
         let base_text = std::fs::read_to_string(&base_path)
             .map_err(|e| fail(format!("cannot read the base scenario {}: {e}", base_path.display())))?;
         let id = canonical(&base_path);
@@ -78,7 +77,7 @@ pub(super) fn layers(
     for (layer, table) in layers {
         merge_layer(&mut merged, table, layer, &mut origins);
     }
-    Ok(Some(Merged { table: Some(merged), origins }))
+    Ok(Some(Merged { table: merged, origins }))
 }
 
 fn dir_of(path: &Path) -> PathBuf {
