@@ -59,6 +59,10 @@ pub(crate) struct BenchArgs {
     /// asset live and after they all passivated.
     #[arg(long)]
     idle_ms: Option<u64>,
+    /// Most live asset actors (0: no limit); beyond it the least recently active passivate at
+    /// once. Bounds the memory of a burst (creating a million assets) whatever `--idle-ms`.
+    #[arg(long, default_value_t = 250_000, value_name = "N")]
+    max_live: usize,
     /// After the run, restart the twin and rebuild every asset from the log and snapshots,
     /// reporting how long recovery takes.
     #[arg(long)]
@@ -172,6 +176,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         shards: args.shards,
         log: LogConfig { durability, ..LogConfig::default() },
         cells,
+        max_live_assets: args.max_live,
         ..TwinConfig::new(&dir)
     };
     let rss_start = rss_kb("VmRSS");

@@ -131,6 +131,8 @@ pub(crate) struct TwinSection {
     pub(crate) rules: Vec<PathBuf>,
     /// Events of one snapshot interval per asset.
     pub(crate) snapshot_every: Option<u64>,
+    /// Most live asset actors; beyond it the least recently active passivate (0: no limit).
+    pub(crate) max_live_assets: Option<usize>,
     /// The city's roads and buildings (a GeoJSON FeatureCollection), served to viewers by
     /// `Query.Geometry` and `GET /v1/geometry`.
     pub(crate) geometry: Option<PathBuf>,
@@ -138,7 +140,14 @@ pub(crate) struct TwinSection {
 
 impl Default for TwinSection {
     fn default() -> Self {
-        TwinSection { shards: 8, resolution: 8, rules: Vec::new(), snapshot_every: None, geometry: None }
+        TwinSection {
+            shards: 8,
+            resolution: 8,
+            rules: Vec::new(),
+            snapshot_every: None,
+            max_live_assets: None,
+            geometry: None,
+        }
     }
 }
 

@@ -140,6 +140,9 @@ pub(crate) async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     if let Some(every) = config.twin.snapshot_every {
         twin_config.asset.snapshot_every = every;
     }
+    if let Some(limit) = config.twin.max_live_assets {
+        twin_config.max_live_assets = limit;
+    }
     let twin = Twin::start(twin_config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?;
     let geometry = config.twin.geometry.as_deref().map(CityGeometry::load).transpose()?;
     start_with(config, twin, cells, geometry).await

@@ -57,6 +57,10 @@ pub struct TwinConfig {
     pub max_in_flight: usize,
     /// Delivery class per event type.
     pub delivery: DeliveryClasses,
+    /// Most live asset actors in the twin (0: no limit), split evenly over the shards; beyond
+    /// it the least recently active passivate whatever their idle time (about 11 KB each live,
+    /// under 1 KB passivated).
+    pub max_live_assets: usize,
 }
 
 impl TwinConfig {
@@ -75,6 +79,7 @@ impl TwinConfig {
             cells: None,
             max_in_flight: 65_536,
             delivery: DeliveryClasses::default(),
+            max_live_assets: 250_000,
         }
     }
 }
@@ -594,6 +599,7 @@ impl CityActor {
             restart_window: state.config.restart_window,
             events: Some(state.shard_events.clone()),
             directory: state.directories.get(shard).cloned(),
+            max_live: state.config.max_live_assets.div_ceil(state.config.shards.max(1)),
         };
         let (actor, _) = Actor::spawn_linked(None, ShardActor, args, myself.get_cell()).await?;
         Ok(actor)

@@ -3,7 +3,8 @@
 //! It spawns an asset actor on the first message for the asset (rehydrating it from the
 //! log), forwards commands without waiting for them, sweeps its live actors' activity clocks
 //! (one timer per shard, no message per actor), passivates idle actors with a handshake (messages that arrive while an actor stops are held and delivered to its
-//! successor, so one asset never has two writers), and restarts actors that fail, up to
+//! successor, so one asset never has two writers), passivates the least recently active ones
+//! at once when more than `max_live` are live, and restarts actors that fail, up to
 //! `max_restarts` within `restart_window`; beyond that it fails itself (escalation to the
 //! city supervisor).
 
@@ -67,6 +68,10 @@ pub struct ShardArgs {
     pub events: Option<broadcast::Sender<ShardEvent>>,
     /// The shared directory of live actors (see [`Directory`]).
     pub directory: Option<Directory>,
+    /// Most live asset actors in this shard (0: no limit). Beyond it, the least recently
+    /// active passivate at once, whatever the idle timeout: memory stays bounded under a burst
+    /// of new or waking assets (an active-entity limit, as Akka's sharding has).
+    pub max_live: usize,
 }
 
 /// The shard's state.
@@ -97,6 +102,38 @@ impl ShardState {
             directory.remove(asset_id);
         }
         self.live.remove(asset_id).map(|(actor, _)| actor)
+    }
+
+    /// Stops a live actor: it takes `Passivate` after what is already in its mailbox; what
+    /// arrives meanwhile is held for its successor.
+    fn passivate(&mut self, asset_id: &str) {
+        if let Some(actor) = self.unset_live(asset_id) {
+            self.stopping.insert(asset_id.to_owned(), Vec::new());
+            let _ = actor.cast(AssetMsg::Passivate);
+        }
+    }
+
+    /// Over `max_live`, passivates the least recently active actors: the excess plus a
+    /// sixteenth of the limit, so one scan of the live set pays for many spawns.
+    fn enforce_live_limit(&mut self) {
+        let limit = self.args.max_live;
+        if limit == 0 || self.live.len() <= limit {
+            return;
+        }
+        let count = (self.live.len() - limit + limit / 16).min(self.live.len());
+        let mut by_idle: Vec<(Duration, &String)> =
+            self.live.iter().map(|(asset_id, (_, activity))| (activity.idle_for(), asset_id)).collect();
+        by_idle.select_nth_unstable_by(count - 1, |a, b| b.0.cmp(&a.0));
+        let victims: Vec<String> = by_idle[..count].iter().map(|(_, asset_id)| (*asset_id).clone()).collect();
+        tracing::debug!(
+            shard = self.args.shard,
+            count,
+            limit,
+            "live-actor limit: passivating the least recently active"
+        );
+        for asset_id in victims {
+            self.passivate(&asset_id);
+        }
     }
 }
 
@@ -153,6 +190,8 @@ impl ShardActor {
             }
             Err(error) => tracing::error!(asset = %asset_id, %error, "asset actor unreachable; message dropped"),
         }
+        // After the cast: an actor chosen here takes its message before it stops.
+        state.enforce_live_limit();
         Ok(())
     }
 }
@@ -238,12 +277,8 @@ impl Actor for ShardActor {
                     .map(|(asset_id, _)| asset_id.clone())
                     .collect();
                 for asset_id in idle {
-                    if let Some(actor) = state.unset_live(&asset_id) {
-                        tracing::debug!(asset = %asset_id, "asset idle: passivating");
-                        state.stopping.insert(asset_id, Vec::new());
-                        // Processed after anything already in the actor's mailbox.
-                        let _ = actor.cast(AssetMsg::Passivate);
-                    }
+                    tracing::debug!(asset = %asset_id, "asset idle: passivating");
+                    state.passivate(&asset_id);
                 }
             }
             ShardMsg::LiveCount(reply) => {

@@ -35,6 +35,11 @@ struct Twin {
 }
 
 async fn start(dir: &std::path::Path, asset: AssetConfig) -> Twin {
+    start_limited(dir, asset, 0).await
+}
+
+/// A shard with at most `max_live` live asset actors (0: no limit).
+async fn start_limited(dir: &std::path::Path, asset: AssetConfig, max_live: usize) -> Twin {
     let log = EventLog::open(dir, LogConfig { durability: Durability::Always, ..LogConfig::default() }).unwrap();
     let (events_tx, events) = broadcast::channel(1024);
     let bus = crate::bus::Bus::new(log.clone(), 1024);
@@ -48,6 +53,7 @@ async fn start(dir: &std::path::Path, asset: AssetConfig) -> Twin {
         restart_window: Duration::from_secs(60),
         events: Some(events_tx),
         directory: None,
+        max_live,
     };
     let (shard, handle) = Actor::spawn(None, ShardActor, args).await.unwrap();
     Twin { shard, events, published, log, handle }
@@ -201,6 +207,34 @@ async fn idle_assets_passivate_and_rehydrate_on_the_next_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_live_limit_actors_passivate_at_once_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    // The idle timeout never fires here: only the limit passivates.
+    let config = AssetConfig { idle_timeout: Duration::from_secs(3600), ..AssetConfig::default() };
+    let twin = start_limited(dir.path(), config, 16).await;
+    for i in 0..120 {
+        let asset = format!("s{i:03}");
+        bring_up(&twin, &asset, None).await;
+        twin.observe(reading(&asset, 1, "pm25", f64::from(i), Timestamp::from_secs(T0 + 60))).await.unwrap();
+        assert!(twin.live().await <= 16, "{} live after {asset}", twin.live().await);
+    }
+    // A second round wakes every asset again (rehydrated from its passivation snapshot).
+    for i in 0..120 {
+        let asset = format!("s{i:03}");
+        twin.observe(reading(&asset, 2, "pm25", f64::from(i) + 0.5, Timestamp::from_secs(T0 + 120))).await.unwrap();
+    }
+    assert!(twin.live().await <= 16);
+    for i in 0..120 {
+        let asset = format!("s{i:03}");
+        let state = twin.state(&asset).await;
+        let pm25 = &state.metrics["pm25"];
+        assert_eq!((pm25.count, pm25.last), (2, f64::from(i) + 0.5), "{asset}: both readings, in order");
+        assert_eq!(twin.log.stream_seq(&asset_stream(&asset)), state.version, "{asset}: every event stored once");
+    }
+    twin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_taken_every_n_events() {
     let dir = tempfile::tempdir().unwrap();
     let config = AssetConfig { snapshot_every: 3, ..AssetConfig::default() };
@@ -299,6 +333,7 @@ async fn a_shard_escalates_after_too_many_restarts() {
         restart_window: Duration::from_secs(600),
         events: None,
         directory: None,
+        max_live: 0,
     };
     let (shard, handle) = Actor::spawn(None, ShardActor, args).await.unwrap();
     let command = |n: u32| {
