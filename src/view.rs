@@ -35,6 +35,15 @@ pub(crate) struct ViewArgs {
     /// without it, what the twin serves (a scenario's geometry under `run --serve`).
     #[arg(long, value_name = "GEOJSON")]
     geometry: Option<PathBuf>,
+    /// Start in the past: the map as it was at this RFC 3339 time, from the twin's log.
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
+    /// Look at LAT,LNG first instead of fitting the whole city.
+    #[arg(long, value_name = "LAT,LNG", allow_hyphen_values = true)]
+    focus: Option<String>,
+    /// With --focus: the web-map zoom to start at (14+ shows assets).
+    #[arg(long, value_name = "Z", requires = "focus")]
+    zoom: Option<f64>,
 }
 
 /// Runs the visualizer and returns its exit status.
@@ -80,6 +89,15 @@ pub(crate) fn run(args: &ViewArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(size) = &args.size {
         command.args(["--size", size]);
+    }
+    if let Some(at) = &args.at {
+        command.args(["--at", at]);
+    }
+    if let Some(focus) = &args.focus {
+        command.arg(format!("--focus={focus}"));
+    }
+    if let Some(zoom) = args.zoom {
+        command.args(["--zoom", &zoom.to_string()]);
     }
     let status = command.status().with_context(|| format!("starting {}", visualizer.display()))?;
     Ok(match status.code() {

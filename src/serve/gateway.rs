@@ -9,12 +9,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use citytwin_core::cep::{KeyPart, WindowResult};
-use citytwin_core::event::{Event, EventKind, Timestamp, TypePattern, cell_within};
+use citytwin_core::event::{Event, EventKind, Payload, Timestamp, TypePattern, cell_within};
 use citytwin_core::log::ReplayFilter;
 use citytwin_twin::asset::actor::{CommandError, asset_stream, state_at};
 use citytwin_twin::asset::logic::{AssetState, Rejection};
 use citytwin_twin::bus::{Committed, Filter, Subscription, within_bbox};
-use citytwin_twin::cell::{CellConfig, cell_aggregates_at};
+use citytwin_twin::cell::{CellConfig, cell_aggregates_at, routing_cell};
 use citytwin_twin::city::{IngestError, Twin};
 use citytwin_twin::deadletter::{DeadLetter, DeadLetterReason, dead_letter_entry, dead_letters, raw_dead_letter_entry};
 use citytwin_twin::read::{AssetSummary, LiveReadModels, OpenAlert};
@@ -601,6 +601,95 @@ impl Gateway {
             }
             cells
         })
+    }
+
+    /// The map at `resolution` inside `bbox` as it was at `at`, over `who`'s assets, read from
+    /// the log (the time slider): per cell, the assets heard from in the `lookback` before
+    /// `at` (placed where their latest located event put them), the mean of each one's latest
+    /// `metric` reading in that span (every metric when empty), the alerts raised in it, and
+    /// the latest time. Only the span is read: the log skips blocks by time.
+    ///
+    /// # Errors
+    /// When the log cannot be read.
+    pub(crate) fn cell_snapshot_at(
+        &self,
+        who: &Principal,
+        bbox: Option<(f64, f64, f64, f64)>,
+        resolution: Resolution,
+        metric: &str,
+        at: Timestamp,
+        lookback: Duration,
+    ) -> citytwin_core::Result<BTreeMap<CellIndex, CellSnapshot>> {
+        /// One asset as the span left it: where, its latest reading (time, value), last heard.
+        #[derive(Default)]
+        struct Seen {
+            place: Option<(CellIndex, bool)>,
+            reading: Option<(Timestamp, f64)>,
+            last: Option<Timestamp>,
+        }
+        let filter = ReplayFilter {
+            from_time: Some(at.saturating_sub(lookback)),
+            to_time: Some(at.saturating_add(Duration::from_nanos(1))),
+            ..ReplayFilter::default()
+        };
+        let in_view = |lat: f64, lng: f64| bbox.is_none_or(|b| within_bbox(b, lat, lng));
+        let mut assets: HashMap<String, Seen> = HashMap::new();
+        let mut cells: BTreeMap<CellIndex, CellSnapshot> = BTreeMap::new();
+        for record in self.twin.log().replay(filter) {
+            let event = record?.event()?;
+            if !self.visible(who, &event) {
+                continue;
+            }
+            if let Some(Payload::AlertTriggered(alert)) = event.payload() {
+                if let Some(cell) = alert.cell.and_then(|c| c.parent(resolution)) {
+                    let center = h3o::LatLng::from(cell);
+                    if in_view(center.lat(), center.lng()) {
+                        cells.entry(cell).or_default().alerts += 1;
+                    }
+                }
+                continue;
+            }
+            let Some(asset) = event.asset_id() else { continue };
+            let seen = assets.entry(asset.to_owned()).or_default();
+            let time = event.time;
+            if seen.last.is_some_and(|last| time.is_some_and(|t| t < last)) {
+                // An older event appended late: it does not move the asset back.
+                continue;
+            }
+            seen.last = time.or(seen.last);
+            let place = match event.location() {
+                Some(l) => l.cell(resolution).map(|c| (c, in_view(l.lat, l.lng))),
+                None => routing_cell(&event, resolution).map(|c| {
+                    let center = h3o::LatLng::from(c);
+                    (c, in_view(center.lat(), center.lng()))
+                }),
+            };
+            seen.place = place.or(seen.place);
+            if let Some(Payload::MetricRecorded(m)) = event.payload()
+                && (metric.is_empty() || m.metric_type == metric)
+            {
+                seen.reading = Some((time.unwrap_or(at), m.value));
+            }
+        }
+        for seen in assets.into_values() {
+            let Some((cell, true)) = seen.place else { continue };
+            let slot = cells.entry(cell).or_default();
+            slot.assets += 1;
+            if let Some((_, value)) = seen.reading {
+                slot.sum += value;
+                slot.readings += 1;
+            }
+            slot.last_seen = slot.last_seen.max(seen.last);
+        }
+        Ok(cells)
+    }
+
+    /// The times of the log's first and last records: the ends of a time slider.
+    pub(crate) fn history_span(&self) -> (Option<Timestamp>, Option<Timestamp>) {
+        let log = self.twin.log();
+        let time = |position| log.read(position).ok().flatten().map(|record| record.time);
+        let (first, next) = (log.first_position(), log.next_position());
+        if next <= first { (None, None) } else { (time(first), time(next - 1)) }
     }
 
     /// Asset counts by type, status and cell, over `who`'s assets.

@@ -419,21 +419,42 @@ impl v1::subscribe_server::Subscribe for Api {
         let (who, request) = self.admit(request)?;
         let bbox = bbox_arg(request.bbox.as_ref())?;
         let fine_zoom = if request.fine_zoom > 0.0 { request.fine_zoom } else { 14.0 };
-        let interval = Duration::from_secs_f64(if request.interval_s > 0.0 { request.interval_s } else { 1.0 });
+        let interval = seconds_arg("interval_s", request.interval_s, 1.0)?;
         let filter = Filter { bbox, ..Filter::default() };
-        let mut subscription = self.gateway.subscribe(filter);
         let (tx, rx) = mpsc::channel::<Result<v1::ViewportUpdate, Status>>(STREAM_BUFFER);
         let gateway = Arc::clone(&self.gateway);
-        if request.zoom >= fine_zoom {
-            forward(gateway, who, subscription, tx, |committed| {
+        if let Some(at) = time_arg(request.at.as_ref()) {
+            // The time slider: one frame of the map as it was, from the log.
+            let resolution = zoom_resolution(request.zoom.min(fine_zoom - 0.01));
+            let lookback = seconds_arg("lookback_s", request.lookback_s, 3600.0)?;
+            let span = gateway.history_span();
+            let cells = tokio::task::spawn_blocking(move || {
+                gateway.cell_snapshot_at(&who, bbox, resolution, &request.metric, at, lookback)
+            })
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("reading the log: {e}")))?;
+            let mut frame = snapshot_frame(&cells, resolution, span);
+            frame.until = Some(timestamp_to_proto(at));
+            frame.history = true;
+            let update = v1::ViewportUpdate { update: Some(v1::viewport_update::Update::Cells(frame)) };
+            tokio::spawn(async move {
+                if tx.send(Ok(update)).await.is_ok() {
+                    tx.closed().await;
+                }
+            });
+        } else if request.zoom >= fine_zoom {
+            forward(gateway, who, self.gateway.subscribe(filter), tx, |committed| {
                 committed.event.asset_id().is_some().then(|| v1::ViewportUpdate {
                     update: Some(v1::viewport_update::Update::AssetEvent(delivery(committed))),
                 })
             });
         } else {
+            let mut subscription = self.gateway.subscribe(filter);
             let resolution = zoom_resolution(request.zoom);
             let metric = request.metric;
-            let snapshot = snapshot_frame(&gateway.cell_snapshot(&who, bbox, resolution, &metric), resolution);
+            let span = gateway.history_span();
+            let snapshot = snapshot_frame(&gateway.cell_snapshot(&who, bbox, resolution, &metric), resolution, span);
             tokio::spawn(async move {
                 let update = v1::ViewportUpdate { update: Some(v1::viewport_update::Update::Cells(snapshot)) };
                 if tx.send(Ok(update)).await.is_err() {
@@ -465,18 +486,35 @@ impl v1::subscribe_server::Subscribe for Api {
     }
 }
 
+/// A positive number of seconds (`default` when 0), or INVALID_ARGUMENT naming `field`.
+fn seconds_arg(field: &str, seconds: f64, default: f64) -> Result<Duration, Status> {
+    let seconds = if seconds == 0.0 { default } else { seconds };
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| Status::invalid_argument(format!("{field}: {seconds} is not a positive number of seconds")))
+}
+
 /// The H3 resolution that suits a web-map zoom level: about one hexagon per 30 pixels.
 pub(crate) fn zoom_resolution(zoom: f64) -> Resolution {
     let resolution = ((zoom - 2.0) * 0.75).round().clamp(0.0, 15.0) as u8;
     Resolution::try_from(resolution).unwrap_or(Resolution::Zero)
 }
 
-/// The first frame of a viewport stream: the map as the read models have it.
-fn snapshot_frame(cells: &BTreeMap<CellIndex, CellSnapshot>, resolution: Resolution) -> v1::CellFrame {
+/// The first frame of a viewport stream: the map as the read models have it, with the span
+/// of the twin's history (`since`, `latest`).
+fn snapshot_frame(
+    cells: &BTreeMap<CellIndex, CellSnapshot>,
+    resolution: Resolution,
+    (since, latest): (Option<Timestamp>, Option<Timestamp>),
+) -> v1::CellFrame {
     v1::CellFrame {
         resolution: u32::from(u8::from(resolution)),
         until: cells.values().filter_map(|c| c.last_seen).max().map(timestamp_to_proto),
         snapshot: true,
+        since: since.map(timestamp_to_proto),
+        latest: latest.map(timestamp_to_proto),
+        history: false,
         cells: cells
             .iter()
             .map(|(cell, c)| v1::CellSummary {
@@ -533,6 +571,9 @@ impl CellFrameBuilder {
             resolution: u32::from(u8::from(self.resolution)),
             until: until.map(timestamp_to_proto),
             snapshot: false,
+            since: None,
+            latest: None,
+            history: false,
             cells: cells
                 .into_iter()
                 .map(|(cell, (events, alerts, sum, n, last))| v1::CellSummary {

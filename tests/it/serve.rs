@@ -1088,14 +1088,19 @@ async fn the_map_apis_give_the_callers_assets_and_cells_as_they_are_then_what_ch
         fine_zoom: 0.0,
         interval_s: 0.05,
         metric: "pm25".into(),
+        at: None,
+        lookback_s: 0.0,
     };
-    let mut stream = subscribe.viewport(authed(viewport, ACME)).await.unwrap().into_inner();
+    let mut stream = subscribe.viewport(authed(viewport.clone(), ACME)).await.unwrap().into_inner();
     let frame = |update: Option<v1::ViewportUpdate>| match update.and_then(|u| u.update) {
         Some(v1::viewport_update::Update::Cells(frame)) => frame,
         other => panic!("expected a cell frame, got {other:?}"),
     };
     let snapshot = frame(stream.message().await.unwrap());
-    assert!(snapshot.snapshot);
+    assert!(snapshot.snapshot && !snapshot.history);
+    assert_eq!(snapshot.since.map(|t| t.seconds), Some(T0), "the slider starts at the oldest event");
+    let latest = snapshot.latest.map_or(0, |t| t.seconds);
+    assert!((T0 + 60..T0 + 120).contains(&latest), "and ends at the newest: {snapshot:?}");
     let resolution = h3o::Resolution::try_from(snapshot.resolution as u8).unwrap();
     let center_cell = Location::new(center.0, center.1).cell(resolution).unwrap().to_string();
     let cells: BTreeMap<&str, (u64, Option<f64>)> =
@@ -1116,6 +1121,39 @@ async fn the_map_apis_give_the_callers_assets_and_cells_as_they_are_then_what_ch
         (change.cells[0].cell.as_str(), change.cells[0].events, change.cells[0].mean),
         (center_cell.as_str(), 1, Some(70.0))
     );
+
+    // The time slider: the map as it was, read from the log; one history frame per request.
+    let espoo_cell = Location::new(espoo.0, espoo.1).cell(resolution).unwrap().to_string();
+    let past = |at: i64, lookback_s: f64| {
+        let mut subscribe = subscribe.clone();
+        let request = v1::ViewportRequest {
+            at: Some(prost_types::Timestamp { seconds: at, nanos: 0 }),
+            lookback_s,
+            ..viewport.clone()
+        };
+        async move {
+            let mut stream = subscribe.viewport(authed(request, ACME)).await?.into_inner();
+            let frame = frame(stream.message().await?);
+            assert!(frame.snapshot && frame.history, "{frame:?}");
+            assert_eq!(frame.until.map(|t| t.seconds), Some(at), "a history frame shows its time");
+            let cells: BTreeMap<String, (u64, Option<f64>)> =
+                frame.cells.into_iter().map(|c| (c.cell, (c.assets, c.mean))).collect();
+            Ok::<_, tonic::Status>(cells)
+        }
+    };
+    let first = past(T0 + 60, 0.0).await.unwrap();
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_eq!(first[&center_cell], (2, Some(20.0)), "before acme-a's 70, and without globex: {first:?}");
+    assert_eq!(first[&espoo_cell], (1, Some(50.0)));
+    let second = past(T0 + 120, 0.0).await.unwrap();
+    assert_eq!(second[&center_cell], (2, Some(50.0)), "acme-a's latest is 70 by then: {second:?}");
+    let recent = past(T0 + 120, 30.0).await.unwrap();
+    assert_eq!(recent.len(), 1, "only acme-a reported in the last 30 s: {recent:?}");
+    assert_eq!(recent[&center_cell], (1, Some(70.0)));
+    assert!(past(T0 - 7200, 0.0).await.unwrap().is_empty(), "before the first event, nothing");
+    let bad = past(T0, -1.0).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("lookback_s"), "{bad:?}");
 }
 
 /// The visualizer (`citytwin view`, which starts `citytwin-visualizer`) against a live twin,
@@ -1151,28 +1189,12 @@ async fn the_visualizer_renders_the_live_twin_with_the_hottest_cell_in_the_top_l
     assert_eq!(ready.assets.len(), 12);
     query.get_asset(authed(v1::GetAssetRequest { asset_id: "aq-7".into(), at: None }, ACME)).await.unwrap();
 
-    let shot = dir.path().join("city.png");
-    let output = Command::new("timeout")
-        .args(["300", "xvfb-run", "-a", "-s", "-screen 0 1280x720x24"])
-        .arg(env!("CARGO_BIN_EXE_citytwin"))
-        .args(["view", "--connect", &server.grpc, "--token", ACME, "--size", "800x450", "--after-frames", "5"])
-        .arg("--screenshot")
-        .arg(&shot)
-        .output()
-        .expect("xvfb-run (the test command installs xvfb, mesa-vulkan-drivers and libvulkan1)");
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "seed {seed}: the visualizer failed ({}):\n{log}", output.status);
-    let artifact = Path::new(env!("CARGO_TARGET_TMPDIR")).join("visualizer-e2e.png");
-    std::fs::copy(&shot, &artifact).unwrap();
-    println!("screenshot kept at {}", artifact.display());
-
-    let image = image::open(&shot).unwrap().to_rgb8();
+    let city = capture(&server, dir.path(), "city", &[]);
+    let (image, sidecar, artifact) = (&city.image, &city.sidecar, &city.path);
     assert_eq!(image.dimensions(), (800, 450));
     let colours: std::collections::HashSet<[u8; 3]> = image.pixels().map(|p| p.0).collect();
     assert!(colours.len() > 64, "a blank image ({} colours); seed {seed}", colours.len());
 
-    let sidecar: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(shot.with_extension("json")).unwrap()).unwrap();
     let hottest: h3o::CellIndex = sidecar["hottest"].as_str().unwrap().parse().unwrap();
     let expected = Location::new(hot.0, hot.1).cell(hottest.resolution()).unwrap();
     assert_eq!(hottest, expected, "the cell of the 500 µg/m³ sensor is the hottest");
@@ -1192,7 +1214,7 @@ async fn the_visualizer_renders_the_live_twin_with_the_hottest_cell_in_the_top_l
         matching >= 13,
         "pixels around ({x}, {y}) should carry the legend's top colour {top:?}: {:?} (image at {})",
         image.get_pixel(x.clamp(0, 799) as u32, y.clamp(0, 449) as u32),
-        artifact.display()
+        artifact
     );
 
     // The HUD's status panel: dark background with light text in it.
@@ -1202,7 +1224,69 @@ async fn the_visualizer_renders_the_live_twin_with_the_hottest_cell_in_the_top_l
         .flat_map(|py| (panel[0]..panel[0] + panel[2]).map(move |px| (px, py)))
         .filter(|&(px, py)| image.get_pixel(px, py).0.iter().all(|&c| c > 150))
         .count();
-    assert!(bright > 100, "the HUD panel has no text ({bright} light pixels; image at {})", artifact.display());
+    assert!(bright > 100, "the HUD panel has no text ({bright} light pixels; image at {artifact})");
+
+    // The time slider: aq-0 turns far hotter and aq-7 cools down ten minutes later; the map
+    // as it was two minutes in still has aq-7's cell as the hottest.
+    let later = [reading_at("aq-0", 10, 800.0, (60.15, 24.80)), reading_at("aq-7", 10, 5.0, hot)];
+    assert_eq!(ingest(&channel, ACME, &later).await.accepted, 2, "seed {seed}");
+    until(
+        || {
+            let mut query = query.clone();
+            async move { query.assets(authed(v1::AssetsRequest::default(), ACME)).await.unwrap().into_inner() }
+        },
+        |a| a.assets.iter().any(|a| a.asset_id == "aq-0" && a.last_values.get("pm25") == Some(&800.0)),
+    )
+    .await;
+    let then = Timestamp::from_secs(T0 + 120).to_rfc3339();
+    let past = capture(&server, dir.path(), "past", &["--at", &then]);
+    assert_eq!(past.sidecar["history"], T0 + 120, "the capture shows the past: {}", past.sidecar);
+    assert_eq!(past.sidecar["hottest"], hottest.to_string(), "aq-7's cell was the hottest then (seed {seed})");
+
+    // Street zoom on aq-7: its marker stands on its (flat) cell.
+    let street = capture(&server, dir.path(), "street", &[&format!("--focus={},{}", hot.0, hot.1), "--zoom", "16"]);
+    let markers = street.sidecar["markers"].as_array().unwrap();
+    let marker = markers.iter().find(|m| m["asset"] == "aq-7").unwrap_or_else(|| panic!("{}", street.sidecar));
+    assert_eq!(marker["status"], "online");
+    assert!(street.sidecar["zoom"].as_f64().unwrap() >= 14.0, "{}", street.sidecar);
+    let (mx, my) = ((marker["x"].as_f64().unwrap() * scale) as u32, (marker["y"].as_f64().unwrap() * scale) as u32);
+    let green = (my.saturating_sub(1)..=my + 1)
+        .flat_map(|y| (mx.saturating_sub(1)..=mx + 1).map(move |x| (x, y)))
+        .filter(|&(x, y)| {
+            let [r, g, b] = street.image.get_pixel(x.min(799), y.min(449)).0;
+            i32::from(g) > i32::from(r) + 30 && g > b
+        })
+        .count();
+    assert!(green >= 5, "the online marker (green) at ({mx}, {my}): {green} of 9 pixels (image at {})", street.path);
+}
+
+/// A headless capture by `citytwin view` (800×450) with `args`, kept as a CI artifact.
+struct Capture {
+    image: image::RgbImage,
+    sidecar: serde_json::Value,
+    path: String,
+}
+
+fn capture(server: &Server, dir: &Path, name: &str, args: &[&str]) -> Capture {
+    let shot = dir.join(format!("{name}.png"));
+    let output = Command::new("timeout")
+        .args(["300", "xvfb-run", "-a", "-s", "-screen 0 1280x720x24"])
+        .arg(env!("CARGO_BIN_EXE_citytwin"))
+        .args(["view", "--connect", &server.grpc, "--token", ACME, "--size", "800x450", "--after-frames", "5"])
+        .args(args)
+        .arg("--screenshot")
+        .arg(&shot)
+        .output()
+        .expect("xvfb-run (the test command installs xvfb, mesa-vulkan-drivers and libvulkan1)");
+    let log = String::from_utf8_lossy(&output.stderr);
+    let artifact = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("visualizer-e2e-{name}.png"));
+    if std::fs::copy(&shot, &artifact).is_ok() {
+        let _ = std::fs::copy(shot.with_extension("json"), artifact.with_extension("json"));
+        println!("screenshot kept at {} (and its .json sidecar)", artifact.display());
+    }
+    assert!(output.status.success(), "the visualizer failed with {args:?} ({}):\n{log}", output.status);
+    let sidecar = serde_json::from_str(&std::fs::read_to_string(shot.with_extension("json")).unwrap()).unwrap();
+    Capture { image: image::open(&shot).unwrap().to_rgb8(), sidecar, path: artifact.display().to_string() }
 }
 
 /// `citytwin run --serve`: a scenario runs while its twin is served; clients watch it live,

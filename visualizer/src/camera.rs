@@ -70,14 +70,38 @@ fn spawn_camera(mut commands: Commands) {
     ));
 }
 
-/// The first snapshot places the camera over the whole city.
-pub fn fit_on_first_snapshot(view: Res<TwinView>, mut fitted: Local<bool>, mut cameras: Query<&mut OrbitCamera>) {
+/// Where to look first instead of the whole city (`--focus`, `--zoom`).
+#[derive(Resource, Debug, Clone, Copy, PartialEq)]
+pub struct CameraStart {
+    /// Latitude, longitude in degrees.
+    pub focus: (f64, f64),
+    /// Web-map zoom level.
+    pub zoom: f64,
+}
+
+/// The first snapshot places the camera over the whole city, or where [`CameraStart`] says.
+pub fn fit_on_first_snapshot(
+    view: Res<TwinView>,
+    start: Option<Res<CameraStart>>,
+    windows: Query<&Window>,
+    mut fitted: Local<bool>,
+    mut cameras: Query<&mut OrbitCamera>,
+) {
     if *fitted || view.snapshots == 0 {
         return;
     }
     let Some(projection) = view.projection else { return };
     let Ok(mut camera) = cameras.single_mut() else { return };
-    *camera = fit(&view, &projection).unwrap_or(*camera);
+    *camera = match start {
+        Some(start) => {
+            let (lat, lng) = start.focus;
+            let (x, z) = projection.to_world(lat, lng);
+            let width = windows.iter().next().map_or(1280.0, Window::width);
+            let distance = crate::model::distance_for_zoom(start.zoom, f64::from(width), lat);
+            OrbitCamera { focus: Vec2::new(x, z), distance, ..OrbitCamera::default() }
+        }
+        None => fit(&view, &projection).unwrap_or(*camera),
+    };
     *fitted = true;
 }
 
@@ -104,6 +128,11 @@ pub fn fit(view: &TwinView, projection: &crate::model::Projection) -> Option<Orb
     Some(OrbitCamera { focus: (lo + hi) / 2.0, distance: extent * 1.5, ..OrbitCamera::default() })
 }
 
+/// Whether the pointer is on a UI control.
+fn over_ui(ui: &Query<&Interaction>) -> bool {
+    ui.iter().any(|interaction| *interaction != Interaction::None)
+}
+
 /// Whether the left button moved since it went down (a drag, not a click).
 #[derive(Resource, Debug, Default)]
 pub struct DragState {
@@ -122,13 +151,17 @@ pub fn steer(
     view: Res<TwinView>,
     mut drag: ResMut<DragState>,
     mut cameras: Query<&mut OrbitCamera>,
+    ui: Query<&Interaction>,
 ) {
     let Ok(mut camera) = cameras.single_mut() else { return };
     let delta = motion.delta;
     if mouse.just_pressed(MouseButton::Left) {
         drag.moved = 0.0;
     }
-    if mouse.pressed(MouseButton::Left) {
+    // A press on a UI control (the time slider) is the control's, not the camera's.
+    if over_ui(&ui) {
+        drag.moved = f32::INFINITY;
+    } else if mouse.pressed(MouseButton::Left) {
         drag.moved += delta.length();
         camera.yaw -= delta.x * 0.005;
         camera.pitch = (camera.pitch + delta.y * 0.005).clamp(0.15, 1.55);

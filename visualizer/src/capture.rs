@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use bevy::prelude::*;
 use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
 
-use crate::cells::cell_look;
+use crate::cells::{cell_look, drawn_height};
 use crate::hud::{STATUS_PANEL, legend_top_rgb};
-use crate::twin_link::TwinView;
+use crate::twin_link::{TwinView, ViewSettings};
 
 /// What to capture. See the module documentation.
 #[derive(Resource, Debug, Clone)]
@@ -52,6 +52,19 @@ struct CaptureState {
     probes: Vec<(u32, u32)>,
 }
 
+/// Whether what the viewer asked for is on the map: a snapshot placed and subscribed to the
+/// camera's view, the assets in view at street zoom, the requested past time.
+fn settled(view: &TwinView, settings: &ViewSettings) -> bool {
+    let assets = !settings.shows_assets() || (view.asset_loads > 0 && !view.assets_dirty);
+    let time = settings.at.is_none_or(|at| view.history == Some(at));
+    view.snapshots > 0
+        && view.projection.is_some()
+        && settings.subscribed.is_some()
+        && !view.cells_dirty
+        && assets
+        && time
+}
+
 /// Whether the map is drawn: most probed pixels differ from the clear colour. Pipelines
 /// compile asynchronously (seconds on a software renderer), so early frames may show only the
 /// UI; such a capture is retried.
@@ -62,11 +75,13 @@ fn drawn(image: &image::RgbImage, probes: &[(u32, u32)], clear: [u8; 3]) -> bool
     !inside.is_empty() && differ.count() * 2 > inside.len()
 }
 
+#[expect(clippy::too_many_arguments, reason = "a Bevy system's parameters: what it reads, one each")]
 fn request_capture(
     mut commands: Commands,
     config: Res<CapturePlugin>,
     mut state: ResMut<CaptureState>,
     view: Res<TwinView>,
+    settings: Res<ViewSettings>,
     clear: Res<ClearColor>,
     cameras: Query<(&Camera, &GlobalTransform)>,
     windows: Query<&Window>,
@@ -74,7 +89,7 @@ fn request_capture(
     if state.pending {
         return;
     }
-    if view.snapshots > 0 && view.projection.is_some() && !view.cells_dirty {
+    if settled(&view, &settings) {
         state.frames += 1;
     }
     let timed_out = state.started.elapsed() > config.timeout;
@@ -85,7 +100,7 @@ fn request_capture(
     state.attempts += 1;
     let Ok((camera, transform)) = cameras.single() else { return };
     let scale = windows.iter().next().map_or(1.0, Window::scale_factor);
-    let (sidecar, probes) = sidecar(&view, camera, transform, scale);
+    let (sidecar, probes) = sidecar(&view, &settings, camera, transform, scale);
     state.probes = probes;
     let path = config.path.clone();
     let json = path.with_extension("json");
@@ -124,19 +139,34 @@ fn request_capture(
     );
 }
 
-/// The sidecar JSON: where each cell's top centre lies in the image, and the pixels to probe.
+/// The sidecar JSON: where each cell's top centre (and at street zoom each marker) lies in the
+/// image, and the pixels to probe: the cells', or at street zoom the markers'.
 /// Positions are in logical pixels; `scale_factor` turns them into the image's.
-fn sidecar(view: &TwinView, camera: &Camera, transform: &GlobalTransform, scale: f32) -> (String, Vec<(u32, u32)>) {
+fn sidecar(
+    view: &TwinView,
+    settings: &ViewSettings,
+    camera: &Camera,
+    transform: &GlobalTransform,
+    scale: f32,
+) -> (String, Vec<(u32, u32)>) {
     let mut cells = Vec::new();
     let mut probes = Vec::new();
+    // At street zoom the cells lie flat and the markers are what must be drawn.
+    let street = settings.shows_assets();
+    let mut probe = |pixel: Vec2| {
+        if pixel.x >= 0.0 && pixel.y >= 0.0 {
+            probes.push(((pixel.x * scale) as u32, (pixel.y * scale) as u32));
+        }
+    };
     if let Some(projection) = view.projection {
         for (&cell, datum) in &view.cells.cells {
             let c = h3o::LatLng::from(cell);
             let (x, z) = projection.to_world(c.lat(), c.lng());
-            let (height, colour) = cell_look(&view.cells, cell);
+            let (_, colour) = cell_look(&view.cells, cell);
+            let height = drawn_height(&view.cells, cell, street);
             if let Ok(pixel) = camera.world_to_viewport(transform, Vec3::new(x, height, z)) {
-                if pixel.x >= 0.0 && pixel.y >= 0.0 {
-                    probes.push(((pixel.x * scale) as u32, (pixel.y * scale) as u32));
+                if !street {
+                    probe(pixel);
                 }
                 cells.push(serde_json::json!({
                     "cell": cell.to_string(),
@@ -148,8 +178,29 @@ fn sidecar(view: &TwinView, camera: &Camera, transform: &GlobalTransform, scale:
             }
         }
     }
+    // Markers' middles (street zoom), for tests that look for them.
+    let mut markers = Vec::new();
+    if let (Some(projection), true) = (view.projection, street) {
+        for (id, asset) in &view.assets {
+            let (x, z) = projection.to_world(asset.lat, asset.lng);
+            let (_, height) = crate::model::marker_shape(&asset.asset_type);
+            if let Ok(pixel) = camera.world_to_viewport(transform, Vec3::new(x, height / 2.0, z)) {
+                probe(pixel);
+                markers.push(serde_json::json!({
+                    "asset": id,
+                    "x": pixel.x,
+                    "y": pixel.y,
+                    "status": asset.status.label(),
+                }));
+            }
+        }
+    }
     let (x, y, w, h) = STATUS_PANEL;
     let json = serde_json::json!({
+        "history": view.history,
+        "time": view.cells.until,
+        "zoom": settings.subscribed.map(|v| v.zoom),
+        "markers": markers,
         "hottest": view.cells.hottest().map(|(cell, _)| cell.to_string()),
         "legend_top": legend_top_rgb(),
         "status_panel": [x, y, w, h],

@@ -106,11 +106,11 @@ pub fn rebuild_cells(
     view.cells_dirty = false;
     if let Ok((entity, old)) = prisms.single() {
         // At street zoom the cells lie flat, so the asset markers stand clear.
-        let flat = settings.subscribed.is_some_and(|v| v.fine());
+        let flat = settings.shows_assets();
         replace_mesh(&mut commands, &mut meshes, entity, old, prism_mesh(&view.cells, &projection, flat), true);
-    }
-    if let Ok((entity, old)) = halos.single() {
-        replace_mesh(&mut commands, &mut meshes, entity, old, halo_mesh(&view.cells, &projection), true);
+        if let Ok((entity, old)) = halos.single() {
+            replace_mesh(&mut commands, &mut meshes, entity, old, halo_mesh(&view.cells, &projection, flat), true);
+        }
     }
 }
 
@@ -126,6 +126,15 @@ pub fn cell_look(table: &CellTable, cell: CellIndex) -> (f32, [f32; 3]) {
         _ => (edge * BASE_EDGES, NO_DATA),
     }
 }
+
+/// The height of a cell's top as drawn: at street zoom (`flat`) the cells lie flat.
+pub fn drawn_height(table: &CellTable, cell: CellIndex, flat: bool) -> f32 {
+    let (height, _) = cell_look(table, cell);
+    if flat { height.min(FLAT_HEIGHT) } else { height }
+}
+
+/// Height of the flat cells at street zoom, in metres.
+const FLAT_HEIGHT: f32 = 2.0;
 
 /// The corners of a cell in world x, z, shrunk a little so neighbours stay apart.
 fn corners(cell: CellIndex, projection: &Projection, shrink: f32) -> (Vec2, Vec<Vec2>) {
@@ -147,24 +156,22 @@ fn corners(cell: CellIndex, projection: &Projection, shrink: f32) -> (Vec2, Vec<
 pub fn prism_mesh(table: &CellTable, projection: &Projection, flat: bool) -> MeshBuilder {
     let mut mesh = MeshBuilder::default();
     for &cell in table.cells.keys() {
-        let (mut height, colour) = cell_look(table, cell);
-        if flat {
-            height = height.min(2.0);
-        }
+        let (_, colour) = cell_look(table, cell);
+        let height = drawn_height(table, cell, flat);
         let (center, ring) = corners(cell, projection, 0.94);
         mesh.prism(center, &ring, 0.0, height, colour);
     }
     mesh
 }
 
-/// Flat halos above the cells with open alerts.
-pub fn halo_mesh(table: &CellTable, projection: &Projection) -> MeshBuilder {
+/// Flat halos above the cells with open alerts (`flat`: over flat cells, at street zoom).
+pub fn halo_mesh(table: &CellTable, projection: &Projection, flat: bool) -> MeshBuilder {
     let mut mesh = MeshBuilder::default();
     for (&cell, datum) in &table.cells {
         if datum.alerts == 0 {
             continue;
         }
-        let (height, _) = cell_look(table, cell);
+        let height = drawn_height(table, cell, flat);
         let (center, ring) = corners(cell, projection, 1.1);
         mesh.prism(
             center,
@@ -201,7 +208,7 @@ fn place_beacon(
             let c = h3o::LatLng::from(*cell);
             let (x, z) = projection.to_world(c.lat(), c.lng());
             let edge = cell.resolution().edge_length_m() as f32;
-            let (height, _) = cell_look(&view.cells, *cell);
+            let height = drawn_height(&view.cells, *cell, settings.shows_assets());
             Some((Vec3::new(x, height + edge * 0.5, z), Vec3::new(edge * 0.08, edge, edge * 0.08)))
         }
         (Some(Selection::Asset(id)), Some(projection)) => view.assets.get(id).map(|a| {

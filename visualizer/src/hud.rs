@@ -226,7 +226,9 @@ fn update_side_panel(view: Res<TwinView>, mut texts: Query<&mut Text, With<SideP
     if !view.is_changed() {
         return;
     }
-    let mut lines = vec![format!("open alerts: {}", view.alerts.len())];
+    // The alerts listed are the twin's open ones now, also while the map shows the past.
+    let now = if view.history.is_some() { " now" } else { "" };
+    let mut lines = vec![format!("open alerts{now}: {}", view.alerts.len())];
     for alert in view.alerts.iter().take(12) {
         let when = alert.time.map_or_else(String::new, |t| clock(t)[11..16].to_owned());
         let subject = if alert.asset_id.is_empty() {

@@ -6,7 +6,8 @@
 //!
 //! Each feature is a plugin: [`TwinLinkPlugin`] (network thread → ECS, camera → viewport
 //! subscription), [`CameraPlugin`], [`CellMapPlugin`], [`AssetMarkerPlugin`], [`HudPlugin`],
-//! [`GeometryPlugin`] (roads and buildings from a GeoJSON file),
+//! [`GeometryPlugin`] (roads and buildings from a GeoJSON file), [`TimeSliderPlugin`] (the map
+//! as it was at a past time, from the twin's log),
 //! and [`CapturePlugin`] for headless screenshots. Systems are plain functions; the mappings
 //! they use (metric → colour and height, camera → viewport) live in [`model`], tested
 //! without Bevy.
@@ -27,6 +28,7 @@ pub mod hud;
 pub mod link;
 pub mod markers;
 pub mod model;
+pub mod timeline;
 pub mod twin_link;
 
 use std::path::PathBuf;
@@ -41,6 +43,7 @@ pub use cells::CellMapPlugin;
 pub use geometry::GeometryPlugin;
 pub use hud::HudPlugin;
 pub use markers::AssetMarkerPlugin;
+pub use timeline::TimeSliderPlugin;
 pub use twin_link::TwinLinkPlugin;
 
 /// The twin's address, for the HUD.
@@ -61,7 +64,11 @@ pub struct Endpoint(pub String);
         Keys: drag to orbit, right-drag to pan, wheel or +/- to zoom, arrows/WASD to pan, Q/E to turn,\n\
         M to switch the metric, [ and ] for less or more detail, F to fit the city, click a cell or\n\
         an asset for its details. Zoomed out the map shows cell aggregates; zoomed in (web zoom 14+)\n\
-        it shows the assets in view."
+        it shows the assets in view. The time slider (bottom; , and . step 15 min, Shift 2 h, L goes\n\
+        live) shows the map as it was, from the twin's log.\n\n\
+        Street zoom, or the past, in a capture:\n  \
+        citytwin-visualizer --token $TOKEN --focus 60.170,24.941 --zoom 16 --screenshot street.png\n  \
+        citytwin-visualizer --token $TOKEN --at 2025-06-01T08:30:00Z --screenshot then.png"
 )]
 pub struct Args {
     /// The twin's gRPC address (`citytwin serve`): http://HOST:PORT, or https:// for TLS.
@@ -90,6 +97,32 @@ pub struct Args {
     /// serves (`Query.Geometry`), if anything.
     #[arg(long, value_name = "GEOJSON")]
     pub geometry: Option<PathBuf>,
+    /// Start in the past: the map as it was at this time (RFC 3339, e.g.
+    /// 2025-06-01T08:30:00Z), read from the twin's log; `L` goes live.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub at: Option<i64>,
+    /// Look at this point first instead of fitting the whole city: LAT,LNG in degrees.
+    #[arg(long, value_name = "LAT,LNG", value_parser = parse_point, allow_hyphen_values = true)]
+    pub focus: Option<(f64, f64)>,
+    /// With --focus: the web-map zoom to start at (11 ≈ a city, 14+ ≈ streets with assets).
+    #[arg(long, default_value_t = 15.0, value_name = "Z", requires = "focus")]
+    pub zoom: f64,
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    citytwin_core::event::Timestamp::parse_rfc3339(text)
+        .map(citytwin_core::event::Timestamp::as_secs)
+        .map_err(|e| format!("{text:?}: {e} (expected RFC 3339, e.g. 2025-06-01T08:30:00Z)"))
+}
+
+fn parse_point(text: &str) -> Result<(f64, f64), String> {
+    let (lat, lng) = text.split_once(',').ok_or_else(|| format!("{text:?}: expected LAT,LNG, e.g. 60.17,24.94"))?;
+    let parse = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
+    let (lat, lng) = (parse(lat)?, parse(lng)?);
+    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lng) {
+        return Err(format!("{text:?}: latitude must lie in -90..90 and longitude in -180..180"));
+    }
+    Ok((lat, lng))
 }
 
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
@@ -124,13 +157,18 @@ pub fn app(args: &Args) -> anyhow::Result<App> {
                     token: args.token.clone(),
                     ca: args.tls_ca.clone(),
                 }),
+                settings: twin_link::ViewSettings { at: args.at, ..default() },
             },
             CameraPlugin,
+            TimeSliderPlugin,
             CellMapPlugin,
             AssetMarkerPlugin,
             HudPlugin,
             GeometryPlugin { geometry },
         ));
+    if let Some(focus) = args.focus {
+        app.insert_resource(camera::CameraStart { focus, zoom: args.zoom });
+    }
     if let Some(path) = &args.screenshot {
         app.add_plugins(CapturePlugin {
             path: path.clone(),

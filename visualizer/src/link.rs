@@ -34,6 +34,9 @@ pub struct ViewRequest {
     pub viewport: Option<Viewport>,
     /// The metric aggregated per cell (empty: every metric).
     pub metric: String,
+    /// The map as it was at this time (seconds since the epoch, the time slider); live when
+    /// `None`.
+    pub at: Option<i64>,
 }
 
 /// What a click selected.
@@ -58,6 +61,13 @@ pub enum LinkEvent {
         resolution: Resolution,
         /// The map as it is (first frame of a stream), not a change.
         snapshot: bool,
+        /// The map as it was at `until`, from the twin's log (the time slider).
+        history: bool,
+        /// Snapshots: the times of the twin's oldest and newest events, seconds since the
+        /// epoch.
+        span: (Option<i64>, Option<i64>),
+        /// The frame's time: its latest event, or the time shown for a history frame.
+        until: Option<i64>,
         /// Per cell.
         cells: Vec<CellUpdate>,
     },
@@ -240,7 +250,8 @@ async fn session(
         let viewport = request.viewport;
         // No viewport yet: the whole twin at a city-level zoom.
         let zoom = viewport.map_or(11.0, |v| v.zoom);
-        let fine = viewport.is_some_and(|v| v.fine());
+        // The past is shown as cells at every zoom: assets are live only.
+        let fine = viewport.is_some_and(|v| v.fine()) && request.at.is_none();
         if fine {
             let assets = v1::AssetsRequest { bbox: proto_bbox(viewport.as_ref()), types: Vec::new(), limit: 20_000 };
             match query.assets(authed(assets, token)).await {
@@ -259,6 +270,8 @@ async fn session(
             fine_zoom: crate::model::FINE_ZOOM,
             interval_s: 0.5,
             metric: request.metric.clone(),
+            at: request.at.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+            lookback_s: 0.0,
         };
         let mut stream = match subscribe.viewport(authed(stream_request, token)).await {
             Ok(stream) => stream.into_inner(),
@@ -360,7 +373,14 @@ pub fn translate(update: v1::ViewportUpdate) -> Option<LinkEvent> {
                     })
                 })
                 .collect();
-            Some(LinkEvent::Frame { resolution, snapshot: frame.snapshot, cells })
+            Some(LinkEvent::Frame {
+                resolution,
+                snapshot: frame.snapshot,
+                history: frame.history,
+                span: (seconds(frame.since.as_ref()), seconds(frame.latest.as_ref())),
+                until: seconds(frame.until.as_ref()),
+                cells,
+            })
         }
         v1::viewport_update::Update::AssetEvent(delivery) => {
             let event = event_from_proto(delivery.event.as_ref()?).ok()?;

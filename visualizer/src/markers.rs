@@ -35,7 +35,7 @@ pub fn rebuild_markers(
     mut markers: Query<(Entity, Option<&Mesh3d>, &mut Visibility), With<AssetMarkers>>,
 ) {
     let Ok((entity, old, mut visibility)) = markers.single_mut() else { return };
-    let fine = settings.subscribed.is_some_and(|v| v.fine());
+    let fine = settings.shows_assets();
     let wanted = if fine && old.is_some() { Visibility::Visible } else { Visibility::Hidden };
     if *visibility != wanted {
         *visibility = wanted;

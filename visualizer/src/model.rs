@@ -275,6 +275,56 @@ pub fn zoom_for(width_m: f64, width_px: f64, lat: f64) -> f64 {
     (156_543.034 * lat.to_radians().cos() / metres_per_pixel).log2().clamp(0.0, 22.0)
 }
 
+/// The camera distance (metres) at which a window `width_px` wide shows web zoom `zoom` at
+/// latitude `lat`: the inverse of [`Viewport::of_camera`]'s zoom (`--zoom`).
+pub fn distance_for_zoom(zoom: f64, width_px: f64, lat: f64) -> f32 {
+    let metres_per_pixel = 156_543.034 * lat.to_radians().cos() / zoom.clamp(0.0, 22.0).exp2();
+    // of_camera sees 2 × 0.9 × distance metres across the window.
+    (metres_per_pixel * width_px.max(1.0) / 1.8) as f32
+}
+
+/// The twin's history as the time slider spans it: from its oldest event to its live clock
+/// (seconds since the epoch). The slider's position is `at`: a time in the past, or `None`
+/// for live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeline {
+    /// The twin's oldest event.
+    pub since: Option<i64>,
+    /// The latest event time seen live.
+    pub live: Option<i64>,
+}
+
+impl Timeline {
+    /// The span, when both ends are known and it is not empty.
+    fn span(&self) -> Option<(i64, i64)> {
+        let (since, live) = (self.since?, self.live?);
+        (live > since).then_some((since, live))
+    }
+
+    /// Where `at` stands on the slider, 0 (oldest) to 1 (live).
+    pub fn fraction(&self, at: Option<i64>) -> f32 {
+        match (at, self.span()) {
+            (Some(at), Some((since, live))) => ((at - since) as f64 / (live - since) as f64).clamp(0.0, 1.0) as f32,
+            _ => 1.0,
+        }
+    }
+
+    /// The time at `fraction` (0..=1) of the slider; live (`None`) at its last half percent.
+    pub fn time_at(&self, fraction: f32) -> Option<i64> {
+        let (since, live) = self.span()?;
+        let fraction = f64::from(fraction.clamp(0.0, 1.0));
+        (fraction < 0.995).then(|| since + ((live - since) as f64 * fraction).round() as i64)
+    }
+
+    /// `at` moved by `seconds` (back when negative), kept within the span; stepping past the
+    /// live end goes live.
+    pub fn step(&self, at: Option<i64>, seconds: i64) -> Option<i64> {
+        let (since, live) = self.span()?;
+        let next = at.unwrap_or(live).saturating_add(seconds);
+        (next < live).then(|| next.max(since))
+    }
+}
+
 impl Viewport {
     /// The viewport of a camera looking at `focus` (world x, z) from `distance` metres, with a
     /// window `width_px` wide; `detail` shifts the zoom (each step about one H3 resolution).
@@ -362,6 +412,31 @@ pub struct AlertItem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timeline_steps_within_the_twins_history_and_goes_live_past_its_end() {
+        let timeline = Timeline { since: Some(1_000), live: Some(11_000) };
+        assert_eq!(timeline.step(None, -900), Some(10_100), "back from live");
+        assert_eq!(timeline.step(Some(1_500), -900), Some(1_000), "not before the oldest event");
+        assert_eq!(timeline.step(Some(10_500), 900), None, "past the live end: live");
+        assert_eq!(timeline.fraction(Some(6_000)), 0.5);
+        assert_eq!(timeline.fraction(None), 1.0);
+        assert_eq!(timeline.time_at(0.25), Some(3_500));
+        assert_eq!(timeline.time_at(0.999), None, "the slider's end is live");
+        let unknown = Timeline { since: None, live: Some(11_000) };
+        assert_eq!(unknown.step(None, -900), None, "no history known: stays live");
+        assert_eq!(unknown.time_at(0.5), None);
+    }
+
+    #[test]
+    fn a_camera_placed_for_a_zoom_sees_that_zoom() {
+        let projection = Projection { lat0: 60.17, lng0: 24.94 };
+        for zoom in [11.0, 14.0, 16.5] {
+            let distance = distance_for_zoom(zoom, 1280.0, 60.17);
+            let viewport = Viewport::of_camera(&projection, (0.0, 0.0), distance, 1280.0, 0);
+            assert!((viewport.zoom - zoom).abs() < 1e-3, "zoom {zoom}: got {viewport:?}");
+        }
+    }
 
     fn cell(lat: f64, lng: f64) -> CellIndex {
         cell_at(lat, lng, Resolution::Eight).unwrap()

@@ -7,7 +7,7 @@ use bevy::prelude::*;
 
 use crate::camera::OrbitCamera;
 use crate::link::{LinkConfig, LinkEvent, LinkHandles, Selection, ViewRequest};
-use crate::model::{AlertItem, AssetDatum, CellTable, METRICS, MetricSpec, Projection, Rate, Viewport};
+use crate::model::{AlertItem, AssetDatum, CellTable, METRICS, MetricSpec, Projection, Rate, Timeline, Viewport};
 
 /// State of the connection to the twin.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,6 +49,12 @@ pub struct TwinView {
     pub snapshots: u64,
     /// The roads and buildings the twin serves (`Query.Geometry`), when it has some.
     pub served_geometry: Option<crate::geometry::Geometry>,
+    /// The twin's history: its oldest event and its live clock (the time slider's ends).
+    pub timeline: Timeline,
+    /// The time the map shows when it shows the past (a history frame); `None` when live.
+    pub history: Option<i64>,
+    /// Asset lists received (`Query.Assets`): street zoom is drawn once one arrived.
+    pub asset_loads: u64,
 }
 
 /// What the viewer shows: the metric (`M`), the level of detail (`[` `]`), the selection.
@@ -62,6 +68,9 @@ pub struct ViewSettings {
     pub subscribed: Option<Viewport>,
     /// What a click selected.
     pub selected: Option<Selection>,
+    /// The time slider: the map as it was at this time (seconds since the epoch); live
+    /// when `None`.
+    pub at: Option<i64>,
 }
 
 impl ViewSettings {
@@ -72,7 +81,12 @@ impl ViewSettings {
 
     /// The request for the link.
     pub fn request(&self) -> ViewRequest {
-        ViewRequest { viewport: self.subscribed, metric: self.metric().name.to_owned() }
+        ViewRequest { viewport: self.subscribed, metric: self.metric().name.to_owned(), at: self.at }
+    }
+
+    /// Whether the map shows individual assets: street zoom, live (the past shows cells).
+    pub fn shows_assets(&self) -> bool {
+        self.subscribed.is_some_and(|v| v.fine()) && self.at.is_none()
     }
 }
 
@@ -89,11 +103,13 @@ pub struct Link(pub LinkHandles);
 pub struct TwinLinkPlugin {
     /// Where the twin is; `None` leaves it to the caller to insert a [`Link`] (tests do).
     pub config: Option<LinkConfig>,
+    /// What to show first (`--at` starts in the past).
+    pub settings: ViewSettings,
 }
 
 impl Plugin for TwinLinkPlugin {
     fn build(&self, app: &mut App) {
-        app.init_resource::<TwinView>().init_resource::<ViewSettings>().add_systems(
+        app.init_resource::<TwinView>().insert_resource(self.settings.clone()).add_systems(
             Update,
             (
                 drain_link.in_set(LinkSet).before(crate::camera::CameraSet),
@@ -102,7 +118,7 @@ impl Plugin for TwinLinkPlugin {
             ),
         );
         if let Some(config) = &self.config {
-            app.insert_resource(Link(crate::link::start(config.clone(), ViewSettings::default().request())));
+            app.insert_resource(Link(crate::link::start(config.clone(), self.settings.request())));
         }
     }
 }
@@ -126,9 +142,15 @@ pub fn apply(view: &mut TwinView, event: LinkEvent, alert_metric: bool, now: f64
     match event {
         LinkEvent::Connected => view.connection = Connection::Connected,
         LinkEvent::Disconnected(reason) => view.connection = Connection::Lost(reason),
-        LinkEvent::Frame { resolution, snapshot, cells } => {
+        LinkEvent::Frame { resolution, snapshot, history, span: (since, latest), until, cells } => {
             if snapshot {
-                debug!(cells = cells.len(), ?resolution, "snapshot");
+                debug!(cells = cells.len(), ?resolution, history, "snapshot");
+                view.timeline.since = since.or(view.timeline.since);
+                view.timeline.live = view.timeline.live.max(latest);
+            }
+            if !snapshot && view.history.is_some() {
+                // A live frame sent before the viewer went back in time: the past stays.
+                return;
             }
             if view.projection.is_none() {
                 view.projection = Projection::around(cells.iter().map(|c| c.cell));
@@ -139,11 +161,19 @@ pub fn apply(view: &mut TwinView, event: LinkEvent, alert_metric: bool, now: f64
                 view.rate.record(now, cells.iter().map(|c| c.events).sum());
             }
             view.cells.apply(resolution, snapshot, &cells, alert_metric);
+            if history {
+                view.history = until;
+                view.cells.until = until;
+            } else {
+                view.history = None;
+                view.timeline.live = view.timeline.live.max(view.cells.until).max(until);
+            }
             view.cells_dirty = true;
         }
         LinkEvent::Assets(assets) => {
             view.assets = assets.into_iter().collect();
             view.assets_dirty = true;
+            view.asset_loads += 1;
         }
         LinkEvent::AssetEvent(change) => {
             if let Some(asset) = view.assets.get_mut(&change.asset_id) {
@@ -160,6 +190,7 @@ pub fn apply(view: &mut TwinView, event: LinkEvent, alert_metric: bool, now: f64
             }
             view.rate.record(now, 1);
             view.cells.until = view.cells.until.max(change.time);
+            view.timeline.live = view.timeline.live.max(change.time);
         }
         LinkEvent::Alerts(alerts) => {
             view.alerts = alerts;

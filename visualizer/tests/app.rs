@@ -1,6 +1,6 @@
 //! The visualizer's systems in a minimal `App` (no window, no renderer): link events become
 //! coloured, raised prisms and markers; the camera becomes the viewport subscription; keys
-//! switch the metric.
+//! switch the metric and move the time slider.
 
 use bevy::mesh::VertexAttributeValues;
 use bevy::prelude::*;
@@ -10,7 +10,7 @@ use citytwin_visualizer::link::{self, LinkEnds, LinkEvent, ViewRequest};
 use citytwin_visualizer::markers::AssetMarkers;
 use citytwin_visualizer::model::{AssetDatum, CellUpdate, MarkerStatus, RAMP, cell_at};
 use citytwin_visualizer::twin_link::{Link, TwinView, ViewSettings};
-use citytwin_visualizer::{AssetMarkerPlugin, CellMapPlugin, TwinLinkPlugin};
+use citytwin_visualizer::{AssetMarkerPlugin, CellMapPlugin, TimeSliderPlugin, TwinLinkPlugin};
 use h3o::{CellIndex, Resolution};
 
 fn app() -> (App, LinkEnds) {
@@ -26,7 +26,7 @@ fn app_with(more: impl FnOnce(&mut App)) -> (App, LinkEnds) {
         .init_resource::<ButtonInput<MouseButton>>()
         .init_asset::<Mesh>()
         .init_asset::<StandardMaterial>()
-        .add_plugins((TwinLinkPlugin::default(), CellMapPlugin, AssetMarkerPlugin));
+        .add_plugins((TwinLinkPlugin::default(), CellMapPlugin, AssetMarkerPlugin, TimeSliderPlugin));
     let (handles, ends) = link::channels(ViewSettings::default().request());
     app.insert_resource(Link(handles));
     more(&mut app);
@@ -39,18 +39,26 @@ fn cell(lat: f64, lng: f64) -> CellIndex {
 }
 
 fn snapshot(cells: &[(CellIndex, f64)]) -> LinkEvent {
+    frame(true, false, Some(1), cells)
+}
+
+/// A cell frame: a snapshot or a live change, or the map at `time` from the log (`history`).
+fn frame(snapshot: bool, history: bool, time: Option<i64>, cells: &[(CellIndex, f64)]) -> LinkEvent {
     LinkEvent::Frame {
         resolution: Resolution::Seven,
-        snapshot: true,
+        snapshot,
+        history,
+        span: (snapshot.then_some(1), None),
+        until: time,
         cells: cells
             .iter()
             .map(|&(cell, mean)| CellUpdate {
                 cell,
-                events: 0,
+                events: u64::from(!snapshot),
                 alerts: 0,
                 mean: Some(mean),
                 assets: 1,
-                last_time: Some(1),
+                last_time: if history { Some(1) } else { time },
             })
             .collect(),
     }
@@ -106,6 +114,9 @@ fn a_snapshot_becomes_prisms_whose_height_and_colour_follow_the_metric() {
     let live = LinkEvent::Frame {
         resolution: Resolution::Seven,
         snapshot: false,
+        history: false,
+        span: (None, None),
+        until: Some(2),
         cells: vec![CellUpdate { cell: low, events: 4, alerts: 1, mean: Some(90.0), assets: 0, last_time: Some(2) }],
     };
     ends.events.try_send(live).unwrap();
@@ -237,4 +248,46 @@ fn geometry_served_by_the_twin_is_drawn_when_no_local_file_is_given() {
     assert_eq!(positions.len(), 4, "one road segment: one strip of 4 corners");
     let width = (positions[0][0] - positions[1][0]).hypot(positions[0][2] - positions[1][2]);
     assert!((width - 7.0).abs() < 0.01, "a residential road is 7 m wide: {width}");
+}
+
+#[test]
+fn the_time_slider_asks_for_the_past_keeps_it_on_the_map_and_goes_back_live() {
+    let (mut app, mut ends) = app();
+    let (a, b) = (cell(60.17, 24.94), cell(60.20, 24.80));
+    let live = 10_000;
+    ends.events.try_send(frame(true, false, Some(live), &[(a, 5.0), (b, 20.0)])).unwrap();
+    app.update();
+    let value = |app: &App, cell| app.world().resource::<TwinView>().cells.cells[&cell].value;
+    assert_eq!(app.world().resource::<TwinView>().timeline.live, Some(live));
+
+    // `,` steps back 15 minutes from live; the link is asked for the map then.
+    ends.view.borrow_and_update();
+    app.world_mut().resource_mut::<ButtonInput<KeyCode>>().press(KeyCode::Comma);
+    app.update();
+    // No InputPlugin here: end the press by hand, as the next frame would.
+    app.world_mut().resource_mut::<ButtonInput<KeyCode>>().reset_all();
+    let then = live - 15 * 60;
+    assert_eq!(ends.view.borrow_and_update().at, Some(then));
+    assert!(!app.world().resource::<ViewSettings>().shows_assets(), "the past is cells only");
+
+    // The history frame replaces the map; a late live frame of the old stream does not touch it.
+    ends.events.try_send(frame(false, false, Some(live + 5), &[(a, 99.0)])).unwrap();
+    ends.events.try_send(frame(true, true, Some(then), &[(a, 7.0), (b, 3.0)])).unwrap();
+    ends.events.try_send(frame(false, false, Some(live + 10), &[(a, 500.0)])).unwrap();
+    app.update();
+    let view = app.world().resource::<TwinView>();
+    assert_eq!((view.history, view.cells.until), (Some(then), Some(then)));
+    assert_eq!((value(&app, a), value(&app, b)), (Some(7.0), Some(3.0)), "the map as it was");
+    let caption = citytwin_visualizer::timeline::slider_caption(view, app.world().resource::<ViewSettings>());
+    assert!(caption.starts_with("PAST 1970-01-01 02:31:40 UTC, 0h15m before live"), "{caption}");
+
+    // `L` goes live: the request drops the time, and the next live snapshot takes over.
+    app.world_mut().resource_mut::<ButtonInput<KeyCode>>().press(KeyCode::KeyL);
+    app.update();
+    assert_eq!(ends.view.borrow_and_update().at, None);
+    ends.events.try_send(frame(true, false, Some(live + 20), &[(a, 42.0)])).unwrap();
+    app.update();
+    let view = app.world().resource::<TwinView>();
+    assert_eq!((view.history, view.timeline.live), (None, Some(live + 20)));
+    assert_eq!(value(&app, a), Some(42.0));
 }
