@@ -684,6 +684,11 @@ impl Gateway {
         Ok(cells)
     }
 
+    /// The resolution the twin routes events to cells at.
+    pub(crate) fn routing_resolution(&self) -> Resolution {
+        self.cells.resolution
+    }
+
     /// The times of the log's first and last records: the ends of a time slider.
     pub(crate) fn history_span(&self) -> (Option<Timestamp>, Option<Timestamp>) {
         let log = self.twin.log();

@@ -423,9 +423,10 @@ impl v1::subscribe_server::Subscribe for Api {
         let filter = Filter { bbox, ..Filter::default() };
         let (tx, rx) = mpsc::channel::<Result<v1::ViewportUpdate, Status>>(STREAM_BUFFER);
         let gateway = Arc::clone(&self.gateway);
+        // Cells no finer than the twin routes events at (finer frames would stay empty).
+        let resolution = zoom_resolution(request.zoom.min(fine_zoom - 0.01)).min(self.gateway.routing_resolution());
         if let Some(at) = time_arg(request.at.as_ref()) {
             // The time slider: one frame of the map as it was, from the log.
-            let resolution = zoom_resolution(request.zoom.min(fine_zoom - 0.01));
             let lookback = seconds_arg("lookback_s", request.lookback_s, 3600.0)?;
             let span = gateway.history_span();
             let cells = tokio::task::spawn_blocking(move || {
@@ -443,15 +444,11 @@ impl v1::subscribe_server::Subscribe for Api {
                     tx.closed().await;
                 }
             });
-        } else if request.zoom >= fine_zoom {
-            forward(gateway, who, self.gateway.subscribe(filter), tx, |committed| {
-                committed.event.asset_id().is_some().then(|| v1::ViewportUpdate {
-                    update: Some(v1::viewport_update::Update::AssetEvent(delivery(committed))),
-                })
-            });
         } else {
+            // The map as it is, then per-cell frames of what changes; at street zoom also every
+            // event of the assets in view.
+            let fine = request.zoom >= fine_zoom;
             let mut subscription = self.gateway.subscribe(filter);
-            let resolution = zoom_resolution(request.zoom);
             let metric = request.metric;
             let span = gateway.history_span();
             let snapshot = snapshot_frame(&gateway.cell_snapshot(&who, bbox, resolution, &metric), resolution, span);
@@ -474,8 +471,17 @@ impl v1::subscribe_server::Subscribe for Api {
                         }
                         next = subscription.recv() => {
                             let Some(committed) = next else { return };
-                            if gateway.visible(&who, &committed.event) {
-                                frame.add(&committed.event);
+                            if !gateway.visible(&who, &committed.event) {
+                                continue;
+                            }
+                            frame.add(&committed.event);
+                            if fine && committed.event.asset_id().is_some() {
+                                let update = v1::ViewportUpdate {
+                                    update: Some(v1::viewport_update::Update::AssetEvent(delivery(&committed))),
+                                };
+                                if tx.send(Ok(update)).await.is_err() {
+                                    return;
+                                }
                             }
                         }
                     }

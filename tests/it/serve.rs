@@ -1154,6 +1154,22 @@ async fn the_map_apis_give_the_callers_assets_and_cells_as_they_are_then_what_ch
     let bad = past(T0, -1.0).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
     assert!(bad.message().contains("lookback_s"), "{bad:?}");
+
+    // Street zoom: the twin's own cells first, then the events of the assets in view.
+    let street = v1::ViewportRequest { zoom: 16.0, bbox: Some(central), ..viewport.clone() };
+    let mut stream = subscribe.viewport(authed(street, ACME)).await.unwrap().into_inner();
+    let cells = frame(stream.message().await.unwrap());
+    assert!(cells.snapshot && cells.resolution == 8, "the routing resolution, not finer: {cells:?}");
+    assert_eq!(cells.cells.iter().map(|c| c.assets).sum::<u64>(), 2, "acme's two central sensors: {cells:?}");
+    assert_eq!(ingest(&channel, ACME, &[reading_at("acme-b", 3, 90.0, center)]).await.accepted, 1);
+    let event = loop {
+        match stream.message().await.unwrap().and_then(|u| u.update) {
+            Some(v1::viewport_update::Update::AssetEvent(delivery)) => break delivery.event.unwrap(),
+            Some(v1::viewport_update::Update::Cells(frame)) => assert!(!frame.snapshot),
+            None => panic!("the stream ended"),
+        }
+    };
+    assert_eq!(event.id, "acme-b-r3");
 }
 
 /// The visualizer (`citytwin view`, which starts `citytwin-visualizer`) against a live twin,
@@ -1249,15 +1265,29 @@ async fn the_visualizer_renders_the_live_twin_with_the_hottest_cell_in_the_top_l
     let marker = markers.iter().find(|m| m["asset"] == "aq-7").unwrap_or_else(|| panic!("{}", street.sidecar));
     assert_eq!(marker["status"], "online");
     assert!(street.sidecar["zoom"].as_f64().unwrap() >= 14.0, "{}", street.sidecar);
+    // The cell under it, as drawn (flat and dimmed at street zoom).
+    let under = Location::new(hot.0, hot.1).cell(h3o::Resolution::Eight).unwrap().to_string();
+    let cell = street.sidecar["cells"].as_array().unwrap().iter().find(|c| c["cell"] == under);
+    let cell_rgb: Vec<i32> = cell.unwrap_or_else(|| panic!("{}", street.sidecar))["rgb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() as i32)
+        .collect();
     let (mx, my) = ((marker["x"].as_f64().unwrap() * scale) as u32, (marker["y"].as_f64().unwrap() * scale) as u32);
     let green = (my.saturating_sub(1)..=my + 1)
         .flat_map(|y| (mx.saturating_sub(1)..=mx + 1).map(move |x| (x, y)))
         .filter(|&(x, y)| {
-            let [r, g, b] = street.image.get_pixel(x.min(799), y.min(449)).0;
-            i32::from(g) > i32::from(r) + 30 && g > b
+            let [r, g, b] = street.image.get_pixel(x.min(799), y.min(449)).0.map(i32::from);
+            let off_cell = [r, g, b].iter().zip(&cell_rgb).any(|(a, c)| (a - c).abs() > 40);
+            g > r + 30 && g > b && off_cell
         })
         .count();
-    assert!(green >= 5, "the online marker (green) at ({mx}, {my}): {green} of 9 pixels (image at {})", street.path);
+    assert!(
+        green >= 5,
+        "the online marker (green, not the cell's {cell_rgb:?}) at ({mx}, {my}): {green} of 9 pixels (image at {})",
+        street.path
+    );
 }
 
 /// A headless capture by `citytwin view` (800×450) with `args`, kept as a CI artifact.

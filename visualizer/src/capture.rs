@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bevy::prelude::*;
 use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
 
-use crate::cells::{cell_look, drawn_height};
+use crate::cells::drawn_look;
 use crate::hud::{STATUS_PANEL, legend_top_rgb};
 use crate::twin_link::{TwinView, ViewSettings};
 
@@ -162,8 +162,7 @@ fn sidecar(
         for (&cell, datum) in &view.cells.cells {
             let c = h3o::LatLng::from(cell);
             let (x, z) = projection.to_world(c.lat(), c.lng());
-            let (_, colour) = cell_look(&view.cells, cell);
-            let height = drawn_height(&view.cells, cell, street);
+            let (height, colour) = drawn_look(&view.cells, cell, street);
             if let Ok(pixel) = camera.world_to_viewport(transform, Vec3::new(x, height, z)) {
                 if !street {
                     probe(pixel);

@@ -127,14 +127,17 @@ pub fn cell_look(table: &CellTable, cell: CellIndex) -> (f32, [f32; 3]) {
     }
 }
 
-/// The height of a cell's top as drawn: at street zoom (`flat`) the cells lie flat.
-pub fn drawn_height(table: &CellTable, cell: CellIndex, flat: bool) -> f32 {
-    let (height, _) = cell_look(table, cell);
-    if flat { height.min(FLAT_HEIGHT) } else { height }
+/// A cell as drawn: at street zoom (`flat`) the cells lie flat and dimmed, a backdrop the
+/// asset markers stand out from.
+pub fn drawn_look(table: &CellTable, cell: CellIndex, flat: bool) -> (f32, [f32; 3]) {
+    let (height, colour) = cell_look(table, cell);
+    if flat { (height.min(FLAT_HEIGHT), colour.map(|c| c * FLAT_SHADE)) } else { (height, colour) }
 }
 
 /// Height of the flat cells at street zoom, in metres.
 const FLAT_HEIGHT: f32 = 2.0;
+/// How much the flat cells are dimmed.
+const FLAT_SHADE: f32 = 0.45;
 
 /// The corners of a cell in world x, z, shrunk a little so neighbours stay apart.
 fn corners(cell: CellIndex, projection: &Projection, shrink: f32) -> (Vec2, Vec<Vec2>) {
@@ -156,8 +159,7 @@ fn corners(cell: CellIndex, projection: &Projection, shrink: f32) -> (Vec2, Vec<
 pub fn prism_mesh(table: &CellTable, projection: &Projection, flat: bool) -> MeshBuilder {
     let mut mesh = MeshBuilder::default();
     for &cell in table.cells.keys() {
-        let (_, colour) = cell_look(table, cell);
-        let height = drawn_height(table, cell, flat);
+        let (height, colour) = drawn_look(table, cell, flat);
         let (center, ring) = corners(cell, projection, 0.94);
         mesh.prism(center, &ring, 0.0, height, colour);
     }
@@ -171,7 +173,7 @@ pub fn halo_mesh(table: &CellTable, projection: &Projection, flat: bool) -> Mesh
         if datum.alerts == 0 {
             continue;
         }
-        let height = drawn_height(table, cell, flat);
+        let (height, _) = drawn_look(table, cell, flat);
         let (center, ring) = corners(cell, projection, 1.1);
         mesh.prism(
             center,
@@ -208,7 +210,7 @@ fn place_beacon(
             let c = h3o::LatLng::from(*cell);
             let (x, z) = projection.to_world(c.lat(), c.lng());
             let edge = cell.resolution().edge_length_m() as f32;
-            let height = drawn_height(&view.cells, *cell, settings.shows_assets());
+            let (height, _) = drawn_look(&view.cells, *cell, settings.shows_assets());
             Some((Vec3::new(x, height + edge * 0.5, z), Vec3::new(edge * 0.08, edge, edge * 0.08)))
         }
         (Some(Selection::Asset(id)), Some(projection)) => view.assets.get(id).map(|a| {
