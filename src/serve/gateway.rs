@@ -9,12 +9,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use citytwin_core::cep::{KeyPart, WindowResult};
-use citytwin_core::event::{Event, EventKind, Payload, Timestamp, TypePattern, cell_within};
+use citytwin_core::event::{Event, EventKind, Location, Payload, Timestamp, TypePattern, cell_within};
 use citytwin_core::log::ReplayFilter;
 use citytwin_twin::asset::actor::{CommandError, asset_stream, state_at};
 use citytwin_twin::asset::logic::{AssetState, Rejection};
 use citytwin_twin::bus::{Committed, Filter, Subscription, within_bbox};
-use citytwin_twin::cell::{CellConfig, cell_aggregates_at, routing_cell};
+use citytwin_twin::cell::{CellConfig, cell_aggregates_at};
 use citytwin_twin::city::{IngestError, Twin};
 use citytwin_twin::deadletter::{DeadLetter, DeadLetterReason, dead_letter_entry, dead_letters, raw_dead_letter_entry};
 use citytwin_twin::read::{AssetSummary, LiveReadModels, OpenAlert};
@@ -604,14 +604,32 @@ impl Gateway {
     }
 
     /// The map at `resolution` inside `bbox` as it was at `at`, over `who`'s assets, read from
-    /// the log (the time slider): per cell, the assets heard from in the `lookback` before
-    /// `at` (placed where their latest located event put them), the mean of each one's latest
-    /// `metric` reading in that span (every metric when empty), the alerts raised in it, and
-    /// the latest time. Only the span is read: the log skips blocks by time.
+    /// the log (the time slider), as [`Gateway::cell_snapshot`] reads it now: per cell, the
+    /// assets heard from in the `lookback` before `at`, the mean of their latest values of
+    /// `metric` in that span (of every metric when empty), the alerts raised in it, and the
+    /// latest time one was heard from. An asset is placed where its latest located event put
+    /// it, else where it is now. Only the span is read (the log skips blocks by time); the
+    /// replay stops early once `cancelled` says so (the viewer moved on).
     ///
     /// # Errors
     /// When the log cannot be read.
-    pub(crate) fn cell_snapshot_at(
+    #[expect(clippy::too_many_arguments, reason = "the viewport request's parts")]
+    pub(crate) async fn cell_snapshot_at(
+        self: &Arc<Self>,
+        who: &Principal,
+        bbox: Option<(f64, f64, f64, f64)>,
+        resolution: Resolution,
+        metric: &str,
+        at: Timestamp,
+        lookback: Duration,
+        cancelled: impl Fn() -> bool + Send + 'static,
+    ) -> Result<BTreeMap<CellIndex, CellSnapshot>, RequestError> {
+        let (gateway, who, metric) = (Arc::clone(self), who.clone(), metric.to_owned());
+        blocking(move || gateway.replay_map(&who, bbox, resolution, &metric, at, lookback, cancelled)).await
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the viewport request's parts")]
+    fn replay_map(
         &self,
         who: &Principal,
         bbox: Option<(f64, f64, f64, f64)>,
@@ -619,12 +637,16 @@ impl Gateway {
         metric: &str,
         at: Timestamp,
         lookback: Duration,
+        cancelled: impl Fn() -> bool,
     ) -> citytwin_core::Result<BTreeMap<CellIndex, CellSnapshot>> {
-        /// One asset as the span left it: where, its latest reading (time, value), last heard.
+        /// One asset as the span left it.
         #[derive(Default)]
         struct Seen {
-            place: Option<(CellIndex, bool)>,
-            reading: Option<(Timestamp, f64)>,
+            /// Where its latest located event put it.
+            location: Option<Location>,
+            /// Latest value per metric, with its time.
+            values: BTreeMap<String, (Timestamp, f64)>,
+            /// Latest time it was heard from (an offline notice is not hearing from it).
             last: Option<Timestamp>,
         }
         let filter = ReplayFilter {
@@ -632,54 +654,64 @@ impl Gateway {
             to_time: Some(at.saturating_add(Duration::from_nanos(1))),
             ..ReplayFilter::default()
         };
-        let in_view = |lat: f64, lng: f64| bbox.is_none_or(|b| within_bbox(b, lat, lng));
         let mut assets: HashMap<String, Seen> = HashMap::new();
-        let mut cells: BTreeMap<CellIndex, CellSnapshot> = BTreeMap::new();
-        for record in self.twin.log().replay(filter) {
-            let event = record?.event()?;
-            if !self.visible(who, &event) {
-                continue;
+        let mut alerts: Vec<(CellIndex, Option<String>)> = Vec::new();
+        for (n, record) in self.twin.log().replay(filter).enumerate() {
+            if n % 4096 == 0 && cancelled() {
+                break;
             }
+            let record = record?;
+            let time = record.time;
+            let event = record.event()?;
             if let Some(Payload::AlertTriggered(alert)) = event.payload() {
-                if let Some(cell) = alert.cell.and_then(|c| c.parent(resolution)) {
-                    let center = h3o::LatLng::from(cell);
-                    if in_view(center.lat(), center.lng()) {
-                        cells.entry(cell).or_default().alerts += 1;
-                    }
+                if let Some(cell) = alert.cell.and_then(|c| c.parent(resolution))
+                    && self.visible(who, &event)
+                {
+                    alerts.push((cell, alert.asset_id.clone()));
                 }
                 continue;
             }
             let Some(asset) = event.asset_id() else { continue };
             let seen = assets.entry(asset.to_owned()).or_default();
-            let time = event.time;
-            if seen.last.is_some_and(|last| time.is_some_and(|t| t < last)) {
-                // An older event appended late: it does not move the asset back.
-                continue;
+            if let Some(location) = event.location() {
+                seen.location = Some(location);
             }
-            seen.last = time.or(seen.last);
-            let place = match event.location() {
-                Some(l) => l.cell(resolution).map(|c| (c, in_view(l.lat, l.lng))),
-                None => routing_cell(&event, resolution).map(|c| {
-                    let center = h3o::LatLng::from(c);
-                    (c, in_view(center.lat(), center.lng()))
-                }),
-            };
-            seen.place = place.or(seen.place);
             if let Some(Payload::MetricRecorded(m)) = event.payload()
                 && (metric.is_empty() || m.metric_type == metric)
+                && seen.values.get(&m.metric_type).is_none_or(|(t, _)| *t <= time)
             {
-                seen.reading = Some((time.unwrap_or(at), m.value));
+                seen.values.insert(m.metric_type.clone(), (time, m.value));
+            }
+            if event.kind() != Some(EventKind::AssetOffline) {
+                seen.last = seen.last.max(Some(time));
             }
         }
-        for seen in assets.into_values() {
-            let Some((cell, true)) = seen.place else { continue };
-            let slot = cells.entry(cell).or_default();
-            slot.assets += 1;
-            if let Some((_, value)) = seen.reading {
-                slot.sum += value;
-                slot.readings += 1;
+        let in_view = |l: Location| bbox.is_none_or(|b| within_bbox(b, l.lat, l.lng));
+        let mut cells: BTreeMap<CellIndex, CellSnapshot> = BTreeMap::new();
+        self.models.read(|m| {
+            for (asset, seen) in assets {
+                let now = m.assets.get(&asset);
+                // The same rule as the live map: an asset of no organization only admins see.
+                if !who.may_see(now.and_then(|a| a.organization.as_deref()).or(self.owner(&asset).as_deref())) {
+                    continue;
+                }
+                let Some(location) = seen.location.or_else(|| now.and_then(|a| a.location)) else { continue };
+                let Some(cell) = location.cell(resolution).filter(|_| in_view(location)) else { continue };
+                let slot = cells.entry(cell).or_default();
+                slot.assets += 1;
+                for (_, value) in seen.values.values() {
+                    slot.sum += value;
+                    slot.readings += 1;
+                }
+                slot.last_seen = slot.last_seen.max(seen.last);
             }
-            slot.last_seen = slot.last_seen.max(seen.last);
+        });
+        for (cell, asset) in alerts {
+            let center = h3o::LatLng::from(cell);
+            let visible = asset.as_deref().is_none_or(|a| self.owner(a).is_none_or(|o| who.may_access(&o)));
+            if visible && bbox.is_none_or(|b| within_bbox(b, center.lat(), center.lng())) {
+                cells.entry(cell).or_default().alerts += 1;
+            }
         }
         Ok(cells)
     }
@@ -689,7 +721,8 @@ impl Gateway {
         self.cells.resolution
     }
 
-    /// The times of the log's first and last records: the ends of a time slider.
+    /// The times of the log's first and last records (by position, over every
+    /// organization): the ends of a time slider.
     pub(crate) fn history_span(&self) -> (Option<Timestamp>, Option<Timestamp>) {
         let log = self.twin.log();
         let time = |position| log.read(position).ok().flatten().map(|record| record.time);

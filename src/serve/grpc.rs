@@ -419,7 +419,9 @@ impl v1::subscribe_server::Subscribe for Api {
         let (who, request) = self.admit(request)?;
         let bbox = bbox_arg(request.bbox.as_ref())?;
         let fine_zoom = if request.fine_zoom > 0.0 { request.fine_zoom } else { 14.0 };
-        let interval = seconds_arg("interval_s", request.interval_s, 1.0)?;
+        // Frames at most every 10 ms and at least hourly; 1 s when unset (or not positive).
+        let interval_s = if request.interval_s > 0.0 { request.interval_s.clamp(0.01, 3600.0) } else { 1.0 };
+        let interval = Duration::from_secs_f64(interval_s);
         let filter = Filter { bbox, ..Filter::default() };
         let (tx, rx) = mpsc::channel::<Result<v1::ViewportUpdate, Status>>(STREAM_BUFFER);
         let gateway = Arc::clone(&self.gateway);
@@ -427,14 +429,13 @@ impl v1::subscribe_server::Subscribe for Api {
         let resolution = zoom_resolution(request.zoom.min(fine_zoom - 0.01)).min(self.gateway.routing_resolution());
         if let Some(at) = time_arg(request.at.as_ref()) {
             // The time slider: one frame of the map as it was, from the log.
-            let lookback = seconds_arg("lookback_s", request.lookback_s, 3600.0)?;
+            let lookback = lookback_arg(request.lookback_s)?;
             let span = gateway.history_span();
-            let cells = tokio::task::spawn_blocking(move || {
-                gateway.cell_snapshot_at(&who, bbox, resolution, &request.metric, at, lookback)
-            })
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?
-            .map_err(|e| Status::unavailable(format!("reading the log: {e}")))?;
+            let gone = tx.clone();
+            let cells = gateway
+                .cell_snapshot_at(&who, bbox, resolution, &request.metric, at, lookback, move || gone.is_closed())
+                .await
+                .map_err(status)?;
             let mut frame = snapshot_frame(&cells, resolution, span);
             frame.until = Some(timestamp_to_proto(at));
             frame.history = true;
@@ -492,13 +493,18 @@ impl v1::subscribe_server::Subscribe for Api {
     }
 }
 
-/// A positive number of seconds (`default` when 0), or INVALID_ARGUMENT naming `field`.
-fn seconds_arg(field: &str, seconds: f64, default: f64) -> Result<Duration, Status> {
-    let seconds = if seconds == 0.0 { default } else { seconds };
-    Duration::try_from_secs_f64(seconds)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| Status::invalid_argument(format!("{field}: {seconds} is not a positive number of seconds")))
+/// The longest look-back of a history frame: a month of the log per request at most.
+const MAX_LOOKBACK: Duration = Duration::from_secs(31 * 86_400);
+
+/// `lookback_s` (an hour when 0): positive, at most [`MAX_LOOKBACK`], or INVALID_ARGUMENT.
+fn lookback_arg(seconds: f64) -> Result<Duration, Status> {
+    let seconds = if seconds == 0.0 { 3600.0 } else { seconds };
+    Duration::try_from_secs_f64(seconds).ok().filter(|d| !d.is_zero() && *d <= MAX_LOOKBACK).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "lookback_s: {seconds} is not a number of seconds in (0, {}]",
+            MAX_LOOKBACK.as_secs()
+        ))
+    })
 }
 
 /// The H3 resolution that suits a web-map zoom level: about one hexagon per 30 pixels.

@@ -1141,6 +1141,17 @@ async fn the_map_apis_give_the_callers_assets_and_cells_as_they_are_then_what_ch
             Ok::<_, tonic::Status>(cells)
         }
     };
+    // Fixed sensors often report without a location: the past map places them where they are.
+    let mut unlocated = reading_at("acme-far", 3, 55.0, espoo);
+    if let Some(citytwin_core::event::Data::Payload(citytwin_core::event::Payload::MetricRecorded(m))) =
+        &mut unlocated.data
+    {
+        m.location = None;
+    }
+    assert_eq!(ingest(&channel, ACME, &[unlocated]).await.accepted, 1);
+    let third = past(T0 + 180, 90.0).await.unwrap();
+    assert_eq!(third.get(&espoo_cell), Some(&(1, Some(55.0))), "placed where it is: {third:?}");
+    assert_eq!(third.get(&center_cell), Some(&(1, Some(70.0))), "acme-a at T0+120 only: {third:?}");
     let first = past(T0 + 60, 0.0).await.unwrap();
     assert_eq!(first.len(), 2, "{first:?}");
     assert_eq!(first[&center_cell], (2, Some(20.0)), "before acme-a's 70, and without globex: {first:?}");
@@ -1154,6 +1165,8 @@ async fn the_map_apis_give_the_callers_assets_and_cells_as_they_are_then_what_ch
     let bad = past(T0, -1.0).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
     assert!(bad.message().contains("lookback_s"), "{bad:?}");
+    let whole_log = past(T0, 1e12).await.unwrap_err();
+    assert_eq!(whole_log.code(), Code::InvalidArgument, "a look-back is capped: {whole_log:?}");
 
     // Street zoom: the twin's own cells first, then the events of the assets in view.
     let street = v1::ViewportRequest { zoom: 16.0, bbox: Some(central), ..viewport.clone() };
@@ -1161,6 +1174,8 @@ async fn the_map_apis_give_the_callers_assets_and_cells_as_they_are_then_what_ch
     let cells = frame(stream.message().await.unwrap());
     assert!(cells.snapshot && cells.resolution == 8, "the routing resolution, not finer: {cells:?}");
     assert_eq!(cells.cells.iter().map(|c| c.assets).sum::<u64>(), 2, "acme's two central sensors: {cells:?}");
+    // globex's sensor in the same cell reports first: acme must not see it.
+    assert_eq!(ingest(&channel, GLOBEX, &[reading_at("globex-a", 3, 900.0, center)]).await.accepted, 1);
     assert_eq!(ingest(&channel, ACME, &[reading_at("acme-b", 3, 90.0, center)]).await.accepted, 1);
     let event = loop {
         match stream.message().await.unwrap().and_then(|u| u.update) {
@@ -1169,7 +1184,7 @@ async fn the_map_apis_give_the_callers_assets_and_cells_as_they_are_then_what_ch
             None => panic!("the stream ended"),
         }
     };
-    assert_eq!(event.id, "acme-b-r3");
+    assert_eq!(event.id, "acme-b-r3", "acme's own event, not globex's before it");
 }
 
 /// The visualizer (`citytwin view`, which starts `citytwin-visualizer`) against a live twin,

@@ -179,6 +179,10 @@ impl ShardActor {
             return Ok(());
         }
         let actor = self.actor_for(myself, &asset_id, state).await?;
+        // Active from now: the live-actor limit below must not pick the asset it just fed.
+        if let Some((_, activity)) = state.live.get(&asset_id) {
+            activity.touch();
+        }
         match actor.cast(message) {
             Ok(()) => {}
             Err(ractor::MessagingErr::SendErr(message)) => {

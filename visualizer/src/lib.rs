@@ -105,8 +105,13 @@ pub struct Args {
     #[arg(long, value_name = "LAT,LNG", value_parser = parse_point, allow_hyphen_values = true)]
     pub focus: Option<(f64, f64)>,
     /// With --focus: the web-map zoom to start at (11 ≈ a city, 14+ ≈ streets with assets).
-    #[arg(long, default_value_t = 15.0, value_name = "Z", requires = "focus")]
+    #[arg(long, default_value_t = 15.0, value_name = "Z", requires = "focus", value_parser = parse_zoom)]
     pub zoom: f64,
+}
+
+fn parse_zoom(text: &str) -> Result<f64, String> {
+    let zoom: f64 = text.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    if (0.0..=22.0).contains(&zoom) { Ok(zoom) } else { Err(format!("{text:?}: a web-map zoom lies in 0..22")) }
 }
 
 fn parse_time(text: &str) -> Result<i64, String> {

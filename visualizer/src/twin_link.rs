@@ -175,6 +175,9 @@ pub fn apply(view: &mut TwinView, event: LinkEvent, alert_metric: bool, now: f64
             view.assets_dirty = true;
             view.asset_loads += 1;
         }
+        LinkEvent::AssetEvent(_) if view.history.is_some() => {
+            // Sent live before the viewer went back in time: the past stays as it was.
+        }
         LinkEvent::AssetEvent(change) => {
             if let Some(asset) = view.assets.get_mut(&change.asset_id) {
                 if let Some((lat, lng)) = change.location {

@@ -211,12 +211,21 @@ async fn beyond_the_live_limit_actors_passivate_at_once_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     // The idle timeout never fires here: only the limit passivates.
     let config = AssetConfig { idle_timeout: Duration::from_secs(3600), ..AssetConfig::default() };
-    let twin = start_limited(dir.path(), config, 16).await;
+    let mut twin = start_limited(dir.path(), config, 16).await;
     for i in 0..120 {
         let asset = format!("s{i:03}");
         bring_up(&twin, &asset, None).await;
         twin.observe(reading(&asset, 1, "pm25", f64::from(i), Timestamp::from_secs(T0 + 60))).await.unwrap();
         assert!(twin.live().await <= 16, "{} live after {asset}", twin.live().await);
+    }
+    // They really stopped (not only left the live set): at least 104 of 120 passivated.
+    let mut passivated = 0;
+    while passivated < 104 {
+        match tokio::time::timeout(WAIT, twin.events.recv()).await {
+            Ok(Ok(ShardEvent::Passivated(_))) => passivated += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("only {passivated} passivated: {other:?}"),
+        }
     }
     // A second round wakes every asset again (rehydrated from its passivation snapshot).
     for i in 0..120 {
