@@ -78,7 +78,7 @@ fn meshes(c: &mut Criterion) {
     let markers = assets(100_000);
     group.throughput(Throughput::Elements(markers.len() as u64));
     group.bench_function("marker_mesh_100k_assets", |b| {
-        b.iter(|| black_box(marker_mesh(black_box(&markers), &projection).build()));
+        b.iter(|| black_box(marker_mesh(black_box(&markers).iter(), &projection).build()));
     });
     group.finish();
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bevy::prelude::*;
 use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
 
-use crate::cells::drawn_look;
+use crate::cells::Looks;
 use crate::hud::{STATUS_PANEL, legend_top_rgb};
 use crate::twin_link::{TwinView, ViewSettings};
 
@@ -159,10 +159,11 @@ fn sidecar(
         }
     };
     if let Some(projection) = view.projection {
+        let looks = Looks::of(&view.cells, street);
         for (&cell, datum) in &view.cells.cells {
             let c = h3o::LatLng::from(cell);
             let (x, z) = projection.to_world(c.lat(), c.lng());
-            let (height, colour) = drawn_look(&view.cells, cell, street);
+            let (height, colour) = looks.look(&view.cells, cell);
             if let Ok(pixel) = camera.world_to_viewport(transform, Vec3::new(x, height, z)) {
                 if !street {
                     probe(pixel);

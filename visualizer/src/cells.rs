@@ -98,12 +98,14 @@ pub fn rebuild_cells(
     mut meshes: ResMut<Assets<Mesh>>,
     prisms: Query<(Entity, Option<&Mesh3d>), With<CellPrisms>>,
     halos: Query<(Entity, Option<&Mesh3d>), With<AlertHalos>>,
+    mut pacer: Local<Pacer>,
 ) {
-    if !view.cells_dirty {
+    if !view.cells_dirty || !pacer.ready() {
         return;
     }
     let Some(projection) = view.projection else { return };
     view.cells_dirty = false;
+    let started = std::time::Instant::now();
     if let Ok((entity, old)) = prisms.single() {
         // At street zoom the cells lie flat, so the asset markers stand clear.
         let flat = settings.shows_assets();
@@ -112,26 +114,66 @@ pub fn rebuild_cells(
             replace_mesh(&mut commands, &mut meshes, entity, old, halo_mesh(&view.cells, &projection, flat), true);
         }
     }
+    pacer.built(started);
 }
 
-/// Height (world units) and top colour (sRGB) of a cell.
-pub fn cell_look(table: &CellTable, cell: CellIndex) -> (f32, [f32; 3]) {
-    let edge = cell.resolution().edge_length_m() as f32;
-    let value = table.cells.get(&cell).and_then(|d| d.value);
-    match (value, table.range()) {
-        (Some(value), Some(range)) => {
-            let t = normalized(value, range);
-            (edge * (BASE_EDGES + HEIGHT_EDGES * t as f32), ramp(t))
-        }
-        _ => (edge * BASE_EDGES, NO_DATA),
+/// Paces the rebuilds of a big merged mesh: a rebuild that cost more than a few
+/// milliseconds waits twenty times its cost before the next one, so rebuilding takes at most
+/// a twentieth of the time and a busy live map never stalls the frame loop (changes merge
+/// into the next rebuild). Cheap rebuilds are never held back.
+#[derive(Debug, Default)]
+pub struct Pacer {
+    last: Option<(std::time::Instant, std::time::Duration)>,
+}
+
+impl Pacer {
+    /// Rebuilds cheaper than this run whenever something changed.
+    const FREE: std::time::Duration = std::time::Duration::from_millis(4);
+
+    /// Whether a rebuild may run now.
+    pub fn ready(&self) -> bool {
+        self.last.is_none_or(|(at, cost)| cost < Self::FREE || at.elapsed() >= cost * 20)
+    }
+
+    /// Notes a rebuild that started at `started` and just ended.
+    pub fn built(&mut self, started: std::time::Instant) {
+        self.last = Some((started, started.elapsed()));
     }
 }
 
-/// A cell as drawn: at street zoom (`flat`) the cells lie flat and dimmed, a backdrop the
-/// asset markers stand out from.
+/// How cells look on a map: the value range is the whole map's, found once (a per-cell
+/// look-up of the range made a 10k-cell mesh quadratic).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Looks {
+    range: Option<(f64, f64)>,
+    flat: bool,
+}
+
+impl Looks {
+    /// The looks of `table`'s cells; `flat` at street zoom, where the cells lie flat and
+    /// dimmed, a backdrop the asset markers stand out from.
+    pub fn of(table: &CellTable, flat: bool) -> Self {
+        Looks { range: table.range(), flat }
+    }
+
+    /// Height (world units) and top colour (sRGB) of a cell as drawn.
+    pub fn look(&self, table: &CellTable, cell: CellIndex) -> (f32, [f32; 3]) {
+        let edge = cell.resolution().edge_length_m() as f32;
+        let value = table.cells.get(&cell).and_then(|d| d.value);
+        let (height, colour) = match (value, self.range) {
+            (Some(value), Some(range)) => {
+                let t = normalized(value, range);
+                (edge * (BASE_EDGES + HEIGHT_EDGES * t as f32), ramp(t))
+            }
+            _ => (edge * BASE_EDGES, NO_DATA),
+        };
+        if self.flat { (height.min(FLAT_HEIGHT), colour.map(|c| c * FLAT_SHADE)) } else { (height, colour) }
+    }
+}
+
+/// One cell as drawn (see [`Looks`]).
 pub fn drawn_look(table: &CellTable, cell: CellIndex, flat: bool) -> (f32, [f32; 3]) {
-    let (height, colour) = cell_look(table, cell);
-    if flat { (height.min(FLAT_HEIGHT), colour.map(|c| c * FLAT_SHADE)) } else { (height, colour) }
+    Looks::of(table, flat).look(table, cell)
 }
 
 /// Height of the flat cells at street zoom, in metres.
@@ -157,9 +199,11 @@ fn corners(cell: CellIndex, projection: &Projection, shrink: f32) -> (Vec2, Vec<
 
 /// One mesh of every cell's prism, vertex-coloured.
 pub fn prism_mesh(table: &CellTable, projection: &Projection, flat: bool) -> MeshBuilder {
-    let mut mesh = MeshBuilder::default();
+    // A hexagon: hub and six corners on top, four vertices per wall.
+    let mut mesh = MeshBuilder::with_capacity(table.cells.len() * 31, table.cells.len() * 54);
+    let looks = Looks::of(table, flat);
     for &cell in table.cells.keys() {
-        let (height, colour) = drawn_look(table, cell, flat);
+        let (height, colour) = looks.look(table, cell);
         let (center, ring) = corners(cell, projection, 0.94);
         mesh.prism(center, &ring, 0.0, height, colour);
     }
@@ -169,11 +213,12 @@ pub fn prism_mesh(table: &CellTable, projection: &Projection, flat: bool) -> Mes
 /// Flat halos above the cells with open alerts (`flat`: over flat cells, at street zoom).
 pub fn halo_mesh(table: &CellTable, projection: &Projection, flat: bool) -> MeshBuilder {
     let mut mesh = MeshBuilder::default();
+    let looks = Looks::of(table, flat);
     for (&cell, datum) in &table.cells {
         if datum.alerts == 0 {
             continue;
         }
-        let (height, _) = drawn_look(table, cell, flat);
+        let (height, _) = looks.look(table, cell);
         let (center, ring) = corners(cell, projection, 1.1);
         mesh.prism(
             center,
@@ -228,6 +273,23 @@ fn place_beacon(
     }
 }
 
+/// A prism's vertex colours (linear RGBA): its top's, and its walls' (darker, so prisms read
+/// as 3D while unlit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shade {
+    top: [f32; 4],
+    side: [f32; 4],
+}
+
+impl Shade {
+    /// The shade of a top of sRGB `colour`.
+    pub fn of(colour: [f32; 3]) -> Self {
+        let linear =
+            |c: [f32; 3], shade: f32| Color::srgb(c[0] * shade, c[1] * shade, c[2] * shade).to_linear().to_f32_array();
+        Shade { top: linear(colour, 1.0), side: linear(colour, SIDE_SHADE) }
+    }
+}
+
 /// Accumulates triangles into one vertex-coloured mesh.
 #[derive(Debug, Default)]
 pub struct MeshBuilder {
@@ -246,12 +308,25 @@ impl MeshBuilder {
         index
     }
 
+    /// A builder with room for `vertices` and `indices`.
+    pub fn with_capacity(vertices: usize, indices: usize) -> Self {
+        MeshBuilder {
+            positions: Vec::with_capacity(vertices),
+            normals: Vec::with_capacity(vertices),
+            colours: Vec::with_capacity(vertices),
+            indices: Vec::with_capacity(indices),
+        }
+    }
+
     /// A vertical prism over `ring` (world x, z) from `bottom` to `top`, its top `colour`
     /// (sRGB) and its walls shaded.
     pub fn prism(&mut self, center: Vec2, ring: &[Vec2], bottom: f32, top: f32, colour: [f32; 3]) {
-        let linear =
-            |c: [f32; 3], shade: f32| Color::srgb(c[0] * shade, c[1] * shade, c[2] * shade).to_linear().to_f32_array();
-        let (top_colour, side_colour) = (linear(colour, 1.0), linear(colour, SIDE_SHADE));
+        self.shaded_prism(center, ring, bottom, top, Shade::of(colour));
+    }
+
+    /// [`MeshBuilder::prism`] with the colours already converted (many prisms, few colours).
+    pub fn shaded_prism(&mut self, center: Vec2, ring: &[Vec2], bottom: f32, top: f32, shade: Shade) {
+        let Shade { top: top_colour, side: side_colour } = shade;
         let hub = self.vertex(Vec3::new(center.x, top, center.y), Vec3::Y, top_colour);
         let first = self.positions.len() as u32;
         for p in ring {
@@ -293,10 +368,10 @@ impl MeshBuilder {
     }
 
     /// A box standing on the ground at `at` (world x, z).
-    pub fn block(&mut self, at: Vec2, width: f32, height: f32, colour: [f32; 3]) {
+    pub fn block(&mut self, at: Vec2, width: f32, height: f32, shade: Shade) {
         let h = width / 2.0;
         let ring = [at + Vec2::new(-h, -h), at + Vec2::new(h, -h), at + Vec2::new(h, h), at + Vec2::new(-h, h)];
-        self.prism(at, &ring, 0.0, height, colour);
+        self.shaded_prism(at, &ring, 0.0, height, shade);
     }
 
     /// Whether nothing was added.
@@ -311,5 +386,23 @@ impl MeshBuilder {
             .with_inserted_attribute(Mesh::ATTRIBUTE_NORMAL, self.normals)
             .with_inserted_attribute(Mesh::ATTRIBUTE_COLOR, self.colours)
             .with_inserted_indices(Indices::U32(self.indices))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn a_costly_rebuild_holds_the_next_one_back_and_a_cheap_one_does_not() {
+        let mut pacer = Pacer::default();
+        assert!(pacer.ready(), "the first build runs at once");
+        // A build that took 50 ms: the next waits a second (20 × its cost).
+        pacer.built(Instant::now() - Duration::from_millis(50));
+        assert!(!pacer.ready());
+        pacer.built(Instant::now());
+        assert!(pacer.ready(), "a build of microseconds never waits");
     }
 }

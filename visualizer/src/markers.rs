@@ -1,10 +1,12 @@
 //! `AssetMarkerPlugin`: at street zoom, one marker per asset in view, shaped by type and
 //! coloured by status, merged into one mesh (100k markers stay one draw call).
 
+use std::collections::HashMap;
+
 use bevy::prelude::*;
 
-use crate::cells::{MeshBuilder, replace_mesh};
-use crate::model::{AssetDatum, Projection, marker_shape};
+use crate::cells::{MeshBuilder, Pacer, Shade, replace_mesh};
+use crate::model::{AssetDatum, MarkerStatus, Projection, marker_shape};
 use crate::twin_link::{LinkSet, TwinView, ViewSettings};
 
 /// The markers' mesh entity.
@@ -33,6 +35,7 @@ pub fn rebuild_markers(
     settings: Res<ViewSettings>,
     mut meshes: ResMut<Assets<Mesh>>,
     mut markers: Query<(Entity, Option<&Mesh3d>, &mut Visibility), With<AssetMarkers>>,
+    mut pacer: Local<Pacer>,
 ) {
     let Ok((entity, old, mut visibility)) = markers.single_mut() else { return };
     let fine = settings.shows_assets();
@@ -40,21 +43,27 @@ pub fn rebuild_markers(
     if *visibility != wanted {
         *visibility = wanted;
     }
-    if !view.assets_dirty {
+    if !view.assets_dirty || !pacer.ready() {
         return;
     }
     let Some(projection) = view.projection else { return };
     view.assets_dirty = false;
+    let started = std::time::Instant::now();
     replace_mesh(&mut commands, &mut meshes, entity, old, marker_mesh(view.assets.values(), &projection), fine);
+    pacer.built(started);
 }
 
 /// One mesh of every marker.
-pub fn marker_mesh<'a>(assets: impl IntoIterator<Item = &'a AssetDatum>, projection: &Projection) -> MeshBuilder {
-    let mut mesh = MeshBuilder::default();
+pub fn marker_mesh<'a>(assets: impl ExactSizeIterator<Item = &'a AssetDatum>, projection: &Projection) -> MeshBuilder {
+    // A block: hub and four corners on top, four vertices per wall; twelve triangles.
+    let mut mesh = MeshBuilder::with_capacity(assets.len() * 21, assets.len() * 36);
+    // One colour conversion per status, not per marker.
+    let mut shades: HashMap<MarkerStatus, Shade> = HashMap::new();
     for asset in assets {
         let (x, z) = projection.to_world(asset.lat, asset.lng);
         let (width, height) = marker_shape(&asset.asset_type);
-        mesh.block(Vec2::new(x, z), width, height, asset.status.colour());
+        let shade = *shades.entry(asset.status).or_insert_with(|| Shade::of(asset.status.colour()));
+        mesh.block(Vec2::new(x, z), width, height, shade);
     }
     mesh
 }
