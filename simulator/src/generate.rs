@@ -682,6 +682,8 @@ pub struct Generator {
     now: i64,
     next_city: usize,
     truth: Truth,
+    /// Room for a window's samples while they are put in order (reused across windows).
+    scratch: Vec<Sample>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -764,6 +766,7 @@ impl Generator {
             now: start,
             next_city: 0,
             truth: Truth::default(),
+            scratch: Vec::new(),
         }
     }
 
@@ -836,10 +839,48 @@ impl Generator {
             out.push(Sample { time, asset: u32::MAX, seq: self.next_city as u32, what: What::City });
             self.next_city += 1;
         }
-        out[first..].sort_unstable_by_key(order_key);
+        sort_stream(&mut out[first..], &mut self.scratch);
         self.truth.samples += (out.len() - first) as u64;
         self.now = until;
     }
+}
+
+/// Puts `samples` in stream order ([`order_key`]), as one `sort_unstable_by_key(order_key)`
+/// would, in fewer steps: a counting pass spreads them over time buckets (a window's samples
+/// spread over its span, so a bucket holds a few dozen), then each bucket is sorted on its
+/// own, in cache. The bucket of a time never decreases with the time, so bucket order is time
+/// order and ties stay together.
+fn sort_stream(samples: &mut [Sample], scratch: &mut Vec<Sample>) {
+    let n = samples.len();
+    if n < 4096 {
+        samples.sort_unstable_by_key(order_key);
+        return;
+    }
+    let (min, max) = samples.iter().fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s.time), hi.max(s.time)));
+    let buckets = n / 32;
+    let scale = buckets as f64 / ((max as f64 - min as f64) + 1.0);
+    // Monotonic in the time: an integer to float conversion, a positive factor, a truncation.
+    let bucket = |time: i64| (((time as f64 - min as f64) * scale) as usize).min(buckets - 1);
+    let mut next = vec![0usize; buckets + 1];
+    for sample in samples.iter() {
+        next[bucket(sample.time) + 1] += 1;
+    }
+    for b in 1..=buckets {
+        next[b] += next[b - 1];
+    }
+    let starts = next.clone();
+    if scratch.len() < n {
+        scratch.resize(n, samples[0]);
+    }
+    for sample in samples.iter() {
+        let slot = &mut next[bucket(sample.time)];
+        scratch[*slot] = *sample;
+        *slot += 1;
+    }
+    for window in starts.windows(2) {
+        scratch[window[0]..window[1]].sort_unstable_by_key(order_key);
+    }
+    samples.copy_from_slice(&scratch[..n]);
 }
 
 /// The total order of a stream: time, then asset, then the asset's own counter.

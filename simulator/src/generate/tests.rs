@@ -267,3 +267,32 @@ fn the_helsinki_scenario_puts_counters_on_roads_moves_buses_and_closes_a_road() 
     assert_eq!(during, 0.0);
     assert!(after > 0.0);
 }
+
+#[test]
+fn the_bucketed_sort_gives_the_stream_order_of_a_full_sort() {
+    // Times over a ten-minute span with many ties (whole seconds), plus a far outlier, and
+    // assets/counters in any order: the order must be exactly `order_key`'s.
+    let mut rng = SimRng::new(SEED, 7);
+    let start = 1_736_899_200_000_000_000i64;
+    let mut samples: Vec<Sample> = (0..50_000u32)
+        .map(|i| Sample {
+            time: start + rng.below(600) as i64 * 1_000_000_000,
+            asset: rng.below(5_000) as u32,
+            seq: i,
+            what: What::Created,
+        })
+        .collect();
+    samples.push(Sample { time: start + 86_400_000_000_000, asset: 3, seq: 9, what: What::Online });
+    let mut expected = samples.clone();
+    expected.sort_unstable_by_key(order_key);
+    let mut scratch = Vec::new();
+    sort_stream(&mut samples, &mut scratch);
+    assert!(samples == expected, "seed {SEED}: the bucketed sort differs from the full sort");
+    // Again with a scratch buffer left from a larger window.
+    samples.truncate(20_000);
+    let mut expected = samples.clone();
+    expected.sort_unstable_by_key(order_key);
+    samples.reverse();
+    sort_stream(&mut samples, &mut scratch);
+    assert!(samples == expected, "seed {SEED}: a reused scratch buffer changed the order");
+}
