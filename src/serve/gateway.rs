@@ -563,7 +563,6 @@ impl Gateway {
     ) -> BTreeMap<CellIndex, CellSnapshot> {
         self.models.read(|m| {
             let mut cells: BTreeMap<CellIndex, CellSnapshot> = BTreeMap::new();
-            let visible = |asset: Option<&str>| asset.is_none_or(|a| self.owner(a).is_none_or(|o| who.may_access(&o)));
             let placed = |cell: CellIndex| {
                 let center = h3o::LatLng::from(cell);
                 bbox.is_none_or(|b| within_bbox(b, center.lat(), center.lng()))
@@ -595,7 +594,7 @@ impl Gateway {
             }
             for alert in m.open_alerts.values() {
                 let Some(cell) = alert.cell.and_then(|c| c.parent(resolution)) else { continue };
-                if visible(alert.asset_id.as_deref()) && placed(cell) {
+                if self.alert_visible(who, alert.asset_id.as_deref()) && placed(cell) {
                     cells.entry(cell).or_default().alerts += 1;
                 }
             }
@@ -613,32 +612,23 @@ impl Gateway {
     ///
     /// # Errors
     /// When the log cannot be read.
-    #[expect(clippy::too_many_arguments, reason = "the viewport request's parts")]
     pub(crate) async fn cell_snapshot_at(
         self: &Arc<Self>,
         who: &Principal,
-        bbox: Option<(f64, f64, f64, f64)>,
-        resolution: Resolution,
-        metric: &str,
-        at: Timestamp,
-        lookback: Duration,
+        map: PastMap,
         cancelled: impl Fn() -> bool + Send + 'static,
     ) -> Result<BTreeMap<CellIndex, CellSnapshot>, RequestError> {
-        let (gateway, who, metric) = (Arc::clone(self), who.clone(), metric.to_owned());
-        blocking(move || gateway.replay_map(&who, bbox, resolution, &metric, at, lookback, cancelled)).await
+        let (gateway, who) = (Arc::clone(self), who.clone());
+        blocking(move || gateway.replay_map(&who, &map, cancelled)).await
     }
 
-    #[expect(clippy::too_many_arguments, reason = "the viewport request's parts")]
     fn replay_map(
         &self,
         who: &Principal,
-        bbox: Option<(f64, f64, f64, f64)>,
-        resolution: Resolution,
-        metric: &str,
-        at: Timestamp,
-        lookback: Duration,
+        map: &PastMap,
         cancelled: impl Fn() -> bool,
     ) -> citytwin_core::Result<BTreeMap<CellIndex, CellSnapshot>> {
+        let PastMap { bbox, resolution, ref metric, at, lookback } = *map;
         /// One asset as the span left it.
         #[derive(Default)]
         struct Seen {
@@ -677,7 +667,7 @@ impl Gateway {
                 seen.location = Some(location);
             }
             if let Some(Payload::MetricRecorded(m)) = event.payload()
-                && (metric.is_empty() || m.metric_type == metric)
+                && (metric.is_empty() || m.metric_type == *metric)
                 && seen.values.get(&m.metric_type).is_none_or(|(t, _)| *t <= time)
             {
                 seen.values.insert(m.metric_type.clone(), (time, m.value));
@@ -708,12 +698,19 @@ impl Gateway {
         });
         for (cell, asset) in alerts {
             let center = h3o::LatLng::from(cell);
-            let visible = asset.as_deref().is_none_or(|a| self.owner(a).is_none_or(|o| who.may_access(&o)));
-            if visible && bbox.is_none_or(|b| within_bbox(b, center.lat(), center.lng())) {
+            if self.alert_visible(who, asset.as_deref())
+                && bbox.is_none_or(|b| within_bbox(b, center.lat(), center.lng()))
+            {
                 cells.entry(cell).or_default().alerts += 1;
             }
         }
         Ok(cells)
+    }
+
+    /// Whether `who` may see an alert about `asset`: city-level alerts (no asset, or an asset
+    /// of no known owner) and those about assets it may access.
+    fn alert_visible(&self, who: &Principal, asset: Option<&str>) -> bool {
+        asset.is_none_or(|a| self.owner(a).is_none_or(|o| who.may_access(&o)))
     }
 
     /// The resolution the twin routes events to cells at.
@@ -880,6 +877,18 @@ mod tests {
         assert_eq!(values["max(pm25)"], 40.0);
         assert_eq!(values["count(pm25)"], 4.0);
     }
+}
+
+/// What [`Gateway::cell_snapshot_at`] draws: the map at `resolution` inside `bbox` (all of
+/// it when `None`), for `metric` (every metric when empty), as it was at `at` over the
+/// `lookback` before it.
+#[derive(Debug, Clone)]
+pub(crate) struct PastMap {
+    pub(crate) bbox: Option<(f64, f64, f64, f64)>,
+    pub(crate) resolution: Resolution,
+    pub(crate) metric: String,
+    pub(crate) at: Timestamp,
+    pub(crate) lookback: Duration,
 }
 
 /// One cell of [`Gateway::cell_snapshot`].

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Principal, Tokens};
-use super::gateway::{CellSnapshot, Gateway, Input, Outcome, RefusalKind, RequestError};
+use super::gateway::{CellSnapshot, Gateway, Input, Outcome, PastMap, RefusalKind, RequestError};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -433,7 +433,9 @@ impl v1::subscribe_server::Subscribe for Api {
             let span = gateway.history_span();
             let gone = tx.clone();
             let cells = gateway
-                .cell_snapshot_at(&who, bbox, resolution, &request.metric, at, lookback, move || gone.is_closed())
+                .cell_snapshot_at(&who, PastMap { bbox, resolution, metric: request.metric, at, lookback }, move || {
+                    gone.is_closed()
+                })
                 .await
                 .map_err(status)?;
             let mut frame = snapshot_frame(&cells, resolution, span);
