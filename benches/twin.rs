@@ -155,6 +155,7 @@ fn actors(c: &mut Criterion) {
             config: AssetConfig::default(),
             shard: None,
             activity: citytwin_twin::asset::actor::Activity::new(),
+            inbox: citytwin_twin::asset::inbox::Inbox::default(),
         };
         let (asset, _) = Actor::spawn(None, AssetActor, args).await.unwrap();
         let rules =

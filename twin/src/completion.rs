@@ -71,66 +71,98 @@ impl Collector {
     }
 }
 
-/// Some slots of a [`Collector`]: the commands one actor answers.
+/// Some slots of one or more [`Collector`]s: the commands one actor answers, in order.
+///
+/// A part usually holds slots of one collector (one ingest batch); an asset actor that drains
+/// several batches' commands at once holds one part made of several (see [`Part::absorb`]).
 pub struct Part {
-    collector: Arc<Collector>,
-    indices: Vec<u32>,
+    /// Consecutive slots of one collector each, in command order.
+    runs: Vec<(Arc<Collector>, Vec<u32>)>,
 }
 
 impl std::fmt::Debug for Part {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Part").field("slots", &self.indices.len()).finish_non_exhaustive()
+        f.debug_struct("Part").field("slots", &self.len()).finish_non_exhaustive()
     }
 }
 
 impl Part {
     /// The slots `indices` of `collector`.
     pub fn new(collector: Arc<Collector>, indices: Vec<u32>) -> Part {
-        Part { collector, indices }
+        Part { runs: vec![(collector, indices)] }
+    }
+
+    /// A part that owes nothing (to [`absorb`](Part::absorb) others into).
+    pub fn empty() -> Part {
+        Part { runs: Vec::new() }
     }
 
     /// How many answers this part owes.
     pub fn len(&self) -> usize {
-        self.indices.len()
+        self.runs.iter().map(|(_, indices)| indices.len()).sum()
     }
 
     /// Whether it owes none.
     pub fn is_empty(&self) -> bool {
-        self.indices.is_empty()
+        self.runs.iter().all(|(_, indices)| indices.is_empty())
+    }
+
+    /// Appends `other`'s slots after this part's: answers are then given to this part's
+    /// commands first, then to `other`'s.
+    pub fn absorb(&mut self, mut other: Part) {
+        for (collector, indices) in other.runs.drain(..) {
+            match self.runs.last_mut() {
+                Some((last, mine)) if Arc::ptr_eq(last, &collector) => mine.extend(indices),
+                _ => self.runs.push((collector, indices)),
+            }
+        }
     }
 
     /// Splits the part by `keys` (one key per slot, in order) into one part per key, in
     /// the order the keys first appear; with each, the positions of its slots in this part.
     pub fn split<K: Eq + std::hash::Hash + Clone>(mut self, keys: &[K]) -> Vec<(K, Vec<usize>, Part)> {
-        let indices = std::mem::take(&mut self.indices);
-        let mut groups: Vec<(K, Vec<usize>, Vec<u32>)> = Vec::new();
-        let mut at: std::collections::HashMap<K, usize> = std::collections::HashMap::new();
-        if indices.len() > keys.len() {
-            // Slots without a key stay with this part, answered with an error when it drops.
-            self.indices = indices[keys.len()..].to_vec();
-        }
-        for (position, (index, key)) in indices.into_iter().zip(keys).enumerate() {
-            let group = *at.entry(key.clone()).or_insert_with(|| {
-                groups.push((key.clone(), Vec::new(), Vec::new()));
-                groups.len() - 1
-            });
-            groups[group].1.push(position);
-            groups[group].2.push(index);
+        let runs = std::mem::take(&mut self.runs);
+        let mut groups: Vec<(K, Vec<usize>, Part)> = Vec::new();
+        let mut at: std::collections::HashMap<K, usize> = std::collections::HashMap::with_capacity(keys.len());
+        let mut keys = keys.iter();
+        let mut position = 0;
+        for (collector, indices) in runs {
+            let mut unkeyed = Vec::new();
+            for index in indices {
+                let Some(key) = keys.next() else {
+                    // Slots without a key stay with this part, answered with an error when it
+                    // drops.
+                    unkeyed.push(index);
+                    continue;
+                };
+                let group = *at.entry(key.clone()).or_insert_with(|| {
+                    groups.push((key.clone(), Vec::new(), Part::empty()));
+                    groups.len() - 1
+                });
+                let (_, positions, part) = &mut groups[group];
+                positions.push(position);
+                match part.runs.last_mut() {
+                    Some((last, mine)) if Arc::ptr_eq(last, &collector) => mine.push(index),
+                    _ => part.runs.push((Arc::clone(&collector), vec![index])),
+                }
+                position += 1;
+            }
+            if !unkeyed.is_empty() {
+                self.runs.push((collector, unkeyed));
+            }
         }
         groups
-            .into_iter()
-            .map(|(key, positions, indices)| (key, positions, Part::new(Arc::clone(&self.collector), indices)))
-            .collect()
     }
 
     /// Answers the part's commands in order; slots left without an answer get an error.
     pub fn answer(mut self, answers: impl IntoIterator<Item = BatchReply>) {
-        let indices = std::mem::take(&mut self.indices);
         let mut answers = answers.into_iter();
-        self.collector.fill(indices.into_iter().map(|index| {
-            let answer = answers.next().unwrap_or_else(|| Err(unanswered().into()));
-            (index, answer)
-        }));
+        for (collector, indices) in std::mem::take(&mut self.runs) {
+            collector.fill(indices.into_iter().map(|index| {
+                let answer = answers.next().unwrap_or_else(|| Err(unanswered().into()));
+                (index, answer)
+            }));
+        }
     }
 }
 
@@ -140,9 +172,10 @@ fn unanswered() -> CommandError {
 
 impl Drop for Part {
     fn drop(&mut self) {
-        if !self.indices.is_empty() {
-            let indices = std::mem::take(&mut self.indices);
-            self.collector.fill(indices.into_iter().map(|index| (index, Err(unanswered().into()))));
+        for (collector, indices) in std::mem::take(&mut self.runs) {
+            if !indices.is_empty() {
+                collector.fill(indices.into_iter().map(|index| (index, Err(unanswered().into()))));
+            }
         }
     }
 }
@@ -175,6 +208,26 @@ mod tests {
             .collect();
         let stopped = "storing the events failed: the asset actor stopped before answering";
         assert_eq!(shown, ["0", "1", stopped, stopped, "40"]);
+    }
+
+    #[tokio::test]
+    async fn a_part_made_of_several_batches_splits_and_answers_each_batch_in_order() {
+        let (first, second) = (Collector::new(3), Collector::new(2));
+        let mut part = Part::new(Arc::clone(&first), vec![2, 0, 1]);
+        part.absorb(Part::new(Arc::clone(&second), vec![1, 0]));
+        assert_eq!(part.len(), 5);
+        // Keys per slot, in order: a, b, a | b, a.
+        let groups = part.split(&["a", "b", "a", "b", "a"]);
+        let keys: Vec<_> = groups.iter().map(|(key, positions, part)| (*key, positions.clone(), part.len())).collect();
+        assert_eq!(keys, [("a", vec![0, 2, 4], 3), ("b", vec![1, 3], 2)]);
+        for (key, positions, part) in groups {
+            part.answer(positions.iter().map(|&p| if key == "a" { Ok(p) } else { Ok(100 + p) }));
+        }
+        let shown = |answers: Vec<BatchReply>| answers.into_iter().map(|a| a.ok()).collect::<Vec<_>>();
+        // first: slot 2 <- position 0 (a), slot 0 <- position 1 (b), slot 1 <- position 2 (a).
+        assert_eq!(shown(first.wait().await), [Some(101), Some(2), Some(0)]);
+        // second: slot 1 <- position 3 (b), slot 0 <- position 4 (a).
+        assert_eq!(shown(second.wait().await), [Some(4), Some(103)]);
     }
 
     #[tokio::test]

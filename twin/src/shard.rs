@@ -9,13 +9,17 @@
 //! city supervisor).
 
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::broadcast;
 
 use crate::asset::actor::{Activity, AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandReply, rehydrate};
+use crate::asset::inbox::Inbox;
 use crate::asset::logic::{AssetCommand, AssetState};
+use crate::completion::Part;
 
 /// The live asset actors of one shard, shared read-only with the twin so that commands for a
 /// live actor go to it directly (the shard stays on the path for spawning, passivation and
@@ -74,40 +78,68 @@ pub struct ShardArgs {
     pub max_live: usize,
 }
 
+/// A live asset actor, as its shard sees it.
+#[derive(Debug)]
+struct Live {
+    actor: ActorRef<AssetMsg>,
+    activity: Activity,
+    inbox: Inbox,
+}
+
 /// The shard's state.
 #[derive(Debug)]
 pub struct ShardState {
     args: ShardArgs,
-    live: HashMap<String, (ActorRef<AssetMsg>, Activity)>,
+    live: FxHashMap<String, Live>,
     ids: HashMap<ActorId, String>,
     /// Assets whose actor is stopping, with messages held for the successor.
-    stopping: HashMap<String, Vec<AssetMsg>>,
+    stopping: FxHashMap<String, Vec<AssetMsg>>,
     restarts: VecDeque<tokio::time::Instant>,
 }
 
 impl ShardState {
-    fn set_live(&mut self, asset_id: &str, actor: ActorRef<AssetMsg>, activity: Activity) {
+    fn set_live(&mut self, asset_id: &str, live: Live) {
         if let Some(directory) = &self.args.directory
             && let Ok(mut directory) = directory.write()
         {
-            directory.insert(asset_id.to_owned(), actor.clone());
+            directory.insert(asset_id.to_owned(), live.actor.clone());
         }
-        self.live.insert(asset_id.to_owned(), (actor, activity));
+        self.live.insert(asset_id.to_owned(), live);
     }
 
-    fn unset_live(&mut self, asset_id: &str) -> Option<ActorRef<AssetMsg>> {
+    /// Forgets a live actor. Commands left in its inbox (an actor that failed or stopped
+    /// before draining it) come back as one batch, to be held for its successor.
+    fn unset_live(&mut self, asset_id: &str) -> Option<(ActorRef<AssetMsg>, Option<AssetMsg>)> {
         if let Some(directory) = &self.args.directory
             && let Ok(mut directory) = directory.write()
         {
             directory.remove(asset_id);
         }
-        self.live.remove(asset_id).map(|(actor, _)| actor)
+        self.live.remove(asset_id).map(|live| {
+            let left = live.inbox.take().map(|(commands, part)| AssetMsg::Batch(commands, part));
+            (live.actor, left)
+        })
+    }
+
+    /// Forgets a live actor and holds what it left in its inbox (and whatever arrives from now
+    /// on) for its successor.
+    fn hold_for_successor(&mut self, asset_id: &str) -> Option<ActorRef<AssetMsg>> {
+        let (actor, left) = self.unset_live(asset_id)?;
+        let held = self.stopping.entry(asset_id.to_owned()).or_default();
+        held.extend(left);
+        Some(actor)
     }
 
     /// Stops a live actor: it takes `Passivate` after what is already in its mailbox; what
     /// arrives meanwhile is held for its successor.
     fn passivate(&mut self, asset_id: &str) {
-        if let Some(actor) = self.unset_live(asset_id) {
+        if let Some((actor, left)) = self.unset_live(asset_id) {
+            // Nothing can be left (the `Drain` for it is queued before `Passivate`), but if
+            // something were, the actor runs it before it stops.
+            if let Some(AssetMsg::Batch(commands, part)) = left {
+                // A fresh inbox is gone with the map entry: hand the batch over directly.
+                let _ = actor.cast(AssetMsg::Batch(commands, part));
+            }
             self.stopping.insert(asset_id.to_owned(), Vec::new());
             let _ = actor.cast(AssetMsg::Passivate);
         }
@@ -122,7 +154,7 @@ impl ShardState {
         }
         let count = (self.live.len() - limit + limit / 16).min(self.live.len());
         let mut by_idle: Vec<(Duration, &String)> =
-            self.live.iter().map(|(asset_id, (_, activity))| (activity.idle_for(), asset_id)).collect();
+            self.live.iter().map(|(asset_id, live)| (live.activity.idle_for(), asset_id)).collect();
         by_idle.select_nth_unstable_by(count - 1, |a, b| b.0.cmp(&a.0));
         let victims: Vec<String> = by_idle[..count].iter().map(|(_, asset_id)| (*asset_id).clone()).collect();
         tracing::debug!(
@@ -148,10 +180,10 @@ impl ShardActor {
         asset_id: &str,
         state: &mut ShardState,
     ) -> Result<ActorRef<AssetMsg>, ActorProcessingErr> {
-        if let Some((actor, _)) = state.live.get(asset_id) {
-            return Ok(actor.clone());
+        if let Some(live) = state.live.get(asset_id) {
+            return Ok(live.actor.clone());
         }
-        let activity = Activity::new();
+        let (activity, inbox) = (Activity::new(), Inbox::default());
         let args = AssetArgs {
             asset_id: asset_id.to_owned(),
             log: state.args.log.clone(),
@@ -159,10 +191,11 @@ impl ShardActor {
             config: state.args.asset.clone(),
             shard: Some(myself.clone()),
             activity: activity.clone(),
+            inbox: inbox.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, AssetActor, args, myself.get_cell()).await?;
         state.ids.insert(actor.get_id(), asset_id.to_owned());
-        state.set_live(asset_id, actor.clone(), activity);
+        state.set_live(asset_id, Live { actor: actor.clone(), activity, inbox });
         notify(state, ShardEvent::Started(asset_id.to_owned()));
         Ok(actor)
     }
@@ -180,8 +213,8 @@ impl ShardActor {
         }
         let actor = self.actor_for(myself, &asset_id, state).await?;
         // Active from now: the live-actor limit below must not pick the asset it just fed.
-        if let Some((_, activity)) = state.live.get(&asset_id) {
-            activity.touch();
+        if let Some(live) = state.live.get(&asset_id) {
+            live.activity.touch();
         }
         match actor.cast(message) {
             Ok(()) => {}
@@ -189,12 +222,42 @@ impl ShardActor {
                 // The actor is failing and its supervision event is on its way: hold the
                 // message for the successor instead of losing it.
                 tracing::debug!(asset = %asset_id, "asset actor is stopping; holding the message for its successor");
-                state.unset_live(&asset_id);
+                state.hold_for_successor(&asset_id);
                 state.stopping.entry(asset_id).or_default().push(message);
             }
             Err(error) => tracing::error!(asset = %asset_id, %error, "asset actor unreachable; message dropped"),
         }
         // After the cast: an actor chosen here takes its message before it stops.
+        state.enforce_live_limit();
+        Ok(())
+    }
+
+    /// Leaves a batch of commands in the asset's inbox, waking the actor when the inbox was
+    /// empty (see [`Inbox`]); held for the successor while the actor stops.
+    async fn deliver_batch(
+        &self,
+        myself: &ActorRef<ShardMsg>,
+        asset_id: &str,
+        commands: Vec<AssetCommand>,
+        part: Part,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(held) = state.stopping.get_mut(asset_id) {
+            held.push(AssetMsg::Batch(commands, part));
+            return Ok(());
+        }
+        self.actor_for(myself, asset_id, state).await?;
+        let live = state.live.get(asset_id).expect("actor_for made it live");
+        // Active from now: the live-actor limit below must not pick the asset it just fed.
+        live.activity.touch();
+        if live.inbox.push(commands, part)
+            && let Err(ractor::MessagingErr::SendErr(_)) = live.actor.cast(AssetMsg::Drain)
+        {
+            // The actor is failing and its supervision event is on its way: its inbox is held
+            // for the successor instead of being lost.
+            tracing::debug!(asset = %asset_id, "asset actor is stopping; holding its inbox for its successor");
+            state.hold_for_successor(asset_id);
+        }
         state.enforce_live_limit();
         Ok(())
     }
@@ -225,9 +288,9 @@ impl Actor for ShardActor {
         }
         Ok(ShardState {
             args,
-            live: HashMap::new(),
+            live: FxHashMap::default(),
             ids: HashMap::new(),
-            stopping: HashMap::new(),
+            stopping: FxHashMap::default(),
             restarts: VecDeque::new(),
         })
     }
@@ -263,12 +326,13 @@ impl Actor for ShardActor {
                 }
             }
             ShardMsg::Batch(commands, part) => {
-                // One message per asset, each answering its own slots: the shard never waits.
+                // Each asset's commands join its inbox, answering their own slots: the shard
+                // never waits, and an asset busy elsewhere gets them all in one drain.
                 let (ids, commands): (Vec<String>, Vec<AssetCommand>) = commands.into_iter().unzip();
                 let mut commands: Vec<Option<AssetCommand>> = commands.into_iter().map(Some).collect();
                 for (asset_id, positions, part) in part.split(&ids) {
                     let mine = positions.iter().filter_map(|&p| commands[p].take()).collect();
-                    self.deliver(&myself, asset_id, AssetMsg::Batch(mine, part), state).await?;
+                    self.deliver_batch(&myself, &asset_id, mine, part, state).await?;
                 }
             }
             ShardMsg::Sweep => {
@@ -277,7 +341,7 @@ impl Actor for ShardActor {
                 let idle: Vec<String> = state
                     .live
                     .iter()
-                    .filter(|(_, (_, activity))| activity.idle_for() >= idle_timeout)
+                    .filter(|(_, live)| live.activity.idle_for() >= idle_timeout)
                     .map(|(asset_id, _)| asset_id.clone())
                     .collect();
                 for asset_id in idle {
@@ -303,7 +367,7 @@ impl Actor for ShardActor {
                 let Some(asset_id) = state.ids.remove(&cell.get_id()) else {
                     return Ok(());
                 };
-                state.unset_live(&asset_id);
+                state.hold_for_successor(&asset_id);
                 let held = state.stopping.remove(&asset_id).unwrap_or_default();
                 notify(state, ShardEvent::Passivated(asset_id.clone()));
                 for message in held {
@@ -314,7 +378,8 @@ impl Actor for ShardActor {
                 let Some(asset_id) = state.ids.remove(&cell.get_id()) else {
                     return Ok(());
                 };
-                state.unset_live(&asset_id);
+                // What it had not drained yet goes to its successor (after the restart below).
+                state.hold_for_successor(&asset_id);
                 let now = tokio::time::Instant::now();
                 state.restarts.push_back(now);
                 while state.restarts.front().is_some_and(|t| now.duration_since(*t) > state.args.restart_window) {

@@ -15,6 +15,7 @@ use citytwin_core::event::{Event, Timestamp};
 use citytwin_core::log::{EventLog, Expected};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::inbox::Inbox;
 use super::logic::{AssetCommand, AssetState, Rejection, apply, decide, decide_lean, heartbeat_grace};
 use crate::deadletter::{DeadLetterReason, dead_letter};
 
@@ -106,6 +107,9 @@ pub enum AssetMsg {
     /// Several commands: decided and applied in order, persisted in one append, answered
     /// together (one result per command, in order) once the append is committed.
     Batch(Vec<AssetCommand>, crate::completion::Part),
+    /// Run everything pending in the actor's [`Inbox`] as one batch (sent by the shard when
+    /// the inbox was empty).
+    Drain,
     /// The current state.
     GetState(RpcReplyPort<AssetState>),
     /// A heartbeat deadline set when the asset was last heard from.
@@ -167,6 +171,8 @@ pub struct AssetArgs {
     pub shard: Option<ActorRef<crate::shard::ShardMsg>>,
     /// When the actor was last active (shared with the shard's sweep).
     pub activity: Activity,
+    /// The batched commands its shard leaves for it (see [`Inbox`]).
+    pub inbox: Inbox,
 }
 
 impl std::fmt::Debug for AssetArgs {
@@ -582,6 +588,14 @@ impl AssetActor {
                     return Err(failure);
                 }
             }
+            AssetMsg::Drain => {
+                if let Some((commands, part)) = state.args.inbox.take() {
+                    state.args.activity.touch();
+                    if let Some(failure) = self.run_batch(myself, commands, part, state).await {
+                        return Err(failure);
+                    }
+                }
+            }
             AssetMsg::GetState(reply) => {
                 state.args.activity.touch();
                 let _ = reply.send(state.asset.clone());
@@ -611,7 +625,16 @@ impl AssetActor {
                     self.passivate(myself, state).await;
                 }
             }
-            AssetMsg::Passivate => self.passivate(myself, state).await,
+            AssetMsg::Passivate => {
+                // The shard stopped filling the inbox when it chose to passivate, and a `Drain`
+                // for what it left came before this message; run anything left all the same.
+                if let Some((commands, part)) = state.args.inbox.take()
+                    && let Some(failure) = self.run_batch(myself, commands, part, state).await
+                {
+                    return Err(failure);
+                }
+                self.passivate(myself, state).await
+            }
             AssetMsg::StorageFailed(error) => {
                 // Rebuilt in place rather than by a restart: a failing actor drops its mailbox,
                 // and with it the commands and queries queued behind this message. Appends

@@ -1,0 +1,99 @@
+//! `Inbox`: the batched commands waiting for one asset actor.
+//!
+//! Under load an asset's commands arrive in many small pieces: an ingest batch of 10,000
+//! readings over 100,000 assets holds about one reading per asset, and one actor message per
+//! piece cost more than deciding the reading (mailbox, wake-up, writer request, answer). So
+//! the shard appends a batch's commands for the asset here and sends the actor a `Drain`
+//! message only when the inbox was empty; the actor takes everything pending at once. While
+//! the actor waits its turn on the runtime, later batches' commands join the same drain:
+//! batching per mailbox drain, and the busier the twin, the larger the drains.
+//!
+//! Order: commands are taken in the order they were appended, and a `Drain` is sent before
+//! any later message to the actor, so the mailbox order of the shard's messages holds.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::logic::AssetCommand;
+use crate::completion::Part;
+
+/// See the module documentation. Cheap to clone (one shared inbox).
+#[derive(Debug, Clone, Default)]
+pub struct Inbox(Arc<Mutex<Pending>>);
+
+#[derive(Debug)]
+struct Pending {
+    commands: Vec<AssetCommand>,
+    part: Part,
+    /// A `Drain` is on its way to the actor (it will take what is here).
+    armed: bool,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending { commands: Vec::new(), part: Part::empty(), armed: false }
+    }
+}
+
+impl Inbox {
+    /// Appends commands, answered through `part` (one slot per command, in order). Returns
+    /// whether the actor must be sent a `Drain`: none is on its way yet.
+    pub fn push(&self, commands: Vec<AssetCommand>, part: Part) -> bool {
+        let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.commands.is_empty() {
+            pending.commands = commands;
+        } else {
+            pending.commands.extend(commands);
+        }
+        pending.part.absorb(part);
+        !std::mem::replace(&mut pending.armed, true)
+    }
+
+    /// Takes every pending command with its part (the actor, on `Drain`); the next push sends
+    /// a new `Drain`. `None` when nothing is pending.
+    pub fn take(&self) -> Option<(Vec<AssetCommand>, Part)> {
+        let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.armed = false;
+        if pending.commands.is_empty() && pending.part.is_empty() {
+            return None;
+        }
+        Some((std::mem::take(&mut pending.commands), std::mem::replace(&mut pending.part, Part::empty())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::completion::Collector;
+    use citytwin_core::event::Timestamp;
+
+    fn check(at: i64) -> AssetCommand {
+        AssetCommand::CheckHeartbeat { now: Timestamp::from_nanos(at) }
+    }
+
+    #[tokio::test]
+    async fn only_the_first_push_after_a_take_wakes_the_actor_and_a_take_gets_everything_in_order() {
+        let (first, second) = (Collector::new(2), Collector::new(1));
+        let inbox = Inbox::default();
+        assert!(inbox.push(vec![check(1), check(2)], Part::new(Arc::clone(&first), vec![1, 0])));
+        assert!(!inbox.push(vec![check(3)], Part::new(Arc::clone(&second), vec![0])), "a drain is already on its way");
+        let (commands, part) = inbox.take().expect("pending commands");
+        let times: Vec<_> = commands
+            .iter()
+            .map(|c| match c {
+                AssetCommand::CheckHeartbeat { now } => now.as_nanos(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(times, [1, 2, 3]);
+        assert_eq!(part.len(), 3);
+        part.answer([Ok(10), Ok(20), Ok(30)]);
+        let answers = |c: &Arc<Collector>| {
+            let c = Arc::clone(c);
+            async move { c.wait().await.into_iter().map(|a| a.map_err(|f| f.error.to_string())).collect::<Vec<_>>() }
+        };
+        assert_eq!(answers(&first).await, [Ok(20), Ok(10)]);
+        assert_eq!(answers(&second).await, [Ok(30)]);
+        assert!(inbox.take().is_none());
+        assert!(inbox.push(vec![check(4)], Part::new(Collector::new(1), vec![0])), "taken: the next push wakes again");
+    }
+}
