@@ -233,6 +233,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         .with_derived_cell(Resolution::Ten)
     });
     let cpu_before = cpu_time();
+    let drains_before = citytwin_twin::asset::inbox::DRAINS.totals();
     let started = Instant::now();
     // With a paced load, sample memory and live actors every second (the steady state is
     // what a city running at that rate costs).
@@ -262,6 +263,8 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     let cpu = cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
+    let drains = citytwin_twin::asset::inbox::DRAINS.totals();
+    let (drains, drained) = (drains.0 - drains_before.0, drains.1 - drains_before.1);
     let rate = f64::from(args.events) / elapsed.as_secs_f64();
     println!("setup: {} assets created in {:.2?}", args.assets, created_in);
     if let (Some(start), Some(live)) = (rss_start, rss_live) {
@@ -307,6 +310,10 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             cpu.as_secs_f64() / elapsed.as_secs_f64()
         );
     }
+    println!(
+        "asset actors: {drained} commands in {drains} inbox drains = {:.2} per drain (the batching per mailbox drain bought)",
+        drained as f64 / drains.max(1) as f64
+    );
     let stats = twin.stats();
     println!(
         "ingest counters: {} accepted, {} shed under overload (counted and dead-lettered), {} invalid, {} rejected",

@@ -123,7 +123,8 @@ impl Part {
     pub fn split<K: Eq + std::hash::Hash + Clone>(mut self, keys: &[K]) -> Vec<(K, Vec<usize>, Part)> {
         let runs = std::mem::take(&mut self.runs);
         let mut groups: Vec<(K, Vec<usize>, Part)> = Vec::new();
-        let mut at: std::collections::HashMap<K, usize> = std::collections::HashMap::with_capacity(keys.len());
+        let mut at: rustc_hash::FxHashMap<K, usize> =
+            rustc_hash::FxHashMap::with_capacity_and_hasher(keys.len(), Default::default());
         let mut keys = keys.iter();
         let mut position = 0;
         for (collector, indices) in runs {

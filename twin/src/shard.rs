@@ -242,11 +242,14 @@ impl ShardActor {
         part: Part,
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(held) = state.stopping.get_mut(asset_id) {
-            held.push(AssetMsg::Batch(commands, part));
-            return Ok(());
+        // The hot path first: a live actor (it cannot be stopping at the same time).
+        if state.live.get(asset_id).is_none() {
+            if let Some(held) = state.stopping.get_mut(asset_id) {
+                held.push(AssetMsg::Batch(commands, part));
+                return Ok(());
+            }
+            self.actor_for(myself, asset_id, state).await?;
         }
-        self.actor_for(myself, asset_id, state).await?;
         let live = state.live.get(asset_id).expect("actor_for made it live");
         // Active from now: the live-actor limit below must not pick the asset it just fed.
         live.activity.touch();
@@ -329,10 +332,11 @@ impl Actor for ShardActor {
                 // Each asset's commands join its inbox, answering their own slots: the shard
                 // never waits, and an asset busy elsewhere gets them all in one drain.
                 let (ids, commands): (Vec<String>, Vec<AssetCommand>) = commands.into_iter().unzip();
+                let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
                 let mut commands: Vec<Option<AssetCommand>> = commands.into_iter().map(Some).collect();
-                for (asset_id, positions, part) in part.split(&ids) {
+                for (asset_id, positions, part) in part.split(&keys) {
                     let mine = positions.iter().filter_map(|&p| commands[p].take()).collect();
-                    self.deliver_batch(&myself, &asset_id, mine, part, state).await?;
+                    self.deliver_batch(&myself, asset_id, mine, part, state).await?;
                 }
             }
             ShardMsg::Sweep => {

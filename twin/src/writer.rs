@@ -224,15 +224,22 @@ fn write(log: &EventLog, bus: Option<&Bus>, pending: &mut Vec<Request>) {
 fn answer(bus: Option<&Bus>, requests: Vec<Request>, appended: Vec<Appended>) {
     let upto = appended.last().map(|a| a.position + 1);
     let mut appended = appended.into_iter();
-    let mut published: Vec<Committed> = Vec::new();
+    let mut published: Vec<Committed> = Vec::with_capacity(if bus.is_some() { appended.len() } else { 0 });
     let mut replies: Vec<(Reply, Vec<Appended>, Vec<Event>)> = Vec::with_capacity(requests.len());
     for request in requests {
-        let mine: Vec<Appended> = appended.by_ref().take(request.events.len()).collect();
+        let count = request.events.len();
         if request.reply.publishes() && bus.is_some() {
-            published
-                .extend(mine.iter().zip(request.events).map(|(at, event)| Committed { position: at.position, event }));
+            // A submitted batch's callback needs no positions: none are collected for it.
+            let mine: Vec<Appended> = match request.reply {
+                Reply::Then(_) => Vec::new(),
+                _ => appended.as_slice().iter().take(count).copied().collect(),
+            };
+            published.extend(
+                appended.by_ref().take(count).zip(request.events).map(|(at, event)| Committed { position: at.position, event }),
+            );
             replies.push((request.reply, mine, Vec::new()));
         } else {
+            let mine: Vec<Appended> = appended.by_ref().take(count).collect();
             replies.push((request.reply, mine, request.events));
         }
     }

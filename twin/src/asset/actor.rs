@@ -590,6 +590,7 @@ impl AssetActor {
             }
             AssetMsg::Drain => {
                 if let Some((commands, part)) = state.args.inbox.take() {
+                    super::inbox::DRAINS.record(commands.len());
                     state.args.activity.touch();
                     if let Some(failure) = self.run_batch(myself, commands, part, state).await {
                         return Err(failure);

@@ -11,10 +11,35 @@
 //! Order: commands are taken in the order they were appended, and a `Drain` is sent before
 //! any later message to the actor, so the mailbox order of the shard's messages holds.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::logic::AssetCommand;
 use crate::completion::Part;
+
+/// How many drains asset actors made and how many commands they took, process-wide: the
+/// batching this buys (the `bench` command reports commands per drain).
+pub static DRAINS: DrainStats = DrainStats { drains: AtomicU64::new(0), commands: AtomicU64::new(0) };
+
+/// See [`DRAINS`].
+#[derive(Debug)]
+pub struct DrainStats {
+    drains: AtomicU64,
+    commands: AtomicU64,
+}
+
+impl DrainStats {
+    /// Notes a drain of `commands` commands.
+    pub fn record(&self, commands: usize) {
+        self.drains.fetch_add(1, Ordering::Relaxed);
+        self.commands.fetch_add(commands as u64, Ordering::Relaxed);
+    }
+
+    /// Drains and commands so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.drains.load(Ordering::Relaxed), self.commands.load(Ordering::Relaxed))
+    }
+}
 
 /// See the module documentation. Cheap to clone (one shared inbox).
 #[derive(Debug, Clone, Default)]
