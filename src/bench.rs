@@ -215,10 +215,14 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     ingest_all(&twin, args.assets, commissioned, args.concurrency, args.batch, None).await?;
     let metrics = ["vehicle_count", "avg_speed", "pm25"];
     let assets = args.assets.max(1);
+    // Sensors stay put: each one's cell is computed once, as a sensor configured with its
+    // place would send it (the generator is not what is measured).
+    let cells: Arc<Vec<Option<h3o::CellIndex>>> =
+        Arc::new((0..assets).map(|i| location(i).cell(Resolution::Ten)).collect());
     let reading: MakeEvent = Arc::new(move |n| {
         let i = n % assets;
         let id = format!("sensor_{i:07}");
-        Event::new(
+        let mut event = Event::new(
             format!("r{n}"),
             "/bench",
             MetricRecorded {
@@ -229,8 +233,9 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                 location: Some(location(i)),
             },
         )
-        .with_time(Timestamp::from_millis(t0.as_millis() + 60_000 + i64::from(n)))
-        .with_derived_cell(Resolution::Ten)
+        .with_time(Timestamp::from_millis(t0.as_millis() + 60_000 + i64::from(n)));
+        event.ext.h3cell = cells[i as usize];
+        event
     });
     let cpu_before = cpu_time();
     let drains_before = citytwin_twin::asset::inbox::DRAINS.totals();

@@ -235,7 +235,11 @@ fn answer(bus: Option<&Bus>, requests: Vec<Request>, appended: Vec<Appended>) {
                 _ => appended.as_slice().iter().take(count).copied().collect(),
             };
             published.extend(
-                appended.by_ref().take(count).zip(request.events).map(|(at, event)| Committed { position: at.position, event }),
+                appended
+                    .by_ref()
+                    .take(count)
+                    .zip(request.events)
+                    .map(|(at, event)| Committed { position: at.position, event }),
             );
             replies.push((request.reply, mine, Vec::new()));
         } else {
