@@ -243,7 +243,7 @@ impl ShardActor {
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
         // The hot path first: a live actor (it cannot be stopping at the same time).
-        if state.live.get(asset_id).is_none() {
+        if !state.live.contains_key(asset_id) {
             if let Some(held) = state.stopping.get_mut(asset_id) {
                 held.push(AssetMsg::Batch(commands, part));
                 return Ok(());
