@@ -84,6 +84,10 @@ pub fn decode<'a>(
             AttributeValue::Text(text) => Value::String(text),
             AttributeValue::Bool(flag) => Value::Bool(flag),
             AttributeValue::Integer(number) => Value::from(number),
+            AttributeValue::Time(time) if name == "time" => {
+                builder.time(time);
+                continue;
+            }
             AttributeValue::Time(time) => Value::String(time.to_rfc3339()),
         };
         builder.attribute(name, value);
