@@ -319,11 +319,14 @@ impl Twin {
         let mut per_shard: Vec<ShardBatch> = (0..shard_count).map(|_| ShardBatch::default()).collect();
         let mut slots: Vec<usize> = Vec::with_capacity(total);
         let mut city: (Vec<usize>, Vec<Event>) = Default::default();
+        // The batch's dead letters, appended together (a flood of bad input costs one append
+        // per call, not one per event).
+        let mut dead_letters: Vec<Event> = Vec::new();
         for (index, event) in events.into_iter().enumerate() {
             if let Err(error) = event.validate() {
                 IngestStats::add(&self.stats.invalid);
                 let message = error.to_string();
-                self.dead_letter(event, DeadLetterReason::InvalidFormat(message.clone())).await;
+                dead_letters.push(dead_letter_entry(&event, &DeadLetterReason::InvalidFormat(message.clone())));
                 results[index] = Some(Err(IngestError::Invalid(message)));
                 continue;
             }
@@ -380,12 +383,17 @@ impl Twin {
                     if let CommandError::Rejected(rejection) = &error {
                         IngestStats::add(&self.stats.rejected);
                         if let Some(event) = event {
-                            self.dead_letter(*event, DeadLetterReason::Rejected(rejection.to_string())).await;
+                            dead_letters
+                                .push(dead_letter_entry(&event, &DeadLetterReason::Rejected(rejection.to_string())));
                         }
                     }
                     Err(IngestError::Refused(error))
                 }
             });
+        }
+        // Durable before the refusals are answered, as each one was when appended alone.
+        if let Err(error) = self.dead_letter_entries(dead_letters).await {
+            tracing::error!(%error, "could not dead-letter a batch's refused events");
         }
         results.into_iter().map(|r| r.expect("every event has a result")).collect()
     }
