@@ -300,7 +300,7 @@ struct SyncState {
 
 struct Inner {
     dir: PathBuf,
-    snapshots: snapshot::SnapshotStore,
+    snapshots: Arc<snapshot::SnapshotStore>,
     config: LogConfig,
     state: Mutex<State>,
     sync: Mutex<SyncState>,
