@@ -84,6 +84,10 @@ pub fn is_valid_extension_name(name: &str) -> bool {
 /// The CloudEvents String type excludes control characters (U+0000–U+001F, U+007F–U+009F)
 /// and Unicode noncharacters.
 pub(crate) fn check_string_chars(attribute: &str, value: &str, out: &mut Vec<Violation>) {
+    // The usual case, printable ASCII, in one vectorised pass over the bytes.
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return;
+    }
     let bad = value.chars().find(|&c| {
         let code = c as u32;
         c.is_control() || (0xFDD0..=0xFDEF).contains(&code) || (code & 0xFFFE) == 0xFFFE
