@@ -279,7 +279,9 @@ impl Subscription {
         // Everything published and not delivered yet is in the log: read from the low-water
         // mark to the end as it is now (batches still in the channel below it are skipped).
         let until = self.log.next_position();
-        let filter = ReplayFilter { from_position: self.low_water, ..ReplayFilter::default() };
+        // The log skips other types without decoding them (its frames say the type).
+        let filter =
+            ReplayFilter { from_position: self.low_water, types: self.filter.types.clone(), ..ReplayFilter::default() };
         for record in self.log.replay(filter) {
             let record = match record {
                 Ok(record) => record,
@@ -364,6 +366,10 @@ mod tests {
         let mut live = bus.subscribe(Filter::default());
         let mut lagging = bus.subscribe(Filter::default());
         let mut org_a = bus.subscribe(Filter { organizations: vec!["org_a".into()], ..Filter::default() });
+        // Typed subscribers catch up through the log's own type filter (no decoding of others).
+        let typed = |pattern: &str| Filter { types: vec![TypePattern::new(pattern)], ..Filter::default() };
+        let mut metrics = bus.subscribe(typed("com.smartcities.asset.metric_recorded"));
+        let mut alerts = bus.subscribe(typed("com.smartcities.alert.*"));
         let mut published = Vec::new();
         // `live` drains as the groups come; the others read only afterwards: the 4-batch
         // channel has dropped the first 6 groups for them.
@@ -384,6 +390,14 @@ mod tests {
         assert_eq!(caught_up, published, "the log filled the gap: same events, same order, no duplicate");
         assert!(lagging.recovered > 0, "the channel lagged and the log filled the gap");
         assert!(lagging.try_recv().is_none(), "nothing twice");
+        let mut typed_caught_up = Vec::new();
+        while let Some(next) = metrics.try_recv() {
+            typed_caught_up.push((next.position, next.event.id.clone()));
+        }
+        assert_eq!(typed_caught_up, published, "a typed subscriber catches up with every match");
+        assert!(metrics.recovered > 0);
+        assert!(alerts.try_recv().is_none(), "nothing of another type");
+        assert_eq!(alerts.recovered, 0);
         let evens = org_a.recv_batch(1000).await.unwrap();
         let mut evens: Vec<u64> = evens.iter().map(|d| d.position).collect();
         while let Some(next) = org_a.try_recv() {
