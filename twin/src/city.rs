@@ -391,9 +391,17 @@ impl Twin {
                 }
             });
         }
-        // Durable before the refusals are answered, as each one was when appended alone.
-        if let Err(error) = self.dead_letter_entries(dead_letters).await {
-            tracing::error!(%error, "could not dead-letter a batch's refused events");
+        // Durable before the refusals are answered, as each one was when appended alone. When
+        // the log refuses the group (one entry it cannot store), each goes alone, so one bad
+        // entry does not cost the others their place in the queue.
+        if let Err(error) = self.dead_letter_entries(dead_letters.clone()).await {
+            tracing::warn!(%error, "dead-lettering a batch's refused events together failed; appending them one by one");
+            for entry in dead_letters {
+                let id = entry.id.clone();
+                if let Err(error) = self.dead_letter_entries(vec![entry]).await {
+                    tracing::error!(%error, entry = %id, "could not dead-letter a refused event");
+                }
+            }
         }
         results.into_iter().map(|r| r.expect("every event has a result")).collect()
     }

@@ -94,6 +94,9 @@ pub struct ShardState {
     ids: HashMap<ActorId, String>,
     /// Assets whose actor is stopping, with messages held for the successor.
     stopping: FxHashMap<String, Vec<AssetMsg>>,
+    /// The inboxes of passivating actors: the actor drains them before it stops; whatever is
+    /// left when it is gone goes to the successor, ahead of the held messages.
+    stopping_inboxes: FxHashMap<String, Inbox>,
     restarts: VecDeque<tokio::time::Instant>,
 }
 
@@ -107,41 +110,39 @@ impl ShardState {
         self.live.insert(asset_id.to_owned(), live);
     }
 
-    /// Forgets a live actor. Commands left in its inbox (an actor that failed or stopped
-    /// before draining it) come back as one batch, to be held for its successor.
-    fn unset_live(&mut self, asset_id: &str) -> Option<(ActorRef<AssetMsg>, Option<AssetMsg>)> {
+    /// Forgets a live actor (its inbox comes back untouched).
+    fn unset_live(&mut self, asset_id: &str) -> Option<Live> {
         if let Some(directory) = &self.args.directory
             && let Ok(mut directory) = directory.write()
         {
             directory.remove(asset_id);
         }
-        self.live.remove(asset_id).map(|live| {
-            let left = live.inbox.take().map(|(commands, part)| AssetMsg::Batch(commands, part));
-            (live.actor, left)
-        })
+        self.live.remove(asset_id)
     }
 
-    /// Forgets a live actor and holds what it left in its inbox (and whatever arrives from now
-    /// on) for its successor.
-    fn hold_for_successor(&mut self, asset_id: &str) -> Option<ActorRef<AssetMsg>> {
-        let (actor, left) = self.unset_live(asset_id)?;
+    /// Forgets a live or passivating actor that is gone (or going: it failed) and holds what
+    /// it left in its inbox, ahead of whatever was held or arrives from now on, for its
+    /// successor.
+    fn hold_for_successor(&mut self, asset_id: &str) {
+        let inbox = match self.unset_live(asset_id) {
+            Some(live) => Some(live.inbox),
+            None => self.stopping_inboxes.remove(asset_id),
+        };
+        let left = inbox.and_then(|inbox| inbox.take()).map(|(commands, part)| AssetMsg::Batch(commands, part));
         let held = self.stopping.entry(asset_id.to_owned()).or_default();
-        held.extend(left);
-        Some(actor)
+        if let Some(left) = left {
+            held.insert(0, left);
+        }
     }
 
-    /// Stops a live actor: it takes `Passivate` after what is already in its mailbox; what
-    /// arrives meanwhile is held for its successor.
+    /// Stops a live actor: it takes `Passivate` after what is already in its mailbox (a
+    /// `Drain` of its inbox among it, and it drains again before it stops); what arrives
+    /// meanwhile is held for its successor, behind anything its inbox still holds then.
     fn passivate(&mut self, asset_id: &str) {
-        if let Some((actor, left)) = self.unset_live(asset_id) {
-            // Nothing can be left (the `Drain` for it is queued before `Passivate`), but if
-            // something were, the actor runs it before it stops.
-            if let Some(AssetMsg::Batch(commands, part)) = left {
-                // A fresh inbox is gone with the map entry: hand the batch over directly.
-                let _ = actor.cast(AssetMsg::Batch(commands, part));
-            }
+        if let Some(live) = self.unset_live(asset_id) {
             self.stopping.insert(asset_id.to_owned(), Vec::new());
-            let _ = actor.cast(AssetMsg::Passivate);
+            self.stopping_inboxes.insert(asset_id.to_owned(), live.inbox);
+            let _ = live.actor.cast(AssetMsg::Passivate);
         }
     }
 
@@ -294,6 +295,7 @@ impl Actor for ShardActor {
             live: FxHashMap::default(),
             ids: HashMap::new(),
             stopping: FxHashMap::default(),
+            stopping_inboxes: FxHashMap::default(),
             restarts: VecDeque::new(),
         })
     }

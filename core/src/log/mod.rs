@@ -926,6 +926,9 @@ impl EventLog {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // A background snapshot compaction must not outlive the log (a reopen would find two
+        // stores on one directory).
+        self.snapshots.close();
         if !self.poisoned.load(Ordering::Acquire) {
             let state = self.state.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Err(error) = state.active.sync_data() {

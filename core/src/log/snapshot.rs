@@ -24,6 +24,7 @@ use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustc_hash::FxHashMap;
@@ -88,6 +89,12 @@ pub(crate) struct SnapshotStore {
     compact_min_dead: u64,
     /// A compaction is running (one at a time; saves meanwhile do not start another).
     compacting: std::sync::atomic::AtomicBool,
+    /// The store is closing: a running compaction stops at its next chunk (both tables stay;
+    /// the next open finishes the job).
+    closing: std::sync::atomic::AtomicBool,
+    /// After a failed compaction, the dead bytes to reach before trying again (no retry on
+    /// every save while the disk is full or failing).
+    retry_at_dead: AtomicU64,
     /// The thread of the latest background compaction.
     compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -185,6 +192,8 @@ impl SnapshotStore {
             state: Mutex::new(state),
             compact_min_dead,
             compacting: Default::default(),
+            closing: Default::default(),
+            retry_at_dead: AtomicU64::new(0),
             compactor: Mutex::default(),
         };
         store.compact_if_worth_it()?;
@@ -335,24 +344,35 @@ impl SnapshotStore {
     /// saving thread (an asset actor passivating on the runtime, the log writer's helpers)
     /// never copies the table itself. A failed compaction only leaves more to compact.
     fn compact_in_background(self: &Arc<Self>) {
-        use std::sync::atomic::Ordering;
         if !self.worth_compacting() || self.compacting.swap(true, Ordering::AcqRel) {
             return;
         }
         let store = Arc::clone(self);
         let spawned = std::thread::Builder::new().name("citytwin-snapshot-compaction".into()).spawn(move || {
+            // Clears the flag however the thread ends (a panic included).
+            struct Release<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for Release<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
             loop {
-                // Saves go on meanwhile: compact again while that left enough dead entries.
-                match store.compact_incrementally() {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "compacting the snapshot table failed (it is only a cache; retried later)");
-                        store.compacting.store(false, Ordering::Release);
-                        return;
+                {
+                    let _release = Release(&store.compacting);
+                    // Saves go on meanwhile: compact again while that left enough dead entries.
+                    loop {
+                        match store.compact_incrementally() {
+                            Ok(true) => continue,
+                            Ok(false) => break,
+                            Err(error) => {
+                                let dead = store.dead_bytes();
+                                store.retry_at_dead.store(dead + store.compact_min_dead, Ordering::Release);
+                                tracing::warn!(%error, "compacting the snapshot table failed (it is only a cache; retried once more has been saved)");
+                                return;
+                            }
+                        }
                     }
                 }
-                store.compacting.store(false, Ordering::Release);
                 // A save between the last check and the flag's release started nothing.
                 if !store.worth_compacting() || store.compacting.swap(true, Ordering::AcqRel) {
                     return;
@@ -371,9 +391,27 @@ impl SnapshotStore {
     /// Whether dead entries take more room than live ones (and at least
     /// [`COMPACT_MIN_DEAD`]).
     fn worth_compacting(&self) -> bool {
+        if self.closing.load(Ordering::Acquire) {
+            return false;
+        }
         let st = lock(&self.state);
         let dead = st.total_bytes.saturating_sub(st.live_bytes);
-        dead >= self.compact_min_dead && dead >= st.live_bytes
+        dead >= self.compact_min_dead && dead >= st.live_bytes && dead >= self.retry_at_dead.load(Ordering::Acquire)
+    }
+
+    fn dead_bytes(&self) -> u64 {
+        let st = lock(&self.state);
+        st.total_bytes.saturating_sub(st.live_bytes)
+    }
+
+    /// Stops a running background compaction at its next chunk and waits for it (the log
+    /// is closing).
+    pub(crate) fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        let handle = lock(&self.compactor).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
     }
 
     /// Waits for the background compaction started last, if any.
@@ -386,7 +424,6 @@ impl SnapshotStore {
     }
 
     fn compact_if_worth_it(&self) -> Result<()> {
-        use std::sync::atomic::Ordering;
         if self.compacting.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
@@ -435,22 +472,30 @@ impl SnapshotStore {
                 .max(1);
             let (chunk, after) = rest.split_at(count);
             rest = after;
+            if self.closing.load(Ordering::Acquire) {
+                // Both tables stay valid: the next open scans them and compacts again.
+                return Ok(false);
+            }
             bytes.clear();
+            // Where each entry's bytes landed (none for an entry whose table is gone).
+            let mut ranges = Vec::with_capacity(chunk.len());
             for (_, loc) in chunk {
-                let Some((file, path)) = files.get(&loc.table) else { continue };
+                let Some((file, path)) = files.get(&loc.table) else {
+                    ranges.push(None);
+                    continue;
+                };
                 let at = bytes.len();
                 bytes.resize(at + loc.len as usize, 0);
                 file.read_exact_at(&mut bytes[at..], loc.offset)
                     .map_err(|e| io_error(format!("compacting {}", path.display()), e))?;
+                ranges.push(Some(at..bytes.len()));
             }
             let mut guard = lock(&self.state);
             let st = &mut *guard;
             // Only what is still the latest entry of its stream is copied.
             kept.clear();
-            let mut at = 0usize;
-            for (k, loc) in chunk {
-                let range = at..at + loc.len as usize;
-                at = range.end;
+            for ((k, loc), range) in chunk.iter().zip(ranges) {
+                let Some(range) = range else { continue };
                 if st.index.get(k).is_some_and(|now| now.table == loc.table && now.offset == loc.offset) {
                     kept.push((*k, loc.seq, range));
                 }
