@@ -247,8 +247,11 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
 
     // Alerts, counted live for the progress bar (the report reads them from the log at the end).
     let alerts = Arc::new(AtomicU64::new(0));
-    let mut subscription = twin
-        .subscribe(Filter { types: vec![TypePattern::new("com.smartcities.alert.triggered")], ..Filter::default() });
+    // Paced (a cheap consumer): lagging would make it re-read the log to find the alerts.
+    let mut subscription = twin.bus().subscribe_paced(Filter {
+        types: vec![TypePattern::new("com.smartcities.alert.triggered")],
+        ..Filter::default()
+    });
     let counter = Arc::clone(&alerts);
     let alert_task = tokio::spawn(async move {
         while subscription.recv().await.is_some() {

@@ -16,9 +16,22 @@
 //! does not lose events. When the channel reports that it lagged, the subscription replays
 //! the positions it has not seen from the log, then goes on live: delivery is gap-free and
 //! free of duplicates (each committed event once, in position order).
+//!
+//! Catching up costs a read and a decode of every missed event, so the twin's own consumers
+//! (the cell router's pump, the read models, the run command's alert counter) subscribe
+//! *paced* ([`Bus::subscribe_paced`]): asset actors wait ([`Bus::paced`], called by
+//! [`crate::writer::LogWriter::submit`]) while one of them has more than a quarter of the
+//! channel's batches still to take. When the consumer tasks are starved of CPU by thousands of
+//! busy asset actors, the actors pause instead of the consumers falling into catch-up again
+//! and again (a day at 100k assets re-read more than its whole log). The gate sits before the
+//! writer's queue, so what passes it is bounded by that queue; the writer itself never waits
+//! (cell actors' alerts, which a flush waits for, always go through). Outside subscribers
+//! (gRPC and WebSocket clients) are never waited for: a slow client catches up from the log
+//! and slows nobody.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use citytwin_core::event::{Event, TypePattern, cell_within};
 use citytwin_core::log::{EventLog, ReplayFilter};
@@ -87,6 +100,8 @@ impl Filter {
 /// published by now or is not for the bus.
 #[derive(Debug)]
 struct Published {
+    /// The batch's number: 1 for the first one published (0: not from the channel).
+    seq: u64,
     upto: u64,
     events: Vec<Committed>,
 }
@@ -104,7 +119,7 @@ impl Delivered {
     /// tests, benches).
     pub fn batch(events: Vec<Committed>) -> Vec<Delivered> {
         let upto = events.iter().map(|c| c.position + 1).max().unwrap_or(0);
-        let batch = Arc::new(Published { upto, events });
+        let batch = Arc::new(Published { seq: 0, upto, events });
         (0..batch.events.len()).map(|index| Delivered { batch: Arc::clone(&batch), index }).collect()
     }
 }
@@ -122,7 +137,36 @@ impl std::ops::Deref for Delivered {
 pub struct Bus {
     tx: broadcast::Sender<Arc<Published>>,
     log: EventLog,
-    published: Arc<std::sync::atomic::AtomicU64>,
+    published: Arc<AtomicU64>,
+    pacing: Arc<Pacing>,
+}
+
+/// The paced subscribers' progress (see the module documentation).
+#[derive(Debug)]
+struct Pacing {
+    /// Batches published so far.
+    batches: AtomicU64,
+    /// Each paced subscription's latest batch taken (gone when it is dropped).
+    cursors: Mutex<Vec<Weak<AtomicU64>>>,
+    /// Signalled when a paced subscription takes a batch.
+    progressed: tokio::sync::Notify,
+    /// Most batches a paced subscriber may have left to take before producers wait.
+    max_lag: u64,
+}
+
+impl Pacing {
+    /// Batches the slowest paced subscriber has still to take (0 without any).
+    fn lag(&self) -> u64 {
+        let published = self.batches.load(Ordering::Acquire);
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        cursors.retain(|cursor| cursor.strong_count() > 0);
+        cursors
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|cursor| published.saturating_sub(cursor.load(Ordering::Acquire)))
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 impl Bus {
@@ -130,7 +174,13 @@ impl Bus {
     /// subscribers before they must catch up from the log.
     pub fn new(log: EventLog, capacity: usize) -> Bus {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        Bus { tx, log, published: Arc::default() }
+        let pacing = Pacing {
+            batches: AtomicU64::new(0),
+            cursors: Mutex::default(),
+            progressed: tokio::sync::Notify::new(),
+            max_lag: (capacity as u64 / 4).max(1),
+        };
+        Bus { tx, log, published: Arc::default(), pacing: Arc::new(pacing) }
     }
 
     /// Publishes the events one group commit appended, in position order, with the position
@@ -139,15 +189,44 @@ impl Bus {
     pub(crate) fn publish_committed(&self, upto: u64, events: Vec<Committed>) {
         debug_assert!(events.windows(2).all(|w| w[0].position < w[1].position));
         debug_assert!(events.last().is_none_or(|last| last.position < upto));
-        self.published.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Release);
+        self.published.fetch_add(events.len() as u64, Ordering::Release);
+        let seq = self.pacing.batches.fetch_add(1, Ordering::AcqRel) + 1;
         // No subscriber is not an error.
-        let _ = self.tx.send(Arc::new(Published { upto, events }));
+        let _ = self.tx.send(Arc::new(Published { seq, upto, events }));
     }
 
     /// How many events have been published so far (a subscriber that has received this many
     /// since the bus started has seen them all).
     pub fn published(&self) -> u64 {
-        self.published.load(std::sync::atomic::Ordering::Acquire)
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Waits while a paced subscriber has more than a quarter of the channel's batches still
+    /// to take (returns at once when none lags that far, or there is none).
+    pub async fn paced(&self) {
+        if self.pacing.lag() <= self.pacing.max_lag {
+            return;
+        }
+        loop {
+            // Registered before the check, so progress in between is not missed.
+            let progressed = self.pacing.progressed.notified();
+            tokio::pin!(progressed);
+            progressed.as_mut().enable();
+            if self.pacing.lag() <= self.pacing.max_lag {
+                return;
+            }
+            progressed.await;
+        }
+    }
+
+    /// As [`Bus::subscribe`], for a consumer that producers wait for (see the module
+    /// documentation): the twin's own consumers, never an outside client.
+    pub fn subscribe_paced(&self, filter: Filter) -> Subscription {
+        let mut subscription = self.subscribe(filter);
+        let cursor = Arc::new(AtomicU64::new(self.pacing.batches.load(Ordering::Acquire)));
+        self.pacing.cursors.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::downgrade(&cursor));
+        subscription.pace = Some((cursor, Arc::clone(&self.pacing)));
+        subscription
     }
 
     /// Subscribes to every event committed from now on that passes `filter`.
@@ -164,6 +243,7 @@ impl Bus {
             backlog: VecDeque::new(),
             recovered: 0,
             start,
+            pace: None,
         }
     }
 }
@@ -184,6 +264,18 @@ pub struct Subscription {
     /// Events recovered from the log after the channel lagged.
     pub recovered: u64,
     start: u64,
+    /// For a paced subscription: the latest batch taken, and whom to tell.
+    pace: Option<(Arc<AtomicU64>, Arc<Pacing>)>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // Producers waiting for this subscriber must not wait for one that is gone.
+        if let Some((cursor, pacing)) = self.pace.take() {
+            drop(cursor);
+            pacing.progressed.notify_waiters();
+        }
+    }
 }
 
 impl Subscription {
@@ -213,9 +305,15 @@ impl Subscription {
     /// `closed` is set).
     fn take(&mut self, received: Result<Arc<Published>, broadcast::error::RecvError>, closed: &mut bool) {
         match received {
-            Ok(batch) => self.current = Some((batch, 0)),
+            Ok(batch) => {
+                if let Some((cursor, pacing)) = &self.pace {
+                    cursor.store(batch.seq, Ordering::Release);
+                    pacing.progressed.notify_waiters();
+                }
+                self.current = Some((batch, 0));
+            }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "bus subscriber lagged: catching up from the log");
+                tracing::warn!(missed, paced = self.pace.is_some(), "bus subscriber lagged: catching up from the log");
                 self.catch_up();
             }
             Err(broadcast::error::RecvError::Closed) => *closed = true,
@@ -300,6 +398,7 @@ impl Subscription {
                 Ok(event) if self.open || self.filter.matches(&event) => {
                     self.recovered += 1;
                     let batch = Published {
+                        seq: 0,
                         upto: record.position + 1,
                         events: vec![Committed { position: record.position, event }],
                     };
@@ -406,6 +505,48 @@ mod tests {
         assert_eq!(evens.len(), 50);
         let by_position: std::collections::HashMap<u64, &String> = published.iter().map(|(p, id)| (*p, id)).collect();
         assert!(evens.iter().all(|p| by_position[p].trim_start_matches('e').parse::<u64>().unwrap() % 2 == 0));
+    }
+
+    #[tokio::test]
+    async fn producers_wait_for_a_paced_subscriber_only_and_only_while_it_lags() {
+        let dir = tempfile::tempdir().unwrap();
+        let log =
+            EventLog::open(dir.path(), LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap();
+        // 8 batches of room: producers wait once a paced subscriber has more than 2 to take.
+        let bus = Bus::new(log.clone(), 8);
+        let _outside = bus.subscribe(Filter::default());
+        let publish = |n: u64| {
+            let e = event(n, "a1", 40.7);
+            let position = log.append("asset:a1", Expected::Any, &e).unwrap().position;
+            bus.publish_committed(position + 1, vec![Committed { position, event: e }]);
+        };
+        for n in 0..5 {
+            publish(n);
+        }
+        // An outside subscriber that never reads holds nobody up.
+        tokio::time::timeout(std::time::Duration::from_secs(5), bus.paced()).await.expect("no paced subscriber");
+        let mut paced = bus.subscribe_paced(Filter::default());
+        for n in 5..9 {
+            publish(n);
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        {
+            let mut waiting = std::pin::pin!(bus.paced());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending(), "4 batches behind: producers wait");
+            // Taking two batches brings it to 2 behind: the producer goes on.
+            for _ in 0..2 {
+                paced.recv().await.unwrap();
+            }
+            assert!(waiting.as_mut().poll(&mut cx).is_ready(), "caught up enough: released");
+        }
+        for n in 9..13 {
+            publish(n);
+        }
+        let mut waiting = std::pin::pin!(bus.paced());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending(), "behind again");
+        // A paced subscriber that goes away wakes whoever waited for it.
+        drop(paced);
+        assert!(waiting.as_mut().poll(&mut cx).is_ready(), "gone: nobody waits for it");
     }
 
     #[tokio::test]

@@ -353,7 +353,8 @@ impl Actor for CellRouterActor {
         let routed = args.bus.published();
         let asset_rules = args.config.rules.iter().any(|r| Scope::Assets(0).runs(r));
         let city_rules = args.config.rules.iter().any(|r| Scope::City.runs(r));
-        let mut subscription = args.bus.subscribe(Filter::default());
+        // Paced: asset actors wait rather than let the pump fall into catch-up (`crate::bus`).
+        let mut subscription = args.bus.subscribe_paced(Filter::default());
         let router = myself.clone();
         tokio::spawn(async move {
             while let Some(batch) = subscription.recv_batch(8192).await {

@@ -262,7 +262,8 @@ impl LiveReadModels {
     pub fn start_from(bus: &Bus, models: ReadModels) -> Self {
         let models = Arc::new(RwLock::new(models));
         let (tx, applied) = watch::channel(0);
-        let mut subscription = bus.subscribe(Filter::default());
+        // Paced: asset actors wait rather than let the projection fall into catch-up.
+        let mut subscription = bus.subscribe_paced(Filter::default());
         let shared = Arc::clone(&models);
         tokio::spawn(async move {
             // One lock and one notification per batch drained from the bus, not per event.

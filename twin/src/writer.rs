@@ -81,6 +81,8 @@ impl Reply {
 #[derive(Debug, Clone)]
 pub struct LogWriter {
     tx: mpsc::Sender<Request>,
+    /// The bus it publishes on (submissions wait for its paced subscribers).
+    bus: Option<Bus>,
 }
 
 impl std::fmt::Debug for Request {
@@ -97,11 +99,12 @@ impl LogWriter {
     /// When the operating system cannot start a thread.
     pub fn start(log: EventLog, queue: usize, max_batch: usize, bus: Option<Bus>) -> LogWriter {
         let (tx, rx) = mpsc::channel(queue.max(1));
+        let bus_handle = bus.clone();
         std::thread::Builder::new()
             .name("citytwin-log-writer".into())
             .spawn(move || run(&log, bus.as_ref(), rx, max_batch.max(1)))
             .expect("start the log writer thread");
-        LogWriter { tx }
+        LogWriter { tx, bus: bus_handle }
     }
 
     async fn send(&self, request: Request) {
@@ -147,6 +150,10 @@ impl LogWriter {
     /// outcome, exactly once (also when the writer has stopped). Keep `done` short: it delays
     /// the next group commit.
     pub async fn submit(&self, stream: String, expected: Expected, events: Vec<Event>, done: Done) {
+        // Asset actors' appends wait for the twin's own bus consumers (see `crate::bus`).
+        if let Some(bus) = &self.bus {
+            bus.paced().await;
+        }
         self.send(Request { stream, expected, events, reply: Reply::Then(done) }).await;
     }
 
