@@ -158,8 +158,8 @@ impl Pacing {
     /// Batches the slowest paced subscriber has still to take (0 without any).
     fn lag(&self) -> u64 {
         let published = self.batches.load(Ordering::Acquire);
-        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-        cursors.retain(|cursor| cursor.strong_count() > 0);
+        // Gone subscriptions are pruned when they drop (not on this path, taken per submission).
+        let cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
         cursors
             .iter()
             .filter_map(Weak::upgrade)
@@ -273,6 +273,7 @@ impl Drop for Subscription {
         // Producers waiting for this subscriber must not wait for one that is gone.
         if let Some((cursor, pacing)) = self.pace.take() {
             drop(cursor);
+            pacing.cursors.lock().unwrap_or_else(PoisonError::into_inner).retain(|c| c.strong_count() > 0);
             pacing.progressed.notify_waiters();
         }
     }
@@ -437,6 +438,10 @@ mod tests {
         .with_derived_cell(Resolution::Ten)
     }
 
+    fn open_log(dir: &std::path::Path) -> EventLog {
+        EventLog::open(dir, LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap()
+    }
+
     /// Appends 100 events in groups of 10 (with a dead letter after each group, which is not
     /// for the bus), publishes each group as the writer does, then calls `after_each`.
     fn commit_groups(log: &EventLog, bus: &Bus, mut after_each: impl FnMut()) {
@@ -459,8 +464,7 @@ mod tests {
     #[tokio::test]
     async fn subscribers_get_every_published_event_once_in_order_even_after_lagging() {
         let dir = tempfile::tempdir().unwrap();
-        let log =
-            EventLog::open(dir.path(), LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap();
+        let log = open_log(dir.path());
         let bus = Bus::new(log.clone(), 4);
         let mut live = bus.subscribe(Filter::default());
         let mut lagging = bus.subscribe(Filter::default());
@@ -510,8 +514,7 @@ mod tests {
     #[tokio::test]
     async fn producers_wait_for_a_paced_subscriber_only_and_only_while_it_lags() {
         let dir = tempfile::tempdir().unwrap();
-        let log =
-            EventLog::open(dir.path(), LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap();
+        let log = open_log(dir.path());
         // 8 batches of room: producers wait once a paced subscriber has more than 2 to take.
         let bus = Bus::new(log.clone(), 8);
         let _outside = bus.subscribe(Filter::default());
@@ -552,8 +555,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscription_starts_after_what_the_log_holds_when_it_is_made() {
         let dir = tempfile::tempdir().unwrap();
-        let log =
-            EventLog::open(dir.path(), LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap();
+        let log = open_log(dir.path());
         let bus = Bus::new(log.clone(), 64);
         // Committed before the subscription, published after it (the writer is a step behind).
         let before = event(1, "a1", 40.7);

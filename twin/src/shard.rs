@@ -9,11 +9,10 @@
 //! city supervisor).
 
 use std::collections::{HashMap, VecDeque};
-
-use rustc_hash::FxHashMap;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use rustc_hash::FxHashMap;
 use tokio::sync::broadcast;
 
 use crate::asset::actor::{Activity, AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandReply, rehydrate};
@@ -86,17 +85,24 @@ struct Live {
     inbox: Inbox,
 }
 
+/// An asset whose actor is stopping (passivating, or failed and about to restart).
+#[derive(Debug, Default)]
+struct Stopping {
+    /// A passivating actor's inbox: it drains it before it stops; whatever is left when it is
+    /// gone goes to the successor, ahead of `held`.
+    inbox: Option<Inbox>,
+    /// Messages that arrived meanwhile, for the successor.
+    held: Vec<AssetMsg>,
+}
+
 /// The shard's state.
 #[derive(Debug)]
 pub struct ShardState {
     args: ShardArgs,
     live: FxHashMap<String, Live>,
     ids: HashMap<ActorId, String>,
-    /// Assets whose actor is stopping, with messages held for the successor.
-    stopping: FxHashMap<String, Vec<AssetMsg>>,
-    /// The inboxes of passivating actors: the actor drains them before it stops; whatever is
-    /// left when it is gone goes to the successor, ahead of the held messages.
-    stopping_inboxes: FxHashMap<String, Inbox>,
+    /// Assets whose actor is stopping.
+    stopping: FxHashMap<String, Stopping>,
     restarts: VecDeque<tokio::time::Instant>,
 }
 
@@ -124,14 +130,11 @@ impl ShardState {
     /// it left in its inbox, ahead of whatever was held or arrives from now on, for its
     /// successor.
     fn hold_for_successor(&mut self, asset_id: &str) {
-        let inbox = match self.unset_live(asset_id) {
-            Some(live) => Some(live.inbox),
-            None => self.stopping_inboxes.remove(asset_id),
-        };
-        let left = inbox.and_then(|inbox| inbox.take()).map(|(commands, part)| AssetMsg::Batch(commands, part));
-        let held = self.stopping.entry(asset_id.to_owned()).or_default();
-        if let Some(left) = left {
-            held.insert(0, left);
+        let live = self.unset_live(asset_id).map(|live| live.inbox);
+        let stopping = self.stopping.entry(asset_id.to_owned()).or_default();
+        let left = live.or_else(|| stopping.inbox.take()).and_then(|inbox| inbox.take());
+        if let Some((commands, part)) = left {
+            stopping.held.insert(0, AssetMsg::Batch(commands, part));
         }
     }
 
@@ -140,8 +143,7 @@ impl ShardState {
     /// meanwhile is held for its successor, behind anything its inbox still holds then.
     fn passivate(&mut self, asset_id: &str) {
         if let Some(live) = self.unset_live(asset_id) {
-            self.stopping.insert(asset_id.to_owned(), Vec::new());
-            self.stopping_inboxes.insert(asset_id.to_owned(), live.inbox);
+            self.stopping.insert(asset_id.to_owned(), Stopping { inbox: Some(live.inbox), held: Vec::new() });
             let _ = live.actor.cast(AssetMsg::Passivate);
         }
     }
@@ -208,8 +210,8 @@ impl ShardActor {
         message: AssetMsg,
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(held) = state.stopping.get_mut(&asset_id) {
-            held.push(message);
+        if let Some(stopping) = state.stopping.get_mut(&asset_id) {
+            stopping.held.push(message);
             return Ok(());
         }
         let actor = self.actor_for(myself, &asset_id, state).await?;
@@ -224,7 +226,7 @@ impl ShardActor {
                 // message for the successor instead of losing it.
                 tracing::debug!(asset = %asset_id, "asset actor is stopping; holding the message for its successor");
                 state.hold_for_successor(&asset_id);
-                state.stopping.entry(asset_id).or_default().push(message);
+                state.stopping.entry(asset_id).or_default().held.push(message);
             }
             Err(error) => tracing::error!(asset = %asset_id, %error, "asset actor unreachable; message dropped"),
         }
@@ -245,8 +247,8 @@ impl ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         // The hot path first: a live actor (it cannot be stopping at the same time).
         if !state.live.contains_key(asset_id) {
-            if let Some(held) = state.stopping.get_mut(asset_id) {
-                held.push(AssetMsg::Batch(commands, part));
+            if let Some(stopping) = state.stopping.get_mut(asset_id) {
+                stopping.held.push(AssetMsg::Batch(commands, part));
                 return Ok(());
             }
             self.actor_for(myself, asset_id, state).await?;
@@ -295,7 +297,6 @@ impl Actor for ShardActor {
             live: FxHashMap::default(),
             ids: HashMap::new(),
             stopping: FxHashMap::default(),
-            stopping_inboxes: FxHashMap::default(),
             restarts: VecDeque::new(),
         })
     }
@@ -374,7 +375,7 @@ impl Actor for ShardActor {
                     return Ok(());
                 };
                 state.hold_for_successor(&asset_id);
-                let held = state.stopping.remove(&asset_id).unwrap_or_default();
+                let held = state.stopping.remove(&asset_id).unwrap_or_default().held;
                 notify(state, ShardEvent::Passivated(asset_id.clone()));
                 for message in held {
                     self.deliver(&myself, asset_id.clone(), message, state).await?;
@@ -399,7 +400,7 @@ impl Actor for ShardActor {
                     .into());
                 }
                 tracing::warn!(shard = state.args.shard, asset = %asset_id, %error, "asset actor failed; restarting it from the log");
-                let held = state.stopping.remove(&asset_id).unwrap_or_default();
+                let held = state.stopping.remove(&asset_id).unwrap_or_default().held;
                 self.actor_for(&myself, &asset_id, state).await?;
                 notify(state, ShardEvent::Restarted(asset_id.clone()));
                 for message in held {

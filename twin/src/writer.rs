@@ -235,22 +235,18 @@ fn answer(bus: Option<&Bus>, requests: Vec<Request>, appended: Vec<Appended>) {
     let mut replies: Vec<(Reply, Vec<Appended>, Vec<Event>)> = Vec::with_capacity(requests.len());
     for request in requests {
         let count = request.events.len();
+        // A submitted batch's callback needs no positions: none are collected for it.
+        let mine: Vec<Appended> = match request.reply {
+            Reply::Then(_) => Vec::new(),
+            _ => appended.as_slice().iter().take(count).copied().collect(),
+        };
+        let positions = appended.by_ref().take(count);
         if request.reply.publishes() && bus.is_some() {
-            // A submitted batch's callback needs no positions: none are collected for it.
-            let mine: Vec<Appended> = match request.reply {
-                Reply::Then(_) => Vec::new(),
-                _ => appended.as_slice().iter().take(count).copied().collect(),
-            };
-            published.extend(
-                appended
-                    .by_ref()
-                    .take(count)
-                    .zip(request.events)
-                    .map(|(at, event)| Committed { position: at.position, event }),
-            );
+            published
+                .extend(positions.zip(request.events).map(|(at, event)| Committed { position: at.position, event }));
             replies.push((request.reply, mine, Vec::new()));
         } else {
-            let mine: Vec<Appended> = appended.by_ref().take(count).collect();
+            positions.for_each(drop);
             replies.push((request.reply, mine, request.events));
         }
     }

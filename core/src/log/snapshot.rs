@@ -81,6 +81,13 @@ struct State {
     buf: Vec<u8>,
 }
 
+impl State {
+    /// Bytes of superseded entries.
+    fn dead_bytes(&self) -> u64 {
+        self.total_bytes.saturating_sub(self.live_bytes)
+    }
+}
+
 /// The snapshot table (see the module documentation).
 pub(crate) struct SnapshotStore {
     dir: PathBuf,
@@ -332,14 +339,6 @@ impl SnapshotStore {
         (state.index.len(), state.live_bytes, state.total_bytes)
     }
 
-    /// Copies the live entries into a new table and deletes the old ones, when dead entries
-    /// take more room than live ones (and at least [`COMPACT_MIN_DEAD`]).
-    ///
-    /// Incremental: the new table takes every save from the start, and the live entries of
-    /// the old ones are copied over in chunks of about [`COMPACT_CHUNK`] bytes, read without
-    /// the lock and written under it (an entry saved again meanwhile is not copied). Saves and
-    /// loads wait for at most one chunk, not for the whole table (at a million assets a
-    /// compaction rewrote 360 MB while every rehydration waited).
     /// Starts a compaction on its own thread when one is worth it and none is running: the
     /// saving thread (an asset actor passivating on the runtime, the log writer's helpers)
     /// never copies the table itself. A failed compaction only leaves more to compact.
@@ -365,7 +364,7 @@ impl SnapshotStore {
                             Ok(true) => continue,
                             Ok(false) => break,
                             Err(error) => {
-                                let dead = store.dead_bytes();
+                                let dead = lock(&store.state).dead_bytes();
                                 store.retry_at_dead.store(dead + store.compact_min_dead, Ordering::Release);
                                 tracing::warn!(%error, "compacting the snapshot table failed (it is only a cache; retried once more has been saved)");
                                 return;
@@ -388,20 +387,22 @@ impl SnapshotStore {
         }
     }
 
-    /// Whether dead entries take more room than live ones (and at least
-    /// [`COMPACT_MIN_DEAD`]).
+    /// Whether a background compaction should start: dead entries dominate (see
+    /// [`SnapshotStore::dead_dominate`]), beyond where the last failed one left off, and the
+    /// store is not closing.
     fn worth_compacting(&self) -> bool {
         if self.closing.load(Ordering::Acquire) {
             return false;
         }
         let st = lock(&self.state);
-        let dead = st.total_bytes.saturating_sub(st.live_bytes);
-        dead >= self.compact_min_dead && dead >= st.live_bytes && dead >= self.retry_at_dead.load(Ordering::Acquire)
+        self.dead_dominate(&st) && st.dead_bytes() >= self.retry_at_dead.load(Ordering::Acquire)
     }
 
-    fn dead_bytes(&self) -> u64 {
-        let st = lock(&self.state);
-        st.total_bytes.saturating_sub(st.live_bytes)
+    /// Whether dead entries take more room than live ones (and at least
+    /// [`COMPACT_MIN_DEAD`]).
+    fn dead_dominate(&self, st: &State) -> bool {
+        let dead = st.dead_bytes();
+        dead >= self.compact_min_dead && dead >= st.live_bytes
     }
 
     /// Stops a running background compaction at its next chunk and waits for it (the log
@@ -423,6 +424,8 @@ impl SnapshotStore {
         }
     }
 
+    /// Compacts on this thread when dead entries dominate, unless a compaction is running
+    /// (on open, and in tests).
     fn compact_if_worth_it(&self) -> Result<()> {
         if self.compacting.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -432,15 +435,20 @@ impl SnapshotStore {
         result.map(|_| ())
     }
 
-    /// One compaction, when worth it; returns whether it ran.
+    /// One compaction, when dead entries dominate; returns whether it ran.
+    ///
+    /// Incremental: the new table takes every save from the start, and the live entries of
+    /// the old ones are copied over in chunks of about [`COMPACT_CHUNK`] bytes, read without
+    /// the lock and written under it (an entry saved again meanwhile is not copied). Saves and
+    /// loads wait for at most one chunk, not for the whole table (at a million assets a
+    /// compaction rewrote 360 MB while every rehydration waited).
     fn compact_incrementally(&self) -> Result<bool> {
         // Start: a new active table; the live entries of the older ones, in file order so
         // the copy reads each sequentially.
         let (next, mut live, files) = {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
-            let dead = st.total_bytes.saturating_sub(st.live_bytes);
-            if dead < self.compact_min_dead || dead < st.live_bytes {
+            if !self.dead_dominate(st) {
                 return Ok(false);
             }
             let next = st.tables.keys().next_back().map_or(0, |n| n + 1);

@@ -561,6 +561,19 @@ impl AssetActor {
         myself.stop(Some("passivated".into()));
     }
 
+    /// Runs everything pending in the inbox as one batch; returns the failure when the actor
+    /// must restart (see [`AssetActor::run_batch`]).
+    async fn drain_inbox(
+        &self,
+        myself: &ActorRef<AssetMsg>,
+        state: &mut AssetActorState,
+    ) -> Option<ActorProcessingErr> {
+        let (commands, part) = state.args.inbox.take()?;
+        super::inbox::DRAINS.record(commands.len());
+        state.args.activity.touch();
+        self.run_batch(myself, commands, part, state).await
+    }
+
     async fn handle_message(
         &self,
         myself: &ActorRef<AssetMsg>,
@@ -589,12 +602,8 @@ impl AssetActor {
                 }
             }
             AssetMsg::Drain => {
-                if let Some((commands, part)) = state.args.inbox.take() {
-                    super::inbox::DRAINS.record(commands.len());
-                    state.args.activity.touch();
-                    if let Some(failure) = self.run_batch(myself, commands, part, state).await {
-                        return Err(failure);
-                    }
+                if let Some(failure) = self.drain_inbox(myself, state).await {
+                    return Err(failure);
                 }
             }
             AssetMsg::GetState(reply) => {
@@ -627,11 +636,9 @@ impl AssetActor {
                 }
             }
             AssetMsg::Passivate => {
-                // The shard stopped filling the inbox when it chose to passivate, and a `Drain`
-                // for what it left came before this message; run anything left all the same.
-                if let Some((commands, part)) = state.args.inbox.take()
-                    && let Some(failure) = self.run_batch(myself, commands, part, state).await
-                {
+                // The shard stopped filling the inbox when it chose to passivate; a `Drain` for
+                // what it holds may still be queued behind this message: run it now.
+                if let Some(failure) = self.drain_inbox(myself, state).await {
                     return Err(failure);
                 }
                 self.passivate(myself, state).await
