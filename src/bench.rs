@@ -13,6 +13,7 @@ use citytwin_twin::city::{Twin, TwinConfig};
 use citytwin_twin::read::LiveReadModels;
 use clap::Args;
 use h3o::Resolution;
+use hdrhistogram::Histogram;
 
 /// Options of `citytwin bench`.
 #[derive(Debug, Args)]
@@ -101,7 +102,7 @@ async fn ingest_all(
     concurrency: u32,
     batch: usize,
     rate: Option<f64>,
-) -> anyhow::Result<(Duration, u64)> {
+) -> anyhow::Result<(Duration, u64, Histogram<u64>)> {
     let started = Instant::now();
     let start_at = tokio::time::Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -111,16 +112,19 @@ async fn ingest_all(
         let (twin, next, make) = (Arc::clone(twin), Arc::clone(&next), Arc::clone(&make));
         tasks.push(tokio::spawn(async move {
             let mut failures = 0u64;
+            // Acknowledgement latency of each call, in microseconds.
+            let mut latency = Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
             loop {
                 let first = next.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);
                 if first >= count {
-                    return failures;
+                    return (failures, latency);
                 }
                 if let Some(rate) = rate {
                     // Paced load: event n is due n / rate seconds after the start.
                     tokio::time::sleep_until(start_at + Duration::from_secs_f64(f64::from(first) / rate)).await;
                 }
                 let events: Vec<Event> = (first..count.min(first.saturating_add(batch))).map(|n| make(n)).collect();
+                let sent = Instant::now();
                 if batch <= 1 {
                     for event in events {
                         failures += u64::from(twin.ingest(event).await.is_err());
@@ -128,14 +132,18 @@ async fn ingest_all(
                 } else {
                     failures += twin.ingest_batch(events).await.iter().filter(|r| r.is_err()).count() as u64;
                 }
+                latency.saturating_record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
             }
         }));
     }
     let mut failures = 0;
+    let mut latency = Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
     for task in tasks {
-        failures += task.await?;
+        let (failed, task_latency) = task.await?;
+        failures += failed;
+        latency.add(task_latency).context("merging latency histograms")?;
     }
-    Ok((started.elapsed(), failures))
+    Ok((started.elapsed(), failures, latency))
 }
 
 /// CPU time this process has used (user + system), from /proc: on a shared machine, CPU time
@@ -200,7 +208,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         .with_time(t0)
     });
     let mut shard_events = twin.shard_events();
-    let (created_in, _) = ingest_all(&twin, args.assets, created, args.concurrency, args.batch, None).await?;
+    let (created_in, _, _) = ingest_all(&twin, args.assets, created, args.concurrency, args.batch, None).await?;
     let rss_live = rss_kb("VmRSS");
     let live_after_setup = twin.live_assets().await?;
     let commissioned: MakeEvent = Arc::new(move |i| {
@@ -259,7 +267,8 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             }
         })
     });
-    let (_, failures) = ingest_all(&twin, args.events, reading, args.concurrency, args.batch, args.rate).await?;
+    let (_, failures, latency) =
+        ingest_all(&twin, args.events, reading, args.concurrency, args.batch, args.rate).await?;
     let _ = stop_sampling.send(true);
     if let Some(models) = &mut read_models {
         // Until the projection has applied everything published so far.
@@ -289,6 +298,14 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         args.concurrency,
         args.batch,
         if args.cells { format!(", cell actors running {}", args.rules.join(" + ")) } else { String::new() }
+    );
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1e3;
+    println!(
+        "acknowledgement latency per call: p50 {:.2} ms · p99 {:.2} ms · max {:.2} ms ({} calls)",
+        ms(0.5),
+        ms(0.99),
+        latency.max() as f64 / 1e3,
+        latency.len()
     );
     if let Some(models) = &read_models {
         println!("read models: {} events applied, caught up before the clock stopped", models.applied());

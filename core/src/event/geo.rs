@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use h3o::{CellIndex, LatLng, Resolution};
+use h3o::{CellIndex, Resolution};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A WGS84 position in decimal degrees.
@@ -39,7 +39,60 @@ impl Location {
     /// not a valid WGS84 position.
     pub fn cell(&self, resolution: Resolution) -> Option<CellIndex> {
         self.check().ok()?;
-        LatLng::new(self.lat, self.lng).ok().map(|ll| ll.to_cell(resolution))
+        memo::cell(self.lat, self.lng, resolution)
+    }
+}
+
+/// Recent location → cell conversions, shared by every thread.
+///
+/// A fixed sensor reports from the same place every time, and validating a reading checks
+/// its cell against its location: `LatLng::to_cell` (trigonometry, about a microsecond) was
+/// the largest single cost of an ingested reading. A direct-mapped table remembers the
+/// last location seen in each slot; a hit costs a hash and an uncontended lock, a miss (or
+/// a slot another thread holds at that instant) computes the cell as before. The answer is
+/// the same either way: the table only ever holds what `to_cell` returned for that key.
+mod memo {
+    use std::sync::{Mutex, OnceLock};
+
+    use h3o::{CellIndex, LatLng, Resolution};
+
+    /// 2^17 slots of 32 bytes: 4 MiB, allocated on first use; at 100k distinct sensor
+    /// places most readings hit.
+    const SLOTS: usize = 1 << 17;
+
+    /// One remembered conversion; `cell` 0 (not a cell index) marks an empty slot.
+    #[derive(Clone, Copy)]
+    struct Slot {
+        lat: u64,
+        lng: u64,
+        cell: u64,
+    }
+
+    static TABLE: OnceLock<Box<[Mutex<Slot>]>> = OnceLock::new();
+
+    fn table() -> &'static [Mutex<Slot>] {
+        TABLE.get_or_init(|| (0..SLOTS).map(|_| Mutex::new(Slot { lat: 0, lng: 0, cell: 0 })).collect())
+    }
+
+    /// The cell of a valid WGS84 position at `resolution`.
+    pub(super) fn cell(lat: f64, lng: f64, resolution: Resolution) -> Option<CellIndex> {
+        let (lat_bits, lng_bits) = (lat.to_bits(), lng.to_bits());
+        let key =
+            (lat_bits.rotate_left(17) ^ lng_bits ^ u64::from(u8::from(resolution))).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let slot = &table()[(key >> (64 - SLOTS.trailing_zeros())) as usize];
+        if let Ok(slot) = slot.try_lock()
+            && slot.lat == lat_bits
+            && slot.lng == lng_bits
+            && let Ok(cell) = CellIndex::try_from(slot.cell)
+            && cell.resolution() == resolution
+        {
+            return Some(cell);
+        }
+        let cell = LatLng::new(lat, lng).ok()?.to_cell(resolution);
+        if let Ok(mut slot) = slot.try_lock() {
+            *slot = Slot { lat: lat_bits, lng: lng_bits, cell: u64::from(cell) };
+        }
+        Some(cell)
     }
 }
 
@@ -197,6 +250,26 @@ mod tests {
         assert_eq!(cell.resolution(), Resolution::Eight);
         assert_eq!(parse_cell(&cell.to_string()).unwrap(), cell);
         assert!(parse_cell("not-a-cell").is_err());
+    }
+
+    proptest::proptest! {
+        /// The memo answers what `to_cell` answers, first time and again, whatever else
+        /// (other resolutions of the same place, other places) passed through its slots.
+        #[test]
+        fn remembered_cells_are_the_computed_cells(
+            places in proptest::collection::vec((-90.0f64..=90.0, -180.0f64..=180.0, 0u8..=15), 1..64),
+        ) {
+            for _ in 0..2 {
+                for &(lat, lng, res) in &places {
+                    let resolution = Resolution::try_from(res).unwrap();
+                    let computed = h3o::LatLng::new(lat, lng).unwrap().to_cell(resolution);
+                    proptest::prop_assert_eq!(Location::new(lat, lng).cell(resolution), Some(computed));
+                    let other = Resolution::try_from((res + 1) % 16).unwrap();
+                    let computed = h3o::LatLng::new(lat, lng).unwrap().to_cell(other);
+                    proptest::prop_assert_eq!(Location::new(lat, lng).cell(other), Some(computed));
+                }
+            }
+        }
     }
 
     #[test]
