@@ -113,7 +113,8 @@ async fn ingest_all(
         tasks.push(tokio::spawn(async move {
             let mut failures = 0u64;
             // Acknowledgement latency of each call, in microseconds.
-            let mut latency = Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
+            let mut latency =
+                Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds and precision");
             loop {
                 let first = next.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);
                 if first >= count {
@@ -137,7 +138,7 @@ async fn ingest_all(
         }));
     }
     let mut failures = 0;
-    let mut latency = Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds and precision");
     for task in tasks {
         let (failed, task_latency) = task.await?;
         failures += failed;

@@ -138,6 +138,8 @@ pub struct Bus {
     tx: broadcast::Sender<Arc<Published>>,
     log: EventLog,
     published: Arc<AtomicU64>,
+    /// The position after the latest published group commit.
+    upto: Arc<AtomicU64>,
     pacing: Arc<Pacing>,
 }
 
@@ -180,7 +182,7 @@ impl Bus {
             progressed: tokio::sync::Notify::new(),
             max_lag: (capacity as u64 / 4).max(1),
         };
-        Bus { tx, log, published: Arc::default(), pacing: Arc::new(pacing) }
+        Bus { tx, log, published: Arc::default(), upto: Arc::default(), pacing: Arc::new(pacing) }
     }
 
     /// Publishes the events one group commit appended, in position order, with the position
@@ -190,6 +192,7 @@ impl Bus {
         debug_assert!(events.windows(2).all(|w| w[0].position < w[1].position));
         debug_assert!(events.last().is_none_or(|last| last.position < upto));
         self.published.fetch_add(events.len() as u64, Ordering::Release);
+        self.upto.fetch_max(upto, Ordering::AcqRel);
         let seq = self.pacing.batches.fetch_add(1, Ordering::AcqRel) + 1;
         // No subscriber is not an error.
         let _ = self.tx.send(Arc::new(Published { seq, upto, events }));
@@ -199,6 +202,13 @@ impl Bus {
     /// since the bus started has seen them all).
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Acquire)
+    }
+
+    /// The position after the latest group commit published: a subscription has seen
+    /// everything committed before it once [`Subscription::recv_until`] with it returns
+    /// `None`.
+    pub fn published_upto(&self) -> u64 {
+        self.upto.load(Ordering::Acquire)
     }
 
     /// Waits while a paced subscriber has more than a quarter of the channel's batches still
@@ -323,12 +333,23 @@ impl Subscription {
 
     /// The next matching committed event; `None` once the bus is closed.
     pub async fn recv(&mut self) -> Option<Delivered> {
+        self.recv_until(u64::MAX).await
+    }
+
+    /// The next matching event committed before `end` (see [`Bus::published_upto`]), waiting
+    /// for it if need be; `None` once every position before `end` has been delivered or
+    /// passed over (or the bus is closed). For a consumer that must have seen everything up
+    /// to a point, e.g. every alert of a finished run.
+    pub async fn recv_until(&mut self, end: u64) -> Option<Delivered> {
         loop {
             if let Some(next) = self.backlog.pop_front() {
                 return Some(next);
             }
             if let Some(next) = self.next_in_current() {
                 return Some(next);
+            }
+            if self.low_water >= end {
+                return None;
             }
             let received = self.rx.recv().await;
             let mut closed = false;
@@ -509,6 +530,34 @@ mod tests {
         assert_eq!(evens.len(), 50);
         let by_position: std::collections::HashMap<u64, &String> = published.iter().map(|(p, id)| (*p, id)).collect();
         assert!(evens.iter().all(|p| by_position[p].trim_start_matches('e').parse::<u64>().unwrap() % 2 == 0));
+    }
+
+    #[tokio::test]
+    async fn recv_until_ends_once_everything_before_the_end_is_seen_even_with_no_match_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(dir.path());
+        let bus = Bus::new(log.clone(), 4);
+        let odd = || bus.subscribe(Filter { organizations: vec!["org_b".into()], ..Filter::default() });
+        let (mut lagging, mut live) = (odd(), odd());
+        // Each group ends with a dead letter, which is not for the bus: the end lies past every
+        // event a subscriber can see.
+        let mut seen_live = 0;
+        commit_groups(&log, &bus, || {
+            while live.try_recv().is_some() {
+                seen_live += 1;
+            }
+        });
+        let end = bus.published_upto();
+        assert_eq!(end, log.next_position(), "the last group's end, dead letter included");
+        assert_eq!(seen_live, 50);
+        assert!(live.recv_until(end).await.is_none(), "seen everything already: ends at once");
+        let mut seen = 0;
+        while let Some(next) = lagging.recv_until(end).await {
+            assert_eq!(next.event.ext.organization.as_deref(), Some("org_b"));
+            seen += 1;
+        }
+        assert_eq!(seen, 50, "every match before the end, and then the end");
+        assert!(lagging.recovered > 0, "it caught up from the log on the way");
     }
 
     #[tokio::test]
