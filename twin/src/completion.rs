@@ -118,6 +118,29 @@ impl Part {
         }
     }
 
+    /// Splits off the slots of the commands from position `at` on (this part keeps the
+    /// first `at`): for commands handed on unanswered.
+    pub fn split_off(&mut self, at: usize) -> Part {
+        let mut rest = Part::empty();
+        let mut kept = 0;
+        let mut runs = std::mem::take(&mut self.runs).into_iter();
+        for (collector, mut indices) in runs.by_ref() {
+            if kept + indices.len() <= at {
+                kept += indices.len();
+                self.runs.push((collector, indices));
+                continue;
+            }
+            let tail = indices.split_off(at - kept);
+            if !indices.is_empty() {
+                self.runs.push((Arc::clone(&collector), indices));
+            }
+            rest.runs.push((collector, tail));
+            break;
+        }
+        rest.runs.extend(runs);
+        rest
+    }
+
     /// Splits the part by `keys` (one key per slot, in order) into one part per key, in
     /// the order the keys first appear; with each, the positions of its slots in this part.
     pub fn split<K: Eq + std::hash::Hash + Clone>(mut self, keys: &[K]) -> Vec<(K, Vec<usize>, Part)> {
@@ -229,6 +252,24 @@ mod tests {
         assert_eq!(shown(first.wait().await), [Some(101), Some(2), Some(0)]);
         // second: slot 1 <- position 3 (b), slot 0 <- position 4 (a).
         assert_eq!(shown(second.wait().await), [Some(4), Some(103)]);
+    }
+
+    #[tokio::test]
+    async fn split_off_hands_on_the_later_slots_whichever_run_they_are_in() {
+        let shown = |answers: Vec<BatchReply>| answers.into_iter().map(|a| a.ok()).collect::<Vec<_>>();
+        for at in 0..=5 {
+            let (first, second) = (Collector::new(3), Collector::new(2));
+            let mut part = Part::new(Arc::clone(&first), vec![2, 0, 1]);
+            part.absorb(Part::new(Arc::clone(&second), vec![1, 0]));
+            let rest = part.split_off(at);
+            assert_eq!((part.len(), rest.len()), (at, 5 - at), "at {at}");
+            // Positions 0..at answered by the kept part, the others by the rest.
+            part.answer((0..at).map(Ok));
+            rest.answer((at..5).map(|p| Ok(100 + p)));
+            let tagged = |p: usize| Some(if p < at { p } else { 100 + p });
+            assert_eq!(shown(first.wait().await), [tagged(1), tagged(2), tagged(0)], "at {at}");
+            assert_eq!(shown(second.wait().await), [tagged(4), tagged(3)], "at {at}");
+        }
     }
 
     #[tokio::test]

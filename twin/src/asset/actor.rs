@@ -5,7 +5,10 @@
 //! actor carries on) → append the events to the asset's stream with the expected sequence
 //! (single writer) → `apply` → publish → reply. A panic in `decide` or `apply` is caught: the
 //! offending event goes to the dead-letter stream with the panic message and the actor fails,
-//! so its supervisor restarts it and it rebuilds from the log.
+//! so its supervisor restarts it and it rebuilds from the log. In a batch, a panic in
+//! `decide` refuses that command alone (the state is untouched); a panic in `apply` fails the
+//! actor after the commands before it are submitted, and the commands after it go back to
+//! the inbox, which the shard hands to the successor: they run on the rebuilt state.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -335,6 +338,8 @@ impl AssetActor {
                     decision.append_events(command, &mut events);
                     let applied = catch_unwind(AssertUnwindSafe(|| {
                         for event in &events[first..] {
+                            #[cfg(test)]
+                            tests::maybe_panic_applying(event);
                             apply(&mut state.asset, event);
                         }
                     }));
@@ -361,9 +366,24 @@ impl AssetActor {
                 }
             }
         }
-        outcomes.extend(
-            commands.map(|_| Err(CommandError::Storage("the asset restarted before this command ran".into()).into())),
-        );
+        // After a failure, the commands not run yet go back to the inbox, ahead of anything
+        // pending: the shard hands the inbox to the successor, which runs them on its
+        // rebuilt state. Without a shard nobody would, so they are refused (retryable).
+        let rest: Vec<AssetCommand> = commands.collect();
+        let part = if rest.is_empty() {
+            part
+        } else if state.args.shard.is_some() {
+            let mut part = part;
+            let rest_part = part.split_off(outcomes.len());
+            state.args.inbox.put_back(rest, rest_part);
+            part
+        } else {
+            outcomes.extend(
+                rest.iter()
+                    .map(|_| Err(CommandError::Storage("the asset restarted before this command ran".into()).into())),
+            );
+            part
+        };
         if events.is_empty() {
             part.answer(outcomes);
             return failure;

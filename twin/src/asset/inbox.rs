@@ -73,6 +73,17 @@ impl Inbox {
         !std::mem::replace(&mut pending.armed, true)
     }
 
+    /// Puts commands taken earlier back in front of whatever is pending, answered through
+    /// `part` (an actor that must fail hands the rest of its drain to its successor). Sends
+    /// no `Drain`: whoever takes the inbox next (the successor) finds them first.
+    pub fn put_back(&self, mut commands: Vec<AssetCommand>, mut part: Part) {
+        let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        commands.append(&mut pending.commands);
+        pending.commands = commands;
+        part.absorb(std::mem::replace(&mut pending.part, Part::empty()));
+        pending.part = part;
+    }
+
     /// Takes every pending command with its part (the actor, on `Drain`); the next push sends
     /// a new `Drain`. `None` when nothing is pending.
     pub fn take(&self) -> Option<(Vec<AssetCommand>, Part)> {
@@ -120,5 +131,27 @@ mod tests {
         assert_eq!(answers(&second).await, [Ok(30)]);
         assert!(inbox.take().is_none());
         assert!(inbox.push(vec![check(4)], Part::new(Collector::new(1), vec![0])), "taken: the next push wakes again");
+    }
+
+    #[tokio::test]
+    async fn commands_put_back_come_first_with_their_answers() {
+        let (pending, handed_back) = (Collector::new(1), Collector::new(2));
+        let inbox = Inbox::default();
+        assert!(inbox.push(vec![check(3)], Part::new(Arc::clone(&pending), vec![0])));
+        inbox.put_back(vec![check(1), check(2)], Part::new(Arc::clone(&handed_back), vec![1, 0]));
+        let (commands, part) = inbox.take().expect("pending commands");
+        let times: Vec<_> = commands
+            .iter()
+            .map(|c| match c {
+                AssetCommand::CheckHeartbeat { now } => now.as_nanos(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(times, [1, 2, 3]);
+        part.answer([Ok(10), Ok(20), Ok(30)]);
+        let oks =
+            |answers: Vec<_>| answers.into_iter().map(|a: crate::asset::actor::BatchReply| a.ok()).collect::<Vec<_>>();
+        assert_eq!(oks(handed_back.wait().await), [Some(20), Some(10)]);
+        assert_eq!(oks(pending.wait().await), [Some(30)]);
     }
 }
