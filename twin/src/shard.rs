@@ -156,8 +156,9 @@ impl ShardState {
             return;
         }
         let count = (self.live.len() - limit + limit / 16).min(self.live.len());
+        let now = Activity::now_ms();
         let mut by_idle: Vec<(Duration, &String)> =
-            self.live.iter().map(|(asset_id, live)| (live.activity.idle_for(), asset_id)).collect();
+            self.live.iter().map(|(asset_id, live)| (live.activity.idle_at(now), asset_id)).collect();
         by_idle.select_nth_unstable_by(count - 1, |a, b| b.0.cmp(&a.0));
         let victims: Vec<String> = by_idle[..count].iter().map(|(_, asset_id)| (*asset_id).clone()).collect();
         tracing::debug!(
@@ -344,11 +345,11 @@ impl Actor for ShardActor {
             }
             ShardMsg::Sweep => {
                 // Reads each live actor's activity clock: no message to the busy ones.
-                let idle_timeout = state.args.asset.idle_timeout;
+                let (idle_timeout, now) = (state.args.asset.idle_timeout, Activity::now_ms());
                 let idle: Vec<String> = state
                     .live
                     .iter()
-                    .filter(|(_, live)| live.activity.idle_for() >= idle_timeout)
+                    .filter(|(_, live)| live.activity.idle_at(now) >= idle_timeout)
                     .map(|(asset_id, _)| asset_id.clone())
                     .collect();
                 for asset_id in idle {

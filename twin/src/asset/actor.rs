@@ -154,7 +154,13 @@ impl Activity {
 
     /// How long since the last activity.
     pub fn idle_for(&self) -> Duration {
-        Duration::from_millis(Self::now_ms().saturating_sub(self.0.load(std::sync::atomic::Ordering::Relaxed)))
+        self.idle_at(Self::now_ms())
+    }
+
+    /// How long the activity was idle at `now_ms` (one [`Activity::now_ms`] for a scan of
+    /// many clocks).
+    pub fn idle_at(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.0.load(std::sync::atomic::Ordering::Relaxed)))
     }
 }
 
