@@ -133,6 +133,9 @@ pub(crate) struct TwinSection {
     pub(crate) snapshot_every: Option<u64>,
     /// Most live asset actors; beyond it the least recently active passivate (0: no limit).
     pub(crate) max_live_assets: Option<usize>,
+    /// When an ingested event counts as stored (`Durability::parse`): `always` (fsynced
+    /// before the answer, the default), `interval` / `interval:<duration>` or `never`.
+    pub(crate) durability: Option<String>,
     /// The city's roads and buildings (a GeoJSON FeatureCollection), served to viewers by
     /// `Query.Geometry` and `GET /v1/geometry`.
     pub(crate) geometry: Option<PathBuf>,
@@ -146,6 +149,7 @@ impl Default for TwinSection {
             rules: Vec::new(),
             snapshot_every: None,
             max_live_assets: None,
+            durability: None,
             geometry: None,
         }
     }
@@ -244,6 +248,9 @@ impl ServeConfig {
         if h3o::Resolution::try_from(self.twin.resolution).is_err() {
             problems.push(format!("twin.resolution: {} is not an H3 resolution (0..=15)", self.twin.resolution));
         }
+        if let Some(Err(error)) = self.twin.durability.as_deref().map(citytwin_core::log::Durability::parse) {
+            problems.push(format!("twin.durability: {error}"));
+        }
         for (name, value) in [
             ("limits.events_per_second", self.limits.events_per_second),
             ("limits.event_burst", self.limits.event_burst),
@@ -308,11 +315,17 @@ mod tests {
     #[test]
     fn every_problem_is_reported() {
         let config: ServeConfig = toml::from_str(
-            "[twin]\nresolution = 16\n[limits]\nevent_burst = 0\n[[organizations]]\nname = \"a\"\ntoken_sha256 = \"xyz\"\n[[organizations]]\nname = \"a\"\ntoken_sha256 = []\n",
+            "[twin]\nresolution = 16\ndurability = \"sometimes\"\n[limits]\nevent_burst = 0\n[[organizations]]\nname = \"a\"\ntoken_sha256 = \"xyz\"\n[[organizations]]\nname = \"a\"\ntoken_sha256 = []\n",
         )
         .unwrap();
         let message = config.check().unwrap_err().to_string();
-        for expected in ["twin.resolution", "limits.event_burst", "organizations[0].token_sha256", "appears twice"] {
+        for expected in [
+            "twin.resolution",
+            "twin.durability: unknown durability \"sometimes\"",
+            "limits.event_burst",
+            "organizations[0].token_sha256",
+            "appears twice",
+        ] {
             assert!(message.contains(expected), "{expected} missing from:\n{message}");
         }
     }

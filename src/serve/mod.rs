@@ -143,6 +143,10 @@ pub(crate) async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     if let Some(limit) = config.twin.max_live_assets {
         twin_config.max_live_assets = limit;
     }
+    if let Some(durability) = &config.twin.durability {
+        twin_config.log.durability =
+            citytwin_core::log::Durability::parse(durability).map_err(|e| anyhow::anyhow!("twin.durability: {e}"))?;
+    }
     let twin = Twin::start(twin_config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?;
     let geometry = config.twin.geometry.as_deref().map(CityGeometry::load).transpose()?;
     start_with(config, twin, cells, geometry).await
