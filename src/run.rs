@@ -57,6 +57,13 @@ pub(crate) struct RunArgs {
     /// Log durability: `always`, `interval` (5 ms group commit) or `never`.
     #[arg(long, default_value = "interval", value_parser = Durability::parse)]
     durability: Durability,
+    /// Most live asset actors (0: no limit); beyond it the least recently active passivate.
+    /// A scenario whose assets all report within a few seconds of wall time (a big city run
+    /// as fast as possible) rehydrates an actor for nearly every reading once it has more
+    /// assets than this: raise it if memory allows (about 13 KB per live asset), or run it
+    /// with `--realtime`.
+    #[arg(long, default_value_t = 250_000, value_name = "N")]
+    max_live: usize,
     /// No progress bar (logs only).
     #[arg(long)]
     quiet: bool,
@@ -238,6 +245,7 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
     let config = TwinConfig {
         cells: Some(cells.clone()),
         log: LogConfig { durability, ..LogConfig::default() },
+        max_live_assets: args.max_live,
         ..TwinConfig::new(&data_dir)
     };
     let twin = Twin::start(config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?;
@@ -433,6 +441,7 @@ pub(crate) fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
                 realtime: None,
                 batch: 20_000,
                 durability: Durability::Interval(Duration::from_millis(5)),
+                max_live: 250_000,
                 quiet: false,
                 serve: false,
                 grpc: std::net::SocketAddr::from(([127, 0, 0, 1], 50051)),
