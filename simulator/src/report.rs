@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
-use citytwin_core::event::{Event, Payload};
+use citytwin_core::event::{Event, Payload, Timestamp};
 use h3o::CellIndex;
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +80,26 @@ pub struct Report {
     pub kpis: Kpis,
 }
 
+/// What a report counts of one alert: its rule, cell and time (an alert event is a kilobyte
+/// or so; a run that raises millions keeps only this much of each until it is counted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertSeen {
+    /// The rule that raised it.
+    pub rule_id: String,
+    /// Its cell, or the event's.
+    pub cell: Option<CellIndex>,
+    /// When.
+    pub time: Option<Timestamp>,
+}
+
+impl AlertSeen {
+    /// The counted parts of an `alert.triggered` event (`None` for any other event).
+    pub fn of(event: &Event) -> Option<AlertSeen> {
+        let Some(Payload::AlertTriggered(alert)) = event.payload() else { return None };
+        Some(AlertSeen { rule_id: alert.rule_id.clone(), cell: alert.cell.or(event.ext.h3cell), time: event.time })
+    }
+}
+
 /// Builds a [`Report`] from the generated events and the alerts.
 #[derive(Debug)]
 pub struct ReportBuilder {
@@ -121,9 +141,8 @@ impl ReportBuilder {
         }
     }
 
-    fn minute(&self, event: &Event) -> Option<usize> {
-        let time = event.time?.as_nanos();
-        usize::try_from((time - self.start) / 60_000_000_000).ok()
+    fn minute(&self, time: Option<Timestamp>) -> Option<usize> {
+        usize::try_from((time?.as_nanos() - self.start) / 60_000_000_000).ok()
     }
 
     /// Counts one generated event.
@@ -132,7 +151,7 @@ impl ReportBuilder {
         if let Some(kind) = event.kind() {
             *self.report.events_by_type.entry(kind.short_name().to_owned()).or_default() += 1;
         }
-        if let Some(minute) = self.minute(event)
+        if let Some(minute) = self.minute(event.time)
             && let Some(slot) = self.report.events_per_minute.get_mut(minute)
         {
             *slot += 1;
@@ -152,15 +171,22 @@ impl ReportBuilder {
         }
     }
 
-    /// Counts one alert (`alert.triggered`) raised by the twin.
+    /// Counts one `alert.triggered` event (any other event is ignored).
     pub fn observe_alert(&mut self, event: &Event) {
-        let Some(Payload::AlertTriggered(alert)) = event.payload() else { return };
+        if let Some(alert) = AlertSeen::of(event) {
+            self.count_alert(&alert);
+        }
+    }
+
+    /// Counts one alert. Counting is order-independent (sums of one constant per rule), so
+    /// alerts may be counted in any order and the report is the same.
+    pub fn count_alert(&mut self, alert: &AlertSeen) {
         self.report.alerts_total += 1;
         *self.report.alerts_by_rule.entry(alert.rule_id.clone()).or_default() += 1;
-        let cell = alert.cell.or(event.ext.h3cell).map_or_else(|| "-".to_owned(), |c| c.to_string());
+        let cell = alert.cell.map_or_else(|| "-".to_owned(), |c| c.to_string());
         *self.report.alerts_by_rule_and_cell.entry(alert.rule_id.clone()).or_default().entry(cell).or_default() += 1;
         let hours = self.report.events_per_minute.len().div_ceil(60).max(1);
-        if let Some(minute) = self.minute(event) {
+        if let Some(minute) = self.minute(alert.time) {
             let per_hour = self.report.alerts_per_hour.entry(alert.rule_id.clone()).or_insert_with(|| vec![0; hours]);
             if let Some(slot) = per_hour.get_mut(minute / 60) {
                 *slot += 1;
@@ -479,7 +505,7 @@ fn trim(value: f64) -> f64 {
 mod tests {
     use std::path::Path;
 
-    use citytwin_core::event::{AlertTriggered, Severity, Timestamp};
+    use citytwin_core::event::{AlertTriggered, Severity};
 
     use super::*;
 
