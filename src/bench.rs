@@ -62,7 +62,7 @@ pub(crate) struct BenchArgs {
     idle_ms: Option<u64>,
     /// Most live asset actors (0: no limit); beyond it the least recently active passivate at
     /// once. Bounds the memory of a burst (creating a million assets) whatever `--idle-ms`.
-    #[arg(long, default_value_t = 250_000, value_name = "N")]
+    #[arg(long, default_value_t = citytwin_twin::city::DEFAULT_MAX_LIVE_ASSETS, value_name = "N")]
     max_live: usize,
     /// After the run, restart the twin and rebuild every asset from the log and snapshots,
     /// reporting how long recovery takes.

@@ -60,9 +60,8 @@ pub(crate) struct RunArgs {
     /// Most live asset actors (0: no limit); beyond it the least recently active passivate.
     /// A scenario whose assets all report within a few seconds of wall time (a big city run
     /// as fast as possible) rehydrates an actor for nearly every reading once it has more
-    /// assets than this: raise it if memory allows (about 13 KB per live asset), or run it
-    /// with `--realtime`.
-    #[arg(long, default_value_t = 250_000, value_name = "N")]
+    /// assets than this: raise it if memory allows (about 13 KB per live asset).
+    #[arg(long, default_value_t = citytwin_twin::city::DEFAULT_MAX_LIVE_ASSETS, value_name = "N")]
     max_live: usize,
     /// No progress bar (logs only).
     #[arg(long)]
@@ -267,25 +266,20 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
     let (end_tx, mut end_rx) = tokio::sync::oneshot::channel::<u64>();
     let alert_task = tokio::spawn(async move {
         let mut collected: Vec<AlertSeen> = Vec::new();
-        let end = loop {
+        // Until the end is known, everything; then up to it (a sender gone: what is at hand).
+        let mut end: Option<u64> = None;
+        loop {
             tokio::select! {
-                next = subscription.recv() => match next {
+                next = subscription.recv_until(end.unwrap_or(u64::MAX)) => match next {
                     Some(alert) => {
                         counter.fetch_add(1, Ordering::Relaxed);
                         collected.extend(AlertSeen::of(&alert.event));
                     }
                     None => return collected,
                 },
-                end = &mut end_rx => break end,
-            }
-        };
-        if let Ok(end) = end {
-            while let Some(alert) = subscription.recv_until(end).await {
-                counter.fetch_add(1, Ordering::Relaxed);
-                collected.extend(AlertSeen::of(&alert.event));
+                received = &mut end_rx, if end.is_none() => end = Some(received.unwrap_or(0)),
             }
         }
-        collected
     });
 
     let started = Instant::now();
@@ -441,7 +435,7 @@ pub(crate) fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
                 realtime: None,
                 batch: 20_000,
                 durability: Durability::Interval(Duration::from_millis(5)),
-                max_live: 250_000,
+                max_live: citytwin_twin::city::DEFAULT_MAX_LIVE_ASSETS,
                 quiet: false,
                 serve: false,
                 grpc: std::net::SocketAddr::from(([127, 0, 0, 1], 50051)),

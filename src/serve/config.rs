@@ -141,6 +141,20 @@ pub(crate) struct TwinSection {
     pub(crate) geometry: Option<PathBuf>,
 }
 
+impl TwinSection {
+    /// The configured durability, when one is set.
+    ///
+    /// # Errors
+    /// `twin.durability: ` and why the value is not one.
+    pub(crate) fn durability(&self) -> Result<Option<citytwin_core::log::Durability>, String> {
+        self.durability
+            .as_deref()
+            .map(citytwin_core::log::Durability::parse)
+            .transpose()
+            .map_err(|error| format!("twin.durability: {error}"))
+    }
+}
+
 impl Default for TwinSection {
     fn default() -> Self {
         TwinSection {
@@ -248,8 +262,8 @@ impl ServeConfig {
         if h3o::Resolution::try_from(self.twin.resolution).is_err() {
             problems.push(format!("twin.resolution: {} is not an H3 resolution (0..=15)", self.twin.resolution));
         }
-        if let Some(Err(error)) = self.twin.durability.as_deref().map(citytwin_core::log::Durability::parse) {
-            problems.push(format!("twin.durability: {error}"));
+        if let Err(error) = self.twin.durability() {
+            problems.push(error);
         }
         for (name, value) in [
             ("limits.events_per_second", self.limits.events_per_second),

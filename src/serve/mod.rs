@@ -143,9 +143,8 @@ pub(crate) async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     if let Some(limit) = config.twin.max_live_assets {
         twin_config.max_live_assets = limit;
     }
-    if let Some(durability) = &config.twin.durability {
-        twin_config.log.durability =
-            citytwin_core::log::Durability::parse(durability).map_err(|e| anyhow::anyhow!("twin.durability: {e}"))?;
+    if let Some(durability) = config.twin.durability().map_err(anyhow::Error::msg)? {
+        twin_config.log.durability = durability;
     }
     let twin = Twin::start(twin_config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?;
     let geometry = config.twin.geometry.as_deref().map(CityGeometry::load).transpose()?;

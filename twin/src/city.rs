@@ -28,6 +28,9 @@ use crate::delivery::{DeliveryClass, DeliveryClasses, IngestCounts, IngestStats}
 use crate::shard::{Directory, ShardActor, ShardArgs, ShardEvent, ShardMsg};
 use crate::writer::LogWriter;
 
+/// The default of [`TwinConfig::max_live_assets`].
+pub const DEFAULT_MAX_LIVE_ASSETS: usize = 250_000;
+
 /// How a twin runs.
 #[derive(Debug, Clone)]
 pub struct TwinConfig {
@@ -80,7 +83,7 @@ impl TwinConfig {
             cells: None,
             max_in_flight: 65_536,
             delivery: DeliveryClasses::default(),
-            max_live_assets: 250_000,
+            max_live_assets: DEFAULT_MAX_LIVE_ASSETS,
         }
     }
 }

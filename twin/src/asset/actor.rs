@@ -323,7 +323,7 @@ impl AssetActor {
         &self,
         myself: &ActorRef<AssetMsg>,
         commands: Vec<AssetCommand>,
-        part: crate::completion::Part,
+        mut part: crate::completion::Part,
         state: &mut AssetActorState,
     ) -> Option<ActorProcessingErr> {
         let start_version = state.asset.version;
@@ -376,20 +376,16 @@ impl AssetActor {
         // pending: the shard hands the inbox to the successor, which runs them on its
         // rebuilt state. Without a shard nobody would, so they are refused (retryable).
         let rest: Vec<AssetCommand> = commands.collect();
-        let part = if rest.is_empty() {
-            part
-        } else if state.args.shard.is_some() {
-            let mut part = part;
-            let rest_part = part.split_off(outcomes.len());
-            state.args.inbox.put_back(rest, rest_part);
-            part
-        } else {
-            outcomes.extend(
-                rest.iter()
-                    .map(|_| Err(CommandError::Storage("the asset restarted before this command ran".into()).into())),
-            );
-            part
-        };
+        if !rest.is_empty() {
+            if state.args.shard.is_some() {
+                let rest_part = part.split_off(outcomes.len());
+                state.args.inbox.put_back(rest, rest_part);
+            } else {
+                let refused =
+                    || Err(CommandError::Storage("the asset restarted before this command ran".into()).into());
+                outcomes.extend(rest.iter().map(|_| refused()));
+            }
+        }
         if events.is_empty() {
             part.answer(outcomes);
             return failure;

@@ -106,6 +106,17 @@ mod tests {
         AssetCommand::CheckHeartbeat { now: Timestamp::from_nanos(at) }
     }
 
+    /// The times of `check` commands, in order.
+    fn times(commands: &[AssetCommand]) -> Vec<i64> {
+        commands
+            .iter()
+            .map(|c| match c {
+                AssetCommand::CheckHeartbeat { now } => now.as_nanos(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn only_the_first_push_after_a_take_wakes_the_actor_and_a_take_gets_everything_in_order() {
         let (first, second) = (Collector::new(2), Collector::new(1));
@@ -113,14 +124,7 @@ mod tests {
         assert!(inbox.push(vec![check(1), check(2)], Part::new(Arc::clone(&first), vec![1, 0])));
         assert!(!inbox.push(vec![check(3)], Part::new(Arc::clone(&second), vec![0])), "a drain is already on its way");
         let (commands, part) = inbox.take().expect("pending commands");
-        let times: Vec<_> = commands
-            .iter()
-            .map(|c| match c {
-                AssetCommand::CheckHeartbeat { now } => now.as_nanos(),
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect();
-        assert_eq!(times, [1, 2, 3]);
+        assert_eq!(times(&commands), [1, 2, 3]);
         assert_eq!(part.len(), 3);
         part.answer([Ok(10), Ok(20), Ok(30)]);
         let answers = |c: &Arc<Collector>| {
@@ -140,14 +144,7 @@ mod tests {
         assert!(inbox.push(vec![check(3)], Part::new(Arc::clone(&pending), vec![0])));
         inbox.put_back(vec![check(1), check(2)], Part::new(Arc::clone(&handed_back), vec![1, 0]));
         let (commands, part) = inbox.take().expect("pending commands");
-        let times: Vec<_> = commands
-            .iter()
-            .map(|c| match c {
-                AssetCommand::CheckHeartbeat { now } => now.as_nanos(),
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect();
-        assert_eq!(times, [1, 2, 3]);
+        assert_eq!(times(&commands), [1, 2, 3]);
         part.answer([Ok(10), Ok(20), Ok(30)]);
         let oks =
             |answers: Vec<_>| answers.into_iter().map(|a: crate::asset::actor::BatchReply| a.ok()).collect::<Vec<_>>();
