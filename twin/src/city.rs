@@ -60,10 +60,10 @@ pub struct TwinConfig {
     pub max_in_flight: usize,
     /// Delivery class per event type.
     pub delivery: DeliveryClasses,
-    /// Most live asset actors in the twin (0: no limit), split evenly over the shards (at
-    /// least one per shard); beyond
-    /// it the least recently active passivate whatever their idle time (about 11 KB each live,
-    /// under 1 KB passivated).
+    /// Most asset actors in memory in the twin, live or stopping (0: no limit), split evenly
+    /// over the shards (at least one per shard). Near it the least recently active passivate
+    /// whatever their idle time, and at it a waking asset waits for one to stop (see
+    /// [`ShardArgs::max_live`]). About 11–15 KB each live, under 1 KB passivated.
     pub max_live_assets: usize,
 }
 

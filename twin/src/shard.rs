@@ -4,7 +4,9 @@
 //! log), forwards commands without waiting for them, sweeps its live actors' activity clocks
 //! (one timer per shard, no message per actor), passivates idle actors with a handshake (messages that arrive while an actor stops are held and delivered to its
 //! successor, so one asset never has two writers), passivates the least recently active ones
-//! at once when more than `max_live` are live, and restarts actors that fail, up to
+//! at once when nearly `max_live` are live (and holds the first messages of an asset with no
+//! actor while `max_live` are live or stopping: see [`ShardArgs::max_live`]), and restarts
+//! actors that fail, up to
 //! `max_restarts` within `restart_window`; beyond that it fails itself (escalation to the
 //! city supervisor).
 
@@ -48,6 +50,9 @@ pub enum ShardMsg {
     GetState(String, RpcReplyPort<AssetState>),
     /// How many asset actors are alive.
     LiveCount(RpcReplyPort<usize>),
+    /// How many actors are live, stopping, and assets waiting for room, with the most actors
+    /// in memory at once so far.
+    Occupancy(RpcReplyPort<Occupancy>),
     /// Periodic: passivate the live asset actors that have been idle long enough.
     Sweep,
 }
@@ -71,10 +76,30 @@ pub struct ShardArgs {
     pub events: Option<broadcast::Sender<ShardEvent>>,
     /// The shared directory of live actors (see [`Directory`]).
     pub directory: Option<Directory>,
-    /// Most live asset actors in this shard (0: no limit). Beyond it, the least recently
-    /// active passivate at once, whatever the idle timeout: memory stays bounded under a burst
-    /// of new or waking assets (an active-entity limit, as Akka's sharding has).
+    /// Most asset actors in memory in this shard, live or stopping (0: no limit): an
+    /// active-entity limit, as Akka's sharding has, so memory stays bounded under a burst of
+    /// new or waking assets, whatever the idle timeout.
+    ///
+    /// An actor asked to passivate stays in memory until it has drained, snapshotted and
+    /// stopped, so the shard keeps an eighth of the limit for those: beyond `max_live` less
+    /// an eighth live, the least recently active passivate at once; with `max_live` live or
+    /// stopping, an asset with no actor waits (its messages held in order) until one has
+    /// stopped. Under thrash (more active assets than the limit) memory then follows the
+    /// limit, not the number of commands in flight.
     pub max_live: usize,
+}
+
+/// A shard's actors at one moment (see [`ShardMsg::Occupancy`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Live asset actors.
+    pub live: usize,
+    /// Actors asked to stop (passivating or failed) that have not stopped yet.
+    pub stopping: usize,
+    /// Assets with messages waiting for room to start an actor.
+    pub waiting: usize,
+    /// The most actors in memory (live plus stopping) at once since the shard started.
+    pub peak: usize,
 }
 
 /// A live asset actor, as its shard sees it.
@@ -103,6 +128,12 @@ pub struct ShardState {
     ids: HashMap<ActorId, String>,
     /// Assets whose actor is stopping.
     stopping: FxHashMap<String, Stopping>,
+    /// Assets with no actor whose messages wait for room (see [`ShardArgs::max_live`]), in
+    /// arrival order, each with its messages in order.
+    waiting: FxHashMap<String, Vec<AssetMsg>>,
+    admission: VecDeque<String>,
+    /// The most actors in memory at once (live plus stopping).
+    peak: usize,
     restarts: VecDeque<tokio::time::Instant>,
 }
 
@@ -148,14 +179,52 @@ impl ShardState {
         }
     }
 
-    /// Over `max_live`, passivates the least recently active actors: the excess plus a
+    /// Whether messages for an asset with no live actor must be held rather than start one:
+    /// its actor is stopping (they go to its successor), it already waits for room, or there
+    /// is no room (it starts waiting).
+    fn must_hold(&mut self, asset_id: &str) -> bool {
+        if self.stopping.contains_key(asset_id) || self.waiting.contains_key(asset_id) {
+            return true;
+        }
+        if !self.must_wait() {
+            return false;
+        }
+        self.waiting.insert(asset_id.to_owned(), Vec::new());
+        self.admission.push_back(asset_id.to_owned());
+        true
+    }
+
+    /// Holds a message for the successor of a stopping actor, or for an asset waiting for
+    /// room (after [`ShardState::must_hold`] said so).
+    fn hold(&mut self, asset_id: &str, message: AssetMsg) {
+        match self.stopping.get_mut(asset_id) {
+            Some(stopping) => stopping.held.push(message),
+            None => self.waiting.entry(asset_id.to_owned()).or_default().push(message),
+        }
+    }
+
+    /// Whether a new actor must wait for room: `max_live` actors are live or stopping.
+    /// Checked after enforcing the limit, which keeps fewer than `max_live` live, so whenever
+    /// it answers yes at least one actor is stopping, and its end lets a waiting asset in.
+    fn must_wait(&mut self) -> bool {
+        let limit = self.args.max_live;
+        if limit == 0 {
+            return false;
+        }
+        self.enforce_live_limit();
+        self.live.len() + self.stopping.len() >= limit
+    }
+
+    /// Over `max_live` less an eighth (at least one: the room that actors asked to stop take
+    /// while they finish), passivates the least recently active actors: the excess plus a
     /// sixteenth of the limit, so one scan of the live set pays for many spawns.
     fn enforce_live_limit(&mut self) {
         let limit = self.args.max_live;
-        if limit == 0 || self.live.len() <= limit {
+        let target = limit.saturating_sub((limit / 8).max(1));
+        if limit == 0 || self.live.len() <= target {
             return;
         }
-        let count = (self.live.len() - limit + limit / 16).min(self.live.len());
+        let count = (self.live.len() - target + limit / 16).min(self.live.len());
         let now = Activity::now_ms();
         let mut by_idle: Vec<(Duration, &String)> =
             self.live.iter().map(|(asset_id, live)| (live.activity.idle_at(now), asset_id)).collect();
@@ -200,6 +269,7 @@ impl ShardActor {
         let (actor, _) = Actor::spawn_linked(None, AssetActor, args, myself.get_cell()).await?;
         state.ids.insert(actor.get_id(), asset_id.to_owned());
         state.set_live(asset_id, Live { actor: actor.clone(), activity, inbox });
+        state.peak = state.peak.max(state.live.len() + state.stopping.len());
         notify(state, ShardEvent::Started(asset_id.to_owned()));
         Ok(actor)
     }
@@ -211,8 +281,8 @@ impl ShardActor {
         message: AssetMsg,
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(stopping) = state.stopping.get_mut(&asset_id) {
-            stopping.held.push(message);
+        if !state.live.contains_key(&asset_id) && state.must_hold(&asset_id) {
+            state.hold(&asset_id, message);
             return Ok(());
         }
         let actor = self.actor_for(myself, &asset_id, state).await?;
@@ -248,8 +318,8 @@ impl ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         // The hot path first: a live actor (it cannot be stopping at the same time).
         if !state.live.contains_key(asset_id) {
-            if let Some(stopping) = state.stopping.get_mut(asset_id) {
-                stopping.held.push(AssetMsg::Batch(commands, part));
+            if state.must_hold(asset_id) {
+                state.hold(asset_id, AssetMsg::Batch(commands, part));
                 return Ok(());
             }
             self.actor_for(myself, asset_id, state).await?;
@@ -266,6 +336,24 @@ impl ShardActor {
             state.hold_for_successor(asset_id);
         }
         state.enforce_live_limit();
+        Ok(())
+    }
+}
+
+impl ShardActor {
+    /// Starts waiting assets, first come first served, while there is room, each with its
+    /// messages in order.
+    async fn admit_waiting(
+        &self,
+        myself: &ActorRef<ShardMsg>,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        while !state.admission.is_empty() && !state.must_wait() {
+            let Some(asset_id) = state.admission.pop_front() else { break };
+            for message in state.waiting.remove(&asset_id).unwrap_or_default() {
+                self.deliver(myself, asset_id.clone(), message, state).await?;
+            }
+        }
         Ok(())
     }
 }
@@ -298,6 +386,9 @@ impl Actor for ShardActor {
             live: FxHashMap::default(),
             ids: HashMap::new(),
             stopping: FxHashMap::default(),
+            waiting: FxHashMap::default(),
+            admission: VecDeque::new(),
+            peak: 0,
             restarts: VecDeque::new(),
         })
     }
@@ -313,7 +404,10 @@ impl Actor for ShardActor {
                 self.deliver(&myself, asset_id, AssetMsg::Command(command, reply), state).await?
             }
             ShardMsg::GetState(asset_id, reply) => {
-                if state.live.contains_key(&asset_id) || state.stopping.contains_key(&asset_id) {
+                if state.live.contains_key(&asset_id)
+                    || state.stopping.contains_key(&asset_id)
+                    || state.waiting.contains_key(&asset_id)
+                {
                     self.deliver(&myself, asset_id, AssetMsg::GetState(reply), state).await?
                 } else {
                     // A passivated (or unknown) asset: a query reads its state from its snapshot
@@ -360,6 +454,14 @@ impl Actor for ShardActor {
             ShardMsg::LiveCount(reply) => {
                 let _ = reply.send(state.live.len());
             }
+            ShardMsg::Occupancy(reply) => {
+                let _ = reply.send(Occupancy {
+                    live: state.live.len(),
+                    stopping: state.stopping.len(),
+                    waiting: state.waiting.len(),
+                    peak: state.peak,
+                });
+            }
         }
         Ok(())
     }
@@ -378,6 +480,9 @@ impl Actor for ShardActor {
                 state.hold_for_successor(&asset_id);
                 let held = state.stopping.remove(&asset_id).unwrap_or_default().held;
                 notify(state, ShardEvent::Passivated(asset_id.clone()));
+                // Its room goes to the longest waiting first; its own held messages queue up
+                // behind them when there is no room left.
+                self.admit_waiting(&myself, state).await?;
                 for message in held {
                     self.deliver(&myself, asset_id.clone(), message, state).await?;
                 }
@@ -407,6 +512,9 @@ impl Actor for ShardActor {
                 for message in held {
                     self.deliver(&myself, asset_id.clone(), message, state).await?;
                 }
+                // The successor may have taken the shard over its limit: passivating the excess
+                // makes the room that waiting assets need.
+                self.admit_waiting(&myself, state).await?;
             }
             _ => {}
         }

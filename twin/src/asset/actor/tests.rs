@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use super::*;
 use crate::asset::logic::Lifecycle;
 use crate::deadletter::dead_letters;
-use crate::shard::{ShardActor, ShardArgs, ShardEvent, ShardMsg};
+use crate::shard::{Occupancy, ShardActor, ShardArgs, ShardEvent, ShardMsg};
 
 /// Test-only fault injection: a reading of a metric named `poison*` panics inside the
 /// asset's logic, as a bug triggered by one event would.
@@ -70,13 +70,18 @@ async fn start_limited(dir: &std::path::Path, asset: AssetConfig, max_live: usiz
     Twin { shard, events, published, log, handle }
 }
 
+/// Sends a command to an asset through its shard and waits (bounded) for the answer.
+async fn command_to(shard: &ActorRef<ShardMsg>, asset: &str, command: AssetCommand) -> CommandReply {
+    let asset = asset.to_owned();
+    match shard.call(|reply| ShardMsg::Command(asset, command, reply), Some(WAIT)).await.unwrap() {
+        CallResult::Success(reply) => reply,
+        other => panic!("no reply: {other:?}"),
+    }
+}
+
 impl Twin {
     async fn command(&self, asset: &str, command: AssetCommand) -> CommandReply {
-        let asset = asset.to_owned();
-        match self.shard.call(|reply| ShardMsg::Command(asset, command, reply), Some(WAIT)).await.unwrap() {
-            CallResult::Success(reply) => reply,
-            other => panic!("no reply: {other:?}"),
-        }
+        command_to(&self.shard, asset, command).await
     }
 
     async fn observe(&self, event: Event) -> CommandReply {
@@ -88,6 +93,13 @@ impl Twin {
         let asset = asset.to_owned();
         match self.shard.call(|reply| ShardMsg::GetState(asset, reply), Some(WAIT)).await.unwrap() {
             CallResult::Success(state) => state,
+            other => panic!("no reply: {other:?}"),
+        }
+    }
+
+    async fn occupancy(&self) -> Occupancy {
+        match self.shard.call(ShardMsg::Occupancy, Some(WAIT)).await.unwrap() {
+            CallResult::Success(occupancy) => occupancy,
             other => panic!("no reply: {other:?}"),
         }
     }
@@ -249,6 +261,47 @@ async fn beyond_the_live_limit_actors_passivate_at_once_and_nothing_is_lost() {
         let state = twin.state(&asset).await;
         let pm25 = &state.metrics["pm25"];
         assert_eq!((pm25.count, pm25.last), (2, f64::from(i) + 0.5), "{asset}: both readings, in order");
+        assert_eq!(twin.log.stream_seq(&asset_stream(&asset)), state.version, "{asset}: every event stored once");
+    }
+    twin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_thrash_actors_in_memory_stay_within_the_limit_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AssetConfig { idle_timeout: Duration::from_secs(3600), ..AssetConfig::default() };
+    let twin = start_limited(dir.path(), config, 16).await;
+    // 200 assets at once, each created, commissioned and read twice in order: far more
+    // first messages in flight than the limit, so the shard must hold some while the actors
+    // it passivated are still stopping.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200u32 {
+        let shard = twin.shard.clone();
+        tasks.spawn(async move {
+            let asset = format!("s{i:03}");
+            command_to(&shard, &asset, AssetCommand::Observe(Box::new(created(&asset, None)))).await.unwrap();
+            command_to(&shard, &asset, AssetCommand::Observe(Box::new(commissioned(&asset)))).await.unwrap();
+            for n in 1..=2 {
+                let time = Timestamp::from_secs(T0 + 60 * i64::from(n));
+                let event = reading(&asset, n, "pm25", f64::from(i * 10 + n), time);
+                command_to(&shard, &asset, AssetCommand::Observe(Box::new(event))).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let occupancy = twin.occupancy().await;
+    // Live and stopping together, never more than the limit; the limit was reached (the
+    // shard had to hold assets back).
+    assert_eq!(occupancy.peak, 16, "actors in memory at once: {occupancy:?}");
+    assert_eq!(occupancy.waiting, 0, "every waiting asset was let in: {occupancy:?}");
+    for i in 0..200u32 {
+        let asset = format!("s{i:03}");
+        let state = twin.state(&asset).await;
+        let pm25 = &state.metrics["pm25"];
+        assert_eq!((pm25.count, pm25.last), (2, f64::from(i * 10 + 2)), "{asset}: both readings, in order");
+        assert_eq!(state.status, Lifecycle::Online, "{asset}");
         assert_eq!(twin.log.stream_seq(&asset_stream(&asset)), state.version, "{asset}: every event stored once");
     }
     twin.stop().await;
