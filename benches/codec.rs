@@ -90,6 +90,29 @@ fn codec(c: &mut Criterion) {
             }
         })
     });
+    // The gRPC ingest path: one request of the batch as protobuf, decoded and each event
+    // converted and validated (what `Ingest` does before the twin sees anything).
+    let request = citytwin_proto::v1::IngestRequest {
+        events: events.iter().map(citytwin_proto::convert::event_to_proto).collect(),
+    };
+    let wire = prost::Message::encode_to_vec(&request);
+    eprintln!("the batch as one IngestRequest: {} bytes ({} per event)", wire.len(), wire.len() / BATCH);
+    group.bench_function("protobuf_decode_validate", |b| {
+        b.iter(|| {
+            let request: citytwin_proto::v1::IngestRequest =
+                prost::Message::decode(black_box(wire.as_slice())).unwrap();
+            for event in &request.events {
+                black_box(citytwin_proto::convert::event_from_proto(event).unwrap());
+            }
+        })
+    });
+    group.bench_function("protobuf_decode_only", |b| {
+        b.iter(|| {
+            let request: citytwin_proto::v1::IngestRequest =
+                prost::Message::decode(black_box(wire.as_slice())).unwrap();
+            black_box(request);
+        })
+    });
     group.finish();
 }
 
