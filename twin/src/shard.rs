@@ -48,10 +48,10 @@ pub enum ShardMsg {
     /// The state of an asset (read from its snapshot and tail when passivated, without
     /// waking it).
     GetState(String, RpcReplyPort<AssetState>),
-    /// How many asset actors are alive.
+    /// How many asset actors are live (not counting those stopping).
     LiveCount(RpcReplyPort<usize>),
     /// How many actors are live, stopping, and assets waiting for room, with the most actors
-    /// in memory at once so far.
+    /// in memory at once and the number of waits so far.
     Occupancy(RpcReplyPort<Occupancy>),
     /// Periodic: passivate the live asset actors that have been idle long enough.
     Sweep,
@@ -100,6 +100,8 @@ pub struct Occupancy {
     pub waiting: usize,
     /// The most actors in memory (live plus stopping) at once since the shard started.
     pub peak: usize,
+    /// How many times an asset had to wait for room since the shard started.
+    pub waited: u64,
 }
 
 /// A live asset actor, as its shard sees it.
@@ -134,6 +136,8 @@ pub struct ShardState {
     admission: VecDeque<String>,
     /// The most actors in memory at once (live plus stopping).
     peak: usize,
+    /// How many times an asset had to wait for room.
+    waited: u64,
     restarts: VecDeque<tokio::time::Instant>,
 }
 
@@ -191,6 +195,7 @@ impl ShardState {
         }
         self.waiting.insert(asset_id.to_owned(), Vec::new());
         self.admission.push_back(asset_id.to_owned());
+        self.waited += 1;
         true
     }
 
@@ -204,27 +209,42 @@ impl ShardState {
     }
 
     /// Whether a new actor must wait for room: `max_live` actors are live or stopping.
-    /// Checked after enforcing the limit, which keeps fewer than `max_live` live, so whenever
-    /// it answers yes at least one actor is stopping, and its end lets a waiting asset in.
+    /// Checked after enforcing the limit; when nothing is stopping yet (a limit under eight
+    /// keeps no room for stopping actors), it passivates the least recently active now. So
+    /// whenever it answers yes an actor is stopping, and its end lets a waiting asset in.
     fn must_wait(&mut self) -> bool {
         let limit = self.args.max_live;
         if limit == 0 {
             return false;
         }
         self.enforce_live_limit();
-        self.live.len() + self.stopping.len() >= limit
+        if self.live.len() + self.stopping.len() < limit {
+            return false;
+        }
+        if self.stopping.is_empty() {
+            self.passivate_least_recent(1 + limit / 16);
+        }
+        true
     }
 
-    /// Over `max_live` less an eighth (at least one: the room that actors asked to stop take
-    /// while they finish), passivates the least recently active actors: the excess plus a
-    /// sixteenth of the limit, so one scan of the live set pays for many spawns.
+    /// Over `max_live` less an eighth (the room that actors asked to stop take while they
+    /// finish), passivates the least recently active actors: the excess plus a sixteenth of
+    /// the limit, so one scan of the live set pays for many spawns.
     fn enforce_live_limit(&mut self) {
         let limit = self.args.max_live;
-        let target = limit.saturating_sub((limit / 8).max(1));
+        let target = limit - limit / 8;
         if limit == 0 || self.live.len() <= target {
             return;
         }
-        let count = (self.live.len() - target + limit / 16).min(self.live.len());
+        self.passivate_least_recent(self.live.len() - target + limit / 16);
+    }
+
+    /// Passivates the `count` least recently active live actors (one scan of their clocks).
+    fn passivate_least_recent(&mut self, count: usize) {
+        let count = count.min(self.live.len());
+        if count == 0 {
+            return;
+        }
         let now = Activity::now_ms();
         let mut by_idle: Vec<(Duration, &String)> =
             self.live.iter().map(|(asset_id, live)| (live.activity.idle_at(now), asset_id)).collect();
@@ -233,7 +253,7 @@ impl ShardState {
         tracing::debug!(
             shard = self.args.shard,
             count,
-            limit,
+            limit = self.args.max_live,
             "live-actor limit: passivating the least recently active"
         );
         for asset_id in victims {
@@ -389,6 +409,7 @@ impl Actor for ShardActor {
             waiting: FxHashMap::default(),
             admission: VecDeque::new(),
             peak: 0,
+            waited: 0,
             restarts: VecDeque::new(),
         })
     }
@@ -460,6 +481,7 @@ impl Actor for ShardActor {
                     stopping: state.stopping.len(),
                     waiting: state.waiting.len(),
                     peak: state.peak,
+                    waited: state.waited,
                 });
             }
         }

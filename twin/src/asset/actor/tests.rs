@@ -295,6 +295,7 @@ async fn under_thrash_actors_in_memory_stay_within_the_limit_and_nothing_is_lost
     // Live and stopping together, never more than the limit; the limit was reached (the
     // shard had to hold assets back).
     assert_eq!(occupancy.peak, 16, "actors in memory at once: {occupancy:?}");
+    assert!(occupancy.waited > 0, "some assets had to wait for room: {occupancy:?}");
     assert_eq!(occupancy.waiting, 0, "every waiting asset was let in: {occupancy:?}");
     for i in 0..200u32 {
         let asset = format!("s{i:03}");
@@ -303,6 +304,39 @@ async fn under_thrash_actors_in_memory_stay_within_the_limit_and_nothing_is_lost
         assert_eq!((pm25.count, pm25.last), (2, f64::from(i * 10 + 2)), "{asset}: both readings, in order");
         assert_eq!(state.status, Lifecycle::Online, "{asset}");
         assert_eq!(twin.log.stream_seq(&asset_stream(&asset)), state.version, "{asset}: every event stored once");
+    }
+    twin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_of_one_serves_assets_in_turn_without_losing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AssetConfig { idle_timeout: Duration::from_secs(3600), ..AssetConfig::default() };
+    let twin = start_limited(dir.path(), config, 1).await;
+    for asset in ["a", "b", "c"] {
+        bring_up(&twin, asset, None).await;
+    }
+    // Five readings per asset, all sent before any answer: each asset's messages queue up
+    // (stopping, waiting) while the one actor allowed serves the others.
+    let mut replies = Vec::new();
+    for n in 1..=5u32 {
+        for asset in ["a", "b", "c"] {
+            let event = reading(asset, n, "pm25", f64::from(n), Timestamp::from_secs(T0 + 60 * i64::from(n)));
+            let command = AssetCommand::Observe(Box::new(event));
+            let (asset, shard) = (asset.to_owned(), twin.shard.clone());
+            replies.push(tokio::spawn(async move { command_to(&shard, &asset, command).await }));
+        }
+    }
+    for reply in replies {
+        reply.await.unwrap().unwrap();
+    }
+    let occupancy = twin.occupancy().await;
+    assert_eq!(occupancy.peak, 1, "one actor in memory at a time: {occupancy:?}");
+    assert!(occupancy.waited > 0, "assets waited for room: {occupancy:?}");
+    for asset in ["a", "b", "c"] {
+        let state = twin.state(asset).await;
+        assert_eq!(state.metrics["pm25"].count, 5, "{asset}: every reading");
+        assert_eq!(twin.log.stream_seq(&asset_stream(asset)), state.version, "{asset}: every event stored once");
     }
     twin.stop().await;
 }
