@@ -343,7 +343,12 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         stats.accepted, stats.shed, stats.invalid, stats.rejected
     );
     println!("log: {} records, {:.1} MB", twin.log().next_position(), twin.log().size_bytes() as f64 / 1e6);
-    println!("live asset actors: {}", twin.live_assets().await?);
+    let actors = twin.occupancy().await?;
+    println!(
+        "asset actors in memory: {} live, {} stopping; at most {} at once (the shards' peaks summed); \
+         assets waited {} times for room under the live-actor limit",
+        actors.live, actors.stopping, actors.peak, actors.waited
+    );
     if args.idle_ms.is_some() {
         // Wait (bounded) for every asset to passivate, counting the notifications.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);

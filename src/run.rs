@@ -379,6 +379,7 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
         report.count_alert(alert);
     }
     let stats = twin.stats();
+    let actors = twin.occupancy().await.unwrap_or_default();
 
     let report = report.finish(digest.hex(), assets, truth);
     let rate = report.events as f64 / elapsed.as_secs_f64();
@@ -387,6 +388,14 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
     std::fs::write(report_dir.join("report.json"), report.to_json())?;
     std::fs::write(report_dir.join("report.html"), report.to_html(&timing))?;
     print_summary(&report, &timing, refused, stats.accepted, &report_dir);
+    if actors.waited > 0 {
+        println!(
+            "live-actor limit: assets waited {} times for room among {} actors in memory (more were active at once \
+             than --max-live allows, so most readings woke a passivated asset); a larger --max-live runs faster \
+             if memory allows (about 15 KB per live asset)",
+            actors.waited, args.max_live
+        );
+    }
     host.stop().await?;
     Ok(report)
 }

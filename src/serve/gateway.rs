@@ -114,7 +114,7 @@ pub(crate) struct Stats {
     pub(crate) unauthorized: u64,
     pub(crate) rate_limited: u64,
     pub(crate) log_position: u64,
-    pub(crate) live_assets: u64,
+    pub(crate) actors: citytwin_twin::shard::Occupancy,
 }
 
 impl RefusalKind {
@@ -222,7 +222,7 @@ impl Gateway {
             unauthorized: self.counters.unauthorized.load(Ordering::Relaxed),
             rate_limited: self.counters.rate_limited.load(Ordering::Relaxed),
             log_position: self.twin.log().next_position(),
-            live_assets: self.twin.live_assets().await.unwrap_or(0) as u64,
+            actors: self.twin.occupancy().await.unwrap_or_default(),
         }
     }
 

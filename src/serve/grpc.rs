@@ -751,7 +751,10 @@ impl v1::admin_server::Admin for Api {
             unauthorized: stats.unauthorized,
             rate_limited: stats.rate_limited,
             log_position: stats.log_position,
-            live_assets: stats.live_assets,
+            live_assets: stats.actors.live as u64,
+            stopping_assets: stats.actors.stopping as u64,
+            waiting_assets: stats.actors.waiting as u64,
+            asset_waits: stats.actors.waited,
         }))
     }
 }

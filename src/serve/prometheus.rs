@@ -48,7 +48,13 @@ fn describe() {
     describe_counter!("citytwin_unauthorized_total", "Inputs refused for writing another organization's data");
     describe_counter!("citytwin_rate_limited_total", "Requests refused by a rate limit");
     describe_gauge!("citytwin_log_next_position", "The event log's next position (events ever appended)");
-    describe_gauge!("citytwin_live_assets", "Asset actors in memory (the rest are passivated)");
+    describe_gauge!("citytwin_live_assets", "Live asset actors (the rest are passivated or stopping)");
+    describe_gauge!("citytwin_stopping_assets", "Asset actors passivating or restarting, still in memory");
+    describe_gauge!("citytwin_waiting_assets", "Assets whose messages wait for room under the live-actor limit");
+    describe_counter!(
+        "citytwin_asset_waits_total",
+        "Times an asset waited for room under the live-actor limit (grows when more assets are active than the limit allows)"
+    );
     describe_gauge!("citytwin_registered_assets", "Assets in the read model");
     describe_gauge!("citytwin_open_alerts", "Alerts triggered and not resolved");
 }
@@ -63,7 +69,10 @@ pub(crate) async fn render(handle: &PrometheusHandle, gateway: &Gateway) -> Stri
     metrics::counter!("citytwin_unauthorized_total").absolute(stats.unauthorized);
     metrics::counter!("citytwin_rate_limited_total").absolute(stats.rate_limited);
     metrics::gauge!("citytwin_log_next_position").set(stats.log_position as f64);
-    metrics::gauge!("citytwin_live_assets").set(stats.live_assets as f64);
+    metrics::gauge!("citytwin_live_assets").set(stats.actors.live as f64);
+    metrics::gauge!("citytwin_stopping_assets").set(stats.actors.stopping as f64);
+    metrics::gauge!("citytwin_waiting_assets").set(stats.actors.waiting as f64);
+    metrics::counter!("citytwin_asset_waits_total").absolute(stats.actors.waited);
     let (assets, alerts) = gateway.models.read(|m| (m.assets.len(), m.open_alerts.len()));
     metrics::gauge!("citytwin_registered_assets").set(assets as f64);
     metrics::gauge!("citytwin_open_alerts").set(alerts as f64);

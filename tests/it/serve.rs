@@ -368,6 +368,11 @@ async fn serve_ingests_queries_streams_and_keeps_organizations_apart() {
     assert!(value("citytwin_gateway_events_total{", &["protocol=\"grpc\"", "outcome=\"unauthorized\""]) >= 1.0);
     assert!(value("citytwin_gateway_ingest_seconds_count{", &["protocol=\"http\""]) >= 1.0, "{metrics}");
     assert!(value("citytwin_registered_assets ", &[]) >= 2.0, "{metrics}");
+    // A handful of assets, far below the live-actor limit: nobody waited for room.
+    assert_eq!(value("citytwin_waiting_assets ", &[]), 0.0, "{metrics}");
+    assert_eq!(value("citytwin_asset_waits_total ", &[]), 0.0, "{metrics}");
+    // Exported (`value` panics on a missing metric).
+    assert!(value("citytwin_live_assets ", &[]) + value("citytwin_stopping_assets ", &[]) >= 0.0, "{metrics}");
 
     // Dead letters: globex's refused events are listed for globex, with reasons; not for acme.
     let letters: serde_json::Value =

@@ -25,7 +25,7 @@ use crate::deadletter::{
     DEAD_LETTER_STREAM, DeadLetterReason, ReprocessReport, RetryPolicy, dead_letter_entry, reprocess,
 };
 use crate::delivery::{DeliveryClass, DeliveryClasses, IngestCounts, IngestStats};
-use crate::shard::{Directory, ShardActor, ShardArgs, ShardEvent, ShardMsg};
+use crate::shard::{Directory, Occupancy, ShardActor, ShardArgs, ShardEvent, ShardMsg};
 use crate::writer::LogWriter;
 
 /// The default of [`TwinConfig::max_live_assets`].
@@ -528,16 +528,26 @@ impl Twin {
         }
     }
 
-    /// Asset actors alive, over all shards.
+    /// Live asset actors over all shards (not counting those stopping).
     ///
     /// # Errors
     /// When the twin is unavailable.
     pub async fn live_assets(&self) -> Result<usize, IngestError> {
+        Ok(self.occupancy().await?.live)
+    }
+
+    /// The asset actors over all shards: live, stopping, assets waiting for room under the
+    /// live-actor limit, and how often one had to wait (a count that grows while more assets
+    /// are active than `max_live_assets` allows).
+    ///
+    /// # Errors
+    /// When a shard does not answer.
+    pub async fn occupancy(&self) -> Result<Occupancy, IngestError> {
         let shards = self.shards.read().map_err(|_| IngestError::Unavailable("shard table poisoned".into()))?.clone();
-        let mut total = 0;
+        let mut total = Occupancy::default();
         for shard in shards {
-            match shard.call(ShardMsg::LiveCount, Some(Duration::from_secs(30))).await {
-                Ok(CallResult::Success(n)) => total += n,
+            match shard.call(ShardMsg::Occupancy, Some(Duration::from_secs(30))).await {
+                Ok(CallResult::Success(occupancy)) => total = total + occupancy,
                 other => return Err(IngestError::Unavailable(format!("{other:?}"))),
             }
         }

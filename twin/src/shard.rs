@@ -48,8 +48,6 @@ pub enum ShardMsg {
     /// The state of an asset (read from its snapshot and tail when passivated, without
     /// waking it).
     GetState(String, RpcReplyPort<AssetState>),
-    /// How many asset actors are live (not counting those stopping).
-    LiveCount(RpcReplyPort<usize>),
     /// How many actors are live, stopping, and assets waiting for room, with the most actors
     /// in memory at once and the number of waits so far.
     Occupancy(RpcReplyPort<Occupancy>),
@@ -89,7 +87,8 @@ pub struct ShardArgs {
     pub max_live: usize,
 }
 
-/// A shard's actors at one moment (see [`ShardMsg::Occupancy`]).
+/// A shard's actors at one moment (see [`ShardMsg::Occupancy`]); summed over the shards by
+/// `Twin::occupancy`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Occupancy {
     /// Live asset actors.
@@ -98,10 +97,25 @@ pub struct Occupancy {
     pub stopping: usize,
     /// Assets with messages waiting for room to start an actor.
     pub waiting: usize,
-    /// The most actors in memory (live plus stopping) at once since the shard started.
+    /// The most actors in memory (live plus stopping) at once since the shard started (over
+    /// several shards: the sum of their peaks, an upper bound).
     pub peak: usize,
     /// How many times an asset had to wait for room since the shard started.
     pub waited: u64,
+}
+
+impl std::ops::Add for Occupancy {
+    type Output = Occupancy;
+
+    fn add(self, other: Occupancy) -> Occupancy {
+        Occupancy {
+            live: self.live + other.live,
+            stopping: self.stopping + other.stopping,
+            waiting: self.waiting + other.waiting,
+            peak: self.peak + other.peak,
+            waited: self.waited + other.waited,
+        }
+    }
 }
 
 /// A live asset actor, as its shard sees it.
@@ -471,9 +485,6 @@ impl Actor for ShardActor {
                     tracing::debug!(asset = %asset_id, "asset idle: passivating");
                     state.passivate(&asset_id);
                 }
-            }
-            ShardMsg::LiveCount(reply) => {
-                let _ = reply.send(state.live.len());
             }
             ShardMsg::Occupancy(reply) => {
                 let _ = reply.send(Occupancy {

@@ -105,10 +105,7 @@ impl Twin {
     }
 
     async fn live(&self) -> usize {
-        match self.shard.call(ShardMsg::LiveCount, Some(WAIT)).await.unwrap() {
-            CallResult::Success(n) => n,
-            other => panic!("no reply: {other:?}"),
-        }
+        self.occupancy().await.live
     }
 
     /// Waits (bounded) for a shard notification.
