@@ -372,9 +372,7 @@ impl ShardActor {
         state.enforce_live_limit();
         Ok(())
     }
-}
 
-impl ShardActor {
     /// Starts waiting assets, first come first served, while there is room, each with its
     /// messages in order.
     async fn admit_waiting(
