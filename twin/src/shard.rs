@@ -148,6 +148,8 @@ pub struct ShardState {
     /// arrival order, each with its messages in order.
     waiting: FxHashMap<String, Vec<AssetMsg>>,
     admission: VecDeque<String>,
+    /// Actors started during the current message, not yet in the directory.
+    unpublished: Vec<String>,
     /// The most actors in memory at once (live plus stopping).
     peak: usize,
     /// How many times an asset had to wait for room.
@@ -156,13 +158,32 @@ pub struct ShardState {
 }
 
 impl ShardState {
+    /// Makes an actor live. It joins the shared directory only at the end of the shard's
+    /// message ([`ShardState::publish_started`]), once the messages held for it have been
+    /// delivered: a command sent straight to it cannot overtake them.
     fn set_live(&mut self, asset_id: &str, live: Live) {
+        if self.args.directory.is_some() {
+            self.unpublished.push(asset_id.to_owned());
+        }
+        self.live.insert(asset_id.to_owned(), live);
+    }
+
+    /// Publishes the actors started while handling one message that are still live, under
+    /// one write lock.
+    fn publish_started(&mut self) {
+        if self.unpublished.is_empty() {
+            return;
+        }
         if let Some(directory) = &self.args.directory
             && let Ok(mut directory) = directory.write()
         {
-            directory.insert(asset_id.to_owned(), live.actor.clone());
+            for asset_id in self.unpublished.drain(..) {
+                if let Some(live) = self.live.get(&asset_id) {
+                    directory.insert(asset_id, live.actor.clone());
+                }
+            }
         }
-        self.live.insert(asset_id.to_owned(), live);
+        self.unpublished.clear();
     }
 
     /// Forgets a live actor (its inbox comes back untouched).
@@ -420,6 +441,7 @@ impl Actor for ShardActor {
             stopping: FxHashMap::default(),
             waiting: FxHashMap::default(),
             admission: VecDeque::new(),
+            unpublished: Vec::new(),
             peak: 0,
             waited: 0,
             restarts: VecDeque::new(),
@@ -494,6 +516,7 @@ impl Actor for ShardActor {
                 });
             }
         }
+        state.publish_started();
         Ok(())
     }
 
@@ -549,6 +572,7 @@ impl Actor for ShardActor {
             }
             _ => {}
         }
+        state.publish_started();
         Ok(())
     }
 }
