@@ -311,6 +311,42 @@ async fn under_thrash_actors_in_memory_stay_within_the_limit_and_nothing_is_lost
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assets_reporting_in_rounds_just_over_the_limit_mostly_find_their_actor() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AssetConfig { idle_timeout: Duration::from_secs(3600), ..AssetConfig::default() };
+    let mut twin = start_limited(dir.path(), config, 64).await;
+    // 72 assets (an eighth over the limit) reporting in turn, round after round, as a city's
+    // periodic sensors do. Passivating the least recently active would passivate exactly the
+    // asset due next: every reading after the first round would wake an actor.
+    let assets: Vec<String> = (0..72).map(|i| format!("s{i:02}")).collect();
+    for asset in &assets {
+        bring_up(&twin, asset, None).await;
+    }
+    let (rounds, mut readings, mut starts) = (6u32, 0u32, 0u32);
+    for round in 1..=rounds {
+        for (i, asset) in assets.iter().enumerate() {
+            let time = Timestamp::from_secs(T0 + 60 * i64::from(round));
+            twin.observe(reading(asset, round, "pm25", f64::from(round) + i as f64, time)).await.unwrap();
+        }
+        // A start is announced before the actor gets its message, so before the answer.
+        let started = std::iter::from_fn(|| twin.events.try_recv().ok())
+            .filter(|event| matches!(event, ShardEvent::Started(_)))
+            .count();
+        if round > 2 {
+            readings += u32::try_from(assets.len()).unwrap();
+            starts += u32::try_from(started).unwrap();
+        }
+    }
+    assert!(starts * 10 < readings * 7, "{starts} of {readings} readings in rounds 3 to {rounds} woke an actor");
+    let occupancy = twin.occupancy().await;
+    assert!(occupancy.peak <= 64, "{occupancy:?}");
+    for asset in &assets {
+        assert_eq!(stored_once(&twin, asset).await.metrics["pm25"].count, u64::from(rounds), "{asset}");
+    }
+    twin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_of_one_serves_assets_in_turn_without_losing_anything() {
     let dir = tempfile::tempdir().unwrap();
     let config = AssetConfig { idle_timeout: Duration::from_secs(3600), ..AssetConfig::default() };
