@@ -57,7 +57,8 @@ pub(crate) struct RunArgs {
     /// Log durability: `always`, `interval` (5 ms group commit) or `never`.
     #[arg(long, default_value = "interval", value_parser = Durability::parse)]
     durability: Durability,
-    /// Most live asset actors (0: no limit); beyond it the least recently active passivate.
+    /// Most live asset actors (0: no limit); beyond it some of the least recently active
+    /// passivate (by a fixed rank per asset, so the same ones stay live).
     /// A scenario whose assets all report within a few seconds of wall time (a big city run
     /// as fast as possible) rehydrates an actor for nearly every reading once it has more
     /// assets than this: raise it if memory allows (about 13 KB per live asset).

@@ -131,7 +131,8 @@ pub(crate) struct TwinSection {
     pub(crate) rules: Vec<PathBuf>,
     /// Events of one snapshot interval per asset.
     pub(crate) snapshot_every: Option<u64>,
-    /// Most live asset actors; beyond it the least recently active passivate (0: no limit).
+    /// Most live asset actors; beyond it some of the least recently active
+    /// passivate, by a fixed rank per asset (0: no limit).
     pub(crate) max_live_assets: Option<usize>,
     /// When an ingested event counts as stored (`Durability::parse`): `always` (fsynced
     /// before the answer, the default), `interval` / `interval:<duration>` or `never`.

@@ -257,7 +257,7 @@ impl ShardState {
 
     /// Whether a new actor must wait for room: `max_live` actors are live or stopping.
     /// Checked after enforcing the limit; when nothing is stopping yet (a limit under eight
-    /// keeps no room for stopping actors), it passivates the least recently active now. So
+    /// keeps no room for stopping actors), it passivates some now (see [`ShardState::make_room`]). So
     /// whenever it answers yes an actor is stopping, and its end lets a waiting asset in.
     fn must_wait(&mut self) -> bool {
         let limit = self.args.max_live;
@@ -275,8 +275,8 @@ impl ShardState {
     }
 
     /// Over `max_live` less an eighth (the room that actors asked to stop take while they
-    /// finish), passivates the least recently active actors: the excess plus a sixteenth of
-    /// the limit, so one scan of the live set pays for many spawns.
+    /// finish), passivates the excess plus a sixteenth of the limit (chosen by
+    /// [`ShardState::make_room`]), so one scan of the live set pays for many spawns.
     fn enforce_live_limit(&mut self) {
         let limit = self.args.max_live;
         let target = limit - limit / 8;
@@ -296,7 +296,9 @@ impl ShardState {
     /// next, so many of their readings find their actor (in a simulation of the rule with
     /// readings in rounds: two thirds of them with 10 % more assets than the limit, one in six
     /// with four times as many; none in plain order), while the most recently active quarter
-    /// is never chosen, so a burst still finds its actor.
+    /// is not chosen, so a burst still finds its actor (with four or more live; the clocks
+    /// count whole milliseconds, so among actors touched in the same one the split is
+    /// arbitrary).
     fn make_room(&mut self, count: usize) {
         let count = count.min(self.live.len());
         if count == 0 {
@@ -368,7 +370,8 @@ impl ShardActor {
             return Ok(());
         }
         let actor = self.actor_for(myself, &asset_id, state).await?;
-        // Active from now: the live-actor limit below must not pick the asset it just fed.
+        // Active from now: the live-actor limit below should not pick the asset it just fed
+        // (it would take its message first all the same).
         if let Some(live) = state.live.get(&asset_id) {
             live.activity.touch();
         }
@@ -407,7 +410,8 @@ impl ShardActor {
             self.actor_for(myself, asset_id, state).await?;
         }
         let live = state.live.get(asset_id).expect("actor_for made it live");
-        // Active from now: the live-actor limit below must not pick the asset it just fed.
+        // Active from now: the live-actor limit below should not pick the asset it just fed
+        // (it would drain its inbox first all the same).
         live.activity.touch();
         if live.inbox.push(commands, part)
             && let Err(ractor::MessagingErr::SendErr(_)) = live.actor.cast(AssetMsg::Drain)
