@@ -61,7 +61,8 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     idle_ms: Option<u64>,
     /// Most live asset actors (0: no limit); beyond it some of the least recently active
-    /// passivate at once (by a fixed rank per asset, so the same ones stay live). Bounds the memory of a burst (creating a million assets) whatever `--idle-ms`.
+    /// passivate at once (by a fixed rank per asset, so the same ones stay live). Bounds the
+    /// memory of a burst (creating a million assets) whatever `--idle-ms`.
     #[arg(long, default_value_t = citytwin_twin::city::DEFAULT_MAX_LIVE_ASSETS, value_name = "N")]
     max_live: usize,
     /// After the run, restart the twin and rebuild every asset from the log and snapshots,

@@ -392,7 +392,7 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
     if actors.waited > 0 {
         println!(
             "live-actor limit: assets waited {} times for room among {} actors in memory (more were active at once \
-             than --max-live allows, so most readings woke a passivated asset); a larger --max-live runs faster \
+             than --max-live allows, so many readings woke a passivated asset); a larger --max-live runs faster \
              if memory allows (about 15 KB per live asset)",
             actors.waited, args.max_live
         );

@@ -2,13 +2,13 @@
 //!
 //! It spawns an asset actor on the first message for the asset (rehydrating it from the
 //! log), forwards commands without waiting for them, sweeps its live actors' activity clocks
-//! (one timer per shard, no message per actor), passivates idle actors with a handshake (messages that arrive while an actor stops are held and delivered to its
-//! successor, so one asset never has two writers), passivates some of the least recently
-//! active ones (the lowest ranked) at once when nearly `max_live` are live (and holds the first messages of an asset with no
-//! actor while `max_live` are live or stopping: see [`ShardArgs::max_live`]), and restarts
-//! actors that fail, up to
-//! `max_restarts` within `restart_window`; beyond that it fails itself (escalation to the
-//! city supervisor).
+//! (one timer per shard, no message per actor), passivates idle actors with a handshake
+//! (messages that arrive while an actor stops are held and delivered to its successor, so
+//! one asset never has two writers), passivates some of the least recently active ones (the
+//! lowest ranked) at once when nearly `max_live` are live (and holds the first messages of
+//! an asset with no actor while `max_live` are live or stopping: see
+//! [`ShardArgs::max_live`]), and restarts actors that fail, up to `max_restarts` within
+//! `restart_window`; beyond that it fails itself (escalation to the city supervisor).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -81,10 +81,10 @@ pub struct ShardArgs {
     /// An actor asked to passivate stays in memory until it has drained, snapshotted and
     /// stopped, so the shard keeps an eighth of the limit for those: beyond `max_live` less
     /// an eighth live, some of the least recently active passivate at once (see
-    /// `ShardState::make_room` for which); with `max_live` live or
-    /// stopping, an asset with no actor waits (its messages held in order) until one has
-    /// stopped. Under thrash (more active assets than the limit) memory then follows the
-    /// limit, not the number of commands in flight.
+    /// `ShardState::make_room` for which); with `max_live` live or stopping, an asset with no
+    /// actor waits (its messages held in order) until one has stopped. Under thrash (more
+    /// active assets than the limit) memory then follows the limit, not the number of
+    /// commands in flight.
     pub max_live: usize,
 }
 
@@ -257,8 +257,9 @@ impl ShardState {
 
     /// Whether a new actor must wait for room: `max_live` actors are live or stopping.
     /// Checked after enforcing the limit; when nothing is stopping yet (a limit under eight
-    /// keeps no room for stopping actors), it passivates some now (see [`ShardState::make_room`]). So
-    /// whenever it answers yes an actor is stopping, and its end lets a waiting asset in.
+    /// keeps no room for stopping actors), it passivates some now (see
+    /// [`ShardState::make_room`]). So whenever it answers yes an actor is stopping, and its
+    /// end lets a waiting asset in.
     fn must_wait(&mut self) -> bool {
         let limit = self.args.max_live;
         if limit == 0 {

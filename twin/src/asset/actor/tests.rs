@@ -51,6 +51,12 @@ async fn start(dir: &std::path::Path, asset: AssetConfig) -> Twin {
     start_limited(dir, asset, 0).await
 }
 
+/// A shard where only the live-actor limit passivates (the idle timeout never fires here).
+async fn start_limit_only(dir: &std::path::Path, max_live: usize) -> Twin {
+    let config = AssetConfig { idle_timeout: Duration::from_secs(3600), ..AssetConfig::default() };
+    start_limited(dir, config, max_live).await
+}
+
 /// A shard with at most `max_live` live asset actors (0: no limit).
 async fn start_limited(dir: &std::path::Path, asset: AssetConfig, max_live: usize) -> Twin {
     let log = EventLog::open(dir, LogConfig { durability: Durability::Always, ..LogConfig::default() }).unwrap();
@@ -251,9 +257,7 @@ async fn idle_assets_passivate_and_rehydrate_on_the_next_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_live_limit_actors_passivate_at_once_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    // The idle timeout never fires here: only the limit passivates.
-    let config = AssetConfig { idle_timeout: Duration::from_secs(3600), ..AssetConfig::default() };
-    let mut twin = start_limited(dir.path(), config, 16).await;
+    let mut twin = start_limit_only(dir.path(), 16).await;
     for i in 0..120 {
         let asset = format!("s{i:03}");
         bring_up(&twin, &asset, None).await;
@@ -287,8 +291,7 @@ async fn beyond_the_live_limit_actors_passivate_at_once_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_thrash_actors_in_memory_stay_within_the_limit_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let config = AssetConfig { idle_timeout: Duration::from_secs(3600), ..AssetConfig::default() };
-    let twin = start_limited(dir.path(), config, 16).await;
+    let twin = start_limit_only(dir.path(), 16).await;
     // 200 assets at once, each created, commissioned and read twice in order: far more
     // first messages in flight than the limit, so the shard must hold some while the actors
     // it passivated are still stopping.
@@ -329,8 +332,7 @@ async fn under_thrash_actors_in_memory_stay_within_the_limit_and_nothing_is_lost
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assets_reporting_in_rounds_just_over_the_limit_mostly_find_their_actor() {
     let dir = tempfile::tempdir().unwrap();
-    let config = AssetConfig { idle_timeout: Duration::from_secs(3600), ..AssetConfig::default() };
-    let mut twin = start_limited(dir.path(), config, 64).await;
+    let mut twin = start_limit_only(dir.path(), 64).await;
     // 72 assets (an eighth over the limit) reporting in turn, round after round, as a city's
     // periodic sensors do. Passivating the least recently active would passivate exactly the
     // asset due next: every reading after the first round would wake an actor.
@@ -366,8 +368,7 @@ async fn assets_reporting_in_rounds_just_over_the_limit_mostly_find_their_actor(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_of_one_serves_assets_in_turn_without_losing_anything() {
     let dir = tempfile::tempdir().unwrap();
-    let config = AssetConfig { idle_timeout: Duration::from_secs(3600), ..AssetConfig::default() };
-    let twin = start_limited(dir.path(), config, 1).await;
+    let twin = start_limit_only(dir.path(), 1).await;
     for asset in ["a", "b", "c"] {
         bring_up(&twin, asset, None).await;
     }
