@@ -151,11 +151,13 @@ fn run_gives_the_same_stream_and_report_whatever_the_thread_count() {
     let (one, three, paced) = (dir.path().join("one"), dir.path().join("three"), dir.path().join("paced"));
     let log = dir.path().join("log");
     let mut digests = Vec::new();
-    // The third run is paced (--realtime: 5 simulated hours in about half a second, delivered
-    // minute by minute): different batches, the same stream and report.
-    for (out, threads, batch) in [(&one, "1", "20000"), (&three, "3", "777"), (&paced, "2", "realtime")] {
+    // The first run takes the default batches (cut by their 5 simulated minutes here), the
+    // second tiny ones; the third is paced (--realtime: 5 simulated hours in about half a
+    // second, delivered minute by minute): different batches, the same stream and report.
+    for (out, threads, batch) in [(&one, "1", "default"), (&three, "3", "777"), (&paced, "2", "realtime")] {
         let mut args = vec!["run", "tests/fixtures/tiny-city.toml", "--quiet", "--threads", threads];
         match batch {
+            "default" => {}
             "realtime" => args.extend(["--realtime", "36000"]),
             size => args.extend(["--batch", size]),
         }
