@@ -104,10 +104,11 @@ impl Host {
         }
     }
 
-    async fn ingest(&self, batch: Vec<Event>) -> Vec<Result<usize, citytwin_twin::city::IngestError>> {
+    /// Ingests the events of `batch`, leaving it empty (its buffer can be reused).
+    async fn ingest(&self, batch: &mut Vec<Event>) -> Vec<Result<usize, citytwin_twin::city::IngestError>> {
         match self {
-            Host::Embedded(twin) => twin.ingest_batch(batch).await,
-            Host::Served(running) => running.gateway().ingest_local(batch).await,
+            Host::Embedded(twin) => twin.ingest_batch(batch.drain(..)).await,
+            Host::Served(running) => running.gateway().ingest_local(std::mem::take(batch)).await,
         }
     }
 
@@ -309,6 +310,10 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
     // most two batches exist at once: the one the twin is ingesting and the next (big batches
     // are what lets an asset take several readings per wake-up, see `--batch`).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<Event>, Timestamp)>(1);
+    // Emptied batches go back to the generator, which fills them again: a batch of 500k
+    // events is a few hundred MB, which fresh from the allocator are fresh pages the kernel
+    // zeroes every time.
+    let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel::<Vec<Event>>(2);
     let plan_scenario = Arc::clone(&scenario);
     let batch_size = batch_size(args.batch, scenario.asset_count(), args.max_live);
     let (threads, realtime) = (args.threads, args.realtime);
@@ -324,6 +329,8 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
         let mut report = ReportBuilder::new(&plan_scenario, minutes);
         let mut samples = Vec::new();
         let mut batch: Vec<Event> = Vec::new();
+        // The size of the last full batch, to size the next.
+        let mut hint = 0;
         let mut batch_start: Option<i64> = None;
         let start = plan_scenario.start.as_nanos();
         let wall = Instant::now();
@@ -344,13 +351,15 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
                 report.observe(&event);
                 let span_full = batch_start.is_some_and(|t| sample.time - t >= BATCH_SPAN.as_nanos() as i64);
                 if batch.len() >= batch_size || span_full {
-                    let hint = batch.len();
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(hint));
-                    slot.take()?.send((full, Timestamp::from_nanos(sample.time)));
+                    hint = batch.len();
+                    slot.take()?.send((std::mem::take(&mut batch), Timestamp::from_nanos(sample.time)));
                     batch_start = None;
                 }
                 if batch.is_empty() {
+                    // Once the slot is free, the batch before the one in it is back.
                     slot = Some(reserve()?);
+                    batch = spare_rx.try_recv().unwrap_or_default();
+                    batch.reserve(hint);
                 }
                 batch_start.get_or_insert(sample.time);
                 batch.push(event);
@@ -369,9 +378,11 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
 
     let mut ingested = 0u64;
     let mut refused = 0u64;
-    while let Some((batch, reached)) = rx.recv().await {
+    while let Some((mut batch, reached)) = rx.recv().await {
         let n = batch.len() as u64;
-        refused += host.ingest(batch).await.iter().filter(|r| r.is_err()).count() as u64;
+        refused += host.ingest(&mut batch).await.iter().filter(|r| r.is_err()).count() as u64;
+        // Full of spares (the generator has stopped, or keeps one), it is dropped.
+        let _ = spare_tx.try_send(batch);
         ingested += n;
         let sim_s = (reached.as_nanos() - scenario.start.as_nanos()).max(0) as u64 / 1_000_000_000;
         bar.set_position(sim_s.min(total_s));

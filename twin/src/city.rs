@@ -303,11 +303,17 @@ impl Twin {
     /// the gateways. Returns one result per event, in order: how many events it appended (the
     /// event itself plus derived ones, such as `asset.online`); invalid and refused events are
     /// dead-lettered. Batches wait for capacity (backpressure) rather than shed. Nothing is
-    /// copied on the way: the events move into the log and onto the bus.
+    /// copied on the way: the events move into the log and onto the bus. `events` is a `Vec`,
+    /// or a `Vec`'s `drain(..)` for a caller that reuses its buffer.
     ///
     /// # Errors
     /// Per event, see [`IngestError`].
-    pub async fn ingest_batch(&self, events: Vec<Event>) -> Vec<Result<usize, IngestError>> {
+    pub async fn ingest_batch<I>(&self, events: I) -> Vec<Result<usize, IngestError>>
+    where
+        I: IntoIterator<Item = Event>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let events = events.into_iter();
         let total = events.len();
         let mut results: Vec<Option<Result<usize, IngestError>>> = (0..total).map(|_| None).collect();
         let permits = u32::try_from(total.min(self.in_flight.available_permits().max(1))).unwrap_or(u32::MAX);
@@ -325,7 +331,7 @@ impl Twin {
         // The batch's dead letters, appended together (a flood of bad input costs one append
         // per call, not one per event).
         let mut dead_letters: Vec<Event> = Vec::new();
-        for (index, event) in events.into_iter().enumerate() {
+        for (index, event) in events.enumerate() {
             if let Err(error) = event.validate() {
                 IngestStats::add(&self.stats.invalid);
                 let message = error.to_string();
