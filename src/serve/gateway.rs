@@ -237,10 +237,10 @@ impl Gateway {
     /// Ingests from a trusted producer in this process (the scenario simulator under
     /// `citytwin run --serve`): straight into the twin, no token or rate limit, noting the
     /// owner of each asset created with an organization so that organizations see only
-    /// their own assets.
+    /// their own assets. Leaves `events` empty, its buffer kept for the caller to refill.
     pub(crate) async fn ingest_local(
         &self,
-        events: Vec<Event>,
+        events: &mut Vec<Event>,
     ) -> Vec<Result<usize, citytwin_twin::city::IngestError>> {
         let created: Vec<(usize, String, Arc<str>)> = events
             .iter()
@@ -248,7 +248,7 @@ impl Gateway {
             .filter(|(_, e)| e.kind() == Some(EventKind::AssetCreated))
             .filter_map(|(i, e)| Some((i, e.asset_id()?.to_owned(), Arc::from(e.ext.organization.as_deref()?))))
             .collect();
-        let results = self.twin.ingest_batch(events).await;
+        let results = self.twin.ingest_batch(events.drain(..)).await;
         if !created.is_empty()
             && let Ok(mut owners) = self.owners.write()
         {

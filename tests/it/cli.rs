@@ -146,7 +146,7 @@ fn report_of(dir: &std::path::Path) -> String {
 }
 
 #[test]
-fn run_gives_the_same_stream_and_report_whatever_the_thread_count() {
+fn run_gives_the_same_stream_and_report_whatever_the_thread_count_or_batch_size() {
     let dir = tempfile::tempdir().unwrap();
     let (one, three, paced) = (dir.path().join("one"), dir.path().join("three"), dir.path().join("paced"));
     let log = dir.path().join("log");

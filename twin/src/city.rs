@@ -308,6 +308,13 @@ impl Twin {
     ///
     /// # Errors
     /// Per event, see [`IngestError`].
+    ///
+    /// # Panics
+    /// When `events` yields another number of events than its `len()` said.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropped before it returns, part of the batch may be ingested
+    /// without the caller learning which, and the events not yet taken are dropped.
     pub async fn ingest_batch<I>(&self, events: I) -> Vec<Result<usize, IngestError>>
     where
         I: IntoIterator<Item = Event>,
