@@ -63,7 +63,8 @@ pub struct TwinConfig {
     /// Most asset actors in memory in the twin, live or stopping (0: no limit), split evenly
     /// over the shards (at least one per shard). Near it some of the least recently active
     /// passivate whatever their idle time (the lowest ranked: see the shard's `make_room`),
-    /// and at it a waking asset waits for one to stop (see [`ShardArgs::max_live`]). About 11–15 KB each live, under 1 KB passivated.
+    /// and at it a waking asset waits for one to stop (see [`ShardArgs::max_live`]). About
+    /// 11–15 KB each live, under 1 KB passivated.
     pub max_live_assets: usize,
 }
 
