@@ -1,6 +1,7 @@
 //! The `citytwin` command: thin glue that parses arguments, installs tracing and calls the
 //! library crates. Logic lives in the libraries.
 
+mod allocator;
 mod bench;
 mod dlq;
 mod events;
@@ -15,11 +16,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-
-/// The twin allocates and frees many small objects from many threads (events, messages,
-/// replies); glibc malloc spent a third of the ingest path in arena locks and consolidation.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// citytwin: an event-driven, actor-model digital twin for smart cities.
 ///
@@ -105,6 +101,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::tune();
     tracing_subscriber::fmt()
         // ractor opens an INFO span per actor: at a million assets that is a span allocated per
         // actor start and entered on every message, for nothing a log shows by default.
