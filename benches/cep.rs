@@ -46,8 +46,8 @@ fn metric_events(
                 format!("e{i}"),
                 "/bench",
                 MetricRecorded {
-                    asset_id: assets[key].clone(),
-                    metric_type: metric(i).to_owned(),
+                    asset_id: assets[key].as_str().into(),
+                    metric_type: metric(i).into(),
                     value,
                     unit: Unit::from("1"),
                     location: locations.map(|l| l[key]),

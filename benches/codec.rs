@@ -20,8 +20,8 @@ fn typical_events() -> Vec<Event> {
                 format!("a1b2c3d4-e5f6-7890-abcd-{i:012}"),
                 format!("/sensors/air_quality/{asset_id}"),
                 MetricRecorded {
-                    asset_id: asset_id.clone(),
-                    metric_type: "pm25".to_owned(),
+                    asset_id: asset_id.as_str().into(),
+                    metric_type: "pm25".into(),
                     value: 35.5 + i as f64 * 0.01,
                     unit: Unit::from("μg/m³"),
                     location: Some(Location::new(40.7128 + i as f64 * 1e-5, -74.006)),

@@ -19,8 +19,8 @@ fn event(i: u64) -> Event {
         format!("evt-{i:016}"),
         format!("/sensors/air_quality/{asset_id}"),
         MetricRecorded {
-            asset_id: asset_id.clone(),
-            metric_type: "pm25".to_owned(),
+            asset_id: asset_id.as_str().into(),
+            metric_type: "pm25".into(),
             value: (i % 500) as f64 * 0.1,
             unit: Unit::from("ug/m3"),
             location: Some(Location::new(40.7 + (i % 100) as f64 * 1e-3, -74.0)),

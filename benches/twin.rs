@@ -20,7 +20,7 @@ fn reading(asset: &str, n: u64) -> Event {
         format!("{asset}-r{n}"),
         "/bench",
         MetricRecorded {
-            asset_id: asset.to_owned(),
+            asset_id: asset.into(),
             metric_type: "pm25".into(),
             value: (n % 90) as f64,
             unit: Unit::from("ug/m3"),

@@ -236,7 +236,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             format!("r{n}"),
             "/bench",
             MetricRecorded {
-                asset_id: id,
+                asset_id: id.into(),
                 metric_type: metrics[(n % 3) as usize].into(),
                 value: f64::from(n % 97),
                 unit: Unit::from("1"),

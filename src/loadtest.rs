@@ -396,7 +396,7 @@ async fn drive(args: &LoadtestArgs, target: Target, scenario: scenario::Scenario
                 }
                 let mut event = plan.event(sample);
                 if let Some(org) = &organization {
-                    event.ext.organization = Some(org.clone());
+                    event.ext.organization = Some(org.as_str().into());
                 }
                 out.push(event);
                 made += 1;

@@ -40,7 +40,7 @@ fn unit() -> impl Strategy<Value = Unit> {
         Just(Unit::from("μg/m³")),
         Just(Unit::from("km/h")),
         Just(Unit::from("{vehicles}")),
-        text().prop_map(Unit)
+        text().prop_map(Unit::new)
     ]
 }
 
@@ -103,8 +103,8 @@ pub fn payload() -> impl Strategy<Value = Payload> {
             .prop_map(|(asset_id, reason, phase, until)| AssetMaintenance { asset_id, reason, phase, until }.into()),
         (asset(), ident(), finite(), unit(), proptest::option::of(location())).prop_map(
             |(asset_id, metric_type, value, unit, location)| MetricRecorded {
-                asset_id,
-                metric_type,
+                asset_id: asset_id.into(),
+                metric_type: metric_type.into(),
                 value,
                 unit,
                 location
@@ -326,14 +326,22 @@ pub fn event() -> impl Strategy<Value = Event> {
             (id, source, time, subject, dataschema),
             (correlationid, causationid, organization, region, sequence, provenance, other),
         )| {
-            event.id = id;
-            event.source = source;
+            event.id = id.into();
+            event.source = source.into();
             event.time = time;
             event.subject = subject;
             event.dataschema = dataschema;
             let h3cell = event.ext.h3cell;
-            event.ext =
-                Extensions { correlationid, causationid, organization, region, h3cell, sequence, provenance, other };
+            event.ext = Extensions {
+                correlationid,
+                causationid,
+                organization: organization.map(Into::into),
+                region,
+                h3cell,
+                sequence,
+                provenance,
+                other,
+            };
             event
         },
     )

@@ -35,8 +35,8 @@ pub fn event_to_proto(event: &Event) -> CloudEvent {
     let textual = message.body_is_text();
     let BinaryEvent { attributes, content_type, body } = message;
     let mut out = CloudEvent {
-        id: event.id.clone(),
-        source: event.source.clone(),
+        id: event.id.to_string(),
+        source: event.source.to_string(),
         spec_version: SPEC_VERSION.to_owned(),
         r#type: event.ty.as_str().to_owned(),
         attributes: Default::default(),

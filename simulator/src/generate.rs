@@ -9,9 +9,9 @@
 use std::sync::Arc;
 
 use citytwin_core::event::{
-    AssetCommissioned, AssetCreated, AssetOffline, AssetOnline, BatteryLow, DashboardViewed, Event, Location,
-    MetricQualityCheckFailed, MetricRecorded, Provenance, QualityCheck, Timestamp, TrafficIncidentReported, Unit,
-    UserAlertAcknowledged, UtilityOutageDetected, WeatherForecastUpdated,
+    AssetCommissioned, AssetCreated, AssetOffline, AssetOnline, BatteryLow, DashboardViewed, EcoString, Event,
+    Location, MetricQualityCheckFailed, MetricRecorded, Provenance, QualityCheck, Timestamp, TrafficIncidentReported,
+    Unit, UserAlertAcknowledged, UtilityOutageDetected, WeatherForecastUpdated, eco_format,
 };
 use h3o::CellIndex;
 use rand_distr::{Distribution as _, LogNormal, Normal, Poisson};
@@ -141,7 +141,7 @@ pub struct Plan {
     /// City events, sorted by time.
     pub city_events: Vec<Event>,
     /// Ground truth: asset-minutes offline (faults and power loss), per asset type.
-    pub source: String,
+    pub source: EcoString,
 }
 
 impl Plan {
@@ -178,7 +178,7 @@ impl Plan {
             }
         }
         let source =
-            format!("/simulator/{}", scenario.name.to_lowercase().replace(|c: char| !c.is_alphanumeric(), "-"));
+            eco_format!("/simulator/{}", scenario.name.to_lowercase().replace(|c: char| !c.is_alphanumeric(), "-"));
         let mut city_events = Vec::new();
         // Interventions: modifiers on the assets they touch, added assets, outage events.
         for (n, intervention) in scenario.interventions.iter().enumerate() {
@@ -438,16 +438,17 @@ impl Plan {
         }
         let asset = &self.assets[sample.asset as usize];
         let population = &self.scenario.populations[usize::from(asset.population)];
-        let id = format!("{}-{}", asset.id, sample.seq);
+        let id = eco_format!("{}-{}", asset.id, sample.seq);
         let time = Timestamp::from_nanos(sample.time);
-        let asset_id = asset.id.clone();
+        let asset_id = asset.id.as_str();
+        let source = self.source.clone();
         let location = asset.location_at(sample.time);
         let mut event = match sample.what {
             What::Created => Event::new(
                 id,
-                self.source.as_str(),
+                source,
                 AssetCreated {
-                    asset_id,
+                    asset_id: asset_id.to_owned(),
                     asset_type: population.asset_type.clone(),
                     name: None,
                     location: Some(location),
@@ -457,17 +458,21 @@ impl Plan {
             ),
             What::Commissioned => Event::new(
                 id,
-                self.source.as_str(),
-                AssetCommissioned { asset_id, commissioned_by: Some("simulator".into()), firmware_version: None },
+                source,
+                AssetCommissioned {
+                    asset_id: asset_id.to_owned(),
+                    commissioned_by: Some("simulator".into()),
+                    firmware_version: None,
+                },
             ),
             What::Reading { metric, value } => {
                 let metric = &population.metrics[usize::from(metric)];
                 Event::new(
                     id,
-                    self.source.as_str(),
+                    source,
                     MetricRecorded {
-                        asset_id,
-                        metric_type: metric.name.clone(),
+                        asset_id: asset_id.into(),
+                        metric_type: metric.name.as_str().into(),
                         value,
                         unit: metric.unit.clone(),
                         location: Some(location),
@@ -476,9 +481,9 @@ impl Plan {
             }
             What::Battery(pct) => Event::new(
                 id,
-                self.source.as_str(),
+                source,
                 MetricRecorded {
-                    asset_id,
+                    asset_id: asset_id.into(),
                     metric_type: "battery".into(),
                     value: pct,
                     unit: Unit::from("%"),
@@ -487,15 +492,21 @@ impl Plan {
             ),
             What::BatteryLow(pct) => Event::new(
                 id,
-                self.source.as_str(),
-                BatteryLow { asset_id, battery_pct: pct, threshold_pct: Some(DEVICE_BATTERY_LOW_PCT) },
+                source,
+                BatteryLow {
+                    asset_id: asset_id.to_owned(),
+                    battery_pct: pct,
+                    threshold_pct: Some(DEVICE_BATTERY_LOW_PCT),
+                },
             ),
             What::Offline => Event::new(
                 id,
-                self.source.as_str(),
-                AssetOffline { asset_id, reason: Some("power_loss".into()), last_seen: None },
+                source,
+                AssetOffline { asset_id: asset_id.to_owned(), reason: Some("power_loss".into()), last_seen: None },
             ),
-            What::Online => Event::new(id, self.source.as_str(), AssetOnline { asset_id, location: Some(location) }),
+            What::Online => {
+                Event::new(id, source, AssetOnline { asset_id: asset_id.to_owned(), location: Some(location) })
+            }
             What::QualityFailed { metric, check, value } => {
                 let metric = &population.metrics[usize::from(metric)];
                 let reason = match check {
@@ -504,9 +515,9 @@ impl Plan {
                 };
                 Event::new(
                     id,
-                    self.source.as_str(),
+                    source,
                     MetricQualityCheckFailed {
-                        asset_id,
+                        asset_id: asset_id.to_owned(),
                         metric_type: metric.name.clone(),
                         value: Some(value),
                         check,
@@ -519,7 +530,7 @@ impl Plan {
         event.time = Some(time);
         event.ext.h3cell = if asset.route.is_some() { location.cell(self.scenario.resolution) } else { asset.cell };
         event.ext.provenance = Some(Provenance::Simulated);
-        event.ext.organization.clone_from(&population.organization);
+        event.ext.organization = population.organization.as_deref().map(Into::into);
         event
     }
 }

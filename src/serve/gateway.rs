@@ -347,11 +347,11 @@ impl Gateway {
                 self.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
                 // Filed under the sender, not under the organization the event claims.
                 let mut entry = dead_letter_entry(&event, &DeadLetterReason::Unauthorized(message.clone()));
-                entry.ext.organization = Some(who.org.to_string());
+                entry.ext.organization = Some(who.org.as_ref().into());
                 entries.push(entry);
                 outcome.refusals.push(Refusal {
                     index,
-                    event_id: Some(event.id.clone()),
+                    event_id: Some(event.id.to_string()),
                     reason: RefusalKind::Unauthorized,
                     message,
                     violations: Vec::new(),
@@ -377,7 +377,7 @@ impl Gateway {
                     outcome.accepted += 1;
                     accepted_indices.push(index);
                 }
-                Err(error) => outcome.refusals.push(refusal(index, id, &error)),
+                Err(error) => outcome.refusals.push(refusal(index, id.to_string(), &error)),
             }
         }
         if !creations.is_empty()
@@ -402,7 +402,7 @@ impl Gateway {
                 return Err(format!("the event names organization {org:?}; the token is for {:?}", &*who.org));
             }
             Some(_) => {}
-            None => event.ext.organization = Some(who.org.to_string()),
+            None => event.ext.organization = Some(who.org.as_ref().into()),
         }
         if let Some(asset) = event.asset_id()
             && let Some(owner) = self.owner(asset)
@@ -668,9 +668,9 @@ impl Gateway {
             }
             if let Some(Payload::MetricRecorded(m)) = event.payload()
                 && (metric.is_empty() || m.metric_type == *metric)
-                && seen.values.get(&m.metric_type).is_none_or(|(t, _)| *t <= time)
+                && seen.values.get(m.metric_type.as_str()).is_none_or(|(t, _)| *t <= time)
             {
-                seen.values.insert(m.metric_type.clone(), (time, m.value));
+                seen.values.insert(m.metric_type.to_string(), (time, m.value));
             }
             if event.kind() != Some(EventKind::AssetOffline) {
                 seen.last = seen.last.max(Some(time));

@@ -187,7 +187,7 @@ fn asset_state(state: citytwin_twin::asset::logic::AssetState) -> v1::AssetState
     v1::AssetState {
         asset_id: state.asset_id,
         asset_type: state.asset_type,
-        organization: state.organization.unwrap_or_default(),
+        organization: state.organization.map(String::from).unwrap_or_default(),
         status: state.status.name().to_owned(),
         lat: state.location.map(|l| l.lat),
         lng: state.location.map(|l| l.lng),
@@ -678,7 +678,7 @@ impl v1::admin_server::Admin for Api {
         let dead_letters = letters
             .into_iter()
             .map(|l| v1::DeadLetter {
-                event_id: l.original.as_ref().map(|e| e.id.clone()).unwrap_or_default(),
+                event_id: l.original.as_ref().map(|e| e.id.to_string()).unwrap_or_default(),
                 reason: l.reason,
                 message: l.message,
                 status: format!("{:?}", l.status).to_lowercase(),

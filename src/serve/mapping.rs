@@ -159,7 +159,7 @@ impl Message<'_> {
             Format::Cloudevents => vec![match decode() {
                 Ok(event) => match (asset, event.asset_id()) {
                     (Some(expected), Some(found)) if expected != found => self.bad(
-                        Some(event.id.clone()),
+                        Some(event.id.to_string()),
                         format!("the address names asset {expected:?} but the event is about {found:?}"),
                     ),
                     _ => Input::Event(event),
@@ -199,8 +199,8 @@ impl Message<'_> {
                 continue;
             };
             let metric = MetricRecorded {
-                asset_id: asset.to_owned(),
-                metric_type: mapping.metric.clone(),
+                asset_id: asset.into(),
+                metric_type: mapping.metric.as_str().into(),
                 value: number * mapping.scale + mapping.offset,
                 unit: Unit::new(mapping.unit.as_str()),
                 location,
@@ -211,7 +211,7 @@ impl Message<'_> {
             out.push(match event.validate() {
                 Ok(()) => Input::Event(event),
                 Err(error) => {
-                    Input::Bad { id: Some(event.id.clone()), error: error.into(), raw: self.payload.to_vec() }
+                    Input::Bad { id: Some(event.id.to_string()), error: error.into(), raw: self.payload.to_vec() }
                 }
             });
         }

@@ -125,7 +125,7 @@ fn created_at(asset: &str, org: Option<&str>, (lat, lng): (f64, f64)) -> Event {
         },
     )
     .with_time(Timestamp::from_secs(T0));
-    event.ext.organization = org.map(str::to_owned);
+    event.ext.organization = org.map(Into::into);
     event
 }
 
@@ -248,7 +248,7 @@ async fn serve_ingests_queries_streams_and_keeps_organizations_apart() {
         ..Default::default()
     };
     let history = query.asset_history(authed(history, ACME)).await.unwrap().into_inner();
-    let ids: Vec<String> = history.events.iter().map(|e| event_from_proto(e).unwrap().id).collect();
+    let ids: Vec<String> = history.events.iter().map(|e| event_from_proto(e).unwrap().id.to_string()).collect();
     assert_eq!(ids, ["acme-1-r1", "acme-1-r2"]);
     let inventory = query.inventory(authed(v1::InventoryRequest {}, GLOBEX)).await.unwrap().into_inner();
     assert_eq!((inventory.total, inventory.by_type.get("air_quality_sensor")), (1, Some(&1)));
@@ -279,7 +279,7 @@ async fn serve_ingests_queries_streams_and_keeps_organizations_apart() {
         positions.push(delivery.position);
         let event = event_from_proto(delivery.event.as_ref().unwrap()).unwrap();
         assert_ne!(event.ext.organization.as_deref(), Some("globex"), "replay leaked {event:?}");
-        seen.push(event.id);
+        seen.push(event.id.to_string());
     }
     for id in ["acme-1-created", "acme-1-commissioned", "acme-1-r1", "acme-1-r2", "acme-1-r6", "acme-1-r7"] {
         assert_eq!(seen.iter().filter(|s| *s == id).count(), 1, "{id} in {seen:?}");
@@ -583,7 +583,7 @@ async fn ids_until(live: &mut tonic::Streaming<v1::Delivery>, marker: &str, serv
             .unwrap_or_else(|_| panic!("{marker} never arrived; ids {ids:?}; server log:\n{}", server.log()))
             .unwrap()
             .unwrap();
-        ids.push(event_from_proto(delivery.event.as_ref().unwrap()).unwrap().id);
+        ids.push(event_from_proto(delivery.event.as_ref().unwrap()).unwrap().id.to_string());
     }
     ids
 }
@@ -717,7 +717,7 @@ async fn amqp_gateway_acks_after_the_append_and_loses_nothing_while_the_twin_is_
             .unwrap_or_else(|_| panic!("queued AMQP events never arrived; seen {seen:?}; log:\n{}", server.log()))
             .unwrap()
             .unwrap();
-        *seen.entry(event_from_proto(delivery.event.as_ref().unwrap()).unwrap().id).or_default() += 1;
+        *seen.entry(event_from_proto(delivery.event.as_ref().unwrap()).unwrap().id.to_string()).or_default() += 1;
     }
     assert_eq!(
         pm25_count(&channel, ACME, "q1").await,

@@ -528,7 +528,8 @@ mod tests {
             evens.push(next.position);
         }
         assert_eq!(evens.len(), 50);
-        let by_position: std::collections::HashMap<u64, &String> = published.iter().map(|(p, id)| (*p, id)).collect();
+        let by_position: std::collections::HashMap<u64, &citytwin_core::event::EcoString> =
+            published.iter().map(|(p, id)| (*p, id)).collect();
         assert!(evens.iter().all(|p| by_position[p].trim_start_matches('e').parse::<u64>().unwrap() % 2 == 0));
     }
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use citytwin_core::event::{Event, Timestamp};
+use citytwin_core::event::{EcoString, Event, Timestamp};
 use citytwin_core::log::{EventLog, Expected, LogConfig};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -119,7 +119,7 @@ pub fn shard_of(asset_id: &str, shards: usize) -> usize {
 
 /// The commands of one batch for one shard, with their slots in the batch's collector.
 #[derive(Debug, Default)]
-struct ShardBatch(Vec<u32>, Vec<(String, AssetCommand)>);
+struct ShardBatch(Vec<u32>, Vec<(EcoString, AssetCommand)>);
 
 /// The log stream of events not about one asset (incidents, weather, outages).
 pub const CITY_STREAM: &str = "city";
@@ -347,7 +347,7 @@ impl Twin {
                 results[index] = Some(Err(IngestError::Invalid(message)));
                 continue;
             }
-            match event.asset_id().map(str::to_owned) {
+            match event.asset_id().map(EcoString::from) {
                 Some(asset_id) => {
                     let shard = shard_of(&asset_id, shard_count);
                     let slot = u32::try_from(slots.len()).expect("a batch of fewer than 2^32 events");

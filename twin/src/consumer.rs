@@ -119,8 +119,8 @@ impl DurableConsumer {
     pub fn ack(&mut self, position: u64) {
         if let Some((event, _, _)) = self.in_flight.remove(&position) {
             self.acked.insert(position);
-            if self.recent_set.insert(event.id.clone()) {
-                self.recent_ids.push_back(event.id);
+            if self.recent_set.insert(event.id.to_string()) {
+                self.recent_ids.push_back(event.id.to_string());
                 if self.recent_ids.len() > RECENT_IDS
                     && let Some(old) = self.recent_ids.pop_front()
                 {

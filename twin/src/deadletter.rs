@@ -62,7 +62,7 @@ pub fn dead_letter_entry(event: &Event, reason: &DeadLetterReason) -> Event {
     entry.time = event.time;
     entry.subject = event.asset_id().map(str::to_owned);
     entry.ext.organization.clone_from(&event.ext.organization);
-    entry.ext.causationid = Some(event.id.clone());
+    entry.ext.causationid = Some(event.id.to_string());
     entry.data = Some(Data::Json(data));
     entry
 }
@@ -85,7 +85,7 @@ pub fn raw_dead_letter_entry(
     };
     let data = json!({ "reason": kind, "message": message, "origin": origin, "raw": raw });
     let mut entry = Event::untyped(format!("dead-letter:{id}"), "/twin/dead-letters", DEAD_LETTER_TYPE);
-    entry.ext.organization = organization.map(str::to_owned);
+    entry.ext.organization = organization.map(Into::into);
     entry.data = Some(Data::Json(data));
     entry
 }
@@ -134,7 +134,7 @@ pub fn dead_letters(log: &EventLog) -> citytwin_core::Result<Vec<DeadLetter>> {
     // The stream's back-pointers: no scan of the rest of the log.
     for record in log.read_stream(DEAD_LETTER_STREAM, 1)? {
         let event = record.event()?;
-        let organization = event.ext.organization.clone();
+        let organization = event.ext.organization.as_deref().map(str::to_owned);
         let data = match event.data {
             Some(Data::Json(value)) => value,
             _ => serde_json::Value::Null,

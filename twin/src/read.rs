@@ -179,7 +179,7 @@ impl ReadModels {
                 asset_id.to_owned(),
                 AssetSummary {
                     asset_type: created.asset_type.clone(),
-                    organization: event.ext.organization.clone(),
+                    organization: event.ext.organization.as_deref().map(str::to_owned),
                     status: Lifecycle::Created,
                     cell,
                     location: created.location,
@@ -214,11 +214,11 @@ impl ReadModels {
             Payload::MetricRecorded(m) => {
                 // The hot path: a metric seen before, from where the asset was.
                 let time = event.time.unwrap_or_default();
-                match summary.last_values.get_mut(&m.metric_type) {
+                match summary.last_values.get_mut(m.metric_type.as_str()) {
                     Some(last) if time >= last.1 => *last = (m.value, time),
                     Some(_) => {}
                     None => {
-                        summary.last_values.insert(m.metric_type.clone(), (m.value, time));
+                        summary.last_values.insert(m.metric_type.to_string(), (m.value, time));
                     }
                 }
                 if let Some(location) = m.location

@@ -153,7 +153,7 @@ pub fn sagas(log: &EventLog) -> citytwin_core::Result<Vec<SagaSummary>> {
         let Some(saga_id) = event.subject.clone() else { continue };
         let summary = by_id.entry(saga_id.clone()).or_insert_with(|| SagaSummary {
             saga_id,
-            organization: event.ext.organization.clone(),
+            organization: event.ext.organization.as_deref().map(str::to_owned),
             state: SagaState::default(),
         });
         summary.state.apply(&event);
@@ -196,7 +196,7 @@ impl CommissioningSaga {
         let mut event = Event::untyped(format!("{}:{ty}:{step}", self.stream()), "/twin/sagas", ty).with_time(time);
         event.subject = Some(self.saga_id.clone());
         event.ext.correlationid = Some(self.saga_id.clone());
-        event.ext.organization.clone_from(&self.organization);
+        event.ext.organization = self.organization.as_deref().map(Into::into);
         event.data = Some(Data::Json(json!({ "saga_id": self.saga_id, "step": step.name(), "reason": reason })));
         self.log.append(&self.stream(), Expected::Seq(seq), &event)?;
         Ok(())
@@ -281,7 +281,7 @@ where
     fn lifecycle_event(&self, saga_id: &str, suffix: &str, payload: impl Into<citytwin_core::event::Payload>) -> Event {
         let mut event = Event::new(format!("{saga_id}:{suffix}"), "/twin/sagas", payload).with_time(self.now);
         event.subject = Some(self.asset.asset_id.clone());
-        event.ext.organization.clone_from(&self.organization);
+        event.ext.organization = self.organization.as_deref().map(Into::into);
         event.ext.correlationid = Some(saga_id.to_owned());
         event
     }

@@ -13,6 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use citytwin_core::event::EcoString;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rustc_hash::FxHashMap;
 use tokio::sync::broadcast;
@@ -44,7 +45,7 @@ pub enum ShardMsg {
     /// Route a command to an asset.
     Command(String, AssetCommand, RpcReplyPort<CommandReply>),
     /// Commands for several assets, answered through `Part` (one slot per command, in order).
-    Batch(Vec<(String, AssetCommand)>, crate::completion::Part),
+    Batch(Vec<(EcoString, AssetCommand)>, crate::completion::Part),
     /// The state of an asset (read from its snapshot and tail when passivated, without
     /// waking it).
     GetState(String, RpcReplyPort<AssetState>),
@@ -516,8 +517,8 @@ impl Actor for ShardActor {
             ShardMsg::Batch(commands, part) => {
                 // Each asset's commands join its inbox, answering their own slots: the shard
                 // never waits, and an asset busy elsewhere gets them all in one drain.
-                let (ids, commands): (Vec<String>, Vec<AssetCommand>) = commands.into_iter().unzip();
-                let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let (ids, commands): (Vec<EcoString>, Vec<AssetCommand>) = commands.into_iter().unzip();
+                let keys: Vec<&str> = ids.iter().map(EcoString::as_str).collect();
                 let mut commands: Vec<Option<AssetCommand>> = commands.into_iter().map(Some).collect();
                 for (asset_id, positions, part) in part.split(&keys) {
                     let mine = positions.iter().filter_map(|&p| commands[p].take()).collect();

@@ -402,7 +402,7 @@ pub fn asset_change(event: &Event) -> Option<AssetChange> {
     match payload {
         Payload::MetricRecorded(m) => {
             change.location = m.location.map(|l| (l.lat, l.lng));
-            change.reading = Some((m.metric_type.clone(), m.value));
+            change.reading = Some((m.metric_type.to_string(), m.value));
         }
         Payload::AssetCreated(c) => change.location = c.location.map(|l| (l.lat, l.lng)),
         Payload::AssetOnline(o) => {

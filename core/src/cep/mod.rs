@@ -524,7 +524,7 @@ impl Engine {
     /// Feeds one event; appends what it causes to `out`.
     pub fn process(&mut self, event: &Event, out: &mut Vec<Output>) {
         let Some(time) = event.time else {
-            out.push(Output::Untimed { event_id: event.id.clone() });
+            out.push(Output::Untimed { event_id: event.id.to_string() });
             return;
         };
         let time = time.as_nanos();
@@ -552,7 +552,7 @@ impl Engine {
                             self.late_count += 1;
                             out.push(Output::Late(LateEvent {
                                 rule_id: Arc::clone(op.rule_id()),
-                                event_id: event.id.clone(),
+                                event_id: event.id.to_string(),
                                 time: Timestamp::from_nanos(fact.time),
                                 watermark: Timestamp::from_nanos(watermark.unwrap_or(i64::MIN)),
                             }));

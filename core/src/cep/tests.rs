@@ -114,8 +114,8 @@ fn parse_fixture(text: &str) -> Fixture {
                     &id,
                     "/fixture",
                     MetricRecorded {
-                        asset_id: positional[0].to_owned(),
-                        metric_type: metric.to_owned(),
+                        asset_id: positional[0].into(),
+                        metric_type: metric.into(),
                         value: value.parse().unwrap(),
                         unit: Unit::from("1"),
                         location,
@@ -349,7 +349,7 @@ mod reference {
                     format!("e{i}"),
                     "/prop",
                     MetricRecorded {
-                        asset_id: format!("a{}", input.asset),
+                        asset_id: crate::event::eco_format!("a{}", input.asset),
                         metric_type: "x".into(),
                         value: input.value,
                         unit: Unit::from("1"),
@@ -592,7 +592,7 @@ fn state_returns_to_zero_after_the_stream_ends() {
             format!("e{i}"),
             "/s",
             MetricRecorded {
-                asset_id: format!("asset{}", i % 300),
+                asset_id: crate::event::eco_format!("asset{}", i % 300),
                 metric_type: metric.into(),
                 value: f64::from(i % 90),
                 unit: Unit::from("1"),

@@ -10,7 +10,7 @@ use super::rules::{AggFn, Rule, RuleKind, WindowRule, WindowSpec};
 use super::{
     Alert, Emission, Fact, Incoming, KeyTable, LateEvent, MAX_CAUSES, Output, WindowResult, decode_key, key_bytes,
 };
-use crate::event::Timestamp;
+use crate::event::{EcoString, Timestamp};
 
 fn nanos(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
@@ -26,7 +26,7 @@ struct Win {
     fired: bool,
     alerted: bool,
     dirty: bool,
-    causes: Vec<String>,
+    causes: Vec<EcoString>,
     correlation: Option<String>,
 }
 
@@ -152,7 +152,7 @@ impl WindowOp {
                 late += 1;
                 out.push(Output::Late(LateEvent {
                     rule_id: Arc::clone(&self.rule_id),
-                    event_id: incoming.event.id.clone(),
+                    event_id: incoming.event.id.to_string(),
                     time: Timestamp::from_nanos(fact.time),
                     watermark: Timestamp::from_nanos(watermark.unwrap_or(i64::MIN)),
                 }));
@@ -344,7 +344,7 @@ impl WindowOp {
             time: Timestamp::from_nanos(win.end),
             window: Some((Timestamp::from_nanos(win.start), Timestamp::from_nanos(win.end))),
             values: alert_values,
-            causes: win.causes.clone(),
+            causes: win.causes.iter().map(ToString::to_string).collect(),
             correlation: win.correlation.clone(),
             actions: self.rule.actions.clone(),
             message: self.rule.message.clone(),

@@ -80,7 +80,7 @@ impl EventBuilder {
             }
             "correlationid" => self.ext.correlationid = self.string(name, value),
             "causationid" => self.ext.causationid = self.string(name, value),
-            "organization" => self.ext.organization = self.string(name, value),
+            "organization" => self.ext.organization = self.string(name, value).map(Into::into),
             "region" => self.ext.region = self.string(name, value),
             "h3cell" => {
                 if let Some(text) = self.string(name, value) {
@@ -147,8 +147,8 @@ impl EventBuilder {
         // NOTE: a missing required attribute is already reported above; a placeholder lets
         // the semantic checks still run, so the client hears about every other problem too.
         let event = Event {
-            id: self.id.unwrap_or_else(|| "-".to_owned()),
-            source: self.source.unwrap_or_else(|| "-".to_owned()),
+            id: self.id.map_or_else(|| "-".into(), Into::into),
+            source: self.source.map_or_else(|| "-".into(), Into::into),
             ty: EventType::new(self.ty.as_deref().unwrap_or("-")),
             time: self.time,
             subject: self.subject,
@@ -181,8 +181,8 @@ pub(crate) fn data_from_json(ty: Option<&str>, value: Value) -> Data {
 pub(crate) fn text_attributes(event: &Event) -> Vec<(&str, String)> {
     let mut out: Vec<(&str, String)> = vec![
         ("specversion", SPEC_VERSION.to_owned()),
-        ("id", event.id.clone()),
-        ("source", event.source.clone()),
+        ("id", event.id.to_string()),
+        ("source", event.source.to_string()),
         ("type", event.ty.as_str().to_owned()),
     ];
     if let Some(time) = event.time {
@@ -197,12 +197,12 @@ pub(crate) fn text_attributes(event: &Event) -> Vec<(&str, String)> {
 /// Extension attributes as (name, text) pairs.
 pub(crate) fn extension_texts<'a>(ext: &'a Extensions, out: &mut Vec<(&'a str, String)>) {
     let texts = [
-        ("correlationid", &ext.correlationid),
-        ("causationid", &ext.causationid),
-        ("organization", &ext.organization),
-        ("region", &ext.region),
+        ("correlationid", ext.correlationid.as_deref()),
+        ("causationid", ext.causationid.as_deref()),
+        ("organization", ext.organization.as_deref()),
+        ("region", ext.region.as_deref()),
     ];
-    out.extend(texts.into_iter().filter_map(|(name, value)| value.clone().map(|v| (name, v))));
+    out.extend(texts.into_iter().filter_map(|(name, value)| value.map(|v| (name, v.to_owned()))));
     if let Some(cell) = ext.h3cell {
         out.push(("h3cell", cell.to_string()));
     }

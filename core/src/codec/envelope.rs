@@ -147,7 +147,7 @@ impl Envelope {
     pub fn from_event(event: &Event) -> Self {
         let mut other = BTreeMap::new();
         if default_source(event.subject.as_deref()).as_deref() != Some(event.source.as_str()) {
-            other.insert("source".to_owned(), Value::String(event.source.clone()));
+            other.insert("source".to_owned(), Value::String(event.source.to_string()));
         }
         for (name, value) in [("datacontenttype", &event.datacontenttype), ("dataschema", &event.dataschema)] {
             if let Some(value) = value {
@@ -176,7 +176,7 @@ impl Envelope {
             }
         };
         Envelope {
-            event_id: event.id.clone(),
+            event_id: event.id.to_string(),
             event_type: event.kind().map_or_else(|| event.ty.as_str().to_owned(), |kind| kind.short_name().to_owned()),
             timestamp: event.time.map(|time| time.to_rfc3339()),
             source_asset: event.subject.clone(),
@@ -184,7 +184,7 @@ impl Envelope {
             causation_id: event.ext.causationid.clone(),
             payload,
             metadata: Metadata {
-                organization_id: event.ext.organization.clone(),
+                organization_id: event.ext.organization.as_deref().map(str::to_owned),
                 region: event.ext.region.clone(),
                 other,
             },

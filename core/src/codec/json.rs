@@ -47,10 +47,10 @@ impl Serialize for Structured<'_> {
         }
         let ext = &event.ext;
         let texts = [
-            ("correlationid", &ext.correlationid),
-            ("causationid", &ext.causationid),
-            ("organization", &ext.organization),
-            ("region", &ext.region),
+            ("correlationid", ext.correlationid.as_deref()),
+            ("causationid", ext.causationid.as_deref()),
+            ("organization", ext.organization.as_deref()),
+            ("region", ext.region.as_deref()),
         ];
         for (name, value) in texts {
             if let Some(value) = value {

@@ -18,7 +18,9 @@ use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::event::{Data, Event, EventKind, EventType, ExtensionValue, Extensions, Payload, Provenance, Timestamp};
+use crate::event::{
+    Data, EcoString, Event, EventKind, EventType, ExtensionValue, Extensions, Payload, Provenance, Timestamp,
+};
 use crate::{Error, Result};
 
 /// The storage format this build writes and the newest it reads.
@@ -151,8 +153,8 @@ struct StoredRef<'a>(
 
 #[derive(Deserialize)]
 struct StoredOwned(
-    String,
-    String,
+    EcoString,
+    EcoString,
     TypeOwned,
     Option<i64>,
     Option<String>,
@@ -160,7 +162,7 @@ struct StoredOwned(
     Option<String>,
     Option<String>,
     Option<String>,
-    Option<String>,
+    Option<EcoString>,
     Option<String>,
     Option<u64>,
     Option<u64>,

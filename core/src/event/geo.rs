@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+use ecow::EcoString;
 use h3o::{CellIndex, Resolution};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -47,31 +48,41 @@ impl Location {
 ///
 /// A fixed sensor reports from the same place every time, and validating a reading checks
 /// its cell against its location: `LatLng::to_cell` (trigonometry, about a microsecond) was
-/// the largest single cost of an ingested reading. A direct-mapped table remembers the
-/// last location seen in each slot; a hit costs a hash and an uncontended lock, a miss (or
-/// a slot another thread holds at that instant) computes the cell as before. The answer is
+/// the largest single cost of an ingested reading. A four-way set-associative table
+/// remembers the last four locations seen in each set; a hit costs a hash and an
+/// uncontended lock, a miss (or a set another thread holds at that instant) computes the
+/// cell as before. The answer is
 /// the same either way: the table only ever holds what `to_cell` returned for that key.
 mod memo {
     use std::sync::{Mutex, OnceLock};
 
     use h3o::{CellIndex, LatLng, Resolution};
 
-    /// 2^17 slots of 32 bytes: 4 MiB, allocated on first use; at 100k distinct sensor
-    /// places most readings hit.
-    const SLOTS: usize = 1 << 17;
+    /// 2^16 sets of four slots, 128 bytes a set: 8 MiB, allocated on first use. Readings
+    /// arrive place after place in a cycle (every sensor once a minute), so a place whose
+    /// slot another place also maps to misses on every turn: direct-mapped, 2^17 slots missed
+    /// for about half of 100k places; four ways miss only for the places of a set that more
+    /// than four share, a few percent.
+    const SETS: usize = 1 << 16;
+    const WAYS: usize = 4;
 
     /// One remembered conversion; `cell` 0 (not a cell index) marks an empty slot.
-    #[derive(Clone, Copy)]
+    #[derive(Clone, Copy, Default)]
     struct Slot {
         lat: u64,
         lng: u64,
         cell: u64,
     }
 
-    static TABLE: OnceLock<Box<[Mutex<Slot>]>> = OnceLock::new();
+    /// The slots one key can live in, and the next to replace (round robin).
+    #[derive(Default)]
+    #[repr(align(128))]
+    struct Set(Mutex<([Slot; WAYS], u8)>);
 
-    fn table() -> &'static [Mutex<Slot>] {
-        TABLE.get_or_init(|| (0..SLOTS).map(|_| Mutex::new(Slot { lat: 0, lng: 0, cell: 0 })).collect())
+    static TABLE: OnceLock<Box<[Set]>> = OnceLock::new();
+
+    fn table() -> &'static [Set] {
+        TABLE.get_or_init(|| (0..SETS).map(|_| Set::default()).collect())
     }
 
     /// The cell of a valid WGS84 position at `resolution`.
@@ -79,18 +90,23 @@ mod memo {
         let (lat_bits, lng_bits) = (lat.to_bits(), lng.to_bits());
         let key =
             (lat_bits.rotate_left(17) ^ lng_bits ^ u64::from(u8::from(resolution))).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let slot = &table()[(key >> (64 - SLOTS.trailing_zeros())) as usize];
-        if let Ok(slot) = slot.try_lock()
-            && slot.lat == lat_bits
-            && slot.lng == lng_bits
-            && let Ok(cell) = CellIndex::try_from(slot.cell)
-            && cell.resolution() == resolution
-        {
-            return Some(cell);
+        let set = &table()[(key >> (64 - SETS.trailing_zeros())) as usize].0;
+        if let Ok(set) = set.try_lock() {
+            let found = set.0.iter().find_map(|slot| {
+                (slot.lat == lat_bits && slot.lng == lng_bits)
+                    .then(|| CellIndex::try_from(slot.cell).ok())
+                    .flatten()
+                    .filter(|cell| cell.resolution() == resolution)
+            });
+            if found.is_some() {
+                return found;
+            }
         }
         let cell = LatLng::new(lat, lng).ok()?.to_cell(resolution);
-        if let Ok(mut slot) = slot.try_lock() {
-            *slot = Slot { lat: lat_bits, lng: lng_bits, cell: u64::from(cell) };
+        if let Ok(mut set) = set.try_lock() {
+            let (slots, next) = &mut *set;
+            slots[usize::from(*next)] = Slot { lat: lat_bits, lng: lng_bits, cell: u64::from(cell) };
+            *next = (*next + 1) % WAYS as u8;
         }
         Some(cell)
     }
@@ -168,7 +184,7 @@ pub fn parse_cell(text: &str) -> Result<CellIndex, String> {
 /// like.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Unit(pub String);
+pub struct Unit(pub EcoString);
 
 /// Units known to citytwin, as (canonical code, aliases).
 const KNOWN_UNITS: &[(&str, &[&str])] = &[
@@ -202,7 +218,7 @@ const KNOWN_UNITS: &[(&str, &[&str])] = &[
 
 impl Unit {
     /// A unit from its code or symbol.
-    pub fn new(code: impl Into<String>) -> Self {
+    pub fn new(code: impl Into<EcoString>) -> Self {
         Unit(code.into())
     }
 
@@ -228,7 +244,7 @@ impl fmt::Display for Unit {
 
 impl From<&str> for Unit {
     fn from(code: &str) -> Self {
-        Unit(code.to_owned())
+        Unit(code.into())
     }
 }
 

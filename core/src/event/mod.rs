@@ -24,6 +24,10 @@ use std::fmt;
 use h3o::{CellIndex, Resolution};
 use serde::{Deserialize, Serialize};
 
+/// The text of the hot event fields (`id`, `source`, `organization`, a reading's asset, metric
+/// and unit): up to 15 bytes inline, longer text shared by its clones, so an event and its
+/// strings are mostly one allocation and a simulator's source is one string for every event.
+pub use ecow::{EcoString, eco_format};
 pub use geo::{Location, Unit, cell_within, parse_cell};
 pub use payload::*;
 pub use time::{Timestamp, TimestampParseError};
@@ -160,7 +164,7 @@ pub struct Extensions {
     /// `causationid`: the id(s) of the event(s) that caused this one, comma-separated.
     pub causationid: Option<String>,
     /// `organization`: the tenant owning the asset; authorization is by organization.
-    pub organization: Option<String>,
+    pub organization: Option<EcoString>,
     /// `region`: deployment region (`us-east`).
     pub region: Option<String>,
     /// `h3cell`: the H3 cell of the event's location; checked against the location.
@@ -198,9 +202,9 @@ pub enum Data {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// `id`: unique per `source`.
-    pub id: String,
+    pub id: EcoString,
     /// `source`: a URI-reference naming the producer (`/sensors/air_quality/sensor_001`).
-    pub source: String,
+    pub source: EcoString,
     /// `type`.
     pub ty: EventType,
     /// `time`: when the occurrence happened.
@@ -219,7 +223,7 @@ pub struct Event {
 
 impl Event {
     /// An event of a known kind, with its typed payload as data.
-    pub fn new(id: impl Into<String>, source: impl Into<String>, payload: impl Into<Payload>) -> Self {
+    pub fn new(id: impl Into<EcoString>, source: impl Into<EcoString>, payload: impl Into<Payload>) -> Self {
         let payload = payload.into();
         Event {
             id: id.into(),
@@ -235,7 +239,7 @@ impl Event {
     }
 
     /// An event of any type, without data.
-    pub fn untyped(id: impl Into<String>, source: impl Into<String>, ty: &str) -> Self {
+    pub fn untyped(id: impl Into<EcoString>, source: impl Into<EcoString>, ty: &str) -> Self {
         Event {
             id: id.into(),
             source: source.into(),
@@ -272,7 +276,7 @@ impl Event {
 
     /// Sets `organization`.
     #[must_use]
-    pub fn with_organization(mut self, organization: impl Into<String>) -> Self {
+    pub fn with_organization(mut self, organization: impl Into<EcoString>) -> Self {
         self.ext.organization = Some(organization.into());
         self
     }

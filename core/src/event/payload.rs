@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use ecow::EcoString;
 use h3o::CellIndex;
 use serde::{Deserialize, Serialize};
 
@@ -187,9 +188,9 @@ pub struct AssetMaintenance {
 #[serde(deny_unknown_fields)]
 pub struct MetricRecorded {
     /// The asset that measured it.
-    pub asset_id: String,
+    pub asset_id: EcoString,
     /// What was measured (`pm25`, `vehicle_count`, `avg_speed`, `temperature`...).
-    pub metric_type: String,
+    pub metric_type: EcoString,
     /// The value, a finite number.
     pub value: f64,
     /// Its unit.

@@ -229,10 +229,10 @@ pub(super) fn check_event(event: &Event, out: &mut Vec<Violation>) {
 fn check_extensions(event: &Event, out: &mut Vec<Violation>) {
     let ext = &event.ext;
     let strings = [
-        ("correlationid", &ext.correlationid),
-        ("causationid", &ext.causationid),
-        ("organization", &ext.organization),
-        ("region", &ext.region),
+        ("correlationid", ext.correlationid.as_deref()),
+        ("causationid", ext.causationid.as_deref()),
+        ("organization", ext.organization.as_deref()),
+        ("region", ext.region.as_deref()),
     ];
     for (name, value) in strings {
         if let Some(value) = value {

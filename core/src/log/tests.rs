@@ -37,14 +37,14 @@ fn event(n: u64, stream: &str) -> Event {
     let time = Timestamp::from_secs(1_736_900_000 + (n % 1000) as i64 * 60);
     if n % 5 == 4 {
         let mut event = Event::untyped(format!("evt-{n}"), "/other", "com.example.other").with_time(time);
-        event.ext.organization = Some(ORGS[(n % 2) as usize].to_owned());
+        event.ext.organization = Some(ORGS[(n % 2) as usize].into());
         return event;
     }
     Event::new(
         format!("evt-{n}"),
         format!("/assets/{stream}"),
         MetricRecorded {
-            asset_id: stream.to_owned(),
+            asset_id: stream.into(),
             metric_type: "pm25".into(),
             value: n as f64,
             unit: Unit::from("ug/m3"),
@@ -131,7 +131,10 @@ fn check_equal(seed: u64, step: usize, log: &EventLog, model: &Model) {
                     && filter.to_time.is_none_or(|t| time < t)
                     && (filter.types.is_empty() || filter.types.iter().any(|p| p.matches(event.ty.as_str())))
                     && (filter.streams.is_empty() || filter.streams.contains(stream))
-                    && filter.organization.as_ref().is_none_or(|o| event.ext.organization.as_ref() == Some(o))
+                    && filter
+                        .organization
+                        .as_ref()
+                        .is_none_or(|o| event.ext.organization.as_deref() == Some(o.as_str()))
                     && (filter.cells.is_empty()
                         || event
                             .ext

@@ -8,7 +8,7 @@ pub(crate) fn expected_event(stream: &str, seq: u64) -> Event {
         format!("{stream}-{seq}"),
         format!("/crash/{stream}"),
         MetricRecorded {
-            asset_id: stream.to_owned(),
+            asset_id: stream.into(),
             metric_type: "pm25".into(),
             value: seq as f64,
             unit: Unit::from("ug/m3"),

@@ -14,8 +14,8 @@ use std::fmt;
 use std::time::Duration;
 
 use citytwin_core::event::{
-    AlertTriggered, AssetOffline, AssetOnline, BatteryLow, Event, EventKind, Location, MaintenancePhase, Payload,
-    Severity, Timestamp, Unit,
+    AlertTriggered, AssetOffline, AssetOnline, BatteryLow, EcoString, Event, EventKind, Location, MaintenancePhase,
+    Payload, Severity, Timestamp, Unit,
 };
 use serde::{Deserialize, Serialize};
 
@@ -123,7 +123,7 @@ pub struct AssetState {
     /// Its type (`air_quality_sensor`...).
     pub asset_type: String,
     /// Its organization.
-    pub organization: Option<String>,
+    pub organization: Option<EcoString>,
     /// Lifecycle.
     pub status: Lifecycle,
     /// Where it is (moving assets: last reported).
@@ -267,8 +267,8 @@ fn derived(cause: &Event, suffix: &str, payload: impl Into<Payload>, time: Times
     event.ext.region.clone_from(&cause.ext.region);
     event.ext.h3cell = cause.ext.h3cell;
     event.ext.provenance = cause.ext.provenance;
-    event.ext.causationid = Some(cause.id.clone());
-    event.ext.correlationid = cause.ext.correlationid.clone().or_else(|| Some(cause.id.clone()));
+    event.ext.causationid = Some(cause.id.to_string());
+    event.ext.correlationid = cause.ext.correlationid.clone().or_else(|| Some(cause.id.to_string()));
     event
 }
 
@@ -378,7 +378,7 @@ fn threshold_text(threshold: &Threshold) -> String {
 /// The events an observation causes (the observation itself is not among them).
 fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
     let Some(time) = event.time else {
-        return Err(Rejection::Untimed(event.id.clone()));
+        return Err(Rejection::Untimed(event.id.to_string()));
     };
     if let Some(found) = event.asset_id()
         && found != state.asset_id
@@ -390,8 +390,8 @@ fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
     {
         return Err(Rejection::WrongOrganization {
             asset: state.asset_id.clone(),
-            owner: owner.clone(),
-            found: found.clone(),
+            owner: owner.to_string(),
+            found: found.to_string(),
         });
     }
     use Lifecycle as L;
@@ -439,7 +439,7 @@ fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
         out.push(derived(event, "online", AssetOnline { asset_id: state.asset_id.clone(), location }, time));
     }
     if let Some(Payload::MetricRecorded(m)) = event.payload() {
-        if let Some((threshold, breached)) = state.thresholds.get(&m.metric_type) {
+        if let Some((threshold, breached)) = state.thresholds.get(m.metric_type.as_str()) {
             match threshold.breached_by(m.value) {
                 Some(limit) if !breached => {
                     let alert = AlertTriggered {
@@ -450,7 +450,7 @@ fn observe(state: &AssetState, event: &Event) -> Result<Vec<Event>, Rejection> {
                         cell: event.ext.h3cell,
                         threshold: Some(limit),
                         actual_value: Some(m.value),
-                        values: BTreeMap::from([(m.metric_type.clone(), m.value)]),
+                        values: BTreeMap::from([(m.metric_type.to_string(), m.value)]),
                         actions: Vec::new(),
                         message: Some(format!("{} {} crossed {limit}", m.metric_type, m.value)),
                     };

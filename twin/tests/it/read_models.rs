@@ -59,7 +59,7 @@ async fn live_projections_equal_projections_rebuilt_from_the_log() {
                 format!("{id}-r{n}"),
                 "/s",
                 MetricRecorded {
-                    asset_id: id.clone(),
+                    asset_id: id.as_str().into(),
                     metric_type: "pm25".into(),
                     value: f64::from(i * 10 + n),
                     unit: Unit::from("ug/m3"),

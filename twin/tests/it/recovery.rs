@@ -52,7 +52,7 @@ fn events(asset: u32, readings: std::ops::Range<u32>) -> Vec<Event> {
                 format!("{id}-r{n}"),
                 "/sensors",
                 MetricRecorded {
-                    asset_id: id.clone(),
+                    asset_id: id.as_str().into(),
                     metric_type: "pm25".into(),
                     value: f64::from(asset * 100 + n),
                     unit: Unit::from("ug/m3"),

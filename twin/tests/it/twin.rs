@@ -196,7 +196,7 @@ async fn dead_letters_are_reprocessed_with_backoff_and_marked() {
     let report = twin.reprocess_dead_letters(policy).await.unwrap();
     assert_eq!((report.resolved, report.exhausted, report.attempts), (1, 1, 1 + 3));
     let statuses: Vec<(String, DeadLetterStatus)> =
-        dead_letters(twin.log()).unwrap().into_iter().map(|l| (l.original.unwrap().id, l.status)).collect();
+        dead_letters(twin.log()).unwrap().into_iter().map(|l| (l.original.unwrap().id.to_string(), l.status)).collect();
     assert_eq!(
         statuses,
         [("late-r1".to_owned(), DeadLetterStatus::Resolved), ("ghost-r1".to_owned(), DeadLetterStatus::Exhausted)]

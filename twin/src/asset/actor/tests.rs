@@ -456,7 +456,7 @@ async fn a_drain_poisoned_while_applying_hands_its_other_commands_to_the_restart
         reading("s1", 4, "pm25", 4.0, at(63)),
     ];
     let collector = crate::completion::Collector::new(batch.len());
-    let commands = batch.into_iter().map(|e| ("s1".to_owned(), AssetCommand::Observe(Box::new(e)))).collect();
+    let commands = batch.into_iter().map(|e| ("s1".into(), AssetCommand::Observe(Box::new(e)))).collect();
     let part = crate::completion::Part::new(Arc::clone(&collector), vec![0, 1, 2, 3]);
     twin.shard.cast(ShardMsg::Batch(commands, part)).unwrap();
     let answers = tokio::time::timeout(WAIT, collector.wait()).await.expect("every command answered");
