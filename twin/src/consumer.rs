@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use citytwin_core::event::{Data, Event};
+use citytwin_core::event::{Data, EcoString, Event};
 use citytwin_core::log::{EventLog, Expected, ReplayFilter};
 use serde_json::json;
 
@@ -46,8 +46,8 @@ pub struct DurableConsumer {
     in_flight: BTreeMap<u64, (Event, u32, Instant)>,
     /// Acknowledged positions at or above the low-water mark.
     acked: HashSet<u64>,
-    recent_ids: VecDeque<String>,
-    recent_set: HashSet<String>,
+    recent_ids: VecDeque<EcoString>,
+    recent_set: HashSet<EcoString>,
 }
 
 const RECENT_IDS: usize = 100_000;
@@ -119,8 +119,8 @@ impl DurableConsumer {
     pub fn ack(&mut self, position: u64) {
         if let Some((event, _, _)) = self.in_flight.remove(&position) {
             self.acked.insert(position);
-            if self.recent_set.insert(event.id.to_string()) {
-                self.recent_ids.push_back(event.id.to_string());
+            if self.recent_set.insert(event.id.clone()) {
+                self.recent_ids.push_back(event.id);
                 if self.recent_ids.len() > RECENT_IDS
                     && let Some(old) = self.recent_ids.pop_front()
                 {

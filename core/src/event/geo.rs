@@ -92,12 +92,10 @@ mod memo {
             (lat_bits.rotate_left(17) ^ lng_bits ^ u64::from(u8::from(resolution))).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let set = &table()[(key >> (64 - SETS.trailing_zeros())) as usize].0;
         if let Ok(set) = set.try_lock() {
-            let found = set.0.iter().find_map(|slot| {
-                (slot.lat == lat_bits && slot.lng == lng_bits)
-                    .then(|| CellIndex::try_from(slot.cell).ok())
-                    .flatten()
-                    .filter(|cell| cell.resolution() == resolution)
-            });
+            let found =
+                set.0.iter().filter(|slot| slot.lat == lat_bits && slot.lng == lng_bits).find_map(|slot| {
+                    CellIndex::try_from(slot.cell).ok().filter(|cell| cell.resolution() == resolution)
+                });
             if found.is_some() {
                 return found;
             }
