@@ -117,8 +117,9 @@ impl Host {
         match self {
             Host::Embedded(twin) => twin.shutdown().await.map_err(|e| anyhow::anyhow!("stopping the twin: {e}")),
             Host::Served(running) => {
+                let stop = crate::serve::termination();
                 println!("run finished; still serving its final state (Ctrl-C or SIGTERM stops)");
-                crate::serve::terminated().await;
+                stop.await;
                 tracing::info!("stopping: finishing requests in flight, flushing the log");
                 running.stop().await
             }

@@ -278,23 +278,32 @@ impl Running {
     }
 }
 
-pub(crate) async fn terminated() {
+/// Ctrl-C or SIGTERM, listened for from this call on: the handlers are installed before it
+/// returns, so a signal sent as soon as the caller announces that it serves is a graceful stop
+/// (installed only once the future ran, a SIGTERM in between killed the process).
+pub(crate) fn termination() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let handlers = signal(SignalKind::terminate()).and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+        async move {
+            match handlers {
+                Ok((mut term, mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// `citytwin serve`.
@@ -315,10 +324,11 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let running = start(config).await?;
+        let stop = termination();
         // One line on stdout, for people and for scripts that wait for the server.
         println!("citytwin serving: grpc={} http={}", running.grpc, running.http);
         tracing::info!(grpc = %running.grpc, http = %running.http, "serving; Ctrl-C or SIGTERM stops");
-        terminated().await;
+        stop.await;
         tracing::info!("stopping: finishing requests in flight, flushing the log");
         running.stop().await?;
         tracing::info!("stopped");
