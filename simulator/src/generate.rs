@@ -438,7 +438,7 @@ impl Plan {
         }
         let asset = &self.assets[sample.asset as usize];
         let population = &self.scenario.populations[usize::from(asset.population)];
-        let id = eco_format!("{}-{}", asset.id, sample.seq);
+        let id = event_id(&asset.id, sample.seq);
         let time = Timestamp::from_nanos(sample.time);
         let asset_id = asset.id.as_str();
         let source = self.source.clone();
@@ -533,6 +533,27 @@ impl Plan {
         event.ext.organization = population.organization.as_deref().map(Into::into);
         event
     }
+}
+
+/// `{asset}-{seq}`, the id of an asset's `seq`th event: what `eco_format!` writes, without
+/// the formatting machinery (the generator makes one per event).
+fn event_id(asset: &str, seq: u32) -> EcoString {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut rest = seq;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut id = EcoString::with_capacity(asset.len() + 1 + digits.len() - at);
+    id.push_str(asset);
+    id.push('-');
+    id.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+    id
 }
 
 fn incident_name(kind: IncidentKind) -> &'static str {

@@ -141,41 +141,18 @@ impl Part {
         rest
     }
 
-    /// Splits the part by `keys` (one key per slot, in order) into one part per key, in
-    /// the order the keys first appear; with each, the positions of its slots in this part.
-    pub fn split<K: Eq + std::hash::Hash + Clone>(mut self, keys: &[K]) -> Vec<(K, Vec<usize>, Part)> {
-        let runs = std::mem::take(&mut self.runs);
-        let mut groups: Vec<(K, Vec<usize>, Part)> = Vec::new();
-        let mut at: rustc_hash::FxHashMap<K, usize> =
-            rustc_hash::FxHashMap::with_capacity_and_hasher(keys.len(), Default::default());
-        let mut keys = keys.iter();
-        let mut position = 0;
-        for (collector, indices) in runs {
-            let mut unkeyed = Vec::new();
-            for index in indices {
-                let Some(key) = keys.next() else {
-                    // Slots without a key stay with this part, answered with an error when it
-                    // drops.
-                    unkeyed.push(index);
-                    continue;
-                };
-                let group = *at.entry(key.clone()).or_insert_with(|| {
-                    groups.push((key.clone(), Vec::new(), Part::empty()));
-                    groups.len() - 1
-                });
-                let (_, positions, part) = &mut groups[group];
-                positions.push(position);
-                match part.runs.last_mut() {
-                    Some((last, mine)) if Arc::ptr_eq(last, &collector) => mine.push(index),
-                    _ => part.runs.push((Arc::clone(&collector), vec![index])),
-                }
-                position += 1;
-            }
-            if !unkeyed.is_empty() {
-                self.runs.push((collector, unkeyed));
-            }
+    /// Adds one slot of `collector` after this part's slots (no new run, and no reference
+    /// taken, when the last run is the same collector's).
+    pub fn push_slot(&mut self, collector: &Arc<Collector>, slot: u32) {
+        match self.runs.last_mut() {
+            Some((last, mine)) if Arc::ptr_eq(last, collector) => mine.push(slot),
+            _ => self.runs.push((Arc::clone(collector), vec![slot])),
         }
-        groups
+    }
+
+    /// The part's slots one at a time, in command order (see [`PartSlots`]).
+    pub fn into_slots(mut self) -> PartSlots {
+        PartSlots { runs: std::mem::take(&mut self.runs).into_iter(), current: None }
     }
 
     /// Answers the part's commands in order; slots left without an answer get an error.
@@ -187,6 +164,47 @@ impl Part {
                 (index, answer)
             }));
         }
+    }
+}
+
+/// A part taken apart slot by slot ([`Part::into_slots`]): whoever hands each command on
+/// hands its slot with it, without a reference to the collector per slot. Slots still here
+/// when it drops are answered with an error, as a dropped part's are.
+pub struct PartSlots {
+    runs: std::vec::IntoIter<(Arc<Collector>, Vec<u32>)>,
+    current: Option<(Arc<Collector>, std::vec::IntoIter<u32>)>,
+}
+
+impl std::fmt::Debug for PartSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartSlots").finish_non_exhaustive()
+    }
+}
+
+impl PartSlots {
+    /// The next slot and its collector; `None` when every slot was taken.
+    pub fn next_slot(&mut self) -> Option<(&Arc<Collector>, u32)> {
+        loop {
+            if let Some((_, indices)) = &mut self.current
+                && let Some(slot) = indices.next()
+            {
+                let (collector, _) = self.current.as_ref().expect("just matched");
+                return Some((collector, slot));
+            }
+            let (collector, indices) = self.runs.next()?;
+            self.current = Some((collector, indices.into_iter()));
+        }
+    }
+}
+
+impl Drop for PartSlots {
+    fn drop(&mut self) {
+        let mut rest = Part::empty();
+        if let Some((collector, indices)) = self.current.take() {
+            rest.runs.push((collector, indices.collect()));
+        }
+        rest.runs.extend(self.runs.by_ref());
+        drop(rest);
     }
 }
 
@@ -235,23 +253,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_part_made_of_several_batches_splits_and_answers_each_batch_in_order() {
+    async fn slots_come_in_command_order_and_those_not_taken_are_answered_with_an_error() {
         let (first, second) = (Collector::new(3), Collector::new(2));
         let mut part = Part::new(Arc::clone(&first), vec![2, 0, 1]);
         part.absorb(Part::new(Arc::clone(&second), vec![1, 0]));
-        assert_eq!(part.len(), 5);
-        // Keys per slot, in order: a, b, a | b, a.
-        let groups = part.split(&["a", "b", "a", "b", "a"]);
-        let keys: Vec<_> = groups.iter().map(|(key, positions, part)| (*key, positions.clone(), part.len())).collect();
-        assert_eq!(keys, [("a", vec![0, 2, 4], 3), ("b", vec![1, 3], 2)]);
-        for (key, positions, part) in groups {
-            part.answer(positions.iter().map(|&p| if key == "a" { Ok(p) } else { Ok(100 + p) }));
+        let mut slots = part.into_slots();
+        // Three slots handed on, each into its own part, as the shard does into inboxes.
+        let mut taken = Vec::new();
+        for answer in 0..3 {
+            let (collector, slot) = slots.next_slot().expect("five slots");
+            let mut one = Part::empty();
+            one.push_slot(collector, slot);
+            taken.push((one, answer));
+        }
+        drop(slots);
+        for (one, answer) in taken {
+            one.answer([Ok(answer)]);
         }
         let shown = |answers: Vec<BatchReply>| answers.into_iter().map(|a| a.ok()).collect::<Vec<_>>();
-        // first: slot 2 <- position 0 (a), slot 0 <- position 1 (b), slot 1 <- position 2 (a).
-        assert_eq!(shown(first.wait().await), [Some(101), Some(2), Some(0)]);
-        // second: slot 1 <- position 3 (b), slot 0 <- position 4 (a).
-        assert_eq!(shown(second.wait().await), [Some(4), Some(103)]);
+        // first: slot 2 <- 0, slot 0 <- 1, slot 1 <- 2.
+        assert_eq!(shown(first.wait().await), [Some(1), Some(2), Some(0)]);
+        // second: neither slot was taken: both answered with the error when `slots` dropped.
+        assert_eq!(shown(second.wait().await), [None, None]);
+    }
+
+    #[test]
+    fn push_slot_extends_the_last_run_of_the_same_collector() {
+        let (first, second) = (Collector::new(3), Collector::new(1));
+        let mut part = Part::empty();
+        part.push_slot(&first, 0);
+        part.push_slot(&first, 2);
+        part.push_slot(&second, 0);
+        part.push_slot(&first, 1);
+        assert_eq!(part.len(), 4);
+        assert_eq!(part.runs.len(), 3, "first, second, first again");
+        assert_eq!(Arc::strong_count(&first), 3, "one reference per run, not per slot");
+        part.answer((0..4).map(Ok));
     }
 
     #[tokio::test]

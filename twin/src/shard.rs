@@ -11,17 +11,19 @@
 //! `restart_window`; beyond that it fails itself (escalation to the city supervisor).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use citytwin_core::event::EcoString;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rustc_hash::FxHashMap;
+use smol_str::SmolStr;
 use tokio::sync::broadcast;
 
 use crate::asset::actor::{Activity, AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandReply, rehydrate};
 use crate::asset::inbox::Inbox;
 use crate::asset::logic::{AssetCommand, AssetState};
-use crate::completion::Part;
+use crate::completion::{Collector, Part};
 
 /// The live asset actors of one shard, shared read-only with the twin so that commands for a
 /// live actor go to it directly (the shard stays on the path for spawning, passivation and
@@ -153,7 +155,7 @@ struct Stopping {
 #[derive(Debug)]
 pub struct ShardState {
     args: ShardArgs,
-    live: FxHashMap<String, Live>,
+    live: FxHashMap<SmolStr, Live>,
     ids: HashMap<ActorId, String>,
     /// Assets whose actor is stopping.
     stopping: FxHashMap<String, Stopping>,
@@ -178,7 +180,7 @@ impl ShardState {
         if self.args.directory.is_some() {
             self.unpublished.push(asset_id.to_owned());
         }
-        self.live.insert(asset_id.to_owned(), live);
+        self.live.insert(SmolStr::from(asset_id), live);
     }
 
     /// Publishes the actors started while handling one message that are still live, under
@@ -191,7 +193,7 @@ impl ShardState {
             && let Ok(mut directory) = directory.write()
         {
             for asset_id in self.unpublished.drain(..) {
-                if let Some(live) = self.live.get(&asset_id) {
+                if let Some(live) = self.live.get(asset_id.as_str()) {
                     directory.insert(asset_id, live.actor.clone());
                 }
             }
@@ -307,7 +309,7 @@ impl ShardState {
             return;
         }
         let now = Activity::now_ms();
-        let mut by_idle: Vec<(Duration, u64, &String)> =
+        let mut by_idle: Vec<(Duration, u64, &SmolStr)> =
             self.live.iter().map(|(asset_id, live)| (live.activity.idle_at(now), live.rank, asset_id)).collect();
         let oldest = (by_idle.len() - by_idle.len() / 4).max(count);
         if oldest < by_idle.len() {
@@ -315,7 +317,7 @@ impl ShardState {
             by_idle.truncate(oldest);
         }
         by_idle.select_nth_unstable_by_key(count - 1, |&(_, rank, _)| rank);
-        let victims: Vec<String> = by_idle[..count].iter().map(|(_, _, asset_id)| (*asset_id).clone()).collect();
+        let victims: Vec<SmolStr> = by_idle[..count].iter().map(|(_, _, asset_id)| (*asset_id).clone()).collect();
         tracing::debug!(
             shard = self.args.shard,
             count,
@@ -367,14 +369,14 @@ impl ShardActor {
         message: AssetMsg,
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
-        if !state.live.contains_key(&asset_id) && state.must_hold(&asset_id) {
+        if !state.live.contains_key(asset_id.as_str()) && state.must_hold(&asset_id) {
             state.hold(&asset_id, message);
             return Ok(());
         }
         let actor = self.actor_for(myself, &asset_id, state).await?;
         // Active from now: the live-actor limit below should not pick the asset it just fed
         // (it would take its message first all the same).
-        if let Some(live) = state.live.get(&asset_id) {
+        if let Some(live) = state.live.get(asset_id.as_str()) {
             live.activity.touch();
         }
         match actor.cast(message) {
@@ -420,6 +422,32 @@ impl ShardActor {
         {
             // The actor is failing and its supervision event is on its way: its inbox is held
             // for the successor instead of being lost.
+            tracing::debug!(asset = %asset_id, "asset actor is stopping; holding its inbox for its successor");
+            state.hold_for_successor(asset_id);
+        }
+        state.enforce_live_limit();
+        Ok(())
+    }
+
+    /// Delivers one command of a batch, answered through `slot` of its collector. For a live
+    /// actor, one lookup and no part of its own; otherwise as [`ShardActor::deliver_batch`].
+    async fn deliver_one(
+        &self,
+        myself: &ActorRef<ShardMsg>,
+        asset_id: &str,
+        command: AssetCommand,
+        (collector, slot): (&Arc<Collector>, u32),
+        now_ms: u64,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(live) = state.live.get(asset_id) else {
+            let part = Part::new(Arc::clone(collector), vec![slot]);
+            return self.deliver_batch(myself, asset_id, vec![command], part, state).await;
+        };
+        live.activity.touch_at(now_ms);
+        if live.inbox.push_one(command, collector, slot)
+            && let Err(ractor::MessagingErr::SendErr(_)) = live.actor.cast(AssetMsg::Drain)
+        {
             tracing::debug!(asset = %asset_id, "asset actor is stopping; holding its inbox for its successor");
             state.hold_for_successor(asset_id);
         }
@@ -492,7 +520,7 @@ impl Actor for ShardActor {
                 self.deliver(&myself, asset_id, AssetMsg::Command(command, reply), state).await?
             }
             ShardMsg::GetState(asset_id, reply) => {
-                if state.live.contains_key(&asset_id)
+                if state.live.contains_key(asset_id.as_str())
                     || state.stopping.contains_key(&asset_id)
                     || state.waiting.contains_key(&asset_id)
                 {
@@ -515,20 +543,21 @@ impl Actor for ShardActor {
                 }
             }
             ShardMsg::Batch(commands, part) => {
-                // Each asset's commands join its inbox, answering their own slots: the shard
-                // never waits, and an asset busy elsewhere gets them all in one drain.
-                let (ids, commands): (Vec<EcoString>, Vec<AssetCommand>) = commands.into_iter().unzip();
-                let keys: Vec<&str> = ids.iter().map(EcoString::as_str).collect();
-                let mut commands: Vec<Option<AssetCommand>> = commands.into_iter().map(Some).collect();
-                for (asset_id, positions, part) in part.split(&keys) {
-                    let mine = positions.iter().filter_map(|&p| commands[p].take()).collect();
-                    self.deliver_batch(&myself, asset_id, mine, part, state).await?;
+                // Each command joins its asset's inbox in order, answering its own slot: the
+                // shard never waits, and an asset busy elsewhere gets them all in one drain.
+                // (A command beyond the part's slots is dropped; a slot beyond the commands is
+                // answered with an error when `slots` drops.)
+                let now = Activity::now_ms();
+                let mut slots = part.into_slots();
+                for (asset_id, command) in commands {
+                    let Some((collector, slot)) = slots.next_slot() else { break };
+                    self.deliver_one(&myself, &asset_id, command, (collector, slot), now, state).await?;
                 }
             }
             ShardMsg::Sweep => {
                 // Reads each live actor's activity clock: no message to the busy ones.
                 let (idle_timeout, now) = (state.args.asset.idle_timeout, Activity::now_ms());
-                let idle: Vec<String> = state
+                let idle: Vec<SmolStr> = state
                     .live
                     .iter()
                     .filter(|(_, live)| live.activity.idle_at(now) >= idle_timeout)

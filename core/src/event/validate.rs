@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use super::{Data, Event, Location, Payload, RESERVED_ATTRIBUTES};
+use super::{Data, EcoString, Event, Location, Payload, RESERVED_ATTRIBUTES};
 
 /// One broken rule: the attribute (or data path) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +164,24 @@ pub(crate) fn is_uri_reference(text: &str) -> bool {
     true
 }
 
+/// [`is_uri_reference`] for an event's `source`, remembering the latest valid one per thread:
+/// a feed's events share their source, so a batch checks it once, not once per event.
+fn is_source_uri_reference(source: &EcoString) -> bool {
+    thread_local! {
+        static LAST_VALID: std::cell::RefCell<EcoString> = const { std::cell::RefCell::new(EcoString::new()) };
+    }
+    LAST_VALID.with_borrow_mut(|last| {
+        if !last.is_empty() && last == source {
+            return true;
+        }
+        let valid = is_uri_reference(source);
+        if valid {
+            last.clone_from(source);
+        }
+        valid
+    })
+}
+
 /// Whether `text` is an absolute URI (a URI-reference with a scheme).
 pub(crate) fn is_absolute_uri(text: &str) -> bool {
     is_uri_reference(text) && text.split_once(':').is_some_and(|(scheme, _)| is_scheme(scheme))
@@ -207,7 +225,7 @@ pub(super) fn check_event(event: &Event, out: &mut Vec<Violation>) {
     check_non_empty("id", &event.id, out);
     if event.source.is_empty() {
         out.push(Violation::new("source", "must be a non-empty URI-reference"));
-    } else if !is_uri_reference(&event.source) {
+    } else if !is_source_uri_reference(&event.source) {
         out.push(Violation::new("source", "is not a URI-reference"));
     }
     check_non_empty("type", event.ty.as_str(), out);
@@ -368,6 +386,15 @@ fn check_payload(payload: &Payload, out: &mut Vec<Violation>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remembered_source_answers_as_the_full_check_does() {
+        let sources = ["/sensors/a", "/sensors/a", "bad source", "/sensors/a", "a%zz", "/sensors/b", "/sensors/a", ""];
+        for source in sources.iter().chain(sources.iter().rev()) {
+            let source = EcoString::from(*source);
+            assert_eq!(is_source_uri_reference(&source), is_uri_reference(&source), "{source:?}");
+        }
+    }
 
     #[test]
     fn uri_references() {

@@ -309,12 +309,24 @@ fn wrong_expected_sequence_writes_nothing() {
     }
     assert_eq!(log.next_position(), 1);
     assert_eq!(log.stream_seq("b"), 0);
+    // A stream the batch already extended is put back too, however often it was extended.
+    let batch = [
+        Append { stream: "a", expected: Expected::Seq(1), event: &e },
+        Append { stream: "a", expected: Expected::Seq(2), event: &e },
+        Append { stream: "c", expected: Expected::Any, event: &e },
+        Append { stream: "c", expected: Expected::Seq(0), event: &e },
+    ];
+    assert!(matches!(log.append_batch(&batch), Err(Error::WrongExpectedSequence { .. })));
+    assert_eq!((log.next_position(), log.stream_seq("a"), log.stream_seq("c")), (1, 1, 0));
     // Expectations are evaluated in batch order, so a batch may extend a stream twice.
     let batch = [
         Append { stream: "a", expected: Expected::Seq(1), event: &e },
         Append { stream: "a", expected: Expected::Seq(2), event: &e },
     ];
     assert_eq!(log.append_batch(&batch).unwrap().iter().map(|a| a.seq).collect::<Vec<_>>(), [2, 3]);
+    // The stream's chain of back-pointers skips nothing and holds nothing refused.
+    let history: Vec<u64> = log.read_stream("a", 1).unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(history, [1, 2, 3]);
 }
 
 #[test]

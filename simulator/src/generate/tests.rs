@@ -296,3 +296,10 @@ fn the_bucketed_sort_gives_the_stream_order_of_a_full_sort() {
     sort_stream(&mut samples, &mut scratch);
     assert!(samples == expected, "seed {SEED}: a reused scratch buffer changed the order");
 }
+
+#[test]
+fn event_ids_read_as_the_formatted_asset_and_sequence() {
+    for (asset, seq) in [("tc-000001", 0), ("aq-030755", 9), ("a", 10), ("bus_7", 1_440), ("x-y", u32::MAX)] {
+        assert_eq!(event_id(asset, seq), eco_format!("{asset}-{seq}"));
+    }
+}

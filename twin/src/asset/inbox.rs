@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::logic::AssetCommand;
-use crate::completion::Part;
+use crate::completion::{Collector, Part};
 
 /// How many drains asset actors made and how many commands they took, process-wide: the
 /// batching this buys (the `bench` command reports commands per drain).
@@ -73,6 +73,15 @@ impl Inbox {
         !std::mem::replace(&mut pending.armed, true)
     }
 
+    /// Appends one command, answered through `slot` of `collector`: [`Inbox::push`] without
+    /// a part of its own. Returns whether the actor must be sent a `Drain`.
+    pub fn push_one(&self, command: AssetCommand, collector: &Arc<Collector>, slot: u32) -> bool {
+        let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.commands.push(command);
+        pending.part.push_slot(collector, slot);
+        !std::mem::replace(&mut pending.armed, true)
+    }
+
     /// Puts commands taken earlier back in front of whatever is pending, answered through
     /// `part` (an actor that must fail hands the rest of its drain to its successor). Sends
     /// no `Drain`: whoever takes the inbox next (the successor) finds them first.
@@ -99,7 +108,6 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::completion::Collector;
     use citytwin_core::event::Timestamp;
 
     fn check(at: i64) -> AssetCommand {

@@ -265,3 +265,26 @@ fn a_redelivered_observation_is_accepted_without_being_stored_again() {
     let bytes = rmp_serde::to_vec(&state).unwrap();
     assert_eq!(rmp_serde::from_slice::<AssetState>(&bytes).unwrap().recent, state.recent);
 }
+
+#[test]
+fn an_identity_is_fnv_1a_over_source_separator_and_id_whichever_source_came_before() {
+    // The plain definition, byte by byte: snapshots keep these hashes, so they must not drift.
+    let plain = |event: &Event| {
+        let bytes = event.source.bytes().chain([0xff]).chain(event.id.bytes());
+        bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    };
+    let mut events = vec![reading("s1", 1, "pm25", 1.0, 60), reading("s1", 2, "pm25", 1.0, 61)];
+    let mut other = reading("s1", 3, "pm25", 1.0, 62);
+    other.source = "/a/longer/source/than/the/first/one".into();
+    events.push(other);
+    events.push(reading("s1", 4, "pm25", 1.0, 63));
+    let mut empty = reading("s1", 5, "pm25", 1.0, 64);
+    empty.source = "".into();
+    events.push(empty);
+    for event in events.iter().chain(&events) {
+        assert_eq!(RecentIds::identity(event), plain(event), "{} from {:?}", event.id, event.source);
+    }
+    let mut pinned = reading("s1", 6, "pm25", 1.0, 65);
+    (pinned.source, pinned.id) = ("/x".into(), "r1".into());
+    assert_eq!(RecentIds::identity(&pinned), 0x2542_5273_9483_8eea);
+}
