@@ -150,6 +150,8 @@ struct Pacing {
     batches: AtomicU64,
     /// Each paced subscription's latest batch taken (gone when it is dropped).
     cursors: Mutex<Vec<Weak<AtomicU64>>>,
+    /// A batch no paced subscription is behind of: the slowest cursor when last looked at.
+    floor: AtomicU64,
     /// Signalled when a paced subscription takes a batch.
     progressed: tokio::sync::Notify,
     /// Most batches a paced subscriber may have left to take before producers wait.
@@ -157,17 +159,29 @@ struct Pacing {
 }
 
 impl Pacing {
-    /// Batches the slowest paced subscriber has still to take (0 without any).
-    fn lag(&self) -> u64 {
+    /// Whether the slowest paced subscriber has more than `max_lag` batches still to take.
+    ///
+    /// Taken on every submission, so cheap while no subscriber is near the limit: a cursor
+    /// only moves forward and a new subscription starts at the newest batch, so the slowest
+    /// cursor found earlier (`floor`) never exceeds the slowest one now. The cursors are read
+    /// (under the lock, each upgraded) only when that bound says the limit may be passed.
+    fn behind(&self) -> bool {
         let published = self.batches.load(Ordering::Acquire);
-        // Gone subscriptions are pruned when they drop (not on this path, taken per submission).
+        if published.saturating_sub(self.floor.load(Ordering::Acquire)) <= self.max_lag {
+            return false;
+        }
+        // Gone subscriptions are pruned when they drop (not on this path).
         let cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-        cursors
+        let slowest = cursors
             .iter()
             .filter_map(Weak::upgrade)
-            .map(|cursor| published.saturating_sub(cursor.load(Ordering::Acquire)))
-            .max()
-            .unwrap_or(0)
+            .map(|cursor| cursor.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(published)
+            .min(published);
+        drop(cursors);
+        self.floor.fetch_max(slowest, Ordering::AcqRel);
+        published - slowest > self.max_lag
     }
 }
 
@@ -179,6 +193,7 @@ impl Bus {
         let pacing = Pacing {
             batches: AtomicU64::new(0),
             cursors: Mutex::default(),
+            floor: AtomicU64::new(0),
             progressed: tokio::sync::Notify::new(),
             max_lag: (capacity as u64 / 4).max(1),
         };
@@ -214,7 +229,7 @@ impl Bus {
     /// Waits while a paced subscriber has more than a quarter of the channel's batches still
     /// to take (returns at once when none lags that far, or there is none).
     pub async fn paced(&self) {
-        if self.pacing.lag() <= self.pacing.max_lag {
+        if !self.pacing.behind() {
             return;
         }
         loop {
@@ -222,7 +237,7 @@ impl Bus {
             let progressed = self.pacing.progressed.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            if self.pacing.lag() <= self.pacing.max_lag {
+            if !self.pacing.behind() {
                 return;
             }
             progressed.await;
