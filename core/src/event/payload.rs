@@ -392,10 +392,26 @@ pub struct ConfigurationChanged {
     pub new_value: String,
 }
 
+/// The type a `Payload` variant holds: the payload, or (marked `boxed`) a box of it.
+macro_rules! payload_slot {
+    ($payload:ty) => { $payload };
+    ($payload:ty, boxed) => { Box<$payload> };
+}
+
+/// A payload as its `Payload` variant holds it.
+macro_rules! into_slot {
+    ($inner:expr) => {
+        $inner
+    };
+    ($inner:expr, boxed) => {
+        Box::new($inner)
+    };
+}
+
 macro_rules! event_kinds {
     ($(
         $(#[$doc:meta])*
-        $variant:ident($payload:ty) = $index:literal, $short:literal, $full:literal, schema $version:literal;
+        $variant:ident($payload:ty $(, $boxed:ident)?) = $index:literal, $short:literal, $full:literal, schema $version:literal;
     )*) => {
         /// Every event type citytwin knows. Other types are carried through untyped.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -446,10 +462,14 @@ macro_rules! event_kinds {
         }
 
         /// A typed payload: the `data` of an event of a known kind.
+        ///
+        /// Kinds whose payload is larger than a reading's are boxed: every event is as large
+        /// as its largest payload, and readings, by far the most, are moved through every
+        /// stage (generator, ingest, asset actor, writer, bus).
         #[derive(Debug, Clone, PartialEq)]
         #[non_exhaustive]
         pub enum Payload {
-            $( $(#[$doc])* $variant($payload), )*
+            $( $(#[$doc])* $variant(payload_slot!($payload $(, $boxed)?)), )*
         }
 
         impl Payload {
@@ -464,7 +484,8 @@ macro_rules! event_kinds {
                 deserializer: D,
             ) -> Result<Self, D::Error> {
                 match kind {
-                    $(EventKind::$variant => <$payload>::deserialize(deserializer).map(Payload::$variant),)*
+                    $(EventKind::$variant => <$payload>::deserialize(deserializer)
+                        .map(|inner| Payload::$variant(into_slot!(inner $(, $boxed)?))),)*
                 }
             }
         }
@@ -479,7 +500,7 @@ macro_rules! event_kinds {
         $(
             impl From<$payload> for Payload {
                 fn from(inner: $payload) -> Self {
-                    Payload::$variant(inner)
+                    Payload::$variant(into_slot!(inner $(, $boxed)?))
                 }
             }
         )*
@@ -488,7 +509,7 @@ macro_rules! event_kinds {
 
 event_kinds! {
     /// `asset.created`
-    AssetCreated(AssetCreated) = 1, "asset.created", "com.smartcities.asset.created", schema 1;
+    AssetCreated(AssetCreated, boxed) = 1, "asset.created", "com.smartcities.asset.created", schema 1;
     /// `asset.commissioned`
     AssetCommissioned(AssetCommissioned) = 2, "asset.commissioned", "com.smartcities.asset.commissioned", schema 1;
     /// `asset.decommissioned`
@@ -510,23 +531,23 @@ event_kinds! {
     /// `metric.batch_ingested`
     MetricBatchIngested(MetricBatchIngested) = 11, "metric.batch_ingested", "com.smartcities.asset.metric_batch_ingested", schema 1;
     /// `metric.quality_check_failed`
-    MetricQualityCheckFailed(MetricQualityCheckFailed) = 12, "metric.quality_check_failed", "com.smartcities.asset.metric_quality_check_failed", schema 1;
+    MetricQualityCheckFailed(MetricQualityCheckFailed, boxed) = 12, "metric.quality_check_failed", "com.smartcities.asset.metric_quality_check_failed", schema 1;
     /// `alert.triggered`
-    AlertTriggered(AlertTriggered) = 13, "alert.triggered", "com.smartcities.alert.triggered", schema 1;
+    AlertTriggered(AlertTriggered, boxed) = 13, "alert.triggered", "com.smartcities.alert.triggered", schema 1;
     /// `alert.acknowledged`
     AlertAcknowledged(AlertAcknowledged) = 14, "alert.acknowledged", "com.smartcities.alert.acknowledged", schema 1;
     /// `weather.forecast_updated`
-    WeatherForecastUpdated(WeatherForecastUpdated) = 15, "weather.forecast_updated", "com.smartcities.weather.forecast_updated", schema 1;
+    WeatherForecastUpdated(WeatherForecastUpdated, boxed) = 15, "weather.forecast_updated", "com.smartcities.weather.forecast_updated", schema 1;
     /// `traffic.incident_reported`
-    TrafficIncidentReported(TrafficIncidentReported) = 16, "traffic.incident_reported", "com.smartcities.traffic.incident_reported", schema 1;
+    TrafficIncidentReported(TrafficIncidentReported, boxed) = 16, "traffic.incident_reported", "com.smartcities.traffic.incident_reported", schema 1;
     /// `utility.outage_detected`
-    UtilityOutageDetected(UtilityOutageDetected) = 17, "utility.outage_detected", "com.smartcities.utility.outage_detected", schema 1;
+    UtilityOutageDetected(UtilityOutageDetected, boxed) = 17, "utility.outage_detected", "com.smartcities.utility.outage_detected", schema 1;
     /// `user.dashboard_viewed`
     DashboardViewed(DashboardViewed) = 18, "user.dashboard_viewed", "com.smartcities.user.dashboard_viewed", schema 1;
     /// `user.alert_acknowledged`
     UserAlertAcknowledged(UserAlertAcknowledged) = 19, "user.alert_acknowledged", "com.smartcities.user.alert_acknowledged", schema 1;
     /// `user.configuration_changed`
-    ConfigurationChanged(ConfigurationChanged) = 20, "user.configuration_changed", "com.smartcities.user.configuration_changed", schema 1;
+    ConfigurationChanged(ConfigurationChanged, boxed) = 20, "user.configuration_changed", "com.smartcities.user.configuration_changed", schema 1;
 }
 
 impl fmt::Display for EventKind {

@@ -229,3 +229,16 @@ fn docs_list_every_known_type() {
         assert!(docs.contains(&row), "docs/events.md lacks the row for {kind}: {row}");
     }
 }
+
+#[test]
+fn an_event_stays_as_small_as_a_reading_allows() {
+    // Every event is as large as the largest inline payload, and readings are moved through
+    // every stage; larger payloads are boxed (see `Payload`).
+    let reading = std::mem::size_of::<crate::event::MetricRecorded>();
+    let payload = std::mem::size_of::<Payload>();
+    eprintln!(
+        "Event {} B, Payload {payload} B, MetricRecorded {reading} B",
+        std::mem::size_of::<crate::event::Event>()
+    );
+    assert!(payload <= reading + 8, "Payload is {payload} B against a reading's {reading} B");
+}
