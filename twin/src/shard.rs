@@ -223,6 +223,24 @@ impl ShardState {
         }
     }
 
+    /// Leaves commands in a live actor's inbox through `push` (which says whether the inbox
+    /// was empty) and wakes the actor then with a `Drain`; marks it active at `now_ms`, so the
+    /// live-actor limit applied afterwards does not pick the asset it just fed (it would drain
+    /// its inbox first all the same).
+    fn push_live(&mut self, asset_id: &str, now_ms: u64, push: impl FnOnce(&Inbox) -> bool) {
+        let live = self.live.get(asset_id).expect("commands are pushed to live actors only");
+        live.activity.touch_at(now_ms);
+        if push(&live.inbox)
+            && let Err(ractor::MessagingErr::SendErr(_)) = live.actor.cast(AssetMsg::Drain)
+        {
+            // The actor is failing and its supervision event is on its way: its inbox is held
+            // for the successor instead of being lost.
+            tracing::debug!(asset = %asset_id, "asset actor is stopping; holding its inbox for its successor");
+            self.hold_for_successor(asset_id);
+        }
+        self.enforce_live_limit();
+    }
+
     /// Stops a live actor: it takes `Passivate` after what is already in its mailbox (a
     /// `Drain` of its inbox among it, and it drains again before it stops); what arrives
     /// meanwhile is held for its successor, behind anything its inbox still holds then.
@@ -413,24 +431,12 @@ impl ShardActor {
             }
             self.actor_for(myself, asset_id, state).await?;
         }
-        let live = state.live.get(asset_id).expect("actor_for made it live");
-        // Active from now: the live-actor limit below should not pick the asset it just fed
-        // (it would drain its inbox first all the same).
-        live.activity.touch();
-        if live.inbox.push(commands, part)
-            && let Err(ractor::MessagingErr::SendErr(_)) = live.actor.cast(AssetMsg::Drain)
-        {
-            // The actor is failing and its supervision event is on its way: its inbox is held
-            // for the successor instead of being lost.
-            tracing::debug!(asset = %asset_id, "asset actor is stopping; holding its inbox for its successor");
-            state.hold_for_successor(asset_id);
-        }
-        state.enforce_live_limit();
+        state.push_live(asset_id, Activity::now_ms(), |inbox| inbox.push(commands, part));
         Ok(())
     }
 
     /// Delivers one command of a batch, answered through `slot` of its collector. For a live
-    /// actor, one lookup and no part of its own; otherwise as [`ShardActor::deliver_batch`].
+    /// actor, no part of its own; otherwise as [`ShardActor::deliver_batch`].
     async fn deliver_one(
         &self,
         myself: &ActorRef<ShardMsg>,
@@ -440,18 +446,11 @@ impl ShardActor {
         now_ms: u64,
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(live) = state.live.get(asset_id) else {
+        if !state.live.contains_key(asset_id) {
             let part = Part::new(Arc::clone(collector), vec![slot]);
             return self.deliver_batch(myself, asset_id, vec![command], part, state).await;
-        };
-        live.activity.touch_at(now_ms);
-        if live.inbox.push_one(command, collector, slot)
-            && let Err(ractor::MessagingErr::SendErr(_)) = live.actor.cast(AssetMsg::Drain)
-        {
-            tracing::debug!(asset = %asset_id, "asset actor is stopping; holding its inbox for its successor");
-            state.hold_for_successor(asset_id);
         }
-        state.enforce_live_limit();
+        state.push_live(asset_id, now_ms, |inbox| inbox.push_one(command, collector, slot));
         Ok(())
     }
 
