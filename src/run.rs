@@ -51,13 +51,14 @@ pub(crate) struct RunArgs {
     /// of as fast as possible.
     #[arg(long)]
     realtime: Option<f64>,
-    /// Most events per ingest call (a call also ends after 5 minutes of simulated time, and
-    /// with --realtime after each simulated minute). By default 500k when the scenario has
+    /// Most events per ingest call (a call also ends after 10 minutes of simulated time, and
+    /// with --realtime after each simulated minute). By default 1M when the scenario has
     /// at most three quarters of --max-live assets, else 20k. Big calls carry several
     /// readings of an asset, which its actor takes in one wake-up: at 100k assets reporting
-    /// each minute, 500k ran 1.4x faster than 20k, with two calls' worth of events in memory
-    /// (about 1.2 GB more). With more assets than live actors, big calls wake more actors
-    /// than fit and ran 1.4-1.5x slower, hence 20k there.
+    /// each minute, 500k ran 1.4x faster than 20k, and 1M (ten readings per asset) another
+    /// 1.1x, with two calls' worth of events in memory (about 2 GB more than 20k). With more
+    /// assets than live actors, big calls wake more actors than fit and ran 1.4-1.5x
+    /// slower, hence 20k there.
     #[arg(long, value_name = "N")]
     batch: Option<usize>,
     /// Log durability: `always`, `interval` (5 ms group commit) or `never`.
@@ -160,12 +161,12 @@ fn default_threads() -> usize {
 /// their share and are filled unevenly, and a big call then wakes more actors than fit.
 fn batch_size(requested: Option<usize>, assets: u64, max_live: usize) -> usize {
     let fits = max_live == 0 || assets <= (max_live - max_live / 4) as u64;
-    requested.unwrap_or(if fits { 500_000 } else { 20_000 }).max(1)
+    requested.unwrap_or(if fits { 1_000_000 } else { 20_000 }).max(1)
 }
 
 /// How far behind the newest event the cells' watermark trails: a batch's events commit in
 /// any order across assets, and a batch spans at most this much simulated time.
-const BATCH_SPAN: Duration = Duration::from_secs(300);
+const BATCH_SPAN: Duration = Duration::from_secs(600);
 
 fn load(path: &Path) -> anyhow::Result<Result<(Scenario, Vec<Rule>), String>> {
     let scenario = match scenario::load(path) {
@@ -313,7 +314,7 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
     // most two batches exist at once: the one the twin is ingesting and the next (big batches
     // are what lets an asset take several readings per wake-up, see `--batch`).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<Event>, Timestamp)>(1);
-    // Emptied batches go back to the generator, which fills them again: a batch of 500k
+    // Emptied batches go back to the generator, which fills them again: a batch of 1M
     // events is a few hundred MB, which fresh from the allocator are fresh pages the kernel
     // zeroes every time.
     let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel::<Vec<Event>>(2);
@@ -535,10 +536,10 @@ mod tests {
 
     #[test]
     fn calls_are_big_only_well_under_the_live_actor_limit() {
-        assert_eq!(batch_size(None, 100_000, 250_000), 500_000);
-        assert_eq!(batch_size(None, 187_500, 250_000), 500_000);
+        assert_eq!(batch_size(None, 100_000, 250_000), 1_000_000);
+        assert_eq!(batch_size(None, 187_500, 250_000), 1_000_000);
         assert_eq!(batch_size(None, 187_501, 250_000), 20_000, "near the limit the shards passivate");
-        assert_eq!(batch_size(None, 10_000_000, 0), 500_000, "0: no limit");
+        assert_eq!(batch_size(None, 10_000_000, 0), 1_000_000, "0: no limit");
         assert_eq!(batch_size(Some(777), 1_000_000, 250_000), 777, "--batch wins");
         assert_eq!(batch_size(Some(0), 10, 0), 1);
     }

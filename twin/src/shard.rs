@@ -151,6 +151,86 @@ struct Stopping {
     held: Vec<AssetMsg>,
 }
 
+/// A batch's commands grouped by asset, each with its slot (see [`ShardMsg::Batch`]): the
+/// shard hands an asset all of its commands in the batch at once. Grouped by sorting
+/// positions on a hash of the asset id, then on position, so each asset's commands keep
+/// their order (two ids with one hash only split each other's groups). Commands not handed
+/// on when it drops (the shard failed midway) are answered with an error.
+struct ByAsset {
+    collectors: Vec<Arc<Collector>>,
+    /// In batch order; taken as they are handed on.
+    entries: Vec<Option<Entry>>,
+    /// Positions in `entries`, grouped by asset.
+    order: Vec<u32>,
+    /// The first position in `order` not handed on yet.
+    next: usize,
+}
+
+struct Entry {
+    asset_id: EcoString,
+    command: AssetCommand,
+    /// Its collector, an index into `ByAsset::collectors`, and its slot there.
+    collector: u32,
+    slot: u32,
+}
+
+impl ByAsset {
+    fn new(commands: Vec<(EcoString, AssetCommand)>, part: Part) -> ByAsset {
+        let mut collectors: Vec<Arc<Collector>> = Vec::new();
+        let mut entries = Vec::with_capacity(commands.len());
+        let mut keys: Vec<(u64, u32)> = Vec::with_capacity(commands.len());
+        let mut slots = part.into_slots();
+        for (asset_id, command) in commands {
+            let Some((collector, slot)) = slots.next_slot() else { break };
+            if !collectors.last().is_some_and(|last| Arc::ptr_eq(last, collector)) {
+                collectors.push(Arc::clone(collector));
+            }
+            let position = u32::try_from(entries.len()).expect("a batch of fewer than 2^32 commands");
+            keys.push((rank(&asset_id), position));
+            let collector = u32::try_from(collectors.len() - 1).expect("fewer than 2^32 collectors");
+            entries.push(Some(Entry { asset_id, command, collector, slot }));
+        }
+        keys.sort_unstable();
+        ByAsset { collectors, entries, order: keys.into_iter().map(|(_, position)| position).collect(), next: 0 }
+    }
+
+    fn entry(&self, at: usize) -> &Entry {
+        self.entries[self.order[at] as usize].as_ref().expect("an entry is taken once")
+    }
+
+    /// The next asset and the end (in `order`) of its group; `None` when all were handed on.
+    fn next_group(&self) -> Option<(EcoString, usize)> {
+        if self.next == self.order.len() {
+            return None;
+        }
+        let first = &self.entry(self.next).asset_id;
+        let len = self.order[self.next..].iter().take_while(|&&p| match &self.entries[p as usize] {
+            Some(entry) => entry.asset_id == *first,
+            None => false,
+        });
+        Some((first.clone(), self.next + len.count()))
+    }
+
+    /// Moves the group up to `end` onto `commands` and `part`, in order.
+    fn take_group(&mut self, end: usize, commands: &mut Vec<AssetCommand>, part: &mut Part) {
+        for &position in &self.order[self.next..end] {
+            let entry = self.entries[position as usize].take().expect("an entry is taken once");
+            commands.push(entry.command);
+            part.push_slot(&self.collectors[entry.collector as usize], entry.slot);
+        }
+        self.next = end;
+    }
+}
+
+impl Drop for ByAsset {
+    fn drop(&mut self) {
+        let mut unanswered = Part::empty();
+        for entry in self.entries.iter_mut().filter_map(Option::take) {
+            unanswered.push_slot(&self.collectors[entry.collector as usize], entry.slot);
+        }
+    }
+}
+
 /// The shard's state.
 #[derive(Debug)]
 pub struct ShardState {
@@ -435,23 +515,30 @@ impl ShardActor {
         Ok(())
     }
 
-    /// Delivers one command of a batch, answered through `slot` of its collector. For a live
-    /// actor, no part of its own; otherwise as [`ShardActor::deliver_batch`].
-    async fn deliver_one(
+    /// Delivers the next asset's commands of a batch, each answered through its own slot:
+    /// for a live actor, straight into its inbox (one lookup, one lock, one wake-up);
+    /// otherwise as [`ShardActor::deliver_batch`].
+    async fn deliver_group(
         &self,
         myself: &ActorRef<ShardMsg>,
-        asset_id: &str,
-        command: AssetCommand,
-        (collector, slot): (&Arc<Collector>, u32),
+        batch: &mut ByAsset,
         now_ms: u64,
         state: &mut ShardState,
-    ) -> Result<(), ActorProcessingErr> {
-        if !state.live.contains_key(asset_id) {
-            let part = Part::new(Arc::clone(collector), vec![slot]);
-            return self.deliver_batch(myself, asset_id, vec![command], part, state).await;
+    ) -> Result<bool, ActorProcessingErr> {
+        let Some((asset_id, end)) = batch.next_group() else { return Ok(false) };
+        if !state.live.contains_key(asset_id.as_str()) {
+            let (mut commands, mut part) = (Vec::with_capacity(end - batch.next), Part::empty());
+            batch.take_group(end, &mut commands, &mut part);
+            self.deliver_batch(myself, &asset_id, commands, part, state).await?;
+            return Ok(true);
         }
-        state.push_live(asset_id, now_ms, |inbox| inbox.push_one(command, collector, slot));
-        Ok(())
+        state.push_live(&asset_id, now_ms, |inbox| {
+            inbox.push_with(|commands, part| {
+                commands.reserve(end - batch.next);
+                batch.take_group(end, commands, part);
+            })
+        });
+        Ok(true)
     }
 
     /// Starts waiting assets, first come first served, while there is room, each with its
@@ -542,16 +629,13 @@ impl Actor for ShardActor {
                 }
             }
             ShardMsg::Batch(commands, part) => {
-                // Each command joins its asset's inbox in order, answering its own slot: the
-                // shard never waits, and an asset busy elsewhere gets them all in one drain.
-                // (A command beyond the part's slots is dropped; a slot beyond the commands is
-                // answered with an error when `slots` drops.)
+                // Each asset's commands join its inbox together, in their order, each
+                // answering its own slot: the shard never waits, and the asset takes them
+                // all in one drain. (A command beyond the part's slots is dropped; a slot
+                // beyond the commands is answered with an error.)
                 let now = Activity::now_ms();
-                let mut slots = part.into_slots();
-                for (asset_id, command) in commands {
-                    let Some((collector, slot)) = slots.next_slot() else { break };
-                    self.deliver_one(&myself, &asset_id, command, (collector, slot), now, state).await?;
-                }
+                let mut batch = ByAsset::new(commands, part);
+                while self.deliver_group(&myself, &mut batch, now, state).await? {}
             }
             ShardMsg::Sweep => {
                 // Reads each live actor's activity clock: no message to the busy ones.
@@ -635,5 +719,78 @@ impl Actor for ShardActor {
         }
         state.publish_started();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use citytwin_core::event::Timestamp;
+
+    fn check(at: i64) -> AssetCommand {
+        AssetCommand::CheckHeartbeat { now: Timestamp::from_nanos(at) }
+    }
+
+    fn at(command: &AssetCommand) -> i64 {
+        match command {
+            AssetCommand::CheckHeartbeat { now } => now.as_nanos(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// A batch of `assets` assets interleaved, `per_asset` commands each; command `i` is
+    /// timed `i` and answers slot `len - 1 - i`.
+    fn batch(assets: usize, per_asset: usize) -> (Vec<(EcoString, AssetCommand)>, Arc<Collector>, Part) {
+        let len = assets * per_asset;
+        let commands = (0..len).map(|i| (EcoString::from(format!("a{}", i % assets)), check(i as i64))).collect();
+        let collector = Collector::new(len);
+        let slots = (0..len as u32).rev().collect();
+        (commands, Arc::clone(&collector), Part::new(collector, slots))
+    }
+
+    /// The collector's answers, unless some slot is still unanswered after a while.
+    fn wait(collector: &Collector) -> Option<Vec<crate::asset::actor::BatchReply>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), collector.wait()).await }).ok()
+    }
+
+    #[test]
+    fn a_batch_is_handed_on_asset_by_asset_each_in_its_order_with_its_slots() {
+        let (assets, per_asset) = (37, 5);
+        let (commands, collector, part) = batch(assets, per_asset);
+        let mut grouped = ByAsset::new(commands, part);
+        let mut seen = std::collections::HashSet::new();
+        while let Some((asset, end)) = grouped.next_group() {
+            let (mut commands, mut part) = (Vec::new(), Part::empty());
+            grouped.take_group(end, &mut commands, &mut part);
+            assert!(seen.insert(asset.clone()), "{asset} comes as one group");
+            let times: Vec<i64> = commands.iter().map(at).collect();
+            let expected: Vec<i64> = (0..per_asset).map(|k| (k * assets) as i64 + times[0]).collect();
+            assert_eq!(times, expected, "{asset}: all its commands, in order");
+            assert_eq!(format!("a{}", times[0]), asset.as_str());
+            // Each command keeps its own slot: answered with its time, slot len-1-time.
+            part.answer(times.iter().map(|&t| Ok(t as usize)));
+        }
+        assert_eq!(seen.len(), assets);
+        let answers = wait(&collector).expect("every slot answered");
+        let len = assets * per_asset;
+        let answers: Vec<usize> = answers.into_iter().map(|a| a.unwrap()).collect();
+        assert_eq!(answers, (0..len).rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn commands_not_handed_on_are_answered_with_an_error_and_extra_slots_too() {
+        let (commands, collector, part) = batch(4, 2);
+        // Seven commands for eight slots: the last slot has no command.
+        let mut grouped = ByAsset::new(commands[..7].to_vec(), part);
+        let (_, end) = grouped.next_group().expect("a first group");
+        let (mut taken, mut taken_part) = (Vec::new(), Part::empty());
+        grouped.take_group(end, &mut taken, &mut taken_part);
+        taken_part.answer(taken.iter().map(|_| Ok(1)));
+        drop(grouped);
+        let answers = wait(&collector).expect("every slot answered once the rest is dropped");
+        let ok = answers.iter().filter(|a| a.is_ok()).count();
+        assert_eq!(ok, taken.len(), "the group handed on is answered; the rest with errors");
+        assert_eq!(answers.len(), 8);
     }
 }

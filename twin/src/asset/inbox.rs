@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::logic::AssetCommand;
-use crate::completion::{Collector, Part};
+use crate::completion::Part;
 
 /// How many drains asset actors made and how many commands they took, process-wide: the
 /// batching this buys (the `bench` command reports commands per drain).
@@ -73,13 +73,14 @@ impl Inbox {
         !std::mem::replace(&mut pending.armed, true)
     }
 
-    /// Appends one command, answered through `slot` of `collector`: [`Inbox::push`] without
-    /// a part of its own. Returns whether the actor must be sent a `Drain`.
-    pub fn push_one(&self, command: AssetCommand, collector: &Arc<Collector>, slot: u32) -> bool {
+    /// Appends commands with their slots through `fill`, which pushes them onto the pending
+    /// commands and part, in order, under one lock: [`Inbox::push`] without a part or a
+    /// vector of their own. Returns whether the actor must be sent a `Drain`.
+    pub fn push_with(&self, fill: impl FnOnce(&mut Vec<AssetCommand>, &mut Part)) -> bool {
         let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.commands.push(command);
-        pending.part.push_slot(collector, slot);
-        !std::mem::replace(&mut pending.armed, true)
+        let Pending { commands, part, armed } = &mut *pending;
+        fill(commands, part);
+        !std::mem::replace(armed, true)
     }
 
     /// Puts commands taken earlier back in front of whatever is pending, answered through
@@ -108,6 +109,7 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::completion::Collector;
     use citytwin_core::event::Timestamp;
 
     fn check(at: i64) -> AssetCommand {

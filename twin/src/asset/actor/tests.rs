@@ -475,6 +475,52 @@ async fn a_drain_poisoned_while_applying_hands_its_other_commands_to_the_restart
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_interleaving_assets_reaches_each_in_order_and_answers_every_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = start(dir.path(), AssetConfig::default()).await;
+    let assets = ["s1", "s2", "s3"];
+    for id in assets {
+        bring_up(&twin, id, None).await;
+    }
+    // Round-robin over the assets, as a feed sends them; the second reading of s2 repeats
+    // its first one's id (a duplicate: accepted, nothing stored), and slots run backwards.
+    let mut batch = Vec::new();
+    for n in 1..=4u32 {
+        for (a, id) in assets.iter().enumerate() {
+            let id_n = if *id == "s2" && n == 2 { 1 } else { n };
+            let value = f64::from(n * 10 + a as u32);
+            batch.push(reading(id, id_n, "pm25", value, Timestamp::from_secs(T0 + 60 + i64::from(n))));
+        }
+    }
+    let len = batch.len();
+    let collector = crate::completion::Collector::new(len);
+    let commands =
+        batch.into_iter().map(|e| (e.asset_id().unwrap().into(), AssetCommand::Observe(Box::new(e)))).collect();
+    let part = crate::completion::Part::new(Arc::clone(&collector), (0..len as u32).rev().collect());
+    twin.shard.cast(ShardMsg::Batch(commands, part)).unwrap();
+    let answers = tokio::time::timeout(WAIT, collector.wait()).await.expect("every command answered");
+    // Slot len-1-i answers command i with the number of events it stored: each asset's
+    // first reading also brings it online, and command 4 is s2's duplicate.
+    for (slot, answer) in answers.into_iter().enumerate() {
+        let command = len - 1 - slot;
+        let expected = match command {
+            0..=2 => 2,
+            4 => 0,
+            _ => 1,
+        };
+        let stored = answer.map_err(|f| f.error.to_string());
+        assert_eq!(stored, Ok(expected), "command {command} (slot {slot})");
+    }
+    for (a, id) in assets.iter().enumerate() {
+        let state = stored_once(&twin, id).await;
+        // Applied in the batch's order: the last value is the fourth reading's.
+        assert_eq!(state.metrics["pm25"].last, f64::from(40 + a as u32), "{id}");
+        assert_eq!(state.metrics["pm25"].count, if *id == "s2" { 3 } else { 4 }, "{id}");
+    }
+    twin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missed_heartbeat_takes_the_asset_offline() {
     let dir = tempfile::tempdir().unwrap();
     let mut twin = start(dir.path(), AssetConfig::default()).await;
