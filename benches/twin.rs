@@ -59,7 +59,7 @@ fn logic(c: &mut Criterion) {
     for event in lifecycle("s1") {
         apply(&mut state, &event);
     }
-    let commands: Vec<AssetCommand> = (0..10_000).map(|n| AssetCommand::Observe(Box::new(reading("s1", n)))).collect();
+    let commands: Vec<AssetCommand> = (0..10_000).map(|n| AssetCommand::Observe(reading("s1", n))).collect();
     let mut group = c.benchmark_group("twin");
     group.throughput(Throughput::Elements(commands.len() as u64));
     group.bench_function("asset_decide_apply", |b| {

@@ -353,7 +353,7 @@ impl Twin {
                     let slot = u32::try_from(slots.len()).expect("a batch of fewer than 2^32 events");
                     slots.push(index);
                     per_shard[shard].0.push(slot);
-                    per_shard[shard].1.push((asset_id, AssetCommand::Observe(Box::new(event))));
+                    per_shard[shard].1.push((asset_id, AssetCommand::Observe(event)));
                 }
                 None => {
                     city.0.push(index);
@@ -462,10 +462,10 @@ impl Twin {
         let event = match live {
             Some(actor) => {
                 let kept = event.clone();
-                let command = AssetCommand::Observe(Box::new(event));
+                let command = AssetCommand::Observe(event);
                 // NOTE: no timeout: a live actor always answers or drops the reply port (then
                 // SenderError below); a timeout would cost a timer per command (measured 7 %).
-                match actor.call(|reply| AssetMsg::Command(command, reply), None).await {
+                match actor.call(|reply| AssetMsg::Command(Box::new(command), reply), None).await {
                     Ok(CallResult::Success(Ok(events))) => return Ok(events),
                     Ok(CallResult::Success(Err(error))) => return Err((IngestError::Refused(error), Some(kept))),
                     // Unknown whether it ran: do not run it twice.
@@ -480,9 +480,9 @@ impl Twin {
         // Slow path (first message to an asset, or one passivating): through the shard.
         let kept = event.clone();
         let shard = self.shard_for(&asset_id).map_err(|e| (e, None))?;
-        let command = AssetCommand::Observe(Box::new(event));
+        let command = AssetCommand::Observe(event);
         let reply = shard
-            .call(|reply| ShardMsg::Command(asset_id, command, reply), Some(Duration::from_secs(30)))
+            .call(|reply| ShardMsg::Command(asset_id, Box::new(command), reply), Some(Duration::from_secs(30)))
             .await
             .map_err(|e| (IngestError::Unavailable(e.to_string()), None))?;
         match reply {

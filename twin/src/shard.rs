@@ -44,8 +44,8 @@ pub enum ShardEvent {
 /// Messages of a [`ShardActor`].
 #[derive(Debug)]
 pub enum ShardMsg {
-    /// Route a command to an asset.
-    Command(String, AssetCommand, RpcReplyPort<CommandReply>),
+    /// Route a command to an asset (boxed, as in [`AssetMsg::Command`]).
+    Command(String, Box<AssetCommand>, RpcReplyPort<CommandReply>),
     /// Commands for several assets, answered through `Part` (one slot per command, in order).
     Batch(Vec<(EcoString, AssetCommand)>, crate::completion::Part),
     /// The state of an asset (read from its snapshot and tail when passivated, without
@@ -154,69 +154,61 @@ struct Stopping {
 /// A batch's commands grouped by asset, each with its slot (see [`ShardMsg::Batch`]): the
 /// shard hands an asset all of its commands in the batch at once. Grouped by sorting
 /// positions on a hash of the asset id, then on position, so each asset's commands keep
-/// their order (two ids with one hash only split each other's groups). Commands not handed
-/// on when it drops (the shard failed midway) are answered with an error.
+/// their order (two ids with one hash only split each other's groups). The commands stay
+/// where the batch put them until handed on; those not handed on when it drops (the shard
+/// failed midway) are answered with an error.
 struct ByAsset {
     collectors: Vec<Arc<Collector>>,
-    /// In batch order; taken as they are handed on.
-    entries: Vec<Option<Entry>>,
-    /// Positions in `entries`, grouped by asset.
+    /// In batch order (one per slot); a command handed on leaves a placeholder.
+    commands: Vec<(EcoString, AssetCommand)>,
+    /// Per command: its collector (an index into `collectors`) and its slot there.
+    slots: Vec<(u32, u32)>,
+    /// Positions in `commands`, grouped by asset.
     order: Vec<u32>,
     /// The first position in `order` not handed on yet.
     next: usize,
 }
 
-struct Entry {
-    asset_id: EcoString,
-    command: AssetCommand,
-    /// Its collector, an index into `ByAsset::collectors`, and its slot there.
-    collector: u32,
-    slot: u32,
-}
-
 impl ByAsset {
-    fn new(commands: Vec<(EcoString, AssetCommand)>, part: Part) -> ByAsset {
+    fn new(mut commands: Vec<(EcoString, AssetCommand)>, part: Part) -> ByAsset {
         let mut collectors: Vec<Arc<Collector>> = Vec::new();
-        let mut entries = Vec::with_capacity(commands.len());
-        let mut keys: Vec<(u64, u32)> = Vec::with_capacity(commands.len());
-        let mut slots = part.into_slots();
-        for (asset_id, command) in commands {
-            let Some((collector, slot)) = slots.next_slot() else { break };
+        let mut slots_of = Vec::with_capacity(commands.len());
+        let mut part_slots = part.into_slots();
+        for _ in 0..commands.len() {
+            let Some((collector, slot)) = part_slots.next_slot() else { break };
             if !collectors.last().is_some_and(|last| Arc::ptr_eq(last, collector)) {
                 collectors.push(Arc::clone(collector));
             }
-            let position = u32::try_from(entries.len()).expect("a batch of fewer than 2^32 commands");
-            keys.push((rank(&asset_id), position));
             let collector = u32::try_from(collectors.len() - 1).expect("fewer than 2^32 collectors");
-            entries.push(Some(Entry { asset_id, command, collector, slot }));
+            slots_of.push((collector, slot));
         }
+        commands.truncate(slots_of.len());
+        let mut keys: Vec<(u64, u32)> = commands
+            .iter()
+            .enumerate()
+            .map(|(position, (asset_id, _))| {
+                (rank(asset_id), u32::try_from(position).expect("a batch of fewer than 2^32 commands"))
+            })
+            .collect();
         keys.sort_unstable();
-        ByAsset { collectors, entries, order: keys.into_iter().map(|(_, position)| position).collect(), next: 0 }
-    }
-
-    fn entry(&self, at: usize) -> &Entry {
-        self.entries[self.order[at] as usize].as_ref().expect("an entry is taken once")
+        let order = keys.into_iter().map(|(_, position)| position).collect();
+        ByAsset { collectors, commands, slots: slots_of, order, next: 0 }
     }
 
     /// The next asset and the end (in `order`) of its group; `None` when all were handed on.
     fn next_group(&self) -> Option<(EcoString, usize)> {
-        if self.next == self.order.len() {
-            return None;
-        }
-        let first = &self.entry(self.next).asset_id;
-        let len = self.order[self.next..].iter().take_while(|&&p| match &self.entries[p as usize] {
-            Some(entry) => entry.asset_id == *first,
-            None => false,
-        });
-        Some((first.clone(), self.next + len.count()))
+        let first = &self.commands[*self.order.get(self.next)? as usize].0;
+        let len = self.order[self.next..].iter().take_while(|&&p| self.commands[p as usize].0 == *first).count();
+        Some((first.clone(), self.next + len))
     }
 
     /// Moves the group up to `end` onto `commands` and `part`, in order.
     fn take_group(&mut self, end: usize, commands: &mut Vec<AssetCommand>, part: &mut Part) {
         for &position in &self.order[self.next..end] {
-            let entry = self.entries[position as usize].take().expect("an entry is taken once");
-            commands.push(entry.command);
-            part.push_slot(&self.collectors[entry.collector as usize], entry.slot);
+            let placeholder = AssetCommand::CheckHeartbeat { now: citytwin_core::event::Timestamp::from_nanos(0) };
+            commands.push(std::mem::replace(&mut self.commands[position as usize].1, placeholder));
+            let (collector, slot) = self.slots[position as usize];
+            part.push_slot(&self.collectors[collector as usize], slot);
         }
         self.next = end;
     }
@@ -225,8 +217,9 @@ impl ByAsset {
 impl Drop for ByAsset {
     fn drop(&mut self) {
         let mut unanswered = Part::empty();
-        for entry in self.entries.iter_mut().filter_map(Option::take) {
-            unanswered.push_slot(&self.collectors[entry.collector as usize], entry.slot);
+        for &position in &self.order[self.next..] {
+            let (collector, slot) = self.slots[position as usize];
+            unanswered.push_slot(&self.collectors[collector as usize], slot);
         }
     }
 }

@@ -105,8 +105,9 @@ pub type BatchReply = Result<usize, BatchFailure>;
 /// Messages of an [`AssetActor`].
 #[derive(Debug)]
 pub enum AssetMsg {
-    /// Decide, persist, apply, publish, reply.
-    Command(AssetCommand, RpcReplyPort<CommandReply>),
+    /// Decide, persist, apply, publish, reply. (Boxed: a message is as large as its largest
+    /// variant, and `Drain`s are the many.)
+    Command(Box<AssetCommand>, RpcReplyPort<CommandReply>),
     /// Several commands: decided and applied in order, persisted in one append, answered
     /// together (one result per command, in order) once the append is committed.
     Batch(Vec<AssetCommand>, crate::completion::Part),
@@ -263,7 +264,7 @@ async fn persist(
 /// The event a command carries (an observation), if any.
 fn observed_event(command: AssetCommand) -> Option<Box<Event>> {
     match command {
-        AssetCommand::Observe(event) => Some(event),
+        AssetCommand::Observe(event) => Some(Box::new(event)),
         _ => None,
     }
 }
@@ -610,7 +611,7 @@ impl AssetActor {
         match message {
             AssetMsg::Command(command, reply) => {
                 state.args.activity.touch();
-                let outcome = self.run_command(myself, command, state).await;
+                let outcome = self.run_command(myself, *command, state).await;
                 match outcome {
                     Ok(result) => {
                         // A caller that gave up waiting is not an error of the asset.

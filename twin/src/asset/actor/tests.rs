@@ -82,7 +82,7 @@ async fn start_limited(dir: &std::path::Path, asset: AssetConfig, max_live: usiz
 /// Sends a command to an asset through its shard and waits (bounded) for the answer.
 async fn command_to(shard: &ActorRef<ShardMsg>, asset: &str, command: AssetCommand) -> CommandReply {
     let asset = asset.to_owned();
-    match shard.call(|reply| ShardMsg::Command(asset, command, reply), Some(WAIT)).await.unwrap() {
+    match shard.call(|reply| ShardMsg::Command(asset, Box::new(command), reply), Some(WAIT)).await.unwrap() {
         CallResult::Success(reply) => reply,
         other => panic!("no reply: {other:?}"),
     }
@@ -95,7 +95,7 @@ impl Twin {
 
     async fn observe(&self, event: Event) -> CommandReply {
         let asset = event.asset_id().unwrap().to_owned();
-        self.command(&asset, AssetCommand::Observe(Box::new(event))).await
+        self.command(&asset, AssetCommand::Observe(event)).await
     }
 
     async fn state(&self, asset: &str) -> AssetState {
@@ -300,12 +300,12 @@ async fn under_thrash_actors_in_memory_stay_within_the_limit_and_nothing_is_lost
         let shard = twin.shard.clone();
         tasks.spawn(async move {
             let asset = format!("s{i:03}");
-            command_to(&shard, &asset, AssetCommand::Observe(Box::new(created(&asset, None)))).await.unwrap();
-            command_to(&shard, &asset, AssetCommand::Observe(Box::new(commissioned(&asset)))).await.unwrap();
+            command_to(&shard, &asset, AssetCommand::Observe(created(&asset, None))).await.unwrap();
+            command_to(&shard, &asset, AssetCommand::Observe(commissioned(&asset))).await.unwrap();
             for n in 1..=2 {
                 let time = Timestamp::from_secs(T0 + 60 * i64::from(n));
                 let event = reading(&asset, n, "pm25", f64::from(i * 10 + n), time);
-                command_to(&shard, &asset, AssetCommand::Observe(Box::new(event))).await.unwrap();
+                command_to(&shard, &asset, AssetCommand::Observe(event)).await.unwrap();
             }
         });
     }
@@ -378,7 +378,7 @@ async fn a_limit_of_one_serves_assets_in_turn_without_losing_anything() {
     for n in 1..=5u32 {
         for asset in ["a", "b", "c"] {
             let event = reading(asset, n, "pm25", f64::from(n), Timestamp::from_secs(T0 + 60 * i64::from(n)));
-            let command = AssetCommand::Observe(Box::new(event));
+            let command = AssetCommand::Observe(event);
             let (asset, shard) = (asset.to_owned(), twin.shard.clone());
             replies.push(tokio::spawn(async move { command_to(&shard, &asset, command).await }));
         }
@@ -456,7 +456,7 @@ async fn a_drain_poisoned_while_applying_hands_its_other_commands_to_the_restart
         reading("s1", 4, "pm25", 4.0, at(63)),
     ];
     let collector = crate::completion::Collector::new(batch.len());
-    let commands = batch.into_iter().map(|e| ("s1".into(), AssetCommand::Observe(Box::new(e)))).collect();
+    let commands = batch.into_iter().map(|e| ("s1".into(), AssetCommand::Observe(e))).collect();
     let part = crate::completion::Part::new(Arc::clone(&collector), vec![0, 1, 2, 3]);
     twin.shard.cast(ShardMsg::Batch(commands, part)).unwrap();
     let answers = tokio::time::timeout(WAIT, collector.wait()).await.expect("every command answered");
@@ -494,8 +494,7 @@ async fn a_batch_interleaving_assets_reaches_each_in_order_and_answers_every_slo
     }
     let len = batch.len();
     let collector = crate::completion::Collector::new(len);
-    let commands =
-        batch.into_iter().map(|e| (e.asset_id().unwrap().into(), AssetCommand::Observe(Box::new(e)))).collect();
+    let commands = batch.into_iter().map(|e| (e.asset_id().unwrap().into(), AssetCommand::Observe(e))).collect();
     let part = crate::completion::Part::new(Arc::clone(&collector), (0..len as u32).rev().collect());
     twin.shard.cast(ShardMsg::Batch(commands, part)).unwrap();
     let answers = tokio::time::timeout(WAIT, collector.wait()).await.expect("every command answered");
@@ -580,7 +579,7 @@ async fn a_shard_escalates_after_too_many_restarts() {
     let (shard, handle) = Actor::spawn(None, ShardActor, args).await.unwrap();
     let command = |n: u32| {
         let event = reading("s1", n, "poison_metric", 1.0, Timestamp::from_secs(T0 + i64::from(n)));
-        move |reply| ShardMsg::Command("s1".into(), AssetCommand::Observe(Box::new(event)), reply)
+        move |reply| ShardMsg::Command("s1".into(), Box::new(AssetCommand::Observe(event)), reply)
     };
     // The asset is unknown, but the poison pill fires in `decide` before any rule.
     let first = shard.call(command(1), Some(WAIT)).await.unwrap();

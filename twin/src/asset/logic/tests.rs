@@ -216,7 +216,7 @@ fn state_round_trips_through_a_snapshot() {
 }
 
 fn observe(event: Event) -> AssetCommand {
-    AssetCommand::Observe(Box::new(event))
+    AssetCommand::Observe(event)
 }
 
 #[test]
