@@ -5,7 +5,7 @@
 //!
 //! mimalloc gives memory that has been free for a second (its default purge delay) back to
 //! the kernel. The twin's working set turns over in cycles of a few seconds (an ingest call of
-//! 500k readings is allocated, then freed as it is committed and published), so memory went
+//! 1M readings is allocated, then freed as it is committed and published), so memory went
 //! back to the kernel and was faulted in again, zeroed, every cycle: on the 30-minute slice of
 //! `day-100k.toml`, 11 % of all samples were the kernel zeroing huge pages for fresh
 //! allocations. With the delay at ten seconds, memory still goes back once it has been idle

@@ -336,9 +336,8 @@ impl Twin {
         // Room for a fair share and an eighth more, so that a big call does not grow (copy) its
         // shards' lists of inline readings while it fills them.
         let share = total / shard_count + total / shard_count / 8 + 4;
-        let mut per_shard: Vec<ShardBatch> = (0..shard_count)
-            .map(|_| ShardBatch(Vec::with_capacity(share), Vec::with_capacity(share)))
-            .collect();
+        let mut per_shard: Vec<ShardBatch> =
+            (0..shard_count).map(|_| ShardBatch(Vec::with_capacity(share), Vec::with_capacity(share))).collect();
         let mut slots: Vec<usize> = Vec::with_capacity(total);
         let mut city: (Vec<usize>, Vec<Event>) = Default::default();
         // The batch's dead letters, appended together (a flood of bad input costs one append
