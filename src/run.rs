@@ -52,13 +52,13 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     realtime: Option<f64>,
     /// Most events per ingest call (a call also ends after 10 minutes of simulated time, 5
-    /// for calls under 1M, and with --realtime after each simulated minute). By default 1M when the scenario has
-    /// at most three quarters of --max-live assets, else 20k. Big calls carry several
-    /// readings of an asset, which its actor takes in one wake-up: at 100k assets reporting
-    /// each minute, 500k ran 1.4x faster than 20k, and 1M (ten readings per asset) another
-    /// 1.1x, with two calls' worth of events in memory (about 2 GB more than 20k). With more
-    /// assets than live actors, big calls wake more actors than fit and ran 1.4-1.5x
-    /// slower, hence 20k there.
+    /// for calls under 1M, and with --realtime after each simulated minute). By default 1M
+    /// when the scenario has at most three quarters of --max-live assets, else 20k. Big
+    /// calls carry several readings of an asset, which its actor takes in one wake-up: at
+    /// 100k assets reporting each minute, 500k ran 1.4x faster than 20k, and 1M (ten
+    /// readings per asset) another 1.1x, with two calls' worth of events in memory (about
+    /// 2 GB more than 20k). With more assets than live actors, big calls wake more actors
+    /// than fit and ran 1.4-1.5x slower, hence 20k there.
     #[arg(long, value_name = "N")]
     batch: Option<usize>,
     /// Log durability: `always`, `interval` (5 ms group commit) or `never`.

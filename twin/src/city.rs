@@ -118,7 +118,7 @@ pub fn shard_of(asset_id: &str, shards: usize) -> usize {
 }
 
 /// The commands of one batch for one shard, with their slots in the batch's collector.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ShardBatch(Vec<u32>, Vec<(EcoString, AssetCommand)>);
 
 /// The log stream of events not about one asset (incidents, weather, outages).
