@@ -598,6 +598,8 @@ impl Twin {
         }
         self.city.stop(None);
         self.city_handle.await?;
+        // Snapshots are a cache, but a restart rehydrates faster with them.
+        self.writer.snapshots().flush().await;
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || log.flush()).await??;
         Ok(())

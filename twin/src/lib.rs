@@ -30,4 +30,5 @@ pub mod recovery;
 pub mod rollup;
 pub mod saga;
 pub mod shard;
+pub mod snapshots;
 pub mod writer;

@@ -29,6 +29,10 @@ use citytwin_core::log::{Append, Appended, EventLog, Expected};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{Bus, Committed};
+use crate::snapshots::SnapshotSaver;
+
+/// Asset snapshots waiting to be saved, at most (see [`SnapshotSaver`]).
+const SNAPSHOT_QUEUE: usize = 16 * 1024;
 
 /// Why an append failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +87,8 @@ pub struct LogWriter {
     tx: mpsc::Sender<Request>,
     /// The bus it publishes on (submissions wait for its paced subscribers).
     bus: Option<Bus>,
+    /// Saves the snapshots that committed appends make possible.
+    snapshots: SnapshotSaver,
 }
 
 impl std::fmt::Debug for Request {
@@ -92,19 +98,26 @@ impl std::fmt::Debug for Request {
 }
 
 impl LogWriter {
-    /// Starts the writer thread for `log`, publishing on `bus` (when given); it stops when
-    /// every handle is dropped.
+    /// Starts the writer thread for `log`, publishing on `bus` (when given), and its snapshot
+    /// thread; they stop when every handle is dropped.
     ///
     /// # Panics
     /// When the operating system cannot start a thread.
     pub fn start(log: EventLog, queue: usize, max_batch: usize, bus: Option<Bus>) -> LogWriter {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let bus_handle = bus.clone();
+        let snapshots = SnapshotSaver::start(log.clone(), SNAPSHOT_QUEUE);
         std::thread::Builder::new()
             .name("citytwin-log-writer".into())
             .spawn(move || run(&log, bus.as_ref(), rx, max_batch.max(1)))
             .expect("start the log writer thread");
-        LogWriter { tx, bus: bus_handle }
+        LogWriter { tx, bus: bus_handle, snapshots }
+    }
+
+    /// The thread that saves snapshots once their events are committed (from a [`Done`]
+    /// callback, say).
+    pub fn snapshots(&self) -> &SnapshotSaver {
+        &self.snapshots
     }
 
     async fn send(&self, request: Request) {

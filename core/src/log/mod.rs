@@ -28,6 +28,7 @@ mod frame;
 mod replay;
 mod segment;
 mod snapshot;
+mod uncache;
 
 use std::fs::File;
 use std::io::Write;
@@ -311,6 +312,8 @@ struct Inner {
     sync: Mutex<SyncState>,
     synced_cv: Condvar,
     poisoned: AtomicBool,
+    /// How much of the active segment has left the page cache (see [`uncache`]).
+    uncached: Mutex<uncache::Uncached>,
 }
 
 /// The event log. Cheap to clone (shared); safe to use from many threads.
@@ -440,6 +443,7 @@ impl EventLog {
             sync: Mutex::new(SyncState { synced: next_position, syncing: false }),
             synced_cv: Condvar::new(),
             poisoned: AtomicBool::new(false),
+            uncached: Mutex::default(),
         });
         if let Durability::Interval(interval) = inner.config.durability {
             spawn_flusher(Arc::downgrade(&inner), interval);
@@ -607,6 +611,7 @@ impl EventLog {
     /// Seals the active segment (synced) and starts a new one.
     fn roll(&self, state: &mut State) -> Result<()> {
         state.active.sync_data().map_err(|e| io_error("syncing a sealed segment".into(), e))?;
+        uncache::sealed(&state.active);
         {
             let mut sync = lock(&self.inner.sync);
             sync.synced = sync.synced.max(state.next_position);
@@ -646,12 +651,16 @@ impl EventLog {
 
     /// Syncs the active segment; returns the position everything below which is now durable.
     fn sync_now(&self) -> Result<u64> {
-        let (file, target) = {
+        let (file, target, segment, bytes) = {
             let state = lock(&self.inner.state);
-            (Arc::clone(&state.active_sync), state.next_position)
+            let active = state.segments.last().expect("an active segment always exists");
+            (Arc::clone(&state.active_sync), state.next_position, active.base, active.len)
         };
         match file.sync_data() {
-            Ok(()) => Ok(target),
+            Ok(()) => {
+                lock(&self.inner.uncached).synced(&file, segment, bytes);
+                Ok(target)
+            }
             Err(e) => Err(self.poison(io_error("syncing the event log".into(), e))),
         }
     }

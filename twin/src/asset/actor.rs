@@ -429,18 +429,13 @@ impl AssetActor {
         state: &AssetActorState,
     ) -> crate::writer::Done {
         let (actor, unanswered) = (myself.clone(), Arc::clone(&state.unanswered));
-        let (log, stream) = (state.args.log.clone(), state.stream.clone());
-        let runtime = tokio::runtime::Handle::current();
+        let (snapshots, stream) = (state.args.writer.snapshots().clone(), state.stream.clone());
         Box::new(move |result| {
             match result {
                 Ok(()) => {
                     part.answer(outcomes);
                     if let Some((seq, bytes)) = snapshot {
-                        runtime.spawn_blocking(move || {
-                            if let Err(error) = log.save_snapshot(&stream, seq, &bytes) {
-                                tracing::warn!(%stream, %error, "saving a snapshot failed (it is only a cache)");
-                            }
-                        });
+                        snapshots.offer(stream, seq, bytes);
                     }
                 }
                 Err(error) => {

@@ -42,6 +42,7 @@ struct Twin {
     events: broadcast::Receiver<ShardEvent>,
     published: crate::bus::Subscription,
     log: EventLog,
+    writer: crate::writer::LogWriter,
     handle: tokio::task::JoinHandle<()>,
     /// The shard's directory of live actors (what `Twin::route` reads).
     directory: crate::shard::Directory,
@@ -64,10 +65,11 @@ async fn start_limited(dir: &std::path::Path, asset: AssetConfig, max_live: usiz
     let bus = crate::bus::Bus::new(log.clone(), 1024);
     let published = bus.subscribe(crate::bus::Filter::default());
     let directory = crate::shard::Directory::default();
+    let writer = crate::writer::LogWriter::start(log.clone(), 1024, 4096, Some(bus));
     let args = ShardArgs {
         shard: 0,
         log: log.clone(),
-        writer: crate::writer::LogWriter::start(log.clone(), 1024, 4096, Some(bus)),
+        writer: writer.clone(),
         asset,
         max_restarts: 3,
         restart_window: Duration::from_secs(60),
@@ -76,7 +78,7 @@ async fn start_limited(dir: &std::path::Path, asset: AssetConfig, max_live: usiz
         max_live,
     };
     let (shard, handle) = Actor::spawn(None, ShardActor, args).await.unwrap();
-    Twin { shard, events, published, log, handle, directory }
+    Twin { shard, events, published, log, writer, handle, directory }
 }
 
 /// Sends a command to an asset through its shard and waits (bounded) for the answer.
@@ -516,6 +518,33 @@ async fn a_batch_interleaving_assets_reaches_each_in_order_and_answers_every_slo
         assert_eq!(state.metrics["pm25"].last, f64::from(40 + a as u32), "{id}");
         assert_eq!(state.metrics["pm25"].count, if *id == "s2" { 3 } else { 4 }, "{id}");
     }
+    twin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_past_the_snapshot_interval_leaves_a_snapshot_once_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AssetConfig { snapshot_every: 3, ..AssetConfig::default() };
+    let twin = start(dir.path(), config).await;
+    bring_up(&twin, "s1", None).await;
+    assert_eq!(twin.log.snapshot_seq(&asset_stream("s1")), None, "2 lifecycle events: under the interval");
+    let batch: Vec<_> = (1..=4u32)
+        .map(|n| reading("s1", n, "pm25", f64::from(n), Timestamp::from_secs(T0 + 60 + i64::from(n))))
+        .map(|e| (e.asset_id().unwrap().into(), AssetCommand::Observe(e)))
+        .collect();
+    let collector = crate::completion::Collector::new(batch.len());
+    let part = crate::completion::Part::new(Arc::clone(&collector), (0..batch.len() as u32).collect());
+    twin.shard.cast(ShardMsg::Batch(batch, part)).unwrap();
+    tokio::time::timeout(WAIT, collector.wait()).await.expect("every command answered");
+    // Answered means committed and the snapshot handed to the saver; once it has saved what
+    // was queued, the snapshot holds all 7 events (2 lifecycle, online, 4 readings).
+    twin.writer.flush().await.unwrap();
+    twin.writer.snapshots().flush().await;
+    let snapshot = twin.log.load_snapshot(&asset_stream("s1")).unwrap().expect("a snapshot");
+    assert_eq!(snapshot.seq, 7);
+    let state: AssetState = rmp_serde::from_slice(&snapshot.state).unwrap();
+    assert_eq!(state, twin.state("s1").await);
+    assert_eq!(twin.writer.snapshots().skipped(), 0);
     twin.stop().await;
 }
 
