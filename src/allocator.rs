@@ -56,9 +56,9 @@ pub(crate) fn tune() {
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn disable_huge_pages() {
-    if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
-        tracing::debug!(%error, "could not turn transparent huge pages off");
-    }
+    // Only a speed setting, and logging is not set up yet this early: a kernel that refuses
+    // it (before 3.15) leaves the system's policy in force.
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
