@@ -95,14 +95,13 @@ fn run(log: &EventLog, rx: &Receiver<Job>) {
     let mut group: Vec<(String, u64, Vec<u8>)> = Vec::new();
     let mut flushes = Vec::new();
     while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
+        for job in std::iter::once(first).chain(rx.try_iter()) {
             match job {
                 Job::Save { stream, seq, state } => group.push((stream, seq, state)),
                 Job::Flush(reply) => flushes.push(reply),
             }
-            if group.len() < MAX_GROUP {
-                next = rx.try_recv().ok();
+            if group.len() >= MAX_GROUP {
+                break;
             }
         }
         save(log, &mut group);

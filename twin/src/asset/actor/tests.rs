@@ -81,6 +81,16 @@ async fn start_limited(dir: &std::path::Path, asset: AssetConfig, max_live: usiz
     Twin { shard, events, published, log, writer, handle, directory }
 }
 
+/// Sends `events` to the shard as one batch whose `i`th reading answers in `slots[i]`, and
+/// waits (bounded) for every answer, in slot order.
+async fn send_batch(twin: &Twin, events: Vec<Event>, slots: Vec<u32>) -> Vec<BatchReply> {
+    let collector = crate::completion::Collector::new(events.len());
+    let commands = events.into_iter().map(|e| (e.asset_id().unwrap().into(), AssetCommand::Observe(e))).collect();
+    let part = crate::completion::Part::new(Arc::clone(&collector), slots);
+    twin.shard.cast(ShardMsg::Batch(commands, part)).unwrap();
+    tokio::time::timeout(WAIT, collector.wait()).await.expect("every command answered")
+}
+
 /// Sends a command to an asset through its shard and waits (bounded) for the answer.
 async fn command_to(shard: &ActorRef<ShardMsg>, asset: &str, command: AssetCommand) -> CommandReply {
     let asset = asset.to_owned();
@@ -451,17 +461,13 @@ async fn a_drain_poisoned_while_applying_hands_its_other_commands_to_the_restart
     let mut twin = start(dir.path(), AssetConfig::default()).await;
     bring_up(&twin, "s1", None).await;
     let at = |s: i64| Timestamp::from_secs(T0 + s);
-    let batch = [
+    let batch = vec![
         reading("s1", 1, "pm25", 1.0, at(60)),
         reading("s1", 2, "poison_apply", 2.0, at(61)),
         reading("s1", 3, "pm25", 3.0, at(62)),
         reading("s1", 4, "pm25", 4.0, at(63)),
     ];
-    let collector = crate::completion::Collector::new(batch.len());
-    let commands = batch.into_iter().map(|e| ("s1".into(), AssetCommand::Observe(e))).collect();
-    let part = crate::completion::Part::new(Arc::clone(&collector), vec![0, 1, 2, 3]);
-    twin.shard.cast(ShardMsg::Batch(commands, part)).unwrap();
-    let answers = tokio::time::timeout(WAIT, collector.wait()).await.expect("every command answered");
+    let answers = send_batch(&twin, batch, vec![0, 1, 2, 3]).await;
     let answers: Vec<Result<usize, String>> = answers.into_iter().map(|a| a.map_err(|f| f.error.to_string())).collect();
     assert!(answers[0].is_ok(), "before the poison: committed, {answers:?}");
     assert!(answers[1].as_ref().is_err_and(|e| e.contains("poison pill applying s1-r2")), "{answers:?}");
@@ -495,11 +501,7 @@ async fn a_batch_interleaving_assets_reaches_each_in_order_and_answers_every_slo
         }
     }
     let len = batch.len();
-    let collector = crate::completion::Collector::new(len);
-    let commands = batch.into_iter().map(|e| (e.asset_id().unwrap().into(), AssetCommand::Observe(e))).collect();
-    let part = crate::completion::Part::new(Arc::clone(&collector), (0..len as u32).rev().collect());
-    twin.shard.cast(ShardMsg::Batch(commands, part)).unwrap();
-    let answers = tokio::time::timeout(WAIT, collector.wait()).await.expect("every command answered");
+    let answers = send_batch(&twin, batch, (0..len as u32).rev().collect()).await;
     // Slot len-1-i answers command i with the number of events it stored: each asset's
     // first reading also brings it online, and command 4 is s2's duplicate.
     for (slot, answer) in answers.into_iter().enumerate() {
@@ -528,16 +530,13 @@ async fn a_batch_past_the_snapshot_interval_leaves_a_snapshot_once_committed() {
     let twin = start(dir.path(), config).await;
     bring_up(&twin, "s1", None).await;
     assert_eq!(twin.log.snapshot_seq(&asset_stream("s1")), None, "2 lifecycle events: under the interval");
-    let batch: Vec<_> = (1..=4u32)
+    let batch = (1..=4u32)
         .map(|n| reading("s1", n, "pm25", f64::from(n), Timestamp::from_secs(T0 + 60 + i64::from(n))))
-        .map(|e| (e.asset_id().unwrap().into(), AssetCommand::Observe(e)))
         .collect();
-    let collector = crate::completion::Collector::new(batch.len());
-    let part = crate::completion::Part::new(Arc::clone(&collector), (0..batch.len() as u32).collect());
-    twin.shard.cast(ShardMsg::Batch(batch, part)).unwrap();
-    tokio::time::timeout(WAIT, collector.wait()).await.expect("every command answered");
-    // Answered means committed and the snapshot handed to the saver; once it has saved what
-    // was queued, the snapshot holds all 7 events (2 lifecycle, online, 4 readings).
+    send_batch(&twin, batch, vec![0, 1, 2, 3]).await;
+    // Answered means committed; the writer thread offers the snapshot right after answering,
+    // so once the writer has flushed, and then the saver, the snapshot holds all 7 events
+    // (2 lifecycle, online, 4 readings).
     twin.writer.flush().await.unwrap();
     twin.writer.snapshots().flush().await;
     let snapshot = twin.log.load_snapshot(&asset_stream("s1")).unwrap().expect("a snapshot");
