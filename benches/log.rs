@@ -38,7 +38,7 @@ fn open(dir: &std::path::Path, durability: Durability) -> EventLog {
 
 fn appends(c: &mut Criterion) {
     let events: Vec<Event> = (0..1024).map(event).collect();
-    let streams: Vec<String> = events.iter().map(|e| e.subject.clone().unwrap()).collect();
+    let streams: Vec<String> = events.iter().map(|e| e.rare.subject.clone().unwrap()).collect();
     let frame = citytwin_core::codec::msgpack::encode(&events[0]).len();
     eprintln!("event size in storage: {frame} bytes of MessagePack (+ frame header)");
     let mut group = c.benchmark_group("log_append");

@@ -29,7 +29,7 @@ use citytwin_core::codec::{json, mqtt as mqtt_codec};
 use citytwin_core::event::Event;
 use citytwin_proto::convert::event_to_proto;
 use citytwin_proto::v1;
-use citytwin_simulator::generate::{Generator, Plan};
+use citytwin_simulator::generate::{EventMaker, Generator, Plan};
 use citytwin_simulator::scenario;
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -384,6 +384,7 @@ async fn drive(args: &LoadtestArgs, target: Target, scenario: scenario::Scenario
     let generator = std::thread::Builder::new().name("generator".into()).spawn(move || {
         let plan = Arc::new(Plan::new(scenario));
         let mut generator = Generator::new(Arc::clone(&plan), 1);
+        let mut maker = EventMaker::new(Arc::clone(&plan));
         let (mut samples, mut made) = (Vec::new(), 0u64);
         let mut out = Vec::with_capacity(chunk);
         while !generator.finished() && made < limit {
@@ -394,7 +395,7 @@ async fn drive(args: &LoadtestArgs, target: Target, scenario: scenario::Scenario
                 if made == limit {
                     break;
                 }
-                let mut event = plan.event(sample);
+                let mut event = maker.event(sample);
                 if let Some(org) = &organization {
                     event.ext.organization = Some(org.as_str().into());
                 }

@@ -16,7 +16,7 @@ use citytwin_core::cep::{Rule, parse_rules};
 use citytwin_core::event::{Event, Timestamp, TypePattern};
 use citytwin_core::log::{Durability, LogConfig};
 use citytwin_simulator::StreamDigest;
-use citytwin_simulator::generate::{Generator, Plan, Truth};
+use citytwin_simulator::generate::{EventMaker, Generator, Plan, Truth};
 use citytwin_simulator::report::{AlertSeen, Report, ReportBuilder};
 use citytwin_simulator::scenario::{self, Scenario};
 use citytwin_twin::bus::Filter;
@@ -52,13 +52,14 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     realtime: Option<f64>,
     /// Most events per ingest call (a call also ends after 10 minutes of simulated time, 5
-    /// for calls under 1M, and with --realtime after each simulated minute). By default 1M
-    /// when the scenario has at most three quarters of --max-live assets, else 20k. Big
-    /// calls carry several readings of an asset, which its actor takes in one wake-up: at
-    /// 100k assets reporting each minute, 500k ran 1.4x faster than 20k, and 1M (ten
-    /// readings per asset) another 1.1x, with two calls' worth of events in memory (about
-    /// 2 GB more than 20k). With more assets than live actors, big calls wake more actors
-    /// than fit and ran 1.4-1.5x slower, hence 20k there.
+    /// for calls under 1M, 20 for 2M and more, and with --realtime after each simulated
+    /// minute). By default 2M when the scenario has at most three quarters of --max-live
+    /// assets, else 20k. Big calls carry several readings of an asset, which its actor takes
+    /// in one wake-up: at 100k assets reporting each minute, 500k ran 1.4x faster than 20k,
+    /// 1M (ten readings per asset) another 1.1x, and 2M (twenty) used a tenth less CPU than
+    /// 1M, with two calls' worth of events in memory (about 3 GB more than 20k). With more
+    /// assets than live actors, big calls wake more actors than fit and ran 1.4-1.5x slower,
+    /// hence 20k there.
     #[arg(long, value_name = "N")]
     batch: Option<usize>,
     /// Log durability: `always`, `interval` (5 ms group commit) or `never`.
@@ -161,16 +162,24 @@ fn default_threads() -> usize {
 /// their share and are filled unevenly, and a big call then wakes more actors than fit.
 fn batch_size(requested: Option<usize>, assets: u64, max_live: usize) -> usize {
     let fits = max_live == 0 || assets <= (max_live - max_live / 4) as u64;
-    requested.unwrap_or(if fits { 1_000_000 } else { 20_000 }).max(1)
+    requested.unwrap_or(if fits { 2_000_000 } else { 20_000 }).max(1)
 }
 
 /// How much simulated time one ingest call spans at most; the cells' watermark trails the
-/// newest event by twice this (a call's events commit in any order across assets). Ten
-/// minutes for big calls (ten readings of an asset reporting each minute, one drain), five
-/// for smaller ones: the cells keep their windows open that much longer, and the first hour
-/// of `city-scale.toml` (1M assets in calls of 20k) peaked at 6.1 GB with ten against 5.3 GB.
+/// newest event by twice this (a call's events commit in any order across assets). Twenty
+/// minutes for calls of 2M (twenty readings of an asset reporting each minute, one drain:
+/// a 3-hour slice of `day-100k.toml` took 38 s of user CPU against 42–46 s in calls of 1M and
+/// ten minutes, at 3.8 GB peak RSS against 2.8 GB), ten for calls of 1M, five for smaller
+/// ones: the cells keep their windows open that much longer, and the first hour of
+/// `city-scale.toml` (1M assets in calls of 20k) peaked at 6.1 GB with ten against 5.3 GB.
 fn batch_span(batch_size: usize) -> Duration {
-    Duration::from_secs(if batch_size >= 1_000_000 { 600 } else { 300 })
+    Duration::from_secs(if batch_size >= 2_000_000 {
+        1200
+    } else if batch_size >= 1_000_000 {
+        600
+    } else {
+        300
+    })
 }
 
 fn load(path: &Path) -> anyhow::Result<Result<(Scenario, Vec<Rule>), String>> {
@@ -335,6 +344,7 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
         let plan = Arc::new(Plan::new(Arc::clone(&plan_scenario)));
         let assets = plan.assets.len() as u64;
         let mut generator = Generator::new(Arc::clone(&plan), threads);
+        let mut maker = EventMaker::new(Arc::clone(&plan));
         let mut digest = StreamDigest::default();
         let mut report = ReportBuilder::new(&plan_scenario, minutes);
         let mut samples = Vec::new();
@@ -355,8 +365,11 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
             }
             samples.clear();
             generator.window(until, &mut samples);
-            for sample in &samples {
-                let event = plan.event(sample);
+            for (at, sample) in samples.iter().enumerate() {
+                if let Some(ahead) = samples.get(at + 2) {
+                    maker.prefetch(ahead);
+                }
+                let event = maker.event(sample);
                 digest.add(&event);
                 report.observe(&event);
                 let span_full = batch_start.is_some_and(|t| sample.time - t >= span.as_nanos() as i64);

@@ -9,6 +9,7 @@
 //!   sequences and snapshots, filtered replay, retention and crash recovery.
 //! - [`cep`]: complex event processing: tumbling, sliding and session windows, aggregates,
 //!   grouping, sequences and negation over event time with watermarks, rules from TOML.
+//! - [`prefetch`]: a cache hint for the hot loops that walk large tables.
 //!
 //! A key design decision: this crate knows nothing of actors, async runtimes, networks or
 //! rendering. Time and randomness are inputs. That keeps every piece testable as plain
@@ -22,6 +23,7 @@ pub mod duration;
 mod error;
 pub mod event;
 pub mod log;
+pub mod prefetch;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

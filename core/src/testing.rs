@@ -280,7 +280,7 @@ pub fn event() -> impl Strategy<Value = Event> {
         (payload(), proptest::option::of(0u8..=15), prop_oneof![Just(None), Just(Some("application/json".to_owned()))])
             .prop_map(|(payload, res, content_type)| {
                 let mut event = Event::new("x", "x", payload);
-                event.datacontenttype = content_type;
+                event.rare.datacontenttype = content_type;
                 if let Some(res) = res {
                     event = event.with_derived_cell(Resolution::try_from(res).unwrap());
                 }
@@ -289,7 +289,7 @@ pub fn event() -> impl Strategy<Value = Event> {
     let untyped = ("com\\.example\\.[a-z]{1,10}", untyped_data(), proptest::option::of(cell())).prop_map(
         |(ty, (content_type, data), h3cell)| {
             let mut event = Event::untyped("x", "x", &ty);
-            event.datacontenttype = content_type;
+            event.rare.datacontenttype = content_type;
             event.data = data;
             event.ext.h3cell = h3cell;
             event
@@ -329,18 +329,15 @@ pub fn event() -> impl Strategy<Value = Event> {
             event.id = id.into();
             event.source = source.into();
             event.time = time;
-            event.subject = subject;
-            event.dataschema = dataschema;
+            let datacontenttype = event.rare.datacontenttype.take();
+            event.rare = Rare::new(RareAttributes { subject, datacontenttype, dataschema });
             let h3cell = event.ext.h3cell;
             event.ext = Extensions {
-                correlationid,
-                causationid,
                 organization: organization.map(Into::into),
-                region,
                 h3cell,
                 sequence,
                 provenance,
-                other,
+                rare: Rare::new(RareExtensions { correlationid, causationid, region, other }),
             };
             event
         },

@@ -29,7 +29,6 @@ use super::config::Limits;
 
 /// One item of an ingest request, after the protocol decoded it.
 #[derive(Debug)]
-#[expect(clippy::large_enum_variant, reason = "events are the common case; boxing them costs an allocation each")]
 pub(crate) enum Input {
     /// A valid event.
     Event(Event),

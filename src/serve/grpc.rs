@@ -17,6 +17,7 @@ use futures_util::{Stream, StreamExt};
 use h3o::{CellIndex, Resolution};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Principal, Tokens};
@@ -35,11 +36,14 @@ pub(crate) struct Api {
     /// Becomes true when the server stops: open streams then end, so that a graceful stop
     /// does not wait for clients that never hang up (a viewer, a live subscription).
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// The tasks feeding response streams, each holding the gateway: a graceful stop waits
+    /// for them (they end once their stream is dropped) before it takes the twin back.
+    tasks: TaskTracker,
 }
 
 impl Api {
-    pub(crate) fn new(gateway: Arc<Gateway>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
-        Api { gateway, stopping }
+    pub(crate) fn new(gateway: Arc<Gateway>, stopping: tokio::sync::watch::Receiver<bool>, tasks: TaskTracker) -> Self {
+        Api { gateway, stopping, tasks }
     }
 
     /// A response stream that ends when the server stops.
@@ -370,13 +374,14 @@ fn delivery(committed: &Committed) -> v1::Delivery {
 /// Forwards a subscription to a gRPC stream: what `who` may see, as `message` renders it
 /// (`None` skips an event); ends when the client goes away.
 fn forward<T: Send + 'static>(
+    tasks: &TaskTracker,
     gateway: Arc<Gateway>,
     who: Principal,
     mut subscription: citytwin_twin::bus::Subscription,
     tx: mpsc::Sender<Result<T, Status>>,
     message: impl Fn(&Committed) -> Option<T> + Send + 'static,
 ) {
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 () = tx.closed() => return,
@@ -411,7 +416,7 @@ impl v1::subscribe_server::Subscribe for Api {
             organizations: Vec::new(),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        forward(Arc::clone(&self.gateway), who, self.gateway.subscribe(filter), tx, |c| Some(delivery(c)));
+        forward(&self.tasks, Arc::clone(&self.gateway), who, self.gateway.subscribe(filter), tx, |c| Some(delivery(c)));
         Ok(Response::new(self.until_stopped(rx)))
     }
 
@@ -442,7 +447,7 @@ impl v1::subscribe_server::Subscribe for Api {
             frame.until = Some(timestamp_to_proto(at));
             frame.history = true;
             let update = v1::ViewportUpdate { update: Some(v1::viewport_update::Update::Cells(frame)) };
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 if tx.send(Ok(update)).await.is_ok() {
                     tx.closed().await;
                 }
@@ -455,7 +460,7 @@ impl v1::subscribe_server::Subscribe for Api {
             let metric = request.metric;
             let span = gateway.history_span();
             let snapshot = snapshot_frame(&gateway.cell_snapshot(&who, bbox, resolution, &metric), resolution, span);
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let update = v1::ViewportUpdate { update: Some(v1::viewport_update::Update::Cells(snapshot)) };
                 if tx.send(Ok(update)).await.is_err() {
                     return;
@@ -635,7 +640,8 @@ impl v1::replay_server::Replay for Api {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let gateway = Arc::clone(&self.gateway);
         let assets = request.assets;
-        tokio::spawn(async move {
+        let tasks = self.tasks.clone();
+        self.tasks.spawn(async move {
             let (replay_gateway, replay_who, replay_tx) = (Arc::clone(&gateway), who.clone(), tx.clone());
             let replayed = tokio::task::spawn_blocking(move || {
                 replay_gateway.replay_until(&replay_who, filter, &assets, until, |committed| {
@@ -653,7 +659,7 @@ impl v1::replay_server::Replay for Api {
                 return;
             }
             if let Some(subscription) = subscription {
-                forward(gateway, who, subscription, tx, |c| Some(delivery(c)));
+                forward(&tasks, gateway, who, subscription, tx, |c| Some(delivery(c)));
             }
         });
         Ok(Response::new(self.until_stopped(rx)))

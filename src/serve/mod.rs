@@ -103,6 +103,8 @@ pub(crate) struct Running {
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     mqtt_task: Option<tokio::task::JoinHandle<()>>,
     amqp_task: Option<tokio::task::JoinHandle<()>>,
+    /// The gRPC response streams' feeding tasks (see `grpc::Api`).
+    tasks: tokio_util::task::TaskTracker,
     gateway: Arc<Gateway>,
 }
 
@@ -197,7 +199,8 @@ pub(crate) async fn start_with(
         .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
     let http = http_listener.local_addr()?;
 
-    let api = grpc::Api::new(Arc::clone(&gateway), shutdown.subscribe());
+    let tasks = tokio_util::task::TaskTracker::new();
+    let api = grpc::Api::new(Arc::clone(&gateway), shutdown.subscribe(), tasks.clone());
     let auth = grpc::authenticate(Arc::clone(&tokens));
     let max = config.grpc.max_message_bytes;
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -255,7 +258,7 @@ pub(crate) async fn start_with(
         Some(amqp) => Some(amqp::start(amqp, Arc::clone(&gateway), shutdown.subscribe()).await?),
         None => None,
     };
-    Ok(Running { grpc, http, shutdown, grpc_task, http_task, mqtt_task, amqp_task, gateway })
+    Ok(Running { grpc, http, shutdown, grpc_task, http_task, mqtt_task, amqp_task, tasks, gateway })
 }
 
 impl Running {
@@ -272,6 +275,10 @@ impl Running {
         for task in [self.mqtt_task, self.amqp_task].into_iter().flatten() {
             task.await?;
         }
+        // The streams are gone with the server; the tasks that fed them end on their next
+        // turn, each dropping its hold on the gateway.
+        self.tasks.close();
+        self.tasks.wait().await;
         let gateway = Arc::into_inner(self.gateway).context("a connection still holds the twin")?;
         gateway.twin.shutdown().await.map_err(|e| anyhow::anyhow!("stopping the twin: {e}"))?;
         Ok(())

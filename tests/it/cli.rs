@@ -82,7 +82,7 @@ fn rules_run_finds_congestion_but_not_where_an_incident_was_reported() {
     let line = String::from_utf8_lossy(&as_events.stdout).lines().find(|l| l.starts_with('{')).unwrap().to_owned();
     let event = citytwin_core::codec::json::decode(line.as_bytes()).expect("alerts are valid CloudEvents");
     assert_eq!(event.ty.as_str(), "com.smartcities.alert.triggered");
-    assert_eq!(event.ext.causationid.as_deref(), Some("c1,c2,s1"));
+    assert_eq!(event.ext.rare.causationid.as_deref(), Some("c1,c2,s1"));
 }
 
 #[test]

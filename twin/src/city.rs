@@ -119,7 +119,7 @@ pub fn shard_of(asset_id: &str, shards: usize) -> usize {
 
 /// The commands of one batch for one shard, with their slots in the batch's collector.
 #[derive(Debug)]
-struct ShardBatch(Vec<u32>, Vec<(EcoString, AssetCommand)>);
+struct ShardBatch(Vec<u32>, crate::shard::Commands);
 
 /// The log stream of events not about one asset (incidents, weather, outages).
 pub const CITY_STREAM: &str = "city";
@@ -140,6 +140,8 @@ pub struct Twin {
     stats: Arc<IngestStats>,
     directories: Vec<Directory>,
     recovery: crate::recovery::FoldReport,
+    /// Emptied per-shard command lists, for the next ingest calls.
+    lists: crate::shard::CommandLists,
 }
 
 impl Twin {
@@ -196,6 +198,7 @@ impl Twin {
             stats,
             directories,
             recovery,
+            lists: crate::shard::CommandLists::default(),
         })
     }
 
@@ -323,7 +326,10 @@ impl Twin {
     {
         let events = events.into_iter();
         let total = events.len();
-        let mut results: Vec<Option<Result<usize, IngestError>>> = (0..total).map(|_| None).collect();
+        // Each event's result, set once below (`answered` counts them): invalid, about the
+        // city, or answered by its asset through the collector.
+        let mut results: Vec<Result<usize, IngestError>> = (0..total).map(|_| Ok(0)).collect();
+        let mut answered = 0usize;
         let permits = u32::try_from(total.min(self.in_flight.available_permits().max(1))).unwrap_or(u32::MAX);
         let _permit = match Arc::clone(&self.in_flight).acquire_many_owned(permits.max(1)).await {
             Ok(permit) => permit,
@@ -337,18 +343,27 @@ impl Twin {
         // shards' lists of inline readings while it fills them.
         let share = total / shard_count + total / shard_count / 8 + 4;
         let mut per_shard: Vec<ShardBatch> =
-            (0..shard_count).map(|_| ShardBatch(Vec::with_capacity(share), Vec::with_capacity(share))).collect();
+            (0..shard_count).map(|_| ShardBatch(Vec::with_capacity(share), self.lists.take(share))).collect();
         let mut slots: Vec<usize> = Vec::with_capacity(total);
         let mut city: (Vec<usize>, Vec<Event>) = Default::default();
         // The batch's dead letters, appended together (a flood of bad input costs one append
         // per call, not one per event).
         let mut dead_letters: Vec<Event> = Vec::new();
-        for (index, event) in events.enumerate() {
+        // One event ahead, so that the memory its validation needs (see
+        // `Event::prefetch_validation`) loads while the current one is validated and routed.
+        let mut events = events.enumerate();
+        let mut ahead = events.next();
+        while let Some((index, event)) = ahead.take() {
+            ahead = events.next();
+            if let Some((_, next)) = &ahead {
+                next.prefetch_validation();
+            }
             if let Err(error) = event.validate() {
                 IngestStats::add(&self.stats.invalid);
                 let message = error.to_string();
                 dead_letters.push(dead_letter_entry(&event, &DeadLetterReason::InvalidFormat(message.clone())));
-                results[index] = Some(Err(IngestError::Invalid(message)));
+                results[index] = Err(IngestError::Invalid(message));
+                answered += 1;
                 continue;
             }
             match event.asset_id().map(EcoString::from) {
@@ -366,16 +381,17 @@ impl Twin {
             }
         }
         if !city.1.is_empty() {
+            answered += city.0.len();
             match self.writer.append_published(CITY_STREAM.to_owned(), Expected::Any, city.1).await {
                 Ok(_) => {
                     for index in &city.0 {
                         IngestStats::add(&self.stats.accepted);
-                        results[*index] = Some(Ok(1));
+                        results[*index] = Ok(1);
                     }
                 }
                 Err(error) => {
                     for index in city.0 {
-                        results[index] = Some(Err(IngestError::Unavailable(error.0.clone())));
+                        results[index] = Err(IngestError::Unavailable(error.0.clone()));
                     }
                 }
             }
@@ -393,9 +409,11 @@ impl Twin {
                 let _ = actor.cast(ShardMsg::Batch(commands, part));
             }
         }
-        for (slot, answer) in collector.wait().await.into_iter().enumerate() {
+        let answers = collector.wait().await;
+        answered += answers.len();
+        for (slot, answer) in answers.into_iter().enumerate() {
             let index = slots[slot];
-            results[index] = Some(match answer {
+            results[index] = match answer {
                 Ok(appended) => {
                     IngestStats::add(&self.stats.accepted);
                     Ok(appended)
@@ -410,7 +428,7 @@ impl Twin {
                     }
                     Err(IngestError::Refused(error))
                 }
-            });
+            };
         }
         // Durable before the refusals are answered, as each one was when appended alone. When
         // the log refuses the group (one entry it cannot store), each goes alone, so one bad
@@ -424,7 +442,8 @@ impl Twin {
                 }
             }
         }
-        results.into_iter().map(|r| r.expect("every event has a result")).collect()
+        assert_eq!(answered, total, "every event has its result");
+        results
     }
 
     /// Ends a run: once the cells have seen every event committed so far, moves every

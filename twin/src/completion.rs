@@ -11,7 +11,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::asset::actor::{BatchReply, CommandError};
+use crate::asset::actor::{BatchFailure, BatchReply, CommandError};
 
 /// The slots of one batch (see the module documentation).
 #[derive(Debug)]
@@ -20,33 +20,42 @@ pub struct Collector {
     done: tokio::sync::Notify,
 }
 
+/// Per slot, the number of events its command appended, or one of the two marks below. Four
+/// bytes a slot rather than a whole [`BatchReply`] (80): an ingest call of 1M readings has
+/// 1M slots, and nearly every answer is a count.
 #[derive(Debug)]
 struct Slots {
-    results: Vec<Option<BatchReply>>,
+    appended: Vec<u32>,
+    /// The failed slots' failures, in the order they came.
+    failures: Vec<(u32, BatchFailure)>,
     remaining: usize,
 }
+
+/// A slot not filled yet.
+const UNFILLED: u32 = u32::MAX;
+/// A slot whose failure is in `Slots::failures`.
+const FAILED: u32 = u32::MAX - 1;
 
 impl Collector {
     /// A collector of `len` answers.
     pub fn new(len: usize) -> Arc<Collector> {
         Arc::new(Collector {
-            slots: Mutex::new(Slots { results: (0..len).map(|_| None).collect(), remaining: len }),
+            slots: Mutex::new(Slots { appended: vec![UNFILLED; len], failures: Vec::new(), remaining: len }),
             done: tokio::sync::Notify::new(),
         })
     }
 
-    /// Waits until every slot is filled and returns the answers in slot order.
-    pub async fn wait(&self) -> Vec<BatchReply> {
+    /// Waits until every slot is filled and returns the answers.
+    pub async fn wait(&self) -> Answers {
         loop {
             // Registered before the check, so a fill in between is not missed.
             let notified = self.done.notified();
             {
                 let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
                 if slots.remaining == 0 {
-                    return std::mem::take(&mut slots.results)
-                        .into_iter()
-                        .map(|r| r.expect("every slot is filled"))
-                        .collect();
+                    let mut failures = std::mem::take(&mut slots.failures);
+                    failures.sort_unstable_by_key(|(slot, _)| *slot);
+                    return Answers { appended: std::mem::take(&mut slots.appended), failures };
                 }
             }
             notified.await;
@@ -56,20 +65,82 @@ impl Collector {
     fn fill(&self, answers: impl Iterator<Item = (u32, BatchReply)>) {
         let finished = {
             let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            let Slots { appended, failures, remaining } = &mut *slots;
             for (index, answer) in answers {
-                let slot = &mut slots.results[index as usize];
-                if slot.is_none() {
-                    *slot = Some(answer);
-                    slots.remaining -= 1;
+                let slot = &mut appended[index as usize];
+                if *slot == UNFILLED {
+                    *slot = match answer {
+                        // A command appends a handful of events; a count beyond the marks is
+                        // clamped (no caller adds them up).
+                        Ok(count) => u32::try_from(count).unwrap_or(FAILED - 1).min(FAILED - 1),
+                        Err(failure) => {
+                            failures.push((index, failure));
+                            FAILED
+                        }
+                    };
+                    *remaining -= 1;
                 }
             }
-            slots.remaining == 0
+            *remaining == 0
         };
         if finished {
             self.done.notify_one();
         }
     }
 }
+
+/// A filled collector's answers, in slot order (see [`Collector::wait`]).
+#[derive(Debug)]
+pub struct Answers {
+    appended: Vec<u32>,
+    /// Sorted by slot.
+    failures: Vec<(u32, BatchFailure)>,
+}
+
+impl Answers {
+    /// How many answers.
+    pub fn len(&self) -> usize {
+        self.appended.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.appended.is_empty()
+    }
+}
+
+impl IntoIterator for Answers {
+    type Item = BatchReply;
+    type IntoIter = AnswersIter;
+
+    fn into_iter(self) -> AnswersIter {
+        AnswersIter { appended: self.appended.into_iter(), failures: self.failures.into_iter() }
+    }
+}
+
+/// The answers of [`Answers`], one per slot in slot order.
+#[derive(Debug)]
+pub struct AnswersIter {
+    appended: std::vec::IntoIter<u32>,
+    failures: std::vec::IntoIter<(u32, BatchFailure)>,
+}
+
+impl Iterator for AnswersIter {
+    type Item = BatchReply;
+
+    fn next(&mut self) -> Option<BatchReply> {
+        match self.appended.next()? {
+            FAILED => Some(Err(self.failures.next().map(|(_, failure)| failure).expect("a failure per failed slot"))),
+            count => Some(Ok(count as usize)),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.appended.size_hint()
+    }
+}
+
+impl ExactSizeIterator for AnswersIter {}
 
 /// Some slots of one or more [`Collector`]s: the commands one actor answers, in order.
 ///
@@ -242,7 +313,7 @@ mod tests {
         drop(third);
         let answers = waiter.await.unwrap();
         let shown: Vec<String> = answers
-            .iter()
+            .into_iter()
             .map(|a| match a {
                 Ok(n) => n.to_string(),
                 Err(failure) => failure.error.to_string(),
@@ -270,7 +341,7 @@ mod tests {
         for (one, answer) in taken {
             one.answer([Ok(answer)]);
         }
-        let shown = |answers: Vec<BatchReply>| answers.into_iter().map(|a| a.ok()).collect::<Vec<_>>();
+        let shown = |answers: Answers| answers.into_iter().map(|a| a.ok()).collect::<Vec<_>>();
         // first: slot 2 <- 0, slot 0 <- 1, slot 1 <- 2.
         assert_eq!(shown(first.wait().await), [Some(1), Some(2), Some(0)]);
         // second: neither slot was taken: both answered with the error when `slots` dropped.
@@ -293,7 +364,7 @@ mod tests {
 
     #[tokio::test]
     async fn split_off_hands_on_the_later_slots_whichever_run_they_are_in() {
-        let shown = |answers: Vec<BatchReply>| answers.into_iter().map(|a| a.ok()).collect::<Vec<_>>();
+        let shown = |answers: Answers| answers.into_iter().map(|a| a.ok()).collect::<Vec<_>>();
         for at in 0..=5 {
             let (first, second) = (Collector::new(3), Collector::new(2));
             let mut part = Part::new(Arc::clone(&first), vec![2, 0, 1]);

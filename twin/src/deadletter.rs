@@ -60,9 +60,9 @@ pub fn dead_letter_entry(event: &Event, reason: &DeadLetterReason) -> Event {
     let data = json!({ "reason": kind, "message": message, "original": json::to_value(event) });
     let mut entry = Event::untyped(format!("dead-letter:{}", event.id), "/twin/dead-letters", DEAD_LETTER_TYPE);
     entry.time = event.time;
-    entry.subject = event.asset_id().map(str::to_owned);
+    entry.rare.subject = event.asset_id().map(str::to_owned);
     entry.ext.organization.clone_from(&event.ext.organization);
-    entry.ext.causationid = Some(event.id.to_string());
+    entry.ext.rare.causationid = Some(event.id.to_string());
     entry.data = Some(Data::Json(data));
     entry
 }

@@ -150,7 +150,7 @@ pub fn sagas(log: &EventLog) -> citytwin_core::Result<Vec<SagaSummary>> {
     let mut by_id: std::collections::BTreeMap<String, SagaSummary> = std::collections::BTreeMap::new();
     for record in log.replay(filter) {
         let event = record?.event()?;
-        let Some(saga_id) = event.subject.clone() else { continue };
+        let Some(saga_id) = event.rare.subject.clone() else { continue };
         let summary = by_id.entry(saga_id.clone()).or_insert_with(|| SagaSummary {
             saga_id,
             organization: event.ext.organization.as_deref().map(str::to_owned),
@@ -194,8 +194,8 @@ impl CommissioningSaga {
     fn record(&self, ty: &str, step: Step, reason: Option<&str>, time: Timestamp) -> citytwin_core::Result<()> {
         let seq = self.log.stream_seq(&self.stream());
         let mut event = Event::untyped(format!("{}:{ty}:{step}", self.stream()), "/twin/sagas", ty).with_time(time);
-        event.subject = Some(self.saga_id.clone());
-        event.ext.correlationid = Some(self.saga_id.clone());
+        event.rare.subject = Some(self.saga_id.clone());
+        event.ext.rare.correlationid = Some(self.saga_id.clone());
         event.ext.organization = self.organization.as_deref().map(Into::into);
         event.data = Some(Data::Json(json!({ "saga_id": self.saga_id, "step": step.name(), "reason": reason })));
         self.log.append(&self.stream(), Expected::Seq(seq), &event)?;
@@ -280,9 +280,9 @@ where
 {
     fn lifecycle_event(&self, saga_id: &str, suffix: &str, payload: impl Into<citytwin_core::event::Payload>) -> Event {
         let mut event = Event::new(format!("{saga_id}:{suffix}"), "/twin/sagas", payload).with_time(self.now);
-        event.subject = Some(self.asset.asset_id.clone());
+        event.rare.subject = Some(self.asset.asset_id.clone());
         event.ext.organization = self.organization.as_deref().map(Into::into);
-        event.ext.correlationid = Some(saga_id.to_owned());
+        event.ext.rare.correlationid = Some(saga_id.to_owned());
         event
     }
 

@@ -204,9 +204,9 @@ impl Alert {
             .with_provenance(Provenance::Live);
         event.ext.h3cell = self.key.cell();
         if !self.causes.is_empty() {
-            event.ext.causationid = Some(self.causes.join(","));
+            event.ext.rare.causationid = Some(self.causes.join(","));
         }
-        event.ext.correlationid = self.correlation.clone();
+        event.ext.rare.correlationid = self.correlation.clone();
         event
     }
 }
@@ -565,7 +565,7 @@ impl Engine {
                             time: fact.time,
                             arrival: 0,
                             event_id: event.id.as_str().into(),
-                            correlation: event.ext.correlationid.as_deref().map(Into::into),
+                            correlation: event.ext.rare.correlationid.as_deref().map(Into::into),
                             hits: Vec::new(),
                         });
                         entry.hits.push((op_index, key, mask, fact.value));

@@ -654,8 +654,8 @@ fn alerts_become_alert_triggered_events() {
     let event = alert.to_event();
     event.validate().unwrap();
     assert_eq!(event.kind(), Some(crate::event::EventKind::AlertTriggered));
-    assert_eq!(event.ext.causationid.as_deref(), Some("src-0,src-1,src-2"));
-    assert_eq!(event.ext.correlationid.as_deref(), Some("rush-hour-1"));
+    assert_eq!(event.ext.rare.causationid.as_deref(), Some("src-0,src-1,src-2"));
+    assert_eq!(event.ext.rare.correlationid.as_deref(), Some("rush-hour-1"));
     assert_eq!(event.ext.h3cell, location.cell(Resolution::Eight));
     let Some(crate::event::Payload::AlertTriggered(payload)) = event.payload() else { panic!() };
     assert_eq!(payload.rule_id, "congestion");

@@ -428,6 +428,6 @@ fn note_cause(win: &mut Win, incoming: &Incoming<'_>) {
         win.causes.push(incoming.event.id.clone());
     }
     if win.correlation.is_none() {
-        win.correlation.clone_from(&incoming.event.ext.correlationid);
+        win.correlation.clone_from(&incoming.event.ext.rare.correlationid);
     }
 }

@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use crate::event::{
-    CITYTWIN_EXTENSIONS, Data, Event, EventType, ExtensionValue, Extensions, Payload, Provenance, SPEC_VERSION,
-    Timestamp, ValidationError, Violation, is_valid_extension_name, parse_cell,
+    CITYTWIN_EXTENSIONS, Data, Event, EventType, ExtensionValue, Extensions, Payload, Provenance, Rare, RareAttributes,
+    SPEC_VERSION, Timestamp, ValidationError, Violation, is_valid_extension_name, parse_cell,
 };
 use crate::{Error, Result};
 
@@ -78,10 +78,10 @@ impl EventBuilder {
                     }
                 }
             }
-            "correlationid" => self.ext.correlationid = self.string(name, value),
-            "causationid" => self.ext.causationid = self.string(name, value),
+            "correlationid" => self.ext.rare.correlationid = self.string(name, value),
+            "causationid" => self.ext.rare.causationid = self.string(name, value),
             "organization" => self.ext.organization = self.string(name, value).map(Into::into),
-            "region" => self.ext.region = self.string(name, value),
+            "region" => self.ext.rare.region = self.string(name, value),
             "h3cell" => {
                 if let Some(text) = self.string(name, value) {
                     match parse_cell(&text) {
@@ -123,7 +123,7 @@ impl EventBuilder {
                 };
                 match ext_value {
                     Some(ext_value) => {
-                        self.ext.other.insert(name.to_owned(), ext_value);
+                        self.ext.rare.other.insert(name.to_owned(), ext_value);
                     }
                     None => self.violations.push(Violation::new(
                         name,
@@ -151,9 +151,11 @@ impl EventBuilder {
             source: self.source.map_or_else(|| "-".into(), Into::into),
             ty: EventType::new(self.ty.as_deref().unwrap_or("-")),
             time: self.time,
-            subject: self.subject,
-            datacontenttype: self.datacontenttype,
-            dataschema: self.dataschema,
+            rare: Rare::new(RareAttributes {
+                subject: self.subject,
+                datacontenttype: self.datacontenttype,
+                dataschema: self.dataschema,
+            }),
             ext: self.ext,
             data,
         };
@@ -188,7 +190,7 @@ pub(crate) fn text_attributes(event: &Event) -> Vec<(&str, String)> {
     if let Some(time) = event.time {
         out.push(("time", time.to_rfc3339()));
     }
-    let optional = [("subject", &event.subject), ("dataschema", &event.dataschema)];
+    let optional = [("subject", &event.rare.subject), ("dataschema", &event.rare.dataschema)];
     out.extend(optional.into_iter().filter_map(|(name, value)| value.clone().map(|v| (name, v))));
     extension_texts(&event.ext, &mut out);
     out
@@ -197,10 +199,10 @@ pub(crate) fn text_attributes(event: &Event) -> Vec<(&str, String)> {
 /// Extension attributes as (name, text) pairs.
 pub(crate) fn extension_texts<'a>(ext: &'a Extensions, out: &mut Vec<(&'a str, String)>) {
     let texts = [
-        ("correlationid", ext.correlationid.as_deref()),
-        ("causationid", ext.causationid.as_deref()),
+        ("correlationid", ext.rare.correlationid.as_deref()),
+        ("causationid", ext.rare.causationid.as_deref()),
         ("organization", ext.organization.as_deref()),
-        ("region", ext.region.as_deref()),
+        ("region", ext.rare.region.as_deref()),
     ];
     out.extend(texts.into_iter().filter_map(|(name, value)| value.map(|v| (name, v.to_owned()))));
     if let Some(cell) = ext.h3cell {
@@ -212,8 +214,8 @@ pub(crate) fn extension_texts<'a>(ext: &'a Extensions, out: &mut Vec<(&'a str, S
     if let Some(provenance) = ext.provenance {
         out.push(("provenance", provenance.as_str().to_owned()));
     }
-    debug_assert!(ext.other.keys().all(|name| !CITYTWIN_EXTENSIONS.contains(&name.as_str())));
-    out.extend(ext.other.iter().map(|(name, value)| (name.as_str(), value.to_text())));
+    debug_assert!(ext.rare.other.keys().all(|name| !CITYTWIN_EXTENSIONS.contains(&name.as_str())));
+    out.extend(ext.rare.other.iter().map(|(name, value)| (name.as_str(), value.to_text())));
 }
 
 /// The body of a binary-mode message (HTTP, MQTT 5): the data alone, in its content type.
@@ -221,7 +223,7 @@ pub(crate) fn extension_texts<'a>(ext: &'a Extensions, out: &mut Vec<(&'a str, S
 /// JSON content types (or none) carry JSON; a string under a textual content type is
 /// written as its raw text; bytes are written as they are. No data means an empty body.
 pub(crate) fn encode_body(event: &Event) -> Vec<u8> {
-    let json = crate::event::is_json_content_type_pub(event.datacontenttype.as_deref());
+    let json = crate::event::is_json_content_type_pub(event.rare.datacontenttype.as_deref());
     match &event.data {
         None => Vec::new(),
         Some(Data::Binary(bytes)) => bytes.clone(),
@@ -272,7 +274,7 @@ pub(crate) fn decode_body(builder: &mut EventBuilder, body: &[u8]) -> Option<Dat
 /// The content type a binary-mode message declares: `datacontenttype`, or
 /// `application/octet-stream` for bytes that declare none.
 pub(crate) fn body_content_type(event: &Event) -> Option<String> {
-    match (&event.datacontenttype, &event.data) {
+    match (&event.rare.datacontenttype, &event.data) {
         (Some(content_type), _) => Some(content_type.clone()),
         (None, Some(Data::Binary(_))) => Some("application/octet-stream".to_owned()),
         (None, _) => None,

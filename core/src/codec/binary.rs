@@ -50,7 +50,7 @@ pub fn encode(event: &Event) -> BinaryEvent {
     let attributes = text_attributes(event)
         .into_iter()
         .map(|(name, text)| {
-            let value = match (name, event.ext.other.get(name)) {
+            let value = match (name, event.ext.rare.other.get(name)) {
                 ("time", _) => event.time.map_or(AttributeValue::Text(text), AttributeValue::Time),
                 (_, Some(ExtensionValue::Bool(flag))) => AttributeValue::Bool(*flag),
                 (_, Some(ExtensionValue::Integer(number))) => AttributeValue::Integer(*number),

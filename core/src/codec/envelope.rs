@@ -146,10 +146,11 @@ impl Envelope {
     /// The envelope of `event`; [`Envelope::into_event`] gives the same event back.
     pub fn from_event(event: &Event) -> Self {
         let mut other = BTreeMap::new();
-        if default_source(event.subject.as_deref()).as_deref() != Some(event.source.as_str()) {
+        if default_source(event.rare.subject.as_deref()).as_deref() != Some(event.source.as_str()) {
             other.insert("source".to_owned(), Value::String(event.source.to_string()));
         }
-        for (name, value) in [("datacontenttype", &event.datacontenttype), ("dataschema", &event.dataschema)] {
+        for (name, value) in [("datacontenttype", &event.rare.datacontenttype), ("dataschema", &event.rare.dataschema)]
+        {
             if let Some(value) = value {
                 other.insert(name.to_owned(), Value::String(value.clone()));
             }
@@ -157,7 +158,7 @@ impl Envelope {
         let mut texts = Vec::new();
         extension_texts(&event.ext, &mut texts);
         for (name, text) in texts {
-            let value = match event.ext.other.get(name) {
+            let value = match event.ext.rare.other.get(name) {
                 Some(ExtensionValue::Bool(flag)) => Value::Bool(*flag),
                 Some(ExtensionValue::Integer(int)) => Value::from(*int),
                 _ => Value::String(text),
@@ -179,13 +180,13 @@ impl Envelope {
             event_id: event.id.to_string(),
             event_type: event.kind().map_or_else(|| event.ty.as_str().to_owned(), |kind| kind.short_name().to_owned()),
             timestamp: event.time.map(|time| time.to_rfc3339()),
-            source_asset: event.subject.clone(),
-            correlation_id: event.ext.correlationid.clone(),
-            causation_id: event.ext.causationid.clone(),
+            source_asset: event.rare.subject.clone(),
+            correlation_id: event.ext.rare.correlationid.clone(),
+            causation_id: event.ext.rare.causationid.clone(),
             payload,
             metadata: Metadata {
                 organization_id: event.ext.organization.as_deref().map(str::to_owned),
-                region: event.ext.region.clone(),
+                region: event.ext.rare.region.clone(),
                 other,
             },
         }

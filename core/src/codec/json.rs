@@ -36,21 +36,21 @@ impl Serialize for Structured<'_> {
         if let Some(time) = &event.time {
             map.serialize_entry("time", time)?;
         }
-        if let Some(subject) = &event.subject {
+        if let Some(subject) = &event.rare.subject {
             map.serialize_entry("subject", subject)?;
         }
-        if let Some(content_type) = &event.datacontenttype {
+        if let Some(content_type) = &event.rare.datacontenttype {
             map.serialize_entry("datacontenttype", content_type)?;
         }
-        if let Some(schema) = &event.dataschema {
+        if let Some(schema) = &event.rare.dataschema {
             map.serialize_entry("dataschema", schema)?;
         }
         let ext = &event.ext;
         let texts = [
-            ("correlationid", ext.correlationid.as_deref()),
-            ("causationid", ext.causationid.as_deref()),
+            ("correlationid", ext.rare.correlationid.as_deref()),
+            ("causationid", ext.rare.causationid.as_deref()),
             ("organization", ext.organization.as_deref()),
-            ("region", ext.region.as_deref()),
+            ("region", ext.rare.region.as_deref()),
         ];
         for (name, value) in texts {
             if let Some(value) = value {
@@ -66,7 +66,7 @@ impl Serialize for Structured<'_> {
         if let Some(provenance) = ext.provenance {
             map.serialize_entry("provenance", provenance.as_str())?;
         }
-        for (name, value) in &ext.other {
+        for (name, value) in &ext.rare.other {
             match value {
                 ExtensionValue::Bool(flag) => map.serialize_entry(name, flag)?,
                 ExtensionValue::Integer(int) => map.serialize_entry(name, int)?,

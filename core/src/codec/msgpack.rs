@@ -19,7 +19,8 @@ use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::{
-    Data, EcoString, Event, EventKind, EventType, ExtensionValue, Extensions, Payload, Provenance, Timestamp,
+    Data, EcoString, Event, EventKind, EventType, ExtensionValue, Extensions, Payload, Provenance, Rare,
+    RareAttributes, RareExtensions, Timestamp,
 };
 use crate::{Error, Result};
 
@@ -44,17 +45,17 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
         &event.source,
         TypeRef(&event.ty),
         event.time.map(Timestamp::as_nanos),
-        event.subject.as_deref(),
-        event.datacontenttype.as_deref(),
-        event.dataschema.as_deref(),
-        ext.correlationid.as_deref(),
-        ext.causationid.as_deref(),
+        event.rare.subject.as_deref(),
+        event.rare.datacontenttype.as_deref(),
+        event.rare.dataschema.as_deref(),
+        ext.rare.correlationid.as_deref(),
+        ext.rare.causationid.as_deref(),
         ext.organization.as_deref(),
-        ext.region.as_deref(),
+        ext.rare.region.as_deref(),
         ext.h3cell.map(u64::from),
         ext.sequence,
         ext.provenance.map(provenance_code),
-        &ext.other,
+        &ext.rare.other,
         event.data.as_ref().map(DataRef),
     );
     // NOTE: writing to a Vec cannot fail and every field is MessagePack-representable.
@@ -104,10 +105,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         source,
         ty,
         time: time.map(Timestamp::from_nanos),
-        subject,
-        datacontenttype,
-        dataschema,
-        ext: Extensions { correlationid, causationid, organization, region, h3cell, sequence, provenance, other },
+        rare: Rare::new(RareAttributes { subject, datacontenttype, dataschema }),
+        ext: Extensions {
+            organization,
+            h3cell,
+            sequence,
+            provenance,
+            rare: Rare::new(RareExtensions { correlationid, causationid, region, other }),
+        },
         data: data.map(|DataOwned(data)| data),
     })
 }

@@ -10,7 +10,7 @@ use crate::testing;
 
 /// Binary modes carry every attribute as text: user extensions come back as strings.
 fn as_text_extensions(mut event: Event) -> Event {
-    for value in event.ext.other.values_mut() {
+    for value in event.ext.rare.other.values_mut() {
         *value = ExtensionValue::String(value.to_text());
     }
     event
@@ -121,11 +121,11 @@ fn seed_envelope_converts_without_losing_a_field() {
     let event = envelope.clone().into_event().unwrap();
     assert_eq!(event.ty.as_str(), "com.smartcities.alert.triggered");
     assert_eq!(event.source, "/assets/sensor_001");
-    assert_eq!(event.subject.as_deref(), Some("sensor_001"));
-    assert_eq!(event.ext.correlationid.as_deref(), Some("corr_abc123"));
-    assert_eq!(event.ext.causationid.as_deref(), Some("cause_def456"));
+    assert_eq!(event.rare.subject.as_deref(), Some("sensor_001"));
+    assert_eq!(event.ext.rare.correlationid.as_deref(), Some("corr_abc123"));
+    assert_eq!(event.ext.rare.causationid.as_deref(), Some("cause_def456"));
     assert_eq!(event.ext.organization.as_deref(), Some("org_xyz"));
-    assert_eq!(event.ext.region.as_deref(), Some("us-east"));
+    assert_eq!(event.ext.rare.region.as_deref(), Some("us-east"));
     assert_eq!(event.time.unwrap().to_rfc3339(), "2025-01-15T10:30:00Z");
     let Some(crate::event::Payload::AlertTriggered(alert)) = event.payload() else { panic!("typed alert expected") };
     assert_eq!((alert.threshold, alert.actual_value), (Some(75.0), Some(85.5)));
@@ -199,7 +199,7 @@ fn amqp_reads_the_alternative_prefix_and_names_every_problem() {
     };
     let event = amqp::decode_any(&message).unwrap();
     assert_eq!((event.id.as_str(), event.source.as_str()), ("a-1", "/amqp"));
-    assert!(event.ext.other.is_empty(), "{:?}", event.ext.other);
+    assert!(event.ext.rare.other.is_empty(), "{:?}", event.ext.rare.other);
 
     let broken = amqp::AmqpMessage {
         content_type: None,

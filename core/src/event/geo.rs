@@ -42,6 +42,14 @@ impl Location {
         self.check().ok()?;
         memo::cell(self.lat, self.lng, resolution)
     }
+
+    /// Starts loading what [`Location::cell`] will read for this location at `resolution`,
+    /// without waiting for it: a caller about to convert many locations in turn calls it one
+    /// location ahead, so that the memory the next conversion needs arrives while it works
+    /// on the current one. Only a hint; it changes no result.
+    pub fn prefetch_cell(&self, resolution: Resolution) {
+        memo::prefetch(self.lat, self.lng, resolution);
+    }
 }
 
 /// Recent location → cell conversions, shared by every thread.
@@ -85,12 +93,24 @@ mod memo {
         TABLE.get_or_init(|| (0..SETS).map(|_| Set::default()).collect())
     }
 
+    /// The set a position's conversion at `resolution` lives in.
+    fn set_of(lat: f64, lng: f64, resolution: Resolution) -> &'static Set {
+        let key = (lat.to_bits().rotate_left(17) ^ lng.to_bits() ^ u64::from(u8::from(resolution)))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        &table()[(key >> (64 - SETS.trailing_zeros())) as usize]
+    }
+
+    /// Asks the CPU to load the set of a position's conversion (both of its cache lines).
+    /// With 100k places the table is far larger than the caches, and the lock taken on the
+    /// set stalled on that load: it was 4 % of a city-scale run's time.
+    pub(super) fn prefetch(lat: f64, lng: f64, resolution: Resolution) {
+        crate::prefetch::prefetch(set_of(lat, lng, resolution));
+    }
+
     /// The cell of a valid WGS84 position at `resolution`.
     pub(super) fn cell(lat: f64, lng: f64, resolution: Resolution) -> Option<CellIndex> {
         let (lat_bits, lng_bits) = (lat.to_bits(), lng.to_bits());
-        let key =
-            (lat_bits.rotate_left(17) ^ lng_bits ^ u64::from(u8::from(resolution))).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let set = &table()[(key >> (64 - SETS.trailing_zeros())) as usize].0;
+        let set = &set_of(lat, lng, resolution).0;
         if let Ok(set) = set.try_lock() {
             let found =
                 set.0.iter().filter(|slot| slot.lat == lat_bits && slot.lng == lng_bits).find_map(|slot| {

@@ -15,6 +15,7 @@
 
 mod geo;
 mod payload;
+mod rare;
 mod time;
 mod validate;
 
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use ecow::{EcoString, eco_format};
 pub use geo::{Location, Unit, cell_within, parse_cell};
 pub use payload::*;
+pub use rare::{Empty, Rare};
 pub use time::{Timestamp, TimestampParseError};
 pub use validate::{ValidationError, Violation, is_valid_extension_name};
 pub(crate) use validate::{
@@ -156,25 +158,54 @@ impl ExtensionValue {
     }
 }
 
-/// Extension attributes: citytwin's own (typed) and any user extension.
+/// Extension attributes: citytwin's own (typed) and any user extension. Those most events
+/// lack are in [`RareExtensions`], read and written through `rare` as if inline
+/// (`ext.rare.correlationid`; see [`Rare`]).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Extensions {
-    /// `correlationid`: ties together every event of one chain (a saga, an alert and its causes).
-    pub correlationid: Option<String>,
-    /// `causationid`: the id(s) of the event(s) that caused this one, comma-separated.
-    pub causationid: Option<String>,
     /// `organization`: the tenant owning the asset; authorization is by organization.
     pub organization: Option<EcoString>,
-    /// `region`: deployment region (`us-east`).
-    pub region: Option<String>,
     /// `h3cell`: the H3 cell of the event's location; checked against the location.
     pub h3cell: Option<CellIndex>,
     /// `sequence`: the per-stream sequence number (decimal text on the wire).
     pub sequence: Option<u64>,
     /// `provenance`: live, simulated or replayed.
     pub provenance: Option<Provenance>,
+    /// `correlationid`, `causationid`, `region` and user extensions.
+    pub rare: Rare<RareExtensions>,
+}
+
+/// The extension attributes most events lack (see [`Extensions`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RareExtensions {
+    /// `correlationid`: ties together every event of one chain (a saga, an alert and its causes).
+    pub correlationid: Option<String>,
+    /// `causationid`: the id(s) of the event(s) that caused this one, comma-separated.
+    pub causationid: Option<String>,
+    /// `region`: deployment region (`us-east`).
+    pub region: Option<String>,
     /// Any other extension, by attribute name.
     pub other: BTreeMap<String, ExtensionValue>,
+}
+
+impl Empty for RareExtensions {
+    const EMPTY: &'static Self =
+        &RareExtensions { correlationid: None, causationid: None, region: None, other: BTreeMap::new() };
+}
+
+/// The optional context attributes most events lack (see [`Event`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RareAttributes {
+    /// `subject`: what the event is about within the source (citytwin uses the asset id).
+    pub subject: Option<String>,
+    /// `datacontenttype`: RFC 2046 media type of `data`; absent means JSON.
+    pub datacontenttype: Option<String>,
+    /// `dataschema`: absolute URI of the schema `data` adheres to.
+    pub dataschema: Option<String>,
+}
+
+impl Empty for RareAttributes {
+    const EMPTY: &'static Self = &RareAttributes { subject: None, datacontenttype: None, dataschema: None };
 }
 
 /// Names of the context attributes that are not extensions (plus the JSON format's
@@ -209,12 +240,9 @@ pub struct Event {
     pub ty: EventType,
     /// `time`: when the occurrence happened.
     pub time: Option<Timestamp>,
-    /// `subject`: what the event is about within the source (citytwin uses the asset id).
-    pub subject: Option<String>,
-    /// `datacontenttype`: RFC 2046 media type of `data`; absent means JSON.
-    pub datacontenttype: Option<String>,
-    /// `dataschema`: absolute URI of the schema `data` adheres to.
-    pub dataschema: Option<String>,
+    /// `subject`, `datacontenttype` and `dataschema`, read and written through `rare` as if
+    /// inline (`event.rare.subject`; see [`Rare`]).
+    pub rare: Rare<RareAttributes>,
     /// Extension attributes.
     pub ext: Extensions,
     /// `data` (or `data_base64`).
@@ -230,9 +258,7 @@ impl Event {
             source: source.into(),
             ty: payload.kind().into(),
             time: None,
-            subject: None,
-            datacontenttype: None,
-            dataschema: None,
+            rare: Rare::default(),
             ext: Extensions::default(),
             data: Some(Data::Payload(payload)),
         }
@@ -245,9 +271,7 @@ impl Event {
             source: source.into(),
             ty: EventType::new(ty),
             time: None,
-            subject: None,
-            datacontenttype: None,
-            dataschema: None,
+            rare: Rare::default(),
             ext: Extensions::default(),
             data: None,
         }
@@ -263,7 +287,7 @@ impl Event {
     /// Sets `subject`.
     #[must_use]
     pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
-        self.subject = Some(subject.into());
+        self.rare.subject = Some(subject.into());
         self
     }
 
@@ -284,14 +308,14 @@ impl Event {
     /// Sets `correlationid`.
     #[must_use]
     pub fn with_correlation(mut self, correlationid: impl Into<String>) -> Self {
-        self.ext.correlationid = Some(correlationid.into());
+        self.ext.rare.correlationid = Some(correlationid.into());
         self
     }
 
     /// Sets `causationid`.
     #[must_use]
     pub fn with_causation(mut self, causationid: impl Into<String>) -> Self {
-        self.ext.causationid = Some(causationid.into());
+        self.ext.rare.causationid = Some(causationid.into());
         self
     }
 
@@ -325,7 +349,7 @@ impl Event {
 
     /// The asset this event is about: the payload's asset id, else the `subject`.
     pub fn asset_id(&self) -> Option<&str> {
-        self.payload().and_then(Payload::asset_id).or(self.subject.as_deref())
+        self.payload().and_then(Payload::asset_id).or(self.rare.subject.as_deref())
     }
 
     /// The location the payload carries, if any.
@@ -341,6 +365,18 @@ impl Event {
         let mut violations = Vec::new();
         validate::check_event(self, &mut violations);
         if violations.is_empty() { Ok(()) } else { Err(ValidationError::new(violations)) }
+    }
+
+    /// Starts loading the memory [`Event::validate`] will need beyond the event itself (the
+    /// cached conversion of its location to its `h3cell`'s resolution), without waiting: a
+    /// caller validating many events calls it for the next one before validating the current.
+    /// Only a hint; it changes no result.
+    pub fn prefetch_validation(&self) {
+        if let Some(cell) = self.ext.h3cell
+            && let Some(location) = self.location()
+        {
+            location.prefetch_cell(cell.resolution());
+        }
     }
 }
 

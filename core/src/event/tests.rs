@@ -241,4 +241,8 @@ fn an_event_stays_as_small_as_a_reading_allows() {
         std::mem::size_of::<crate::event::Event>()
     );
     assert!(payload <= reading + 8, "Payload is {payload} B against a reading's {reading} B");
+    // The attributes a reading lacks are behind one pointer each (`Rare`): a reading's fields
+    // inline, and two pointers.
+    let event = std::mem::size_of::<crate::event::Event>();
+    assert!(event <= payload + 128 + 16, "Event is {event} B against its Payload's {payload} B");
 }

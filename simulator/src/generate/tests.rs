@@ -105,6 +105,27 @@ fn the_stream_is_identical_for_any_thread_count_and_window_size() {
 }
 
 #[test]
+fn the_event_maker_makes_the_plans_events_and_renews_its_source_copy() {
+    let scenario = scenario("");
+    let plan = Arc::new(Plan::new(Arc::clone(&scenario)));
+    let mut generator = Generator::new(Arc::clone(&plan), 2);
+    let mut samples = Vec::new();
+    generator.window(Timestamp::from_nanos(scenario.start.as_nanos() + 3_600_000_000_000), &mut samples);
+    let shared_by = EventMaker::SHARED_BY as usize;
+    assert!(samples.len() > 2 * shared_by, "seed {SEED}: only {} samples in the first hour", samples.len());
+    let mut maker = EventMaker::new(Arc::clone(&plan));
+    let made: Vec<Event> = samples.iter().map(|sample| maker.event(sample)).collect();
+    for (sample, event) in samples.iter().zip(&made) {
+        assert_eq!(*event, plan.event(sample), "seed {SEED}: {sample:?}");
+    }
+    // Asset events share one copy of the source per `SHARED_BY`, not the plan's.
+    let copies: std::collections::HashSet<*const u8> =
+        made.iter().filter(|e| e.ty.kind() == Some(EventKind::MetricRecorded)).map(|e| e.source.as_ptr()).collect();
+    assert!(!copies.contains(&plan.source.as_ptr()), "seed {SEED}");
+    assert!(copies.len() >= made.len() / shared_by, "seed {SEED}: {} copies for {}", copies.len(), made.len());
+}
+
+#[test]
 fn events_are_valid_cloudevents_and_faults_show() {
     let scenario = scenario("");
     let (samples, generator, _) = run(&scenario, 2, 3600);

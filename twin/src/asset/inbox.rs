@@ -156,8 +156,9 @@ mod tests {
         let (commands, part) = inbox.take().expect("pending commands");
         assert_eq!(times(&commands), [1, 2, 3]);
         part.answer([Ok(10), Ok(20), Ok(30)]);
-        let oks =
-            |answers: Vec<_>| answers.into_iter().map(|a: crate::asset::actor::BatchReply| a.ok()).collect::<Vec<_>>();
+        let oks = |answers: crate::completion::Answers| {
+            answers.into_iter().map(|a: crate::asset::actor::BatchReply| a.ok()).collect::<Vec<_>>()
+        };
         assert_eq!(oks(handed_back.wait().await), [Some(20), Some(10)]);
         assert_eq!(oks(pending.wait().await), [Some(30)]);
     }

@@ -289,13 +289,18 @@ fn transition_error(state: &AssetState, event: &Event) -> Rejection {
 
 fn derived(cause: &Event, suffix: &str, payload: impl Into<Payload>, time: Timestamp) -> Event {
     let mut event = Event::new(format!("{}:{suffix}", cause.id), "/twin/assets", payload).with_time(time);
-    event.subject.clone_from(&cause.subject);
+    // Set only when the cause has them: a write to a rare attribute makes room for them all.
+    if let Some(subject) = &cause.rare.subject {
+        event.rare.subject = Some(subject.clone());
+    }
     event.ext.organization.clone_from(&cause.ext.organization);
-    event.ext.region.clone_from(&cause.ext.region);
+    if let Some(region) = &cause.ext.rare.region {
+        event.ext.rare.region = Some(region.clone());
+    }
     event.ext.h3cell = cause.ext.h3cell;
     event.ext.provenance = cause.ext.provenance;
-    event.ext.causationid = Some(cause.id.to_string());
-    event.ext.correlationid = cause.ext.correlationid.clone().or_else(|| Some(cause.id.to_string()));
+    event.ext.rare.causationid = Some(cause.id.to_string());
+    event.ext.rare.correlationid = cause.ext.rare.correlationid.clone().or_else(|| Some(cause.id.to_string()));
     event
 }
 

@@ -109,7 +109,10 @@ async fn congestion_alerts_come_from_the_cell_actors() {
     assert_eq!(payload.rule_id, "congestion");
     assert_eq!(payload.values.get("sum(vehicle_count)"), Some(&115.0));
     assert_eq!(payload.actions, ["update_traffic_map", "notify:traffic_management_center"]);
-    assert_eq!(alert.event.ext.causationid.as_deref(), Some("ca-vehicle_count-10,ca-vehicle_count-70,sa-avg_speed-80"));
+    assert_eq!(
+        alert.event.ext.rare.causationid.as_deref(),
+        Some("ca-vehicle_count-10,ca-vehicle_count-70,sa-avg_speed-80")
+    );
 
     // B closed its window too (it answers after processing the same watermark advance), and raised nothing.
     let b = twin.cell_aggregates(B.cell(Resolution::Eight).unwrap()).await.unwrap();

@@ -85,10 +85,11 @@ async fn start_limited(dir: &std::path::Path, asset: AssetConfig, max_live: usiz
 /// waits (bounded) for every answer, in slot order.
 async fn send_batch(twin: &Twin, events: Vec<Event>, slots: Vec<u32>) -> Vec<BatchReply> {
     let collector = crate::completion::Collector::new(events.len());
-    let commands = events.into_iter().map(|e| (e.asset_id().unwrap().into(), AssetCommand::Observe(e))).collect();
+    let commands: Vec<_> =
+        events.into_iter().map(|e| (e.asset_id().unwrap().into(), AssetCommand::Observe(e))).collect();
     let part = crate::completion::Part::new(Arc::clone(&collector), slots);
-    twin.shard.cast(ShardMsg::Batch(commands, part)).unwrap();
-    tokio::time::timeout(WAIT, collector.wait()).await.expect("every command answered")
+    twin.shard.cast(ShardMsg::Batch(commands.into(), part)).unwrap();
+    tokio::time::timeout(WAIT, collector.wait()).await.expect("every command answered").into_iter().collect()
 }
 
 /// Sends a command to an asset through its shard and waits (bounded) for the answer.

@@ -116,7 +116,7 @@ fn first_reading_brings_the_asset_online_and_stats_accumulate() {
     let state = given(&history);
     let events = decide(&state, &observe(reading("s1", 1, "pm25", 30.0, 60))).unwrap();
     assert_eq!(kinds(&events), ["asset.metric_recorded", "asset.online"]);
-    assert_eq!(events[1].ext.causationid.as_deref(), Some("s1-r1"));
+    assert_eq!(events[1].ext.rare.causationid.as_deref(), Some("s1-r1"));
     let mut all = history.to_vec();
     all.extend(events);
     all.push(reading("s1", 2, "pm25", 10.0, 120));
