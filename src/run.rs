@@ -555,20 +555,22 @@ mod tests {
 
     #[test]
     fn calls_are_big_only_well_under_the_live_actor_limit() {
-        assert_eq!(batch_size(None, 100_000, 250_000), 1_000_000);
-        assert_eq!(batch_size(None, 187_500, 250_000), 1_000_000);
+        assert_eq!(batch_size(None, 100_000, 250_000), 2_000_000);
+        assert_eq!(batch_size(None, 187_500, 250_000), 2_000_000);
         assert_eq!(batch_size(None, 187_501, 250_000), 20_000, "near the limit the shards passivate");
-        assert_eq!(batch_size(None, 10_000_000, 0), 1_000_000, "0: no limit");
+        assert_eq!(batch_size(None, 10_000_000, 0), 2_000_000, "0: no limit");
         assert_eq!(batch_size(Some(777), 1_000_000, 250_000), 777, "--batch wins");
         assert_eq!(batch_size(Some(0), 10, 0), 1);
     }
 
     #[test]
-    fn only_big_calls_span_ten_minutes() {
-        // The cells keep windows open for two spans: smaller calls keep the shorter one.
+    fn only_big_calls_span_long() {
+        // The cells keep windows open for two spans: smaller calls keep the shorter ones.
         let minutes = |batch| batch_span(batch).as_secs() / 60;
-        assert_eq!(minutes(batch_size(None, 100_000, 250_000)), 10);
+        assert_eq!(minutes(batch_size(None, 100_000, 250_000)), 20);
         assert_eq!(minutes(batch_size(None, 1_000_000, 250_000)), 5);
+        assert_eq!(minutes(1_999_999), 10);
+        assert_eq!(minutes(1_000_000), 10);
         assert_eq!(minutes(999_999), 5);
     }
 }
