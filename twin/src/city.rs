@@ -168,6 +168,7 @@ impl Twin {
         let (shard_events, _) = broadcast::channel(1024);
         let shards = Arc::new(RwLock::new(Vec::new()));
         let directories: Vec<Directory> = (0..config.shards.max(1)).map(|_| Directory::default()).collect();
+        let lists = crate::shard::CommandLists::new(config.shards.max(1));
         let args = CityArgs {
             directories: directories.clone(),
             config,
@@ -202,7 +203,7 @@ impl Twin {
             stats,
             directories,
             recovery,
-            lists: crate::shard::CommandLists::default(),
+            lists,
         })
     }
 

@@ -206,7 +206,9 @@ impl Alert {
         if !self.causes.is_empty() {
             event.ext.rare.causationid = Some(self.causes.join(","));
         }
-        event.ext.rare.correlationid = self.correlation.clone();
+        if let Some(correlation) = &self.correlation {
+            event.ext.rare.correlationid = Some(correlation.clone());
+        }
         event
     }
 }
