@@ -367,7 +367,7 @@ async fn run_async(args: &RunArgs, scenario: Scenario, rules: Vec<Rule>) -> anyh
             generator.window(until, &mut samples);
             for (at, sample) in samples.iter().enumerate() {
                 if let Some(ahead) = samples.get(at + 2) {
-                    maker.prefetch(ahead);
+                    plan.prefetch(ahead);
                 }
                 let event = maker.event(sample);
                 digest.add(&event);

@@ -582,11 +582,6 @@ impl EventMaker {
         self.left -= 1;
         self.plan.event_from(sample, &self.source)
     }
-
-    /// See [`Plan::prefetch`].
-    pub fn prefetch(&self, sample: &Sample) {
-        self.plan.prefetch(sample);
-    }
 }
 
 /// `{asset}-{seq}`, the id of an asset's `seq`th event: what `eco_format!` writes, without

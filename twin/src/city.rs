@@ -356,11 +356,9 @@ impl Twin {
         let mut dead_letters: Vec<Event> = Vec::new();
         // One event ahead, so that the memory its validation needs (see
         // `Event::prefetch_validation`) loads while the current one is validated and routed.
-        let mut events = events.enumerate();
-        let mut ahead = events.next();
-        while let Some((index, event)) = ahead.take() {
-            ahead = events.next();
-            if let Some((_, next)) = &ahead {
+        let mut events = events.enumerate().peekable();
+        while let Some((index, event)) = events.next() {
+            if let Some((_, next)) = events.peek() {
                 next.prefetch_validation();
             }
             if let Err(error) = event.validate() {
