@@ -110,7 +110,7 @@ impl Host {
     /// Ingests the events of `batch`, leaving it empty (its buffer can be reused).
     async fn ingest(&self, batch: &mut Vec<Event>) -> Vec<Result<usize, citytwin_twin::city::IngestError>> {
         match self {
-            Host::Embedded(twin) => twin.ingest_batch(batch.drain(..)).await,
+            Host::Embedded(twin) => twin.ingest_batch(&mut *batch).await,
             Host::Served(running) => running.gateway().ingest_local(batch).await,
         }
     }

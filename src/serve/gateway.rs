@@ -247,7 +247,7 @@ impl Gateway {
             .filter(|(_, e)| e.kind() == Some(EventKind::AssetCreated))
             .filter_map(|(i, e)| Some((i, e.asset_id()?.to_owned(), Arc::from(e.ext.organization.as_deref()?))))
             .collect();
-        let results = self.twin.ingest_batch(events.drain(..)).await;
+        let results = self.twin.ingest_batch(&mut *events).await;
         if !created.is_empty()
             && let Ok(mut owners) = self.owners.write()
         {
@@ -745,16 +745,20 @@ impl Gateway {
     }
 
     /// The log's records matching `filter` below position `until`, that `who` may see,
-    /// handed to `each` in position order; stops early when `each` returns false.
+    /// handed to `each` in position order; stops early when `each` returns false, or once
+    /// `cancelled` returns true (checked between blocks of the log: a selective filter
+    /// scans much of the log between two matches, and nobody should wait for that scan once
+    /// the consumer has gone or the server is stopping).
     pub(crate) fn replay_until(
         &self,
         who: &Principal,
         filter: ReplayFilter,
         assets: &[String],
         until: u64,
+        cancelled: impl Fn() -> bool + Send + Sync + 'static,
         mut each: impl FnMut(Committed) -> bool,
     ) -> citytwin_core::Result<()> {
-        for record in self.twin.log().replay(filter) {
+        for record in self.twin.log().replay(filter).until_cancelled(cancelled) {
             let record = record?;
             if record.position >= until {
                 break;

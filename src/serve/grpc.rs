@@ -644,9 +644,16 @@ impl v1::replay_server::Replay for Api {
         self.tasks.spawn(async move {
             let (replay_gateway, replay_who, replay_tx) = (Arc::clone(&gateway), who.clone(), tx.clone());
             let replayed = tokio::task::spawn_blocking(move || {
-                replay_gateway.replay_until(&replay_who, filter, &assets, until, |committed| {
-                    replay_tx.blocking_send(Ok(delivery(&committed))).is_ok()
-                })
+                // The stream's receiver goes when the client does, or the server stops.
+                let gone = replay_tx.clone();
+                replay_gateway.replay_until(
+                    &replay_who,
+                    filter,
+                    &assets,
+                    until,
+                    move || gone.is_closed(),
+                    |committed| replay_tx.blocking_send(Ok(delivery(&committed))).is_ok(),
+                )
             })
             .await;
             let failed = match replayed {

@@ -103,7 +103,9 @@ struct Published {
     /// The batch's number: 1 for the first one published (0: not from the channel).
     seq: u64,
     upto: u64,
-    events: Vec<Committed>,
+    /// The events in runs, as the writer's requests brought them (each request's list is
+    /// published as it is, not moved into one list: an event is about 224 bytes).
+    runs: Vec<Vec<Committed>>,
 }
 
 /// One delivered event: a handle into the batch it was published in (cloning it copies a
@@ -111,7 +113,8 @@ struct Published {
 #[derive(Debug, Clone)]
 pub struct Delivered {
     batch: Arc<Published>,
-    index: usize,
+    run: u32,
+    index: u32,
 }
 
 impl Delivered {
@@ -119,8 +122,9 @@ impl Delivered {
     /// tests, benches).
     pub fn batch(events: Vec<Committed>) -> Vec<Delivered> {
         let upto = events.iter().map(|c| c.position + 1).max().unwrap_or(0);
-        let batch = Arc::new(Published { seq: 0, upto, events });
-        (0..batch.events.len()).map(|index| Delivered { batch: Arc::clone(&batch), index }).collect()
+        let count = events.len();
+        let batch = Arc::new(Published { seq: 0, upto, runs: vec![events] });
+        (0..count).map(|index| Delivered { batch: Arc::clone(&batch), run: 0, index: index as u32 }).collect()
     }
 }
 
@@ -128,7 +132,7 @@ impl std::ops::Deref for Delivered {
     type Target = Committed;
 
     fn deref(&self) -> &Committed {
-        &self.batch.events[self.index]
+        &self.batch.runs[self.run as usize][self.index as usize]
     }
 }
 
@@ -200,17 +204,20 @@ impl Bus {
         Bus { tx, log, published: Arc::default(), upto: Arc::default(), pacing: Arc::new(pacing) }
     }
 
-    /// Publishes the events one group commit appended, in position order, with the position
-    /// after the group (never waits). The log writer is the only publisher: batches must
-    /// come in commit order.
-    pub(crate) fn publish_committed(&self, upto: u64, events: Vec<Committed>) {
-        debug_assert!(events.windows(2).all(|w| w[0].position < w[1].position));
-        debug_assert!(events.last().is_none_or(|last| last.position < upto));
-        self.published.fetch_add(events.len() as u64, Ordering::Release);
+    /// Publishes the events one group commit appended, in position order (in runs: the
+    /// writer's requests' lists, each as it is), with the position after the group (never
+    /// waits). The log writer is the only publisher: batches must come in commit order.
+    pub(crate) fn publish_committed(&self, upto: u64, runs: Vec<Vec<Committed>>) {
+        debug_assert!({
+            let positions: Vec<u64> = runs.iter().flatten().map(|c| c.position).collect();
+            positions.windows(2).all(|w| w[0] < w[1]) && positions.last().is_none_or(|&last| last < upto)
+        });
+        let count: usize = runs.iter().map(Vec::len).sum();
+        self.published.fetch_add(count as u64, Ordering::Release);
         self.upto.fetch_max(upto, Ordering::AcqRel);
         let seq = self.pacing.batches.fetch_add(1, Ordering::AcqRel) + 1;
         // No subscriber is not an error.
-        let _ = self.tx.send(Arc::new(Published { seq, upto, events }));
+        let _ = self.tx.send(Arc::new(Published { seq, upto, runs }));
     }
 
     /// How many events have been published so far (a subscriber that has received this many
@@ -283,8 +290,8 @@ pub struct Subscription {
     open: bool,
     /// Every position below this has been delivered, filtered out or is not for the bus.
     low_water: u64,
-    /// The batch being delivered and the index of its next event.
-    current: Option<(Arc<Published>, usize)>,
+    /// The batch being delivered and where its next event is (run, index in the run).
+    current: Option<(Arc<Published>, u32, u32)>,
     backlog: VecDeque<Delivered>,
     /// Events recovered from the log after the channel lagged.
     pub recovered: u64,
@@ -313,13 +320,18 @@ impl Subscription {
 
     /// The next matching event of the batch in hand, if any.
     fn next_in_current(&mut self) -> Option<Delivered> {
-        let (batch, index) = self.current.as_mut()?;
-        while let Some(committed) = batch.events.get(*index) {
+        let (batch, run, index) = self.current.as_mut()?;
+        while let Some(events) = batch.runs.get(*run as usize) {
+            let Some(committed) = events.get(*index as usize) else {
+                *run += 1;
+                *index = 0;
+                continue;
+            };
             let at = *index;
             *index += 1;
             // Below the low-water mark: delivered already from the log while catching up.
             if committed.position >= self.low_water && (self.open || self.filter.matches(&committed.event)) {
-                return Some(Delivered { batch: Arc::clone(batch), index: at });
+                return Some(Delivered { batch: Arc::clone(batch), run: *run, index: at });
             }
         }
         self.low_water = self.low_water.max(batch.upto);
@@ -336,7 +348,7 @@ impl Subscription {
                     cursor.store(batch.seq, Ordering::Release);
                     pacing.progressed.notify_waiters();
                 }
-                self.current = Some((batch, 0));
+                self.current = Some((batch, 0, 0));
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, paced = self.pace.is_some(), "bus subscriber lagged: catching up from the log");
@@ -437,9 +449,9 @@ impl Subscription {
                     let batch = Published {
                         seq: 0,
                         upto: record.position + 1,
-                        events: vec![Committed { position: record.position, event }],
+                        runs: vec![vec![Committed { position: record.position, event }]],
                     };
-                    self.backlog.push_back(Delivered { batch: Arc::new(batch), index: 0 });
+                    self.backlog.push_back(Delivered { batch: Arc::new(batch), run: 0, index: 0 });
                 }
                 Ok(_) => {}
                 Err(error) => tracing::error!(%error, position = record.position, "undecodable record skipped"),
@@ -492,7 +504,9 @@ mod tests {
             }
             let noise =
                 log.append(crate::deadletter::DEAD_LETTER_STREAM, Expected::Any, &event(1000 + group, "x", 0.0));
-            bus.publish_committed(noise.unwrap().position + 1, committed);
+            // In runs, as the writer publishes its requests' lists (an empty one too).
+            let rest = committed.split_off(4);
+            bus.publish_committed(noise.unwrap().position + 1, vec![committed, Vec::new(), rest]);
             after_each();
         }
     }
@@ -586,7 +600,7 @@ mod tests {
         let publish = |n: u64| {
             let e = event(n, "a1", 40.7);
             let position = log.append("asset:a1", Expected::Any, &e).unwrap().position;
-            bus.publish_committed(position + 1, vec![Committed { position, event: e }]);
+            bus.publish_committed(position + 1, vec![vec![Committed { position, event: e }]]);
         };
         for n in 0..5 {
             publish(n);
@@ -627,10 +641,10 @@ mod tests {
         let at = log.append("asset:a1", Expected::Any, &before).unwrap().position;
         let mut subscription = bus.subscribe(Filter::default());
         assert_eq!(subscription.start(), at + 1);
-        bus.publish_committed(at + 1, vec![Committed { position: at, event: before }]);
+        bus.publish_committed(at + 1, vec![vec![Committed { position: at, event: before }]]);
         let after = event(2, "a1", 40.7);
         let next = log.append("asset:a1", Expected::Any, &after).unwrap().position;
-        bus.publish_committed(next + 1, vec![Committed { position: next, event: after }]);
+        bus.publish_committed(next + 1, vec![vec![Committed { position: next, event: after }]]);
         assert_eq!(subscription.recv().await.unwrap().position, next, "the replay below start() has the first");
         assert!(subscription.try_recv().is_none());
     }

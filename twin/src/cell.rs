@@ -28,6 +28,7 @@ use citytwin_core::event::Timestamp;
 use citytwin_core::log::{EventLog, Expected, ReplayFilter};
 use h3o::{CellIndex, Resolution};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use rustc_hash::FxHashMap;
 
 use crate::bus::{Bus, Delivered, Filter};
 use crate::rollup::Rollups;
@@ -302,7 +303,7 @@ pub struct CellRouterArgs {
 pub struct CellRouterState {
     args: CellRouterArgs,
     /// Every rule host (cells, asset partitions, the city), started on demand.
-    hosts: HashMap<Scope, ActorRef<CellMsg>>,
+    hosts: FxHashMap<Scope, ActorRef<CellMsg>>,
     ids: HashMap<ractor::ActorId, Scope>,
     max_time: Option<Timestamp>,
     next_tick: Option<Timestamp>,
@@ -365,7 +366,7 @@ impl Actor for CellRouterActor {
         });
         Ok(CellRouterState {
             args,
-            hosts: HashMap::new(),
+            hosts: FxHashMap::default(),
             ids: HashMap::new(),
             max_time: None,
             next_tick: None,
@@ -386,7 +387,8 @@ impl Actor for CellRouterActor {
             CellRouterMsg::Route(batch) => {
                 state.routed += batch.len() as u64;
                 let resolution = state.args.config.resolution;
-                let mut by_cell: HashMap<CellIndex, Vec<Delivered>> = HashMap::new();
+                // Fx, not SipHash: one lookup per event, keys are ours (cell indexes).
+                let mut by_cell: FxHashMap<CellIndex, Vec<Delivered>> = FxHashMap::default();
                 // Rules keyed by asset see an asset's events wherever it is (with a location or
                 // not); city-wide rules see everything. Both get the batch in commit order.
                 if state.asset_rules {
@@ -416,7 +418,7 @@ impl Actor for CellRouterActor {
                     }
                 }
                 // Neighbourhood rules: every cell within k of an event's cell gets it too.
-                let mut rings: HashMap<(CellIndex, u32), Vec<Delivered>> = HashMap::new();
+                let mut rings: FxHashMap<(CellIndex, u32), Vec<Delivered>> = FxHashMap::default();
                 for k in state.args.config.ring_distances() {
                     for (cell, events) in &by_cell {
                         for neighbour in cell.grid_disk::<Vec<_>>(k) {

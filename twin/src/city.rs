@@ -6,12 +6,13 @@
 //! (its assets rehydrate from the log on their next message) up to `max_restarts` within
 //! `restart_window`; beyond that the city stops and the failure is logged.
 
+use std::borrow::BorrowMut;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use citytwin_core::event::{EcoString, Event, Timestamp};
+use citytwin_core::event::{Event, Timestamp};
 use citytwin_core::log::{EventLog, Expected, LogConfig};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -25,6 +26,7 @@ use crate::deadletter::{
     DEAD_LETTER_STREAM, DeadLetterReason, ReprocessReport, RetryPolicy, dead_letter_entry, reprocess,
 };
 use crate::delivery::{DeliveryClass, DeliveryClasses, IngestCounts, IngestStats};
+use crate::route::{NO_SLOT, Routed};
 use crate::shard::{Directory, Occupancy, ShardActor, ShardArgs, ShardEvent, ShardMsg};
 use crate::writer::LogWriter;
 
@@ -121,10 +123,6 @@ pub fn shard_of(asset_id: &str, shards: usize) -> usize {
     (hash % shards.max(1) as u64) as usize
 }
 
-/// The commands of one batch for one shard, with their slots in the batch's collector.
-#[derive(Debug)]
-struct ShardBatch(Vec<u32>, crate::shard::Commands);
-
 /// The log stream of events not about one asset (incidents, weather, outages).
 pub const CITY_STREAM: &str = "city";
 
@@ -144,8 +142,6 @@ pub struct Twin {
     stats: Arc<IngestStats>,
     directories: Vec<Directory>,
     recovery: crate::recovery::FoldReport,
-    /// Emptied per-shard command lists, for the next ingest calls.
-    lists: crate::shard::CommandLists,
 }
 
 impl Twin {
@@ -168,7 +164,6 @@ impl Twin {
         let (shard_events, _) = broadcast::channel(1024);
         let shards = Arc::new(RwLock::new(Vec::new()));
         let directories: Vec<Directory> = (0..config.shards.max(1)).map(|_| Directory::default()).collect();
-        let lists = crate::shard::CommandLists::new(config.shards.max(1));
         let args = CityArgs {
             directories: directories.clone(),
             config,
@@ -203,7 +198,6 @@ impl Twin {
             stats,
             directories,
             recovery,
-            lists,
         })
     }
 
@@ -312,24 +306,22 @@ impl Twin {
     /// the gateways. Returns one result per event, in order: how many events it appended (the
     /// event itself plus derived ones, such as `asset.online`); invalid and refused events are
     /// dead-lettered. Batches wait for capacity (backpressure) rather than shed. Nothing is
-    /// copied on the way: the events move into the log and onto the bus. `events` is a `Vec`,
-    /// or a `Vec`'s `drain(..)` for a caller that reuses its buffer.
+    /// copied on the way: each event moves into its asset's group (see [`crate::route`]),
+    /// then into the log and onto the bus. `events` is a `Vec`, or `&mut` one for a caller
+    /// that reuses its buffer: it is left empty, with its capacity.
     ///
     /// # Errors
     /// Per event, see [`IngestError`].
     ///
     /// # Panics
-    /// When `events` yields another number of events than its `len()` said.
+    /// With 2^32 events or more in one call.
     ///
     /// # Cancel safety
-    /// Not cancel safe: dropped before it returns, part of the batch may be ingested
-    /// without the caller learning which, and the events not yet taken are dropped.
-    pub async fn ingest_batch<I>(&self, events: I) -> Vec<Result<usize, IngestError>>
-    where
-        I: IntoIterator<Item = Event>,
-        I::IntoIter: ExactSizeIterator,
-    {
-        let events = events.into_iter();
+    /// Not cancel safe: dropped while it waits for capacity, it has taken nothing (the events
+    /// are still in `events`); dropped later, part of the batch may be ingested without the
+    /// caller learning which.
+    pub async fn ingest_batch(&self, mut events: impl BorrowMut<Vec<Event>>) -> Vec<Result<usize, IngestError>> {
+        let events = events.borrow_mut();
         let total = events.len();
         // Each event's result, set once below (`answered` counts them): invalid, about the
         // city, or answered by its asset through the collector.
@@ -339,50 +331,21 @@ impl Twin {
         let _permit = match Arc::clone(&self.in_flight).acquire_many_owned(permits.max(1)).await {
             Ok(permit) => permit,
             Err(_) => {
+                events.clear();
                 return (0..total).map(|_| Err(IngestError::Unavailable("the twin is stopping".into()))).collect();
             }
         };
         let shard_count = self.shards.read().map(|s| s.len()).unwrap_or(0).max(1);
-        // Each command's slot in the collector, and the batch index the slot answers.
-        // Room for a fair share and an eighth more, so that a big call does not grow (copy) its
-        // shards' lists of inline readings while it fills them.
-        let share = total / shard_count + total / shard_count / 8 + 4;
-        let mut per_shard: Vec<ShardBatch> =
-            (0..shard_count).map(|_| ShardBatch(Vec::with_capacity(share), self.lists.take(share))).collect();
-        let mut slots: Vec<usize> = Vec::with_capacity(total);
-        let mut city: (Vec<usize>, Vec<Event>) = Default::default();
         // The batch's dead letters, appended together (a flood of bad input costs one append
         // per call, not one per event).
         let mut dead_letters: Vec<Event> = Vec::new();
-        // One event ahead, so that the memory its validation needs (see
-        // `Event::prefetch_validation`) loads while the current one is validated and routed.
-        let mut events = events.enumerate().peekable();
-        while let Some((index, event)) = events.next() {
-            if let Some((_, next)) = events.peek() {
-                next.prefetch_validation();
-            }
-            if let Err(error) = event.validate() {
+        let Routed { shards: per_shard, collector, slot_of, city } =
+            crate::route::route(events, shard_count, |index, event, message| {
                 IngestStats::add(&self.stats.invalid);
-                let message = error.to_string();
-                dead_letters.push(dead_letter_entry(&event, &DeadLetterReason::InvalidFormat(message.clone())));
+                dead_letters.push(dead_letter_entry(event, &DeadLetterReason::InvalidFormat(message.clone())));
                 results[index] = Err(IngestError::Invalid(message));
                 answered += 1;
-                continue;
-            }
-            match event.asset_id().map(EcoString::from) {
-                Some(asset_id) => {
-                    let shard = shard_of(&asset_id, shard_count);
-                    let slot = u32::try_from(slots.len()).expect("a batch of fewer than 2^32 events");
-                    slots.push(index);
-                    per_shard[shard].0.push(slot);
-                    per_shard[shard].1.push((asset_id, AssetCommand::Observe(event)));
-                }
-                None => {
-                    city.0.push(index);
-                    city.1.push(event);
-                }
-            }
-        }
+            });
         if !city.1.is_empty() {
             answered += city.0.len();
             match self.writer.append_published(CITY_STREAM.to_owned(), Expected::Any, city.1).await {
@@ -401,24 +364,26 @@ impl Twin {
         }
         // One collector for the whole batch: the assets (or the writer, once their events are
         // committed) fill its slots, and this call is woken once.
-        let collector = crate::completion::Collector::new(slots.len());
-        for (shard, ShardBatch(indices, commands)) in per_shard.into_iter().enumerate() {
-            if commands.is_empty() {
+        for (shard, groups) in per_shard.into_iter().enumerate() {
+            if groups.is_empty() {
                 continue;
             }
-            // A message that is not delivered drops its part, which answers with an error.
-            let part = crate::completion::Part::new(Arc::clone(&collector), indices);
+            // A message that is not delivered drops its groups, whose parts answer with an error.
             if let Some(actor) = self.shards.read().ok().and_then(|s| s.get(shard).cloned()) {
-                let _ = actor.cast(ShardMsg::Batch(commands, part));
+                let _ = actor.cast(ShardMsg::Batch(groups));
             }
         }
-        let answers = collector.wait().await;
+        let mut answers = collector.wait().await;
         answered += answers.len();
-        for (slot, answer) in answers.into_iter().enumerate() {
-            let index = slots[slot];
-            results[index] = match answer {
+        // In the batch's order (each result written once, in turn); one count for the call.
+        let mut accepted = 0;
+        for (index, &slot) in slot_of.iter().enumerate() {
+            if slot == NO_SLOT {
+                continue;
+            }
+            results[index] = match answers.take(slot as usize) {
                 Ok(appended) => {
-                    IngestStats::add(&self.stats.accepted);
+                    accepted += 1;
                     Ok(appended)
                 }
                 Err(BatchFailure { error, event }) => {
@@ -433,6 +398,7 @@ impl Twin {
                 }
             };
         }
+        IngestStats::add_n(&self.stats.accepted, accepted);
         // Durable before the refusals are answered, as each one was when appended alone. When
         // the log refuses the group (one entry it cannot store), each goes alone, so one bad
         // entry does not cost the others their place in the queue.

@@ -27,7 +27,7 @@ pub struct Collector {
 struct Slots {
     appended: Vec<u32>,
     /// The failed slots' failures, in the order they came.
-    failures: Vec<(u32, BatchFailure)>,
+    failures: Vec<(u32, Option<BatchFailure>)>,
     remaining: usize,
 }
 
@@ -74,7 +74,7 @@ impl Collector {
                         // clamped (no caller adds them up).
                         Ok(count) => u32::try_from(count).unwrap_or(FAILED - 1).min(FAILED - 1),
                         Err(failure) => {
-                            failures.push((index, failure));
+                            failures.push((index, Some(failure)));
                             FAILED
                         }
                     };
@@ -93,8 +93,8 @@ impl Collector {
 #[derive(Debug)]
 pub struct Answers {
     appended: Vec<u32>,
-    /// Sorted by slot.
-    failures: Vec<(u32, BatchFailure)>,
+    /// Sorted by slot; `None` once taken.
+    failures: Vec<(u32, Option<BatchFailure>)>,
 }
 
 impl Answers {
@@ -106,6 +106,24 @@ impl Answers {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.appended.is_empty()
+    }
+
+    /// The answer of `slot`, in any order of slots (a caller filling its results in its own
+    /// order). A failure moves out: take each slot once.
+    ///
+    /// # Panics
+    /// When `slot` is out of range, or its failure was taken already.
+    pub fn take(&mut self, slot: usize) -> BatchReply {
+        match self.appended[slot] {
+            FAILED => {
+                let at = self
+                    .failures
+                    .binary_search_by_key(&u32::try_from(slot).unwrap_or(u32::MAX), |(slot, _)| *slot)
+                    .expect("a failure per failed slot");
+                Err(self.failures[at].1.take().expect("a failure is taken once"))
+            }
+            count => Ok(count as usize),
+        }
     }
 }
 
@@ -122,7 +140,7 @@ impl IntoIterator for Answers {
 #[derive(Debug)]
 pub struct AnswersIter {
     appended: std::vec::IntoIter<u32>,
-    failures: std::vec::IntoIter<(u32, BatchFailure)>,
+    failures: std::vec::IntoIter<(u32, Option<BatchFailure>)>,
 }
 
 impl Iterator for AnswersIter {
@@ -130,7 +148,11 @@ impl Iterator for AnswersIter {
 
     fn next(&mut self) -> Option<BatchReply> {
         match self.appended.next()? {
-            FAILED => Some(Err(self.failures.next().map(|(_, failure)| failure).expect("a failure per failed slot"))),
+            FAILED => Some(Err(self
+                .failures
+                .next()
+                .and_then(|(_, failure)| failure)
+                .expect("a failure per failed slot, not taken"))),
             count => Some(Ok(count as usize)),
         }
     }

@@ -28,6 +28,7 @@ pub mod outbox;
 pub mod read;
 pub mod recovery;
 pub mod rollup;
+pub mod route;
 pub mod saga;
 pub mod shard;
 pub mod snapshots;

@@ -11,10 +11,8 @@
 //! `restart_window`; beyond that it fails itself (escalation to the city supervisor).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 
-use citytwin_core::event::EcoString;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rustc_hash::FxHashMap;
 use smol_str::SmolStr;
@@ -23,7 +21,8 @@ use tokio::sync::broadcast;
 use crate::asset::actor::{Activity, AssetActor, AssetArgs, AssetConfig, AssetMsg, CommandReply, rehydrate};
 use crate::asset::inbox::Inbox;
 use crate::asset::logic::{AssetCommand, AssetState};
-use crate::completion::{Collector, Part};
+use crate::completion::Part;
+use crate::route::AssetGroup;
 
 /// The live asset actors of one shard, shared read-only with the twin so that commands for a
 /// live actor go to it directly (the shard stays on the path for spawning, passivation and
@@ -46,8 +45,9 @@ pub enum ShardEvent {
 pub enum ShardMsg {
     /// Route a command to an asset (boxed, as in [`AssetMsg::Command`]).
     Command(String, Box<AssetCommand>, RpcReplyPort<CommandReply>),
-    /// Commands for several assets, answered through `Part` (one slot per command, in order).
-    Batch(Commands, crate::completion::Part),
+    /// An ingest batch's commands for the shard's assets, one group per asset (see
+    /// [`crate::route`]), each answered through its group's part.
+    Batch(Vec<AssetGroup>),
     /// The state of an asset (read from its snapshot and tail when passivated, without
     /// waking it).
     GetState(String, RpcReplyPort<AssetState>),
@@ -56,91 +56,6 @@ pub enum ShardMsg {
     Occupancy(RpcReplyPort<Occupancy>),
     /// Periodic: passivate the live asset actors that have been idle long enough.
     Sweep,
-}
-
-/// A command with the asset it is for.
-pub type AssetCommandFor = (EcoString, AssetCommand);
-
-/// The commands of a [`ShardMsg::Batch`], each with its asset, in order. A list taken from
-/// a [`CommandLists`] goes back to it, emptied, once the shard has handed every command on.
-#[derive(Debug, Default)]
-pub struct Commands {
-    list: Vec<AssetCommandFor>,
-    pool: Option<CommandLists>,
-}
-
-impl From<Vec<AssetCommandFor>> for Commands {
-    fn from(list: Vec<AssetCommandFor>) -> Self {
-        Commands { list, pool: None }
-    }
-}
-
-impl std::ops::Deref for Commands {
-    type Target = Vec<AssetCommandFor>;
-    fn deref(&self) -> &Self::Target {
-        &self.list
-    }
-}
-
-impl std::ops::DerefMut for Commands {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.list
-    }
-}
-
-impl Drop for Commands {
-    fn drop(&mut self) {
-        if let Some(pool) = self.pool.take() {
-            pool.give(std::mem::take(&mut self.list));
-        }
-    }
-}
-
-/// Emptied [`Commands`] lists kept for the next batches (one per shard).
-///
-/// An ingest call of 1M readings fills about 240 MB of lists (a command is an event); fresh
-/// from the allocator each call, those were pages the kernel had to zero every time (with
-/// the other per-call arrays, 5 % of a city-scale run's time). Taken again, they are pages
-/// already in place. A caller's lists are back before its call returns, so one per shard
-/// serves back-to-back calls; concurrent calls take fresh ones for the rest. The lists kept
-/// hold their capacity: after a run of big calls, about a call's worth of lists stays
-/// allocated.
-#[derive(Debug, Clone, Default)]
-pub struct CommandLists {
-    lists: Arc<std::sync::Mutex<Vec<Vec<AssetCommandFor>>>>,
-    keep: usize,
-}
-
-impl CommandLists {
-    /// A pool keeping at most `keep` lists (the shard count).
-    pub fn new(keep: usize) -> CommandLists {
-        CommandLists { lists: Arc::default(), keep }
-    }
-
-    /// An empty list with room for `capacity` commands, reused when one is kept.
-    pub fn take(&self, capacity: usize) -> Commands {
-        let kept = self.lists.lock().ok().and_then(|mut lists| lists.pop());
-        let mut list = kept.unwrap_or_default();
-        list.reserve(capacity);
-        Commands { list, pool: Some(self.clone()) }
-    }
-
-    /// Lists kept now.
-    pub fn kept(&self) -> usize {
-        self.lists.lock().map_or(0, |lists| lists.len())
-    }
-
-    fn give(&self, mut list: Vec<AssetCommandFor>) {
-        list.clear();
-        if list.capacity() == 0 {
-            return;
-        }
-        if let Ok(mut lists) = self.lists.lock()
-            && lists.len() < self.keep
-        {
-            lists.push(list);
-        }
-    }
 }
 
 /// Shard settings.
@@ -234,79 +149,6 @@ struct Stopping {
     inbox: Option<Inbox>,
     /// Messages that arrived meanwhile, for the successor.
     held: Vec<AssetMsg>,
-}
-
-/// A batch's commands grouped by asset, each with its slot (see [`ShardMsg::Batch`]): the
-/// shard hands an asset all of its commands in the batch at once. Grouped by sorting
-/// positions on a hash of the asset id, then on position, so each asset's commands keep
-/// their order (two ids with one hash only split each other's groups). The commands stay
-/// where the batch put them until handed on; those not handed on when it drops (the shard
-/// failed midway) are answered with an error.
-struct ByAsset {
-    collectors: Vec<Arc<Collector>>,
-    /// In batch order (one per slot); a command handed on leaves a placeholder.
-    commands: Commands,
-    /// Per command: its collector (an index into `collectors`) and its slot there.
-    slots: Vec<(u32, u32)>,
-    /// Positions in `commands`, grouped by asset.
-    order: Vec<u32>,
-    /// The first position in `order` not handed on yet.
-    next: usize,
-}
-
-impl ByAsset {
-    fn new(mut commands: Commands, part: Part) -> ByAsset {
-        let mut collectors: Vec<Arc<Collector>> = Vec::new();
-        let mut slots_of = Vec::with_capacity(commands.len());
-        let mut part_slots = part.into_slots();
-        for _ in 0..commands.len() {
-            let Some((collector, slot)) = part_slots.next_slot() else { break };
-            if !collectors.last().is_some_and(|last| Arc::ptr_eq(last, collector)) {
-                collectors.push(Arc::clone(collector));
-            }
-            let collector = u32::try_from(collectors.len() - 1).expect("fewer than 2^32 collectors");
-            slots_of.push((collector, slot));
-        }
-        commands.truncate(slots_of.len());
-        let mut keys: Vec<(u64, u32)> = commands
-            .iter()
-            .enumerate()
-            .map(|(position, (asset_id, _))| {
-                (rank(asset_id), u32::try_from(position).expect("a batch of fewer than 2^32 commands"))
-            })
-            .collect();
-        keys.sort_unstable();
-        let order = keys.into_iter().map(|(_, position)| position).collect();
-        ByAsset { collectors, commands, slots: slots_of, order, next: 0 }
-    }
-
-    /// The next asset and the end (in `order`) of its group; `None` when all were handed on.
-    fn next_group(&self) -> Option<(EcoString, usize)> {
-        let first = &self.commands[*self.order.get(self.next)? as usize].0;
-        let len = self.order[self.next..].iter().take_while(|&&p| self.commands[p as usize].0 == *first).count();
-        Some((first.clone(), self.next + len))
-    }
-
-    /// Moves the group up to `end` onto `commands` and `part`, in order.
-    fn take_group(&mut self, end: usize, commands: &mut Vec<AssetCommand>, part: &mut Part) {
-        for &position in &self.order[self.next..end] {
-            let placeholder = AssetCommand::CheckHeartbeat { now: citytwin_core::event::Timestamp::from_nanos(0) };
-            commands.push(std::mem::replace(&mut self.commands[position as usize].1, placeholder));
-            let (collector, slot) = self.slots[position as usize];
-            part.push_slot(&self.collectors[collector as usize], slot);
-        }
-        self.next = end;
-    }
-}
-
-impl Drop for ByAsset {
-    fn drop(&mut self) {
-        let mut unanswered = Part::empty();
-        for &position in &self.order[self.next..] {
-            let (collector, slot) = self.slots[position as usize];
-            unanswered.push_slot(&self.collectors[collector as usize], slot);
-        }
-    }
 }
 
 /// The shard's state.
@@ -593,32 +435,6 @@ impl ShardActor {
         Ok(())
     }
 
-    /// Delivers the next asset's commands of a batch, each answered through its own slot:
-    /// for a live actor, straight into its inbox (one lookup, one lock, one wake-up);
-    /// otherwise as [`ShardActor::deliver_batch`].
-    async fn deliver_group(
-        &self,
-        myself: &ActorRef<ShardMsg>,
-        batch: &mut ByAsset,
-        now_ms: u64,
-        state: &mut ShardState,
-    ) -> Result<bool, ActorProcessingErr> {
-        let Some((asset_id, end)) = batch.next_group() else { return Ok(false) };
-        if !state.live.contains_key(asset_id.as_str()) {
-            let (mut commands, mut part) = (Vec::with_capacity(end - batch.next), Part::empty());
-            batch.take_group(end, &mut commands, &mut part);
-            self.deliver_batch(myself, &asset_id, commands, part, state).await?;
-            return Ok(true);
-        }
-        state.push_live(&asset_id, now_ms, |inbox| {
-            inbox.push_with(|commands, part| {
-                commands.reserve(end - batch.next);
-                batch.take_group(end, commands, part);
-            })
-        });
-        Ok(true)
-    }
-
     /// Starts waiting assets, first come first served, while there is room, each with its
     /// messages in order.
     async fn admit_waiting(
@@ -706,14 +522,20 @@ impl Actor for ShardActor {
                     }
                 }
             }
-            ShardMsg::Batch(commands, part) => {
+            ShardMsg::Batch(groups) => {
                 // Each asset's commands join its inbox together, in their order, each
                 // answering its own slot: the shard never waits, and the asset takes them
-                // all in one drain. (A command beyond the part's slots is dropped; a slot
-                // beyond the commands is answered with an error.)
+                // all in one drain. For a live actor: one lookup, one lock, one wake-up, and
+                // the group's list becomes the inbox's when that is empty. (Groups left when
+                // this fails midway are dropped: their parts answer with an error.)
                 let now = Activity::now_ms();
-                let mut batch = ByAsset::new(commands, part);
-                while self.deliver_group(&myself, &mut batch, now, state).await? {}
+                for AssetGroup { asset_id, commands, part } in groups {
+                    if state.live.contains_key(asset_id.as_str()) {
+                        state.push_live(&asset_id, now, |inbox| inbox.push(commands, part));
+                    } else {
+                        self.deliver_batch(&myself, &asset_id, commands, part, state).await?;
+                    }
+                }
             }
             ShardMsg::Sweep => {
                 // Reads each live actor's activity clock: no message to the busy ones.
@@ -797,89 +619,5 @@ impl Actor for ShardActor {
         }
         state.publish_started();
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use citytwin_core::event::Timestamp;
-
-    fn check(at: i64) -> AssetCommand {
-        AssetCommand::CheckHeartbeat { now: Timestamp::from_nanos(at) }
-    }
-
-    fn at(command: &AssetCommand) -> i64 {
-        match command {
-            AssetCommand::CheckHeartbeat { now } => now.as_nanos(),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    /// A batch of `assets` assets interleaved, `per_asset` commands each; command `i` is
-    /// timed `i` and answers slot `len - 1 - i`.
-    fn batch(assets: usize, per_asset: usize) -> (Vec<(EcoString, AssetCommand)>, Arc<Collector>, Part) {
-        let len = assets * per_asset;
-        let commands = (0..len).map(|i| (EcoString::from(format!("a{}", i % assets)), check(i as i64))).collect();
-        let collector = Collector::new(len);
-        let slots = (0..len as u32).rev().collect();
-        (commands, Arc::clone(&collector), Part::new(collector, slots))
-    }
-
-    /// The collector's answers, unless some slot is still unanswered after a while.
-    fn wait(collector: &Collector) -> Option<Vec<crate::asset::actor::BatchReply>> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-        let answers = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), collector.wait()).await });
-        answers.ok().map(|answers| answers.into_iter().collect())
-    }
-
-    #[test]
-    fn a_batch_is_handed_on_asset_by_asset_each_in_its_order_with_its_slots() {
-        let (assets, per_asset) = (37, 5);
-        let (commands, collector, part) = batch(assets, per_asset);
-        // In a pooled list, which goes back to its pool emptied once every command is out.
-        let lists = CommandLists::new(1);
-        let mut pooled = lists.take(commands.len());
-        pooled.extend(commands);
-        let mut grouped = ByAsset::new(pooled, part);
-        let mut seen = std::collections::HashSet::new();
-        while let Some((asset, end)) = grouped.next_group() {
-            let (mut commands, mut part) = (Vec::new(), Part::empty());
-            grouped.take_group(end, &mut commands, &mut part);
-            assert!(seen.insert(asset.clone()), "{asset} comes as one group");
-            let times: Vec<i64> = commands.iter().map(at).collect();
-            let expected: Vec<i64> = (0..per_asset).map(|k| (k * assets) as i64 + times[0]).collect();
-            assert_eq!(times, expected, "{asset}: all its commands, in order");
-            assert_eq!(format!("a{}", times[0]), asset.as_str());
-            // Each command keeps its own slot: answered with its time, slot len-1-time.
-            part.answer(times.iter().map(|&t| Ok(t as usize)));
-        }
-        assert_eq!(seen.len(), assets);
-        assert_eq!(lists.kept(), 0, "the list is in use until the batch is dropped");
-        drop(grouped);
-        assert_eq!(lists.kept(), 1);
-        let again = lists.take(1);
-        assert!(again.is_empty() && again.capacity() >= assets * per_asset, "the same list, emptied");
-        assert_eq!(lists.kept(), 0);
-        let answers = wait(&collector).expect("every slot answered");
-        let len = assets * per_asset;
-        let answers: Vec<usize> = answers.into_iter().map(|a| a.unwrap()).collect();
-        assert_eq!(answers, (0..len).rev().collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn commands_not_handed_on_are_answered_with_an_error_and_extra_slots_too() {
-        let (commands, collector, part) = batch(4, 2);
-        // Seven commands for eight slots: the last slot has no command.
-        let mut grouped = ByAsset::new(commands[..7].to_vec().into(), part);
-        let (_, end) = grouped.next_group().expect("a first group");
-        let (mut taken, mut taken_part) = (Vec::new(), Part::empty());
-        grouped.take_group(end, &mut taken, &mut taken_part);
-        taken_part.answer(taken.iter().map(|_| Ok(1)));
-        drop(grouped);
-        let answers = wait(&collector).expect("every slot answered once the rest is dropped");
-        let ok = answers.iter().filter(|a| a.is_ok()).count();
-        assert_eq!(ok, taken.len(), "the group handed on is answered; the rest with errors");
-        assert_eq!(answers.len(), 8);
     }
 }

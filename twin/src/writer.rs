@@ -49,8 +49,14 @@ pub type Done = Box<dyn FnOnce(Result<(), WriteError>) + Send>;
 struct Request {
     stream: String,
     expected: Expected,
-    events: Vec<Event>,
+    /// Positions unset until committed; published as this list (see [`LogWriter::submit`]).
+    events: Vec<Committed>,
     reply: Reply,
+}
+
+/// Events to append, their positions unset until committed.
+fn uncommitted(events: Vec<Event>) -> Vec<Committed> {
+    events.into_iter().map(|event| Committed { position: 0, event }).collect()
 }
 
 enum Reply {
@@ -138,7 +144,7 @@ impl LogWriter {
     /// Dropping the future does not cancel the append: the events may still be written.
     pub async fn append(&self, stream: String, expected: Expected, events: Vec<Event>) -> Result<Written, WriteError> {
         let (reply, done) = oneshot::channel();
-        self.send(Request { stream, expected, events, reply: Reply::Wait(reply) }).await;
+        self.send(Request { stream, expected, events: uncommitted(events), reply: Reply::Wait(reply) }).await;
         done.await.map_err(|_| WriteError("the log writer stopped before answering".into()))?
     }
 
@@ -154,7 +160,7 @@ impl LogWriter {
         events: Vec<Event>,
     ) -> Result<Vec<Appended>, WriteError> {
         let (reply, done) = oneshot::channel();
-        self.send(Request { stream, expected, events, reply: Reply::Published(reply) }).await;
+        self.send(Request { stream, expected, events: uncommitted(events), reply: Reply::Published(reply) }).await;
         done.await.map_err(|_| WriteError("the log writer stopped before answering".into()))?
     }
 
@@ -162,7 +168,11 @@ impl LogWriter {
     /// (only for room in the queue: backpressure); `done` runs on the writer thread with the
     /// outcome, exactly once (also when the writer has stopped). Keep `done` short: it delays
     /// the next group commit.
-    pub async fn submit(&self, stream: String, expected: Expected, events: Vec<Event>, done: Done) {
+    ///
+    /// The events come as [`Committed`] with any position: the writer sets each one's and
+    /// publishes the list as it is, without moving the events again (an asset actor builds
+    /// its list that way from the start: the hot path).
+    pub async fn submit(&self, stream: String, expected: Expected, events: Vec<Committed>, done: Done) {
         // Asset actors' appends wait for the twin's own bus consumers (see `crate::bus`).
         if let Some(bus) = &self.bus {
             bus.paced().await;
@@ -204,10 +214,10 @@ fn write(log: &EventLog, bus: Option<&Bus>, pending: &mut Vec<Request>) {
         let batch: Vec<Append<'_>> = pending
             .iter()
             .flat_map(|r| {
-                r.events.iter().enumerate().map(move |(i, event)| Append {
+                r.events.iter().enumerate().map(move |(i, committed)| Append {
                     stream: &r.stream,
                     expected: if i == 0 { r.expected } else { Expected::Any },
-                    event,
+                    event: &committed.event,
                 })
             })
             .collect();
@@ -244,27 +254,28 @@ fn write(log: &EventLog, bus: Option<&Bus>, pending: &mut Vec<Request>) {
 fn answer(bus: Option<&Bus>, requests: Vec<Request>, appended: Vec<Appended>) {
     let upto = appended.last().map(|a| a.position + 1);
     let mut appended = appended.into_iter();
-    let mut published: Vec<Committed> = Vec::with_capacity(if bus.is_some() { appended.len() } else { 0 });
+    // Each request's list is one run of the bus batch, its positions set in place.
+    let mut runs: Vec<Vec<Committed>> = Vec::with_capacity(if bus.is_some() { requests.len() } else { 0 });
     let mut replies: Vec<(Reply, Vec<Appended>, Vec<Event>)> = Vec::with_capacity(requests.len());
-    for request in requests {
-        let count = request.events.len();
+    for Request { mut events, reply, .. } in requests {
+        let count = events.len();
         // A submitted batch's callback needs no positions: none are collected for it.
-        let mine: Vec<Appended> = match request.reply {
+        let mine: Vec<Appended> = match reply {
             Reply::Then(_) => Vec::new(),
             _ => appended.as_slice().iter().take(count).copied().collect(),
         };
-        let positions = appended.by_ref().take(count);
-        if request.reply.publishes() && bus.is_some() {
-            published
-                .extend(positions.zip(request.events).map(|(at, event)| Committed { position: at.position, event }));
-            replies.push((request.reply, mine, Vec::new()));
+        for (committed, at) in events.iter_mut().zip(appended.by_ref().take(count)) {
+            committed.position = at.position;
+        }
+        if reply.publishes() && bus.is_some() {
+            runs.push(events);
+            replies.push((reply, mine, Vec::new()));
         } else {
-            positions.for_each(drop);
-            replies.push((request.reply, mine, request.events));
+            replies.push((reply, mine, events.into_iter().map(|committed| committed.event).collect()));
         }
     }
     if let (Some(bus), Some(upto)) = (bus, upto) {
-        bus.publish_committed(upto, published);
+        bus.publish_committed(upto, runs);
     }
     for (reply, mine, events) in replies {
         match reply {
@@ -343,7 +354,8 @@ mod tests {
                         _ => {
                             let (tx, rx) = oneshot::channel();
                             let done: Done = Box::new(move |result| tx.send(result).unwrap());
-                            writer.submit(stream, Expected::Seq(0), vec![event(i)], done).await;
+                            let events = vec![Committed { position: 0, event: event(i) }];
+                            writer.submit(stream, Expected::Seq(0), events, done).await;
                             rx.await.unwrap().unwrap();
                             Vec::new()
                         }

@@ -63,17 +63,50 @@ pub struct Replay {
     buf: Vec<u8>,
     cursor: usize,
     failed: bool,
+    cancelled: Option<Cancelled>,
+}
+
+/// See [`Replay::until_cancelled`].
+struct Cancelled(Box<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cancelled(..)")
+    }
 }
 
 impl Replay {
     pub(crate) fn new(segments: Vec<Segment>, end: Position, filter: ReplayFilter) -> Self {
         let segment_idx = segments.partition_point(|s| s.next <= filter.from_position);
-        Replay { segments, end, filter, segment_idx, block_idx: 0, buf: Vec::new(), cursor: 0, failed: false }
+        Replay {
+            segments,
+            end,
+            filter,
+            segment_idx,
+            block_idx: 0,
+            buf: Vec::new(),
+            cursor: 0,
+            failed: false,
+            cancelled: None,
+        }
+    }
+
+    /// Ends the replay early once `cancelled` returns true, checked before each block of the
+    /// log is read (a block is 1,024 records). A selective filter can scan the
+    /// whole log between two matches: a reader whose consumer has gone, or a server that is
+    /// stopping, need not wait for that scan.
+    #[must_use]
+    pub fn until_cancelled(mut self, cancelled: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.cancelled = Some(Cancelled(Box::new(cancelled)));
+        self
     }
 
     /// Loads the next block that may hold matches; false at the end.
     fn load_next_block(&mut self) -> Result<bool> {
         loop {
+            if self.cancelled.as_ref().is_some_and(|Cancelled(cancelled)| cancelled()) {
+                return Ok(false);
+            }
             let Some(segment) = self.segments.get(self.segment_idx) else {
                 return Ok(false);
             };

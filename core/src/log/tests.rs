@@ -564,3 +564,32 @@ fn durability_parses_what_it_prints() {
     let error = Durability::parse("sometimes").unwrap_err();
     assert!(error.contains("always, interval"), "{error}");
 }
+
+#[test]
+fn a_cancelled_replay_stops_before_the_next_block_instead_of_scanning_for_a_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path(), config(Durability::Never, 64 << 20)).unwrap();
+    // Stream "rare" has the first and the last of five blocks' records; the rest is "busy".
+    let total = 5 * segment::BLOCK_FRAMES;
+    let events: Vec<Event> = (0..total).map(|i| event(i * 5, "s")).collect();
+    let batch: Vec<Append<'_>> = events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| Append {
+            stream: if i == 0 || i as u64 == total - 1 { "rare" } else { "busy" },
+            expected: Expected::Any,
+            event,
+        })
+        .collect();
+    log.append_batch(&batch).unwrap();
+    let rare = || ReplayFilter { streams: vec!["rare".into()], ..Default::default() };
+    let all: Vec<u64> = log.replay(rare()).map(|r| r.unwrap().position).collect();
+    assert_eq!(all, [0, total - 1], "without cancellation the scan finds both");
+    // Cancelled once the first match is seen: the scan ends at the next block.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&seen);
+    let mut replay = log.replay(rare()).until_cancelled(move || flag.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(replay.next().unwrap().unwrap().position, 0);
+    seen.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(replay.next().is_none(), "the scan stopped");
+}

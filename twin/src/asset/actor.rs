@@ -20,6 +20,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::inbox::Inbox;
 use super::logic::{AssetCommand, AssetState, Rejection, apply, decide, decide_lean, heartbeat_grace};
+use crate::bus::Committed;
 use crate::deadletter::{DeadLetterReason, dead_letter};
 
 /// The log stream of an asset.
@@ -334,7 +335,8 @@ impl AssetActor {
     ) -> Option<ActorProcessingErr> {
         let start_version = state.asset.version;
         let mut outcomes: Vec<BatchReply> = Vec::with_capacity(commands.len());
-        let mut events: Vec<Event> = Vec::with_capacity(commands.len());
+        // As the writer publishes them (see `LogWriter::submit`): moved once, here.
+        let mut events: Vec<Committed> = Vec::with_capacity(commands.len());
         let mut failure = None;
         let mut commands = commands.into_iter();
         for command in commands.by_ref() {
@@ -347,9 +349,9 @@ impl AssetActor {
                 Ok(Ok(decision)) => {
                     let observed = decision.keeps_event;
                     let first = events.len();
-                    decision.append_events(command, &mut events);
+                    decision.for_each_event(command, |event| events.push(Committed { position: 0, event }));
                     let applied = catch_unwind(AssertUnwindSafe(|| {
-                        for event in &events[first..] {
+                        for Committed { event, .. } in &events[first..] {
                             #[cfg(test)]
                             tests::maybe_panic_applying(event);
                             apply(&mut state.asset, event);
@@ -359,7 +361,7 @@ impl AssetActor {
                         // The observed event (first, when stored) is what goes to the dead-letter
                         // queue; this command's events are not appended.
                         let mut decided = events.split_off(first);
-                        let event = observed.then(|| Box::new(decided.swap_remove(0)));
+                        let event = observed.then(|| Box::new(decided.swap_remove(0).event));
                         let error = self.poisoned(event, panic_text(&*panic), state).await;
                         outcomes.push(Err(CommandError::Poison(error.to_string()).into()));
                         failure = Some(error);

@@ -334,12 +334,18 @@ impl Decision {
     /// Appends the events to store to `events`, moving the observed event out of `command`:
     /// the same list as [`decide`] returns.
     pub fn append_events(self, command: AssetCommand, events: &mut Vec<Event>) {
+        self.for_each_event(command, |event| events.push(event));
+    }
+
+    /// Hands each event to store to `each`, in order, moving the observed event out of
+    /// `command` (for a caller that keeps them in a list of its own kind).
+    pub fn for_each_event(self, command: AssetCommand, mut each: impl FnMut(Event)) {
         if self.keeps_event
             && let AssetCommand::Observe(event) = command
         {
-            events.push(event);
+            each(event);
         }
-        events.extend(self.derived);
+        self.derived.into_iter().for_each(each);
     }
 }
 
@@ -585,31 +591,34 @@ pub fn apply(state: &mut AssetState, event: &Event) {
 }
 
 fn record(state: &mut AssetState, metric: &str, value: f64, unit: &Unit, time: Timestamp) {
-    // The hot path (a metric seen before, in the same unit) allocates nothing.
-    if !state.metrics.contains_key(metric) {
-        let first = MetricStats {
-            last: value,
-            last_time: time,
-            unit: unit.clone(),
-            count: 0,
-            sum: 0.0,
-            min: value,
-            max: value,
-        };
-        state.metrics.insert(metric.to_owned(), first);
-    }
-    let Some(stats) = state.metrics.get_mut(metric) else { return };
-    if time >= stats.last_time {
-        stats.last = value;
-        stats.last_time = time;
-        if stats.unit != *unit {
-            stats.unit = unit.clone();
+    // The hot path (a metric seen before, in the same unit): one lookup, no allocation.
+    match state.metrics.get_mut(metric) {
+        Some(stats) => {
+            if time >= stats.last_time {
+                stats.last = value;
+                stats.last_time = time;
+                if stats.unit != *unit {
+                    stats.unit = unit.clone();
+                }
+            }
+            stats.count += 1;
+            stats.sum += value;
+            stats.min = stats.min.min(value);
+            stats.max = stats.max.max(value);
+        }
+        None => {
+            let first = MetricStats {
+                last: value,
+                last_time: time,
+                unit: unit.clone(),
+                count: 1,
+                sum: value,
+                min: value,
+                max: value,
+            };
+            state.metrics.insert(metric.to_owned(), first);
         }
     }
-    stats.count += 1;
-    stats.sum += value;
-    stats.min = stats.min.min(value);
-    stats.max = stats.max.max(value);
     if let Some((threshold, breached)) = state.thresholds.get_mut(metric)
         && threshold.breached_by(value).is_none()
     {

@@ -81,14 +81,26 @@ async fn start_limited(dir: &std::path::Path, asset: AssetConfig, max_live: usiz
     Twin { shard, events, published, log, writer, handle, directory }
 }
 
-/// Sends `events` to the shard as one batch whose `i`th reading answers in `slots[i]`, and
-/// waits (bounded) for every answer, in slot order.
+/// Sends `events` to the shard as one batch (one group per asset, as `Twin::ingest_batch`
+/// routes them) whose `i`th reading answers in `slots[i]`, and waits (bounded) for every
+/// answer, in slot order.
 async fn send_batch(twin: &Twin, events: Vec<Event>, slots: Vec<u32>) -> Vec<BatchReply> {
     let collector = crate::completion::Collector::new(events.len());
-    let commands: Vec<_> =
-        events.into_iter().map(|e| (e.asset_id().unwrap().into(), AssetCommand::Observe(e))).collect();
-    let part = crate::completion::Part::new(Arc::clone(&collector), slots);
-    twin.shard.cast(ShardMsg::Batch(commands.into(), part)).unwrap();
+    let mut groups: Vec<crate::route::AssetGroup> = Vec::new();
+    for (event, slot) in events.into_iter().zip(slots) {
+        let asset_id = event.asset_id().unwrap();
+        let at = match groups.iter().position(|g| g.asset_id == asset_id) {
+            Some(at) => at,
+            None => {
+                let part = crate::completion::Part::empty();
+                groups.push(crate::route::AssetGroup { asset_id: asset_id.into(), commands: Vec::new(), part });
+                groups.len() - 1
+            }
+        };
+        groups[at].commands.push(AssetCommand::Observe(event));
+        groups[at].part.push_slot(&collector, slot);
+    }
+    twin.shard.cast(ShardMsg::Batch(groups)).unwrap();
     tokio::time::timeout(WAIT, collector.wait()).await.expect("every command answered").into_iter().collect()
 }
 
