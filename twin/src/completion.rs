@@ -203,6 +203,11 @@ impl Part {
     /// Appends `other`'s slots after this part's: answers are then given to this part's
     /// commands first, then to `other`'s.
     pub fn absorb(&mut self, mut other: Part) {
+        if self.runs.is_empty() {
+            // The usual case (an idle asset's inbox takes a batch's part): taken as it is.
+            self.runs = std::mem::take(&mut other.runs);
+            return;
+        }
         for (collector, indices) in other.runs.drain(..) {
             match self.runs.last_mut() {
                 Some((last, mine)) if Arc::ptr_eq(last, &collector) => mine.extend(indices),

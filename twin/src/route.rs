@@ -67,7 +67,10 @@ pub(crate) fn route(events: &mut Vec<Event>, shards: usize, mut invalid: impl Fn
     let mut group_of: Vec<u32> = Vec::with_capacity(total);
     // Per group: its asset and how many commands it has.
     let mut groups: Vec<(EcoString, u32)> = Vec::new();
-    let mut index: FxHashMap<EcoString, u32> = FxHashMap::default();
+    // Sized for a call of small batches at once (no rehashing as it fills); a big call's map
+    // grows to its number of assets.
+    let mut index: FxHashMap<EcoString, u32> =
+        FxHashMap::with_capacity_and_hasher(total.min(1 << 16), rustc_hash::FxBuildHasher);
     for at in 0..total {
         // The next event's validation needs memory its own fields do not show (see
         // `Event::prefetch_validation`): started now, it loads while this one is handled.
