@@ -644,7 +644,8 @@ impl v1::replay_server::Replay for Api {
         self.tasks.spawn(async move {
             let (replay_gateway, replay_who, replay_tx) = (Arc::clone(&gateway), who.clone(), tx.clone());
             let replayed = tokio::task::spawn_blocking(move || {
-                // The stream's receiver goes when the client does, or the server stops.
+                // The stream's receiver goes when the client does, or when tonic drops the
+                // response stream once the server stops (`until_stopped`).
                 let gone = replay_tx.clone();
                 replay_gateway.replay_until(
                     &replay_who,

@@ -314,12 +314,12 @@ impl Twin {
     /// Per event, see [`IngestError`].
     ///
     /// # Panics
-    /// With 2^32 events or more in one call.
+    /// With 2^32 − 2 events or more in one call.
     ///
     /// # Cancel safety
-    /// Not cancel safe: dropped while it waits for capacity, it has taken nothing (the events
-    /// are still in `events`); dropped later, part of the batch may be ingested without the
-    /// caller learning which.
+    /// Not cancel safe: dropped while it waits for capacity, it has taken nothing (events lent
+    /// as `&mut Vec` are still there); dropped later, part of the batch may be ingested
+    /// without the caller learning which, and its invalid events may not be dead-lettered.
     pub async fn ingest_batch(&self, mut events: impl BorrowMut<Vec<Event>>) -> Vec<Result<usize, IngestError>> {
         let events = events.borrow_mut();
         let total = events.len();
@@ -362,8 +362,9 @@ impl Twin {
                 }
             }
         }
-        // One collector for the whole batch: the assets (or the writer, once their events are
-        // committed) fill its slots, and this call is woken once.
+        // Each shard gets its assets' groups in one message. One collector for the whole batch
+        // (made by `route`): the assets (or the writer, once their events are committed) fill
+        // its slots, and this call is woken once.
         for (shard, groups) in per_shard.into_iter().enumerate() {
             if groups.is_empty() {
                 continue;
@@ -374,13 +375,13 @@ impl Twin {
             }
         }
         let mut answers = collector.wait().await;
-        answered += answers.len();
         // In the batch's order (each result written once, in turn); one count for the call.
         let mut accepted = 0;
         for (index, &slot) in slot_of.iter().enumerate() {
             if slot == NO_SLOT {
                 continue;
             }
+            answered += 1;
             results[index] = match answers.take(slot as usize) {
                 Ok(appended) => {
                     accepted += 1;

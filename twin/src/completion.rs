@@ -248,11 +248,6 @@ impl Part {
         }
     }
 
-    /// The part's slots one at a time, in command order (see [`PartSlots`]).
-    pub fn into_slots(mut self) -> PartSlots {
-        PartSlots { runs: std::mem::take(&mut self.runs).into_iter(), current: None }
-    }
-
     /// Answers the part's commands in order; slots left without an answer get an error.
     pub fn answer(mut self, answers: impl IntoIterator<Item = BatchReply>) {
         let mut answers = answers.into_iter();
@@ -262,47 +257,6 @@ impl Part {
                 (index, answer)
             }));
         }
-    }
-}
-
-/// A part taken apart slot by slot ([`Part::into_slots`]): whoever hands each command on
-/// hands its slot with it, without a reference to the collector per slot. Slots still here
-/// when it drops are answered with an error, as a dropped part's are.
-pub struct PartSlots {
-    runs: std::vec::IntoIter<(Arc<Collector>, Vec<u32>)>,
-    current: Option<(Arc<Collector>, std::vec::IntoIter<u32>)>,
-}
-
-impl std::fmt::Debug for PartSlots {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PartSlots").finish_non_exhaustive()
-    }
-}
-
-impl PartSlots {
-    /// The next slot and its collector; `None` when every slot was taken.
-    pub fn next_slot(&mut self) -> Option<(&Arc<Collector>, u32)> {
-        loop {
-            if let Some((_, indices)) = &mut self.current
-                && let Some(slot) = indices.next()
-            {
-                let (collector, _) = self.current.as_ref().expect("just matched");
-                return Some((collector, slot));
-            }
-            let (collector, indices) = self.runs.next()?;
-            self.current = Some((collector, indices.into_iter()));
-        }
-    }
-}
-
-impl Drop for PartSlots {
-    fn drop(&mut self) {
-        let mut rest = Part::empty();
-        if let Some((collector, indices)) = self.current.take() {
-            rest.runs.push((collector, indices.collect()));
-        }
-        rest.runs.extend(self.runs.by_ref());
-        drop(rest);
     }
 }
 
@@ -351,28 +305,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn slots_come_in_command_order_and_those_not_taken_are_answered_with_an_error() {
+    async fn an_empty_part_takes_the_first_absorbed_as_it_is_and_answers_can_be_taken_in_any_order() {
         let (first, second) = (Collector::new(3), Collector::new(2));
-        let mut part = Part::new(Arc::clone(&first), vec![2, 0, 1]);
+        let mut part = Part::empty();
+        part.absorb(Part::new(Arc::clone(&first), vec![2, 0, 1]));
         part.absorb(Part::new(Arc::clone(&second), vec![1, 0]));
-        let mut slots = part.into_slots();
-        // Three slots handed on, each into its own part, as the shard does into inboxes.
-        let mut taken = Vec::new();
-        for answer in 0..3 {
-            let (collector, slot) = slots.next_slot().expect("five slots");
-            let mut one = Part::empty();
-            one.push_slot(collector, slot);
-            taken.push((one, answer));
-        }
-        drop(slots);
-        for (one, answer) in taken {
-            one.answer([Ok(answer)]);
-        }
-        let shown = |answers: Answers| answers.into_iter().map(|a| a.ok()).collect::<Vec<_>>();
-        // first: slot 2 <- 0, slot 0 <- 1, slot 1 <- 2.
-        assert_eq!(shown(first.wait().await), [Some(1), Some(2), Some(0)]);
-        // second: neither slot was taken: both answered with the error when `slots` dropped.
-        assert_eq!(shown(second.wait().await), [None, None]);
+        assert_eq!(part.len(), 5);
+        // Commands in order: first's 2, 0, 1, then second's 1, 0; the fourth one failed.
+        let failed = || BatchFailure { error: CommandError::Storage("disk full".into()), event: None };
+        part.answer([Ok(10), Ok(11), Ok(12), Err(failed()), Ok(14)]);
+        let mut answers = first.wait().await;
+        assert_eq!([answers.take(2), answers.take(0), answers.take(1)].map(Result::ok), [Some(10), Some(11), Some(12)]);
+        let mut answers = second.wait().await;
+        assert_eq!(answers.take(0).ok(), Some(14));
+        let failure = answers.take(1).expect_err("slot 1 failed");
+        assert_eq!(failure.error.to_string(), "storing the events failed: disk full");
     }
 
     #[test]

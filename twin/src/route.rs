@@ -10,7 +10,7 @@
 //! asset's inbox (taken as is when the inbox is empty, the usual case), to the asset.
 //!
 //! Each group's slots in the batch's [`Collector`] are consecutive (slots are numbered in group
-//! order; [`Routed::slot_of`] gives each event's), so a group's [`Part`] is one run.
+//! order; `Routed::slot_of` gives each event's), so a group's [`Part`] is one run.
 
 use std::sync::Arc;
 
@@ -59,7 +59,7 @@ const CITY: u32 = u32::MAX - 1;
 /// dropped afterwards) with its index and every problem found.
 ///
 /// # Panics
-/// With 2^32 events or more in one batch.
+/// With 2^32 − 2 events or more in one batch.
 pub(crate) fn route(events: &mut Vec<Event>, shards: usize, mut invalid: impl FnMut(usize, &Event, String)) -> Routed {
     let total = events.len();
     assert!(u32::try_from(total).is_ok_and(|n| n < CITY), "a batch of fewer than 2^32 - 2 events");

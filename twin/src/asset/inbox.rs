@@ -73,16 +73,6 @@ impl Inbox {
         !std::mem::replace(&mut pending.armed, true)
     }
 
-    /// Appends commands with their slots through `fill`, which pushes them onto the pending
-    /// commands and part, in order, under one lock: [`Inbox::push`] without a part or a
-    /// vector of their own. Returns whether the actor must be sent a `Drain`.
-    pub fn push_with(&self, fill: impl FnOnce(&mut Vec<AssetCommand>, &mut Part)) -> bool {
-        let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let Pending { commands, part, armed } = &mut *pending;
-        fill(commands, part);
-        !std::mem::replace(armed, true)
-    }
-
     /// Puts commands taken earlier back in front of whatever is pending, answered through
     /// `part` (an actor that must fail hands the rest of its drain to its successor). Sends
     /// no `Drain`: whoever takes the inbox next (the successor) finds them first.
