@@ -19,7 +19,7 @@ pub mod rng;
 pub mod scenario;
 pub mod svg;
 
-use citytwin_core::event::{Data, Event, EventKind, Payload, Provenance};
+use citytwin_core::event::{Data, Event, EventKind, Payload};
 
 /// A fingerprint of an event stream: XXH3-64 over each event's bytes, in order. Equal digests
 /// mean (with overwhelming probability) byte-identical streams.
@@ -103,12 +103,8 @@ fn plain_reading(event: &Event, out: &mut Vec<u8>) -> bool {
         None => out.push(0),
     }
     out.extend_from_slice(&ext.h3cell.map_or(0, u64::from).to_le_bytes());
-    out.push(match ext.provenance {
-        None => 0,
-        Some(Provenance::Live) => 1,
-        Some(Provenance::Simulated) => 2,
-        Some(Provenance::Replayed) => 3,
-    });
+    // 0 for none, else the stored code plus one.
+    out.push(ext.provenance.map_or(0, |provenance| provenance.code() + 1));
     match &ext.organization {
         Some(organization) => {
             out.push(1);
@@ -133,7 +129,7 @@ fn plain_reading(event: &Event, out: &mut Vec<u8>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use citytwin_core::event::{Location, MetricRecorded, Timestamp, Unit};
+    use citytwin_core::event::{Location, MetricRecorded, Provenance, Timestamp, Unit};
     use h3o::Resolution;
 
     use super::*;

@@ -54,7 +54,7 @@ pub fn encode_into(event: &Event, out: &mut Vec<u8>) {
         ext.rare.region.as_deref(),
         ext.h3cell.map(u64::from),
         ext.sequence,
-        ext.provenance.map(provenance_code),
+        ext.provenance.map(Provenance::code),
         &ext.rare.other,
         event.data.as_ref().map(DataRef),
     );
@@ -97,7 +97,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         .transpose()?;
     let provenance = provenance
         .map(|code| {
-            provenance_from_code(code).ok_or_else(|| Error::malformed(FORMAT, format!("unknown provenance {code}")))
+            Provenance::from_code(code).ok_or_else(|| Error::malformed(FORMAT, format!("unknown provenance {code}")))
         })
         .transpose()?;
     Ok(Event {
@@ -115,23 +115,6 @@ pub fn decode(bytes: &[u8]) -> Result<Event> {
         },
         data: data.map(|DataOwned(data)| data),
     })
-}
-
-const fn provenance_code(provenance: Provenance) -> u8 {
-    match provenance {
-        Provenance::Live => 0,
-        Provenance::Simulated => 1,
-        Provenance::Replayed => 2,
-    }
-}
-
-const fn provenance_from_code(code: u8) -> Option<Provenance> {
-    match code {
-        0 => Some(Provenance::Live),
-        1 => Some(Provenance::Simulated),
-        2 => Some(Provenance::Replayed),
-        _ => None,
-    }
 }
 
 /// The stored attribute order. Never reorder; append new fields at the end and bump

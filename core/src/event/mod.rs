@@ -132,6 +132,25 @@ impl Provenance {
             _ => None,
         }
     }
+
+    /// Its one-byte code in stored events (never renumber: the log keeps it).
+    pub const fn code(self) -> u8 {
+        match self {
+            Provenance::Live => 0,
+            Provenance::Simulated => 1,
+            Provenance::Replayed => 2,
+        }
+    }
+
+    /// The provenance of a stored code.
+    pub const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Provenance::Live),
+            1 => Some(Provenance::Simulated),
+            2 => Some(Provenance::Replayed),
+            _ => None,
+        }
+    }
 }
 
 /// The value of a user extension attribute, in the CloudEvents type system's terms.
