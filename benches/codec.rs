@@ -36,6 +36,19 @@ fn typical_events() -> Vec<Event> {
         .collect()
 }
 
+/// `events` as one ingest request of typed readings (`IngestRequest.items`).
+fn as_readings(events: &[Event]) -> citytwin_proto::v1::IngestRequest {
+    let items = events
+        .iter()
+        .map(|event| citytwin_proto::v1::IngestItem {
+            item: Some(citytwin_proto::v1::ingest_item::Item::Reading(
+                citytwin_proto::convert::reading_from_event(event).expect("a plain reading"),
+            )),
+        })
+        .collect();
+    citytwin_proto::v1::IngestRequest { events: Vec::new(), items }
+}
+
 fn codec(c: &mut Criterion) {
     let events = typical_events();
     let stored: Vec<Vec<u8>> = events.iter().map(msgpack::encode).collect();
@@ -94,6 +107,7 @@ fn codec(c: &mut Criterion) {
     // converted and validated (what `Ingest` does before the twin sees anything).
     let request = citytwin_proto::v1::IngestRequest {
         events: events.iter().map(citytwin_proto::convert::event_to_proto).collect(),
+        items: Vec::new(),
     };
     let wire = prost::Message::encode_to_vec(&request);
     eprintln!("the batch as one IngestRequest: {} bytes ({} per event)", wire.len(), wire.len() / BATCH);
@@ -104,6 +118,36 @@ fn codec(c: &mut Criterion) {
             for event in &request.events {
                 black_box(citytwin_proto::convert::event_from_proto(event).unwrap());
             }
+        })
+    });
+    // The same batch as typed readings (`IngestRequest.items`), decoded and converted; the
+    // twin validates them when it ingests them, so validation is counted as for CloudEvents.
+    let readings_wire = prost::Message::encode_to_vec(&as_readings(&events));
+    eprintln!("the batch as typed readings: {} bytes ({} per event)", readings_wire.len(), readings_wire.len() / BATCH);
+    group.bench_function("protobuf_readings_decode_validate", |b| {
+        b.iter(|| {
+            let request: citytwin_proto::v1::IngestRequest =
+                prost::Message::decode(black_box(readings_wire.as_slice())).unwrap();
+            for item in &request.items {
+                let Some(citytwin_proto::v1::ingest_item::Item::Reading(reading)) = &item.item else { unreachable!() };
+                let event = citytwin_proto::convert::event_from_reading(reading).unwrap();
+                event.validate().unwrap();
+                black_box(event);
+            }
+        })
+    });
+    group.bench_function("protobuf_readings_encode", |b| {
+        b.iter(|| {
+            black_box(prost::Message::encode_to_vec(&as_readings(black_box(&events))));
+        })
+    });
+    group.bench_function("protobuf_encode", |b| {
+        b.iter(|| {
+            let request = citytwin_proto::v1::IngestRequest {
+                events: black_box(&events).iter().map(citytwin_proto::convert::event_to_proto).collect(),
+                items: Vec::new(),
+            };
+            black_box(prost::Message::encode_to_vec(&request));
         })
     });
     group.bench_function("protobuf_decode_only", |b| {

@@ -26,14 +26,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use citytwin_core::codec::{json, mqtt as mqtt_codec};
-use citytwin_core::event::Event;
-use citytwin_proto::convert::event_to_proto;
+use citytwin_core::event::{EcoString, Event};
+use citytwin_proto::convert::{event_to_proto, reading_from_event};
 use citytwin_proto::v1;
 use citytwin_simulator::generate::{EventMaker, Generator, Plan};
 use citytwin_simulator::scenario;
 use clap::Args;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataValue;
@@ -81,6 +82,11 @@ pub(crate) struct LoadtestArgs {
     /// After the last send, how long to wait for events still to become visible.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain: Duration,
+    /// Send every event over gRPC as a CloudEvent, and watch them come back as CloudEvents.
+    /// By default telemetry readings travel as typed `Reading`s both ways (what a
+    /// high-volume client should do); this measures the plain CloudEvents path instead.
+    #[arg(long)]
+    cloudevents: bool,
     /// Write the report as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -238,7 +244,7 @@ struct Baseline {
 struct Shared {
     started: Instant,
     /// Event id → when its request left.
-    pending: Mutex<HashMap<Box<str>, Instant>>,
+    pending: Mutex<FxHashMap<EcoString, Instant>>,
     visible: Mutex<Histogram<u64>>,
     acks: Mutex<Histogram<u64>>,
     refused: Mutex<HashMap<String, u64>>,
@@ -259,7 +265,7 @@ impl Shared {
     fn new() -> Shared {
         Shared {
             started: Instant::now(),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(FxHashMap::default()),
             visible: Mutex::new(histogram()),
             acks: Mutex::new(histogram()),
             refused: Mutex::new(HashMap::new()),
@@ -277,7 +283,7 @@ impl Shared {
         let now = Instant::now();
         let mut pending = self.pending.lock().expect("pending lock");
         for event in events {
-            pending.insert(event.id.as_str().into(), now);
+            pending.insert(event.id.clone(), now);
         }
         now
     }
@@ -311,6 +317,20 @@ impl Shared {
     fn outstanding(&self) -> usize {
         self.pending.lock().expect("pending lock").len()
     }
+}
+
+/// `Subscribe.Events`, each delivery decoded only as far as its event's id
+/// ([`v1::DeliveryId`]): decoding whole events would make the measuring client, which shares
+/// the machine with the server, the bottleneck.
+async fn subscribe_ids(
+    channel: tonic::transport::Channel,
+    request: tonic::Request<v1::SubscribeRequest>,
+) -> Result<tonic::Streaming<v1::DeliveryId>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(format!("the Subscribe service is not ready: {e}")))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/citytwin.v1.Subscribe/Events");
+    let codec = tonic_prost::ProstCodec::<v1::SubscribeRequest, v1::DeliveryId>::default();
+    Ok(grpc.server_streaming(request, path, codec).await?.into_inner())
 }
 
 fn authed<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
@@ -354,19 +374,15 @@ async fn drive(args: &LoadtestArgs, target: Target, scenario: scenario::Scenario
     let Target::Grpc(watch) = watch else { anyhow::bail!("--watch must be a grpc:// or grpcs:// address") };
 
     // The visibility stream is open before the first event leaves.
-    let mut subscribe = v1::subscribe_client::SubscribeClient::new(grpc_channel(&watch, &args.tls).await?);
-    let mut stream = subscribe
-        .events(authed(v1::SubscribeRequest::default(), &args.token)?)
+    let request = v1::SubscribeRequest { readings: !args.cloudevents, ..Default::default() };
+    let mut stream = subscribe_ids(grpc_channel(&watch, &args.tls).await?, authed(request, &args.token)?)
         .await
-        .context("opening the Subscribe stream")?
-        .into_inner();
+        .context("opening the Subscribe stream")?;
     let watcher_shared = Arc::clone(&shared);
     let watcher = tokio::spawn(async move {
         while let Ok(Some(delivery)) = stream.message().await {
-            // Only the id matters here: decoding and validating each event would make the
-            // measuring client the bottleneck.
-            if let Some(event) = &delivery.event {
-                watcher_shared.seen(&event.id);
+            if let Some(id) = delivery.event.as_ref().or(delivery.reading.as_ref()) {
+                watcher_shared.seen(&id.id);
             }
         }
     });
@@ -524,7 +540,11 @@ async fn pace(rate: Option<f64>, started: Instant, sent: u64) {
 /// One connection to the target (a handful per run: their sizes do not matter).
 #[expect(clippy::large_enum_variant, reason = "one value per connection")]
 enum Sender {
-    Grpc(v1::ingest_client::IngestClient<tonic::transport::Channel>),
+    Grpc {
+        client: v1::ingest_client::IngestClient<tonic::transport::Channel>,
+        /// Telemetry as typed readings (not `--cloudevents`).
+        readings: bool,
+    },
     Http {
         client: reqwest::Client,
         url: String,
@@ -550,11 +570,12 @@ impl Sender {
         Ok(match target {
             Target::Grpc(address) => {
                 let max = 64 << 20;
-                Sender::Grpc(
-                    v1::ingest_client::IngestClient::new(grpc_channel(address, &args.tls).await?)
+                Sender::Grpc {
+                    client: v1::ingest_client::IngestClient::new(grpc_channel(address, &args.tls).await?)
                         .max_encoding_message_size(max)
                         .max_decoding_message_size(max),
-                )
+                    readings: !args.cloudevents,
+                }
             }
             Target::Http(base) => Sender::Http { client: reqwest::Client::new(), url: format!("{base}/v1/events") },
             Target::Mqtt { host, port } => {
@@ -615,11 +636,12 @@ impl Sender {
 
     async fn send(&self, batch: &[Event], shared: &Shared, token: &str) -> anyhow::Result<()> {
         match self {
-            Sender::Grpc(client) => {
-                let request = v1::IngestRequest { events: batch.iter().map(event_to_proto).collect() };
+            Sender::Grpc { client, readings } => {
                 loop {
+                    // Built again for a retry rather than kept (and copied) for one.
+                    let request = ingest_request(batch, *readings);
                     let sent = shared.sending(batch);
-                    match client.clone().ingest(authed(request.clone(), token)?).await {
+                    match client.clone().ingest(authed(request, token)?).await {
                         Ok(response) => {
                             let response = response.into_inner();
                             let refusals = response.rejections.into_iter().map(|r| {
@@ -737,6 +759,25 @@ struct MqttBaseline {
     received: Arc<AtomicU64>,
     first_last: Arc<Mutex<Option<(Instant, Instant)>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// A batch as one ingest request: readings typed when `readings`, every other event (and
+/// every event without it) a CloudEvent, all in order.
+fn ingest_request(batch: &[Event], readings: bool) -> v1::IngestRequest {
+    if !readings {
+        return v1::IngestRequest { events: batch.iter().map(event_to_proto).collect(), items: Vec::new() };
+    }
+    let items = batch
+        .iter()
+        .map(|event| {
+            let item = match reading_from_event(event) {
+                Some(reading) => v1::ingest_item::Item::Reading(reading),
+                None => v1::ingest_item::Item::Event(event_to_proto(event)),
+            };
+            v1::IngestItem { item: Some(item) }
+        })
+        .collect();
+    v1::IngestRequest { events: Vec::new(), items }
 }
 
 async fn mqtt_baseline(host: &str, port: u16, prefix: &str) -> anyhow::Result<MqttBaseline> {

@@ -3,16 +3,22 @@
 //! - [`event_to_proto`] / [`event_from_proto`]: [`Event`] ⇄ [`CloudEvent`] through the typed
 //!   binary mapping of `citytwin_core::codec::binary` (user extensions keep their types,
 //!   `time` is a protobuf timestamp, JSON and text data travel as `text_data`).
+//! - [`reading_from_event`] / [`event_from_reading`]: a `metric.recorded` [`Event`] ⇄ the typed
+//!   [`Reading`], for high-volume telemetry (no JSON on either side).
 //! - [`timestamp_to_proto`] / [`timestamp_from_proto`].
 
 use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
 use citytwin_core::codec::binary::{self, AttributeValue, BinaryEvent};
-use citytwin_core::event::{Event, SPEC_VERSION, Timestamp};
+use citytwin_core::event::{
+    Data as EventData, Event, EventKind, Location, MetricRecorded, Payload, Provenance, SPEC_VERSION, Timestamp, Unit,
+    ValidationError, Violation,
+};
+use h3o::CellIndex;
 
 use crate::v1::cloud_event::Data;
 use crate::v1::cloud_event_attribute_value::Attr;
-use crate::v1::{CloudEvent, CloudEventAttributeValue};
+use crate::v1::{self as wire, CloudEvent, CloudEventAttributeValue, LatLng, Reading};
 
 /// Nanoseconds per second.
 const NANOS: i64 = 1_000_000_000;
@@ -111,12 +117,132 @@ pub fn event_from_proto(event: &CloudEvent) -> citytwin_core::Result<Event> {
     binary::decode(attributes, content_type.as_deref(), body)
 }
 
+/// An event as a typed [`Reading`], when a reading carries it exactly: a `metric.recorded`
+/// event with typed data and no attribute a reading has no field for (`datacontenttype`,
+/// `dataschema`, `correlationid`, `causationid`, `region`, user extensions). `None` for any
+/// other event: send that one as a CloudEvent.
+pub fn reading_from_event(event: &Event) -> Option<Reading> {
+    let Some(EventData::Payload(Payload::MetricRecorded(data))) = &event.data else { return None };
+    let representable = event.ty.kind() == Some(EventKind::MetricRecorded)
+        && event.rare.datacontenttype.is_none()
+        && event.rare.dataschema.is_none()
+        && event.ext.rare.is_empty()
+        // An empty subject or organization would come back as none.
+        && event.rare.subject.as_ref().is_none_or(|subject| !subject.is_empty())
+        && event.ext.organization.as_ref().is_none_or(|org| !org.is_empty());
+    if !representable {
+        return None;
+    }
+    Some(Reading {
+        id: event.id.to_string(),
+        source: event.source.to_string(),
+        time: event.time.map(timestamp_to_proto),
+        asset_id: data.asset_id.to_string(),
+        metric_type: data.metric_type.to_string(),
+        value: data.value,
+        unit: data.unit.as_str().to_owned(),
+        location: data.location.map(|l| LatLng { lat: l.lat, lng: l.lng }),
+        organization: event.ext.organization.as_deref().unwrap_or_default().to_owned(),
+        h3cell: event.ext.h3cell.map_or(0, u64::from),
+        sequence: event.ext.sequence,
+        provenance: match event.ext.provenance {
+            None => wire::Provenance::Unspecified,
+            Some(Provenance::Live) => wire::Provenance::Live,
+            Some(Provenance::Simulated) => wire::Provenance::Simulated,
+            Some(Provenance::Replayed) => wire::Provenance::Replayed,
+        } as i32,
+        subject: event.rare.subject.clone().unwrap_or_default(),
+    })
+}
+
+/// A typed [`Reading`] as the `metric.recorded` event it stands for.
+///
+/// Only what the wire form itself gets wrong is checked here (an `h3cell` that is no H3
+/// index, an unknown `provenance`); the event's own rules (a URI-reference source, a finite
+/// value, a location within range, the cell matching the location...) are checked where every
+/// event is, by the twin when it ingests it.
+///
+/// # Errors
+/// [`citytwin_core::Error::Invalid`] naming each such attribute.
+pub fn event_from_reading(reading: &Reading) -> citytwin_core::Result<Event> {
+    let mut violations = Vec::new();
+    let h3cell = match reading.h3cell {
+        0 => None,
+        index => CellIndex::try_from(index)
+            .map_err(|_| violations.push(Violation::new("h3cell", format!("{index:#x} is not an H3 cell index"))))
+            .ok(),
+    };
+    let provenance = match wire::Provenance::try_from(reading.provenance) {
+        Ok(wire::Provenance::Unspecified) => None,
+        Ok(wire::Provenance::Live) => Some(Provenance::Live),
+        Ok(wire::Provenance::Simulated) => Some(Provenance::Simulated),
+        Ok(wire::Provenance::Replayed) => Some(Provenance::Replayed),
+        Err(_) => {
+            violations.push(Violation::new("provenance", format!("{} is not a known provenance", reading.provenance)));
+            None
+        }
+    };
+    if !violations.is_empty() {
+        return Err(ValidationError::new(violations).into());
+    }
+    let data = MetricRecorded {
+        asset_id: reading.asset_id.as_str().into(),
+        metric_type: reading.metric_type.as_str().into(),
+        value: reading.value,
+        unit: Unit::new(reading.unit.as_str()),
+        location: reading.location.map(|l| Location::new(l.lat, l.lng)),
+    };
+    let mut event = Event::new(reading.id.as_str(), reading.source.as_str(), data);
+    event.time = reading.time.as_ref().map(timestamp_from_proto);
+    if !reading.subject.is_empty() {
+        event.rare.subject = Some(reading.subject.clone());
+    }
+    event.ext.organization = (!reading.organization.is_empty()).then(|| reading.organization.as_str().into());
+    event.ext.h3cell = h3cell;
+    event.ext.sequence = reading.sequence;
+    event.ext.provenance = provenance;
+    Ok(event)
+}
+
 #[cfg(test)]
 mod tests {
+    use citytwin_core::event::Rare;
     use citytwin_core::testing;
     use proptest::prelude::*;
 
     use super::*;
+
+    /// `metric.recorded` events with every attribute `testing::event` varies; half of them
+    /// without the attributes a reading has no field for.
+    fn metric_events() -> impl Strategy<Value = Event> {
+        let data = (
+            "[a-z0-9_]{1,12}",
+            "[a-z0-9_]{1,8}",
+            -1e9f64..1e9,
+            prop_oneof![Just("ug/m3"), Just("µg/m³"), Just("{vehicles}"), Just("")],
+            proptest::option::of(testing::location()),
+        );
+        (testing::event(), data, any::<bool>()).prop_map(
+            |(mut event, (asset, metric, value, unit, location), plain)| {
+                let data = MetricRecorded {
+                    asset_id: asset.into(),
+                    metric_type: metric.into(),
+                    value,
+                    unit: Unit::new(unit),
+                    location,
+                };
+                event.ty = EventKind::MetricRecorded.into();
+                event.data = Some(EventData::Payload(Payload::MetricRecorded(data)));
+                if plain {
+                    let subject = event.rare.subject.take();
+                    event.rare = Rare::default();
+                    event.rare.subject = subject;
+                    event.ext.rare = Rare::default();
+                }
+                event
+            },
+        )
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
@@ -131,10 +257,62 @@ mod tests {
         }
 
         #[test]
+        fn a_reading_carries_exactly_the_plain_metric_events_and_round_trips(event in metric_events()) {
+            let plain = event.rare.datacontenttype.is_none()
+                && event.rare.dataschema.is_none()
+                && event.rare.subject.as_deref() != Some("")
+                && event.ext.rare.is_empty()
+                && event.ext.organization.as_deref() != Some("");
+            let reading = reading_from_event(&event);
+            prop_assert_eq!(reading.is_some(), plain, "{:?}", event);
+            if let Some(reading) = reading {
+                let bytes = prost::Message::encode_to_vec(&reading);
+                let decoded: Reading = prost::Message::decode(bytes.as_slice()).unwrap();
+                let back = event_from_reading(&decoded).map_err(|e| TestCaseError::fail(format!("{e}\n{reading:?}")))?;
+                prop_assert_eq!(back, event);
+            }
+        }
+
+        #[test]
+        fn other_events_are_left_to_cloudevents(event in testing::event()) {
+            let metric = matches!(&event.data, Some(EventData::Payload(Payload::MetricRecorded(_))));
+            if !metric {
+                prop_assert!(reading_from_event(&event).is_none());
+            }
+        }
+
+        #[test]
         fn timestamps_round_trip(nanos in any::<i64>()) {
             let time = Timestamp::from_nanos(nanos);
             prop_assert_eq!(timestamp_from_proto(&timestamp_to_proto(time)), time);
         }
+    }
+
+    #[test]
+    fn a_delivery_id_reads_the_id_of_either_form_from_a_whole_delivery() {
+        let data = MetricRecorded {
+            asset_id: "s1".into(),
+            metric_type: "pm25".into(),
+            value: 12.5,
+            unit: Unit::new("ug/m3"),
+            location: Some(Location::new(60.17, 24.94)),
+        };
+        let event = Event::new("r-17", "/sensors/s1", data).with_organization("acme");
+        let as_event = wire::Delivery { position: 7, event: Some(event_to_proto(&event)), reading: None };
+        let as_reading = wire::Delivery { position: 8, event: None, reading: reading_from_event(&event) };
+        for (delivery, position) in [(as_event, 7), (as_reading, 8)] {
+            let bytes = prost::Message::encode_to_vec(&delivery);
+            let id: wire::DeliveryId = prost::Message::decode(bytes.as_slice()).unwrap();
+            let seen = id.event.as_ref().or(id.reading.as_ref()).map(|e| e.id.as_str());
+            assert_eq!((id.position, seen), (position, Some("r-17")), "{delivery:?}");
+        }
+    }
+
+    #[test]
+    fn a_reading_with_a_bad_cell_and_provenance_names_both() {
+        let reading = Reading { id: "r1".into(), h3cell: 42, provenance: 9, ..Reading::default() };
+        let message = event_from_reading(&reading).unwrap_err().to_string();
+        assert!(message.contains("h3cell") && message.contains("0x2a") && message.contains("provenance"), "{message}");
     }
 
     #[test]

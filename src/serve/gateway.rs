@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use citytwin_core::cep::{KeyPart, WindowResult};
-use citytwin_core::event::{Event, EventKind, Location, Payload, Timestamp, TypePattern, cell_within};
+use citytwin_core::event::{Event, EventKind, Location, Payload, Timestamp, TypePattern, ValidationError, cell_within};
 use citytwin_core::log::ReplayFilter;
 use citytwin_twin::asset::actor::{CommandError, asset_stream, state_at};
 use citytwin_twin::asset::logic::{AssetState, Rejection};
@@ -30,7 +30,8 @@ use super::config::Limits;
 /// One item of an ingest request, after the protocol decoded it.
 #[derive(Debug)]
 pub(crate) enum Input {
-    /// A valid event.
+    /// An event (one that breaks the rules of events is refused by the twin, which
+    /// dead-letters it).
     Event(Event),
     /// Not an event: why, and the raw bytes for the dead-letter queue.
     Bad {
@@ -787,16 +788,23 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display>(
 
 fn violations(error: &citytwin_core::Error) -> Vec<(String, String)> {
     match error {
-        citytwin_core::Error::Invalid(invalid) => {
-            invalid.violations().iter().map(|v| (v.attribute.clone(), v.rule.clone())).collect()
-        }
+        citytwin_core::Error::Invalid(invalid) => pairs(invalid),
         _ => Vec::new(),
     }
 }
 
+/// Each broken rule as (attribute, problem).
+fn pairs(invalid: &ValidationError) -> Vec<(String, String)> {
+    invalid.violations().iter().map(|v| (v.attribute.clone(), v.rule.clone())).collect()
+}
+
 fn refusal(index: usize, id: String, error: &IngestError) -> Refusal {
+    let mut violations = Vec::new();
     let (reason, retry_after_ms) = match error {
-        IngestError::Invalid(_) => (RefusalKind::Invalid, None),
+        IngestError::Invalid(problems) => {
+            violations = pairs(problems);
+            (RefusalKind::Invalid, None)
+        }
         IngestError::Refused(CommandError::Rejected(Rejection::WrongOrganization { .. })) => {
             (RefusalKind::Unauthorized, None)
         }
@@ -806,7 +814,7 @@ fn refusal(index: usize, id: String, error: &IngestError) -> Refusal {
         }
         _ => (RefusalKind::Unavailable, Some(1000)),
     };
-    Refusal { index, event_id: Some(id), reason, message: error.to_string(), violations: Vec::new(), retry_after_ms }
+    Refusal { index, event_id: Some(id), reason, message: error.to_string(), violations, retry_after_ms }
 }
 
 /// Combines window results of fine cells into their parents at `target`, with the twin's

@@ -7,10 +7,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use citytwin_core::event::{Event, EventKind, Payload, Timestamp, TypePattern, parse_cell};
+use citytwin_core::event::{Event, EventKind, Payload, Timestamp, TypePattern, ValidationError, Violation, parse_cell};
 use citytwin_core::log::ReplayFilter;
-use citytwin_proto::convert::{event_from_proto, event_to_proto, timestamp_from_proto, timestamp_to_proto};
+use citytwin_proto::convert::{
+    event_from_proto, event_from_reading, event_to_proto, reading_from_event, timestamp_from_proto, timestamp_to_proto,
+};
 use citytwin_proto::v1;
+use citytwin_proto::v1::ingest_item::Item;
 use citytwin_twin::bus::{Committed, Filter};
 use citytwin_twin::cell::routing_cell;
 use futures_util::{Stream, StreamExt};
@@ -47,9 +50,12 @@ impl Api {
     }
 
     /// A response stream that ends when the server stops.
-    fn until_stopped<T: Send + 'static>(&self, rx: mpsc::Receiver<Result<T, Status>>) -> Stream_<T> {
+    fn until_stopped<T: Send + 'static>(
+        &self,
+        stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
+    ) -> Stream_<T> {
         let mut stopping = self.stopping.clone();
-        ReceiverStream::new(rx)
+        stream
             .take_until(async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
             })
@@ -99,18 +105,36 @@ pub(crate) fn status(error: RequestError) -> Status {
     }
 }
 
-fn inputs(events: Vec<v1::CloudEvent>) -> Vec<Input> {
-    events
-        .into_iter()
-        .map(|wire| match event_from_proto(&wire) {
+/// A request's events in order: `events`, then `items`.
+fn inputs(request: v1::IngestRequest) -> Vec<Input> {
+    let v1::IngestRequest { events, items } = request;
+    let mut inputs = Vec::with_capacity(events.len() + items.len());
+    inputs.extend(events.iter().map(cloud_event_input));
+    inputs.extend(items.iter().map(|item| match &item.item {
+        Some(Item::Event(event)) => cloud_event_input(event),
+        Some(Item::Reading(reading)) => match event_from_reading(reading) {
             Ok(event) => Input::Event(event),
-            Err(error) => Input::Bad {
-                id: (!wire.id.is_empty()).then(|| wire.id.clone()),
-                error,
-                raw: prost::Message::encode_to_vec(&wire),
-            },
-        })
-        .collect()
+            Err(error) => bad_input(&reading.id, error, reading),
+        },
+        None => bad_input(
+            "",
+            ValidationError::new(vec![Violation::new("item", "is empty: set event or reading")]).into(),
+            item,
+        ),
+    }));
+    inputs
+}
+
+fn cloud_event_input(wire: &v1::CloudEvent) -> Input {
+    match event_from_proto(wire) {
+        Ok(event) => Input::Event(event),
+        Err(error) => bad_input(&wire.id, error, wire),
+    }
+}
+
+/// An input that is no event, kept as received for the dead-letter queue.
+fn bad_input(id: &str, error: citytwin_core::Error, wire: &impl prost::Message) -> Input {
+    Input::Bad { id: (!id.is_empty()).then(|| id.to_owned()), error, raw: wire.encode_to_vec() }
 }
 
 fn ingest_response(outcome: Outcome, offset: u64) -> v1::IngestResponse {
@@ -146,7 +170,7 @@ fn ingest_response(outcome: Outcome, offset: u64) -> v1::IngestResponse {
 impl v1::ingest_server::Ingest for Api {
     async fn ingest(&self, request: Request<v1::IngestRequest>) -> Result<Response<v1::IngestResponse>, Status> {
         let who = principal(&request)?;
-        let outcome = self.gateway.ingest(&who, "grpc", inputs(request.into_inner().events)).await.map_err(status)?;
+        let outcome = self.gateway.ingest(&who, "grpc", inputs(request.into_inner())).await.map_err(status)?;
         Ok(Response::new(ingest_response(outcome, 0)))
     }
 
@@ -159,8 +183,8 @@ impl v1::ingest_server::Ingest for Api {
         let mut total = v1::IngestResponse::default();
         let mut offset = 0u64;
         while let Some(batch) = stream.message().await? {
-            let count = batch.events.len() as u64;
-            let outcome = self.gateway.ingest(&who, "grpc", inputs(batch.events)).await.map_err(status)?;
+            let count = (batch.events.len() + batch.items.len()) as u64;
+            let outcome = self.gateway.ingest(&who, "grpc", inputs(batch)).await.map_err(status)?;
             let part = ingest_response(outcome, offset);
             total.accepted += part.accepted;
             total.rejected += part.rejected;
@@ -367,12 +391,42 @@ fn bbox_arg(bbox: Option<&v1::BoundingBox>) -> Result<Option<(f64, f64, f64, f64
     Ok(Some((b.south, b.west, b.north, b.east)))
 }
 
-fn delivery(committed: &Committed) -> v1::Delivery {
-    v1::Delivery { position: committed.position, event: Some(event_to_proto(&committed.event)) }
+/// A committed event for a stream: as a typed reading when `readings` asks for them and it is
+/// one, else as a CloudEvent.
+fn delivery(committed: &Committed, readings: bool) -> v1::Delivery {
+    let reading = if readings { reading_from_event(&committed.event) } else { None };
+    let event = if reading.is_none() { Some(event_to_proto(&committed.event)) } else { None };
+    v1::Delivery { position: committed.position, event, reading }
 }
 
-/// Forwards a subscription to a gRPC stream: what `who` may see, as `message` renders it
-/// (`None` skips an event); ends when the client goes away.
+/// A subscription as a response stream, read as the client takes it (no task and no channel
+/// in between: an event costs one poll, not a hand-off between tasks): what `who` may see, as
+/// `message` renders it (`None` skips an event). It counts as one of `tasks` until tonic drops
+/// it, so a graceful stop waits for it to let go of the gateway.
+fn subscription_stream<T: Send + 'static>(
+    tasks: &TaskTracker,
+    gateway: Arc<Gateway>,
+    who: Principal,
+    subscription: citytwin_twin::bus::Subscription,
+    message: impl Fn(&Committed) -> Option<T> + Send + 'static,
+) -> impl Stream<Item = Result<T, Status>> + Send + 'static {
+    // The tracker's token last: dropped after the gateway.
+    let state = (subscription, gateway, who, message, tasks.token());
+    futures_util::stream::unfold(state, |(mut subscription, gateway, who, message, token)| async move {
+        loop {
+            let committed = subscription.recv().await?;
+            if gateway.visible(&who, &committed.event)
+                && let Some(rendered) = message(&committed)
+            {
+                return Some((Ok(rendered), (subscription, gateway, who, message, token)));
+            }
+        }
+    })
+}
+
+/// Forwards a subscription to a gRPC stream through a channel the stream already has (a
+/// replay's, after its log part): what `who` may see, as `message` renders it (`None` skips
+/// an event); ends when the client goes away.
 fn forward<T: Send + 'static>(
     tasks: &TaskTracker,
     gateway: Arc<Gateway>,
@@ -415,9 +469,12 @@ impl v1::subscribe_server::Subscribe for Api {
             assets: request.assets,
             organizations: Vec::new(),
         };
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        forward(&self.tasks, Arc::clone(&self.gateway), who, self.gateway.subscribe(filter), tx, |c| Some(delivery(c)));
-        Ok(Response::new(self.until_stopped(rx)))
+        let readings = request.readings;
+        let subscription = self.gateway.subscribe(filter);
+        let stream = subscription_stream(&self.tasks, Arc::clone(&self.gateway), who, subscription, move |c| {
+            Some(delivery(c, readings))
+        });
+        Ok(Response::new(self.until_stopped(stream)))
     }
 
     async fn viewport(&self, request: Request<v1::ViewportRequest>) -> Result<Response<Self::ViewportStream>, Status> {
@@ -485,7 +542,7 @@ impl v1::subscribe_server::Subscribe for Api {
                             frame.add(&committed.event);
                             if fine && committed.event.asset_id().is_some() {
                                 let update = v1::ViewportUpdate {
-                                    update: Some(v1::viewport_update::Update::AssetEvent(delivery(&committed))),
+                                    update: Some(v1::viewport_update::Update::AssetEvent(delivery(&committed, false))),
                                 };
                                 if tx.send(Ok(update)).await.is_err() {
                                     return;
@@ -496,7 +553,7 @@ impl v1::subscribe_server::Subscribe for Api {
                 }
             });
         }
-        Ok(Response::new(self.until_stopped(rx)))
+        Ok(Response::new(self.until_stopped(ReceiverStream::new(rx))))
     }
 }
 
@@ -639,7 +696,7 @@ impl v1::replay_server::Replay for Api {
         let until = subscription.as_ref().map_or(u64::MAX, citytwin_twin::bus::Subscription::start);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let gateway = Arc::clone(&self.gateway);
-        let assets = request.assets;
+        let (assets, readings) = (request.assets, request.readings);
         let tasks = self.tasks.clone();
         self.tasks.spawn(async move {
             let (replay_gateway, replay_who, replay_tx) = (Arc::clone(&gateway), who.clone(), tx.clone());
@@ -653,7 +710,7 @@ impl v1::replay_server::Replay for Api {
                     &assets,
                     until,
                     move || gone.is_closed(),
-                    |committed| replay_tx.blocking_send(Ok(delivery(&committed))).is_ok(),
+                    |committed| replay_tx.blocking_send(Ok(delivery(&committed, readings))).is_ok(),
                 )
             })
             .await;
@@ -667,10 +724,10 @@ impl v1::replay_server::Replay for Api {
                 return;
             }
             if let Some(subscription) = subscription {
-                forward(&tasks, gateway, who, subscription, tx, |c| Some(delivery(c)));
+                forward(&tasks, gateway, who, subscription, tx, move |c| Some(delivery(c, readings)));
             }
         });
-        Ok(Response::new(self.until_stopped(rx)))
+        Ok(Response::new(self.until_stopped(ReceiverStream::new(rx))))
     }
 }
 

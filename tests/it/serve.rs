@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use citytwin_core::codec::json;
 use citytwin_core::event::{AssetCommissioned, AssetCreated, Event, Location, MetricRecorded, Timestamp, Unit};
-use citytwin_proto::convert::{event_from_proto, event_to_proto};
+use citytwin_proto::convert::{event_from_proto, event_from_reading, event_to_proto, reading_from_event};
 use citytwin_proto::v1;
 use futures_util::StreamExt;
 use tonic::Code;
@@ -159,7 +159,7 @@ fn reading_at(asset: &str, n: i64, value: f64, (lat, lng): (f64, f64)) -> Event 
 
 async fn ingest(channel: &Channel, token: &str, events: &[Event]) -> v1::IngestResponse {
     let mut client = v1::ingest_client::IngestClient::new(channel.clone());
-    let request = v1::IngestRequest { events: events.iter().map(event_to_proto).collect() };
+    let request = v1::IngestRequest { events: events.iter().map(event_to_proto).collect(), ..Default::default() };
     client.ingest(authed(request, token)).await.unwrap().into_inner()
 }
 
@@ -191,6 +191,7 @@ async fn serve_ingests_queries_streams_and_keeps_organizations_apart() {
             invalid,
             event_to_proto(&reading("nobody", 1, 1.0)),
         ],
+        ..Default::default()
     };
     let mut client = v1::ingest_client::IngestClient::new(channel.clone());
     let answer = client.ingest(authed(globex_request, GLOBEX)).await.unwrap().into_inner();
@@ -414,6 +415,127 @@ async fn serve_ingests_queries_streams_and_keeps_organizations_apart() {
     assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 }
 
+/// The next delivery of a stream (in 30 s at most).
+async fn next_delivery(stream: &mut tonic::Streaming<v1::Delivery>, server: &Server) -> v1::Delivery {
+    tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .unwrap_or_else(|_| panic!("no delivery in 30 s; server log:\n{}", server.log()))
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_readings_are_the_same_events_as_cloudevents_in_order_and_come_back_typed_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "");
+    let channel = server.channel().await;
+    assert_eq!(ingest(&channel, ACME, &[created("t1", None), commissioned("t1")]).await.accepted, 2);
+    let mut subscribe = v1::subscribe_client::SubscribeClient::new(channel.clone());
+    let typed = v1::SubscribeRequest { assets: vec!["t1".into()], readings: true, ..Default::default() };
+    let mut typed = subscribe.events(authed(typed, ACME)).await.unwrap().into_inner();
+    let plain = v1::SubscribeRequest { assets: vec!["t1".into()], ..Default::default() };
+    let mut plain = subscribe.events(authed(plain, ACME)).await.unwrap().into_inner();
+
+    // One request, every form in order: a CloudEvent in `events`, then items: a reading, a
+    // CloudEvent, a reading the twin finds invalid, one the wire form already is, an empty
+    // item, and a reading about another organization's asset.
+    assert_eq!(ingest(&channel, GLOBEX, &[created("g1", None)]).await.accepted, 1);
+    let item = |item: v1::ingest_item::Item| v1::IngestItem { item: Some(item) };
+    let as_reading = |event: &Event| item(v1::ingest_item::Item::Reading(reading_from_event(event).unwrap()));
+    let mut bad_cell = reading_from_event(&reading("t1", 5, 1.0)).unwrap();
+    bad_cell.h3cell = 42;
+    let request = v1::IngestRequest {
+        events: vec![event_to_proto(&reading("t1", 1, 10.0))],
+        items: vec![
+            as_reading(&reading("t1", 2, 11.0)),
+            item(v1::ingest_item::Item::Event(event_to_proto(&reading("t1", 3, 12.0)))),
+            as_reading(&reading("t1", 4, f64::NAN)),
+            item(v1::ingest_item::Item::Reading(bad_cell)),
+            v1::IngestItem { item: None },
+            as_reading(&reading("g1", 1, 1.0)),
+        ],
+    };
+    let mut client = v1::ingest_client::IngestClient::new(channel.clone());
+    let answer = client.ingest(authed(request, ACME)).await.unwrap().into_inner();
+    assert_eq!((answer.accepted, answer.rejected), (3, 4), "{answer:?}");
+    let rejections: Vec<(u64, i32, Vec<&str>)> = answer
+        .rejections
+        .iter()
+        .map(|r| (r.index, r.reason, r.violations.iter().map(|v| v.attribute.as_str()).collect()))
+        .collect();
+    let invalid = v1::RejectionReason::Invalid as i32;
+    assert_eq!(
+        rejections,
+        [
+            (3, invalid, vec!["data.value"]),
+            (4, invalid, vec!["h3cell"]),
+            (5, invalid, vec!["item"]),
+            (6, v1::RejectionReason::Unauthorized as i32, vec![])
+        ],
+        "{answer:?}"
+    );
+    assert_eq!(answer.rejections[0].event_id, "t1-r4", "{answer:?}");
+
+    // Both subscribers see the same events in the same order: the readings typed for one and
+    // as CloudEvents for the other, everything else (the asset going online) as CloudEvents.
+    let form = |delivery: &v1::Delivery| match (&delivery.event, &delivery.reading) {
+        (Some(event), None) => format!("event {}", event.id),
+        (None, Some(reading)) => format!("reading {}", reading.id),
+        other => panic!("a delivery with one form: {other:?}"),
+    };
+    let (mut typed_events, mut live_forms) = (Vec::new(), Vec::new());
+    while typed_events.len() < 3 {
+        let (typed, plain) = (next_delivery(&mut typed, &server).await, next_delivery(&mut plain, &server).await);
+        assert_eq!(typed.position, plain.position);
+        live_forms.push(form(&typed));
+        let from_plain = event_from_proto(plain.event.as_ref().unwrap()).unwrap();
+        match &typed.reading {
+            Some(reading) => {
+                let from_typed = event_from_reading(reading).unwrap();
+                assert_eq!(from_typed, from_plain);
+                let n = typed_events.len() + 1;
+                assert_eq!(
+                    (from_typed.id.as_str(), from_typed.ext.organization.as_deref()),
+                    (&*format!("t1-r{n}"), Some("acme"))
+                );
+                typed_events.push(from_typed);
+            }
+            None => assert_eq!(event_from_proto(typed.event.as_ref().unwrap()).unwrap(), from_plain),
+        }
+    }
+    // The log holds the same events whichever form they came in.
+    let mut query = v1::query_client::QueryClient::new(channel.clone());
+    let history = v1::AssetHistoryRequest {
+        asset_id: "t1".into(),
+        types: vec!["com.smartcities.asset.metric_recorded".into()],
+        ..Default::default()
+    };
+    let history = query.asset_history(authed(history, ACME)).await.unwrap().into_inner();
+    let stored: Vec<Event> = history.events.iter().map(|e| event_from_proto(e).unwrap()).collect();
+    assert_eq!(stored, typed_events);
+
+    // A replay that asks for readings: the lifecycle as CloudEvents, the readings typed.
+    let mut replay = v1::replay_client::ReplayClient::new(channel.clone());
+    let request = v1::ReplayRequest { assets: vec!["t1".into()], readings: true, ..Default::default() };
+    let mut stream = replay.replay(authed(request, ACME)).await.unwrap().into_inner();
+    let mut forms = Vec::new();
+    while let Some(delivery) = stream.message().await.unwrap() {
+        forms.push(form(&delivery));
+    }
+    // The log holds the asset's dead letters too (the invalid reading's), after its readings.
+    let mut expected = vec!["event t1-created".to_owned(), "event t1-commissioned".to_owned()];
+    expected.extend(live_forms);
+    assert_eq!(forms[..expected.len().min(forms.len())], expected, "{forms:?}");
+    assert_eq!(forms[expected.len()..], ["event dead-letter:t1-r4"], "{forms:?}");
+
+    // The four refused are dead letters, with their reasons.
+    let letters = dead_letters(&server, ACME).await;
+    let mut reasons: Vec<&str> =
+        letters["dead_letters"].as_array().unwrap().iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["invalid_format", "invalid_format", "invalid_format", "unauthorized"], "{letters}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_answer_with_retry_hints_and_a_killed_server_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -423,7 +545,8 @@ async fn rate_limits_answer_with_retry_hints_and_a_killed_server_loses_nothing_a
     let mut client = v1::ingest_client::IngestClient::new(channel.clone());
 
     let too_large: Vec<v1::CloudEvent> = (0..7).map(|n| event_to_proto(&reading("a", n, 1.0))).collect();
-    let error = client.ingest(authed(v1::IngestRequest { events: too_large }, ACME)).await.unwrap_err();
+    let error =
+        client.ingest(authed(v1::IngestRequest { events: too_large, ..Default::default() }, ACME)).await.unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
     assert!(error.message().contains("exceeds the burst limit of 6"), "{error:?}");
 
@@ -438,7 +561,8 @@ async fn rate_limits_answer_with_retry_hints_and_a_killed_server_loses_nothing_a
     ];
     assert_eq!(ingest(&channel, ACME, &events).await.accepted, 6);
     let more: Vec<v1::CloudEvent> = (5..11).map(|n| event_to_proto(&reading("a", n, 1.0))).collect();
-    let error = client.ingest(authed(v1::IngestRequest { events: more }, ACME)).await.unwrap_err();
+    let error =
+        client.ingest(authed(v1::IngestRequest { events: more, ..Default::default() }, ACME)).await.unwrap_err();
     assert_eq!(error.code(), Code::ResourceExhausted, "{error:?}");
     let retry: u64 = error.metadata().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
     assert!(retry >= 1, "{error:?}");

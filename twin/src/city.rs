@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use citytwin_core::event::{Event, Timestamp};
+use citytwin_core::event::{Event, Timestamp, ValidationError};
 use citytwin_core::log::{EventLog, Expected, LogConfig};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -101,7 +101,7 @@ impl TwinConfig {
 pub enum IngestError {
     /// Not a valid event (every problem listed); dead-lettered.
     #[error("invalid event: {0}")]
-    Invalid(String),
+    Invalid(ValidationError),
     /// The asset refused it; dead-lettered.
     #[error(transparent)]
     Refused(#[from] CommandError),
@@ -246,7 +246,7 @@ impl Twin {
             Err(failed) => failed,
         };
         let reason = match &error {
-            IngestError::Invalid(message) => Some(DeadLetterReason::InvalidFormat(message.clone())),
+            IngestError::Invalid(problems) => Some(DeadLetterReason::InvalidFormat(problems.to_string())),
             IngestError::Refused(CommandError::Rejected(rejection)) => {
                 Some(DeadLetterReason::Rejected(rejection.to_string()))
             }
@@ -275,7 +275,7 @@ impl Twin {
     async fn ingest_inner(&self, event: Event) -> Result<Vec<Event>, (IngestError, Option<Event>)> {
         if let Err(error) = event.validate() {
             IngestStats::add(&self.stats.invalid);
-            return Err((IngestError::Invalid(error.to_string()), Some(event)));
+            return Err((IngestError::Invalid(error), Some(event)));
         }
         // Bounded load: at-most-once telemetry is shed when every slot is taken; everything
         // else waits for one (backpressure on the producer).
@@ -340,10 +340,10 @@ impl Twin {
         // per call, not one per event).
         let mut dead_letters: Vec<Event> = Vec::new();
         let Routed { shards: per_shard, collector, slot_of, city } =
-            crate::route::route(events, shard_count, |index, event, message| {
+            crate::route::route(events, shard_count, |index, event, problems| {
                 IngestStats::add(&self.stats.invalid);
-                dead_letters.push(dead_letter_entry(event, &DeadLetterReason::InvalidFormat(message.clone())));
-                results[index] = Err(IngestError::Invalid(message));
+                dead_letters.push(dead_letter_entry(event, &DeadLetterReason::InvalidFormat(problems.to_string())));
+                results[index] = Err(IngestError::Invalid(problems));
                 answered += 1;
             });
         if !city.1.is_empty() {

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use citytwin_core::event::{EcoString, Event};
+use citytwin_core::event::{EcoString, Event, ValidationError};
 use rustc_hash::FxHashMap;
 
 use crate::asset::logic::AssetCommand;
@@ -60,7 +60,11 @@ const CITY: u32 = u32::MAX - 1;
 ///
 /// # Panics
 /// With 2^32 − 2 events or more in one batch.
-pub(crate) fn route(events: &mut Vec<Event>, shards: usize, mut invalid: impl FnMut(usize, &Event, String)) -> Routed {
+pub(crate) fn route(
+    events: &mut Vec<Event>,
+    shards: usize,
+    mut invalid: impl FnMut(usize, &Event, ValidationError),
+) -> Routed {
     let total = events.len();
     assert!(u32::try_from(total).is_ok_and(|n| n < CITY), "a batch of fewer than 2^32 - 2 events");
     // Per event: its group, or a mark.
@@ -79,7 +83,7 @@ pub(crate) fn route(events: &mut Vec<Event>, shards: usize, mut invalid: impl Fn
         }
         let event = &events[at];
         if let Err(error) = event.validate() {
-            invalid(at, event, error.to_string());
+            invalid(at, event, error);
             group_of.push(INVALID);
             continue;
         }
@@ -192,7 +196,7 @@ mod tests {
         assert!(events.is_empty(), "every event was taken");
         let expected_invalid: Vec<usize> = (0..total).filter(|n| n % 11 == 3 && n % 13 != 5).collect();
         assert_eq!(invalid.iter().map(|(at, _)| *at).collect::<Vec<_>>(), expected_invalid);
-        assert!(invalid.iter().all(|(_, problems)| problems.contains("source")), "{invalid:?}");
+        assert!(invalid.iter().all(|(_, problems)| problems.to_string().contains("source")), "{invalid:?}");
         let expected_city: Vec<usize> = (0..total).filter(|n| n % 13 == 5).collect();
         assert_eq!(routed.city.0, expected_city);
         assert_eq!(routed.city.1.len(), expected_city.len());

@@ -284,6 +284,92 @@ struct StreamHead {
     offset: u32,
 }
 
+/// What the segment reader of [`EventLog::open`] hands to the indexing thread, in log order.
+enum Scanned {
+    /// Verified frames of segment `file` (an index into the list of segments).
+    Frames { file: usize, frames: Vec<ScannedRecord> },
+    /// Segment `file` read to its end or to its first damaged frame (after its frames).
+    Segment { file: usize, segment: Segment, valid_len: u64, damage: Option<segment::Damage> },
+    /// Reading stopped here (after everything before it).
+    Failed(Error),
+}
+
+/// What indexing needs of one verified frame.
+struct ScannedRecord {
+    stream: StreamKey,
+    seq: u64,
+    position: u64,
+    prev_position: u64,
+    offset: u64,
+}
+
+/// Frames handed over at a time.
+const SCANNED_CHUNK: usize = 8_192;
+
+/// Reads and verifies every segment in order (see [`segment::scan`]), noting each segment's
+/// block index, and sends their frames and results to `tx`; stops at the first failure, or
+/// when the receiver is gone (it failed).
+fn scan_segments(files: Vec<(u64, PathBuf)>, tx: &std::sync::mpsc::SyncSender<Scanned>) {
+    let mut previous_next = None;
+    for (file, (base, path)) in files.into_iter().enumerate() {
+        if let Some(expected) = previous_next
+            && expected != base
+        {
+            let _ = tx.send(Scanned::Failed(RecoveryError::Gap { file: path, found: base, expected }.into()));
+            return;
+        }
+        let read = match File::open(&path) {
+            Ok(read) => read,
+            Err(e) => {
+                let _ = tx.send(Scanned::Failed(io_error(format!("opening {}", path.display()), e)));
+                return;
+            }
+        };
+        let mut seg =
+            Segment { base, next: base, path: path.clone(), file: Arc::new(read), len: 0, blocks: Vec::new() };
+        let mut frames = Vec::with_capacity(SCANNED_CHUNK);
+        let mut receiver_gone = false;
+        let scanned = segment::scan(&path, base, |found| {
+            let header = found.header;
+            seg.note_frame(header.position, found.offset, header.time.as_nanos());
+            frames.push(ScannedRecord {
+                stream: StreamKey::new(header.stream),
+                seq: header.seq,
+                position: header.position,
+                prev_position: header.prev_position,
+                offset: found.offset,
+            });
+            if frames.len() == SCANNED_CHUNK {
+                let full = std::mem::replace(&mut frames, Vec::with_capacity(SCANNED_CHUNK));
+                if tx.send(Scanned::Frames { file, frames: full }).is_err() {
+                    receiver_gone = true;
+                    return Err("the log's indexing stopped".into());
+                }
+            }
+            Ok(())
+        });
+        if receiver_gone {
+            return;
+        }
+        if !frames.is_empty() && tx.send(Scanned::Frames { file, frames }).is_err() {
+            return;
+        }
+        let sent = match scanned {
+            Ok((valid_len, damage)) => {
+                previous_next = Some(seg.next);
+                tx.send(Scanned::Segment { file, segment: seg, valid_len, damage })
+            }
+            Err(error) => {
+                let _ = tx.send(Scanned::Failed(error));
+                return;
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
 struct State {
     segments: Vec<Segment>,
     /// Write handle of the last segment.
@@ -348,74 +434,93 @@ impl EventLog {
         let mut streams: FxHashMap<StreamKey, StreamHead> = load_retired(&dir)?;
         let files = segment::list(&dir)?;
         let first_base = files.first().map_or(0, |f| f.0);
-        let mut segments: Vec<Segment> = Vec::with_capacity(files.len());
         let n_files = files.len();
-        for (i, (base, path)) in files.into_iter().enumerate() {
-            let is_tail = i + 1 == n_files;
-            if let Some(prev) = segments.last()
-                && prev.next != base
-            {
-                return Err(RecoveryError::Gap { file: path, found: base, expected: prev.next }.into());
-            }
-            let read = File::open(&path).map_err(|e| io_error(format!("opening {}", path.display()), e))?;
-            let mut seg =
-                Segment { base, next: base, path: path.clone(), file: Arc::new(read), len: 0, blocks: Vec::new() };
-            let (valid_len, damage) = segment::scan(&path, base, |found| {
-                let header = found.header;
-                let head = streams.get(header.stream);
-                // A stream's first record after retention deleted its predecessors points
-                // before the first segment: any sequence is then consistent.
-                let predecessor_deleted =
-                    head.is_none() && header.prev_position != frame::NO_PREV && header.prev_position < first_base;
-                let expected_seq = head.map_or(1, |h| h.seq + 1);
-                if header.seq != expected_seq && !predecessor_deleted {
-                    return Err(format!(
-                        "stream {:?} record has sequence {}, expected {expected_seq}",
-                        header.stream, header.seq
-                    ));
-                }
-                seg.note_frame(header.position, found.offset, header.time.as_nanos());
-                let head = StreamHead { seq: header.seq, position: header.position, offset: found.offset as u32 };
-                match streams.get_mut(header.stream) {
-                    Some(existing) => *existing = head,
-                    None => {
-                        streams.insert(header.stream.into(), head);
+        let paths: Vec<PathBuf> = files.iter().map(|(_, path)| path.clone()).collect();
+        let mut segments: Vec<Segment> = Vec::with_capacity(n_files);
+        // A thread reads and verifies the segments while this one indexes their records: on a
+        // log of millions of records, the stream heads' map (a random access per record) and
+        // the reading (a sequential pass with a checksum per frame) take about as long.
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Scanned>(4);
+            scope.spawn(move || scan_segments(files, &tx));
+            for scanned in rx {
+                match scanned {
+                    Scanned::Frames { file, frames } => {
+                        for frame in frames {
+                            let head = streams.get_mut(frame.stream.as_str());
+                            // A stream's first record after retention deleted its predecessors
+                            // points before the first segment: any sequence is then consistent.
+                            let predecessor_deleted = head.is_none()
+                                && frame.prev_position != frame::NO_PREV
+                                && frame.prev_position < first_base;
+                            let expected_seq = head.as_ref().map_or(1, |h| h.seq + 1);
+                            if frame.seq != expected_seq && !predecessor_deleted {
+                                let reason = format!(
+                                    "stream {:?} record has sequence {}, expected {expected_seq}",
+                                    frame.stream.as_str(),
+                                    frame.seq
+                                );
+                                return Err(RecoveryError::Corrupt {
+                                    file: paths[file].clone(),
+                                    offset: frame.offset,
+                                    reason,
+                                }
+                                .into());
+                            }
+                            let new =
+                                StreamHead { seq: frame.seq, position: frame.position, offset: frame.offset as u32 };
+                            match head {
+                                Some(existing) => *existing = new,
+                                None => {
+                                    streams.insert(frame.stream, new);
+                                }
+                            }
+                        }
                     }
-                }
-                Ok(())
-            })?;
-            seg.len = valid_len.max(segment::HEADER_LEN);
-            let file_len =
-                std::fs::metadata(&path).map_err(|e| io_error(format!("reading {}", path.display()), e))?.len();
-            match damage {
-                None if valid_len == file_len => {}
-                Some(damage) if is_tail && !damage.followed_by_valid_frame => {
-                    tracing::warn!(
-                        file = %path.display(),
-                        offset = damage.offset,
-                        dropped_bytes = file_len - damage.offset,
-                        reason = %damage.reason,
-                        "truncating torn tail of the event log (an append that was never acknowledged)"
-                    );
-                    truncate(&path, damage.offset, valid_len == 0, base)?;
-                    seg.len = damage.offset.max(segment::HEADER_LEN);
-                }
-                Some(damage) => {
-                    return Err(
-                        RecoveryError::Corrupt { file: path, offset: damage.offset, reason: damage.reason }.into()
-                    );
-                }
-                None => {
-                    return Err(RecoveryError::Corrupt {
-                        file: path,
-                        offset: valid_len,
-                        reason: "bytes after the last frame of a sealed segment".into(),
+                    Scanned::Segment { file, segment: mut seg, valid_len, damage } => {
+                        let path = seg.path.clone();
+                        let is_tail = file + 1 == n_files;
+                        seg.len = valid_len.max(segment::HEADER_LEN);
+                        let file_len = std::fs::metadata(&path)
+                            .map_err(|e| io_error(format!("reading {}", path.display()), e))?
+                            .len();
+                        match damage {
+                            None if valid_len == file_len => {}
+                            Some(damage) if is_tail && !damage.followed_by_valid_frame => {
+                                tracing::warn!(
+                                    file = %path.display(),
+                                    offset = damage.offset,
+                                    dropped_bytes = file_len - damage.offset,
+                                    reason = %damage.reason,
+                                    "truncating torn tail of the event log (an append that was never acknowledged)"
+                                );
+                                truncate(&path, damage.offset, valid_len == 0, seg.base)?;
+                                seg.len = damage.offset.max(segment::HEADER_LEN);
+                            }
+                            Some(damage) => {
+                                return Err(RecoveryError::Corrupt {
+                                    file: path,
+                                    offset: damage.offset,
+                                    reason: damage.reason,
+                                }
+                                .into());
+                            }
+                            None => {
+                                return Err(RecoveryError::Corrupt {
+                                    file: path,
+                                    offset: valid_len,
+                                    reason: "bytes after the last frame of a sealed segment".into(),
+                                }
+                                .into());
+                            }
+                        }
+                        segments.push(seg);
                     }
-                    .into());
+                    Scanned::Failed(error) => return Err(error),
                 }
             }
-            segments.push(seg);
-        }
+            Ok(())
+        })?;
         let active = match segments.last() {
             Some(last) => std::fs::OpenOptions::new()
                 .append(true)

@@ -593,3 +593,39 @@ fn a_cancelled_replay_stops_before_the_next_block_instead_of_scanning_for_a_matc
     seen.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(replay.next().is_none(), "the scan stopped");
 }
+
+#[test]
+fn a_missing_middle_segment_fails_open_with_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = build_segments(dir.path(), 200);
+    assert!(segments.len() >= 3, "need several segments, got {}", segments.len());
+    std::fs::remove_file(&segments[segments.len() / 2]).unwrap();
+    let error = EventLog::open(dir.path(), config(Durability::Never, 4_096)).unwrap_err();
+    assert!(matches!(error, Error::Recovery(RecoveryError::Gap { .. })), "{error}");
+}
+
+#[test]
+fn reopening_a_log_of_many_segments_and_streams_restores_every_stream_head() {
+    // More records than the reader hands over at a time, over many segments and streams: the
+    // heads indexed on open take the next append of each stream at exactly its next sequence.
+    let dir = tempfile::tempdir().unwrap();
+    let streams: Vec<String> = (0..97).map(|n| format!("asset-{n}")).collect();
+    let total = 3 * super::SCANNED_CHUNK as u64 + 11;
+    let mut next = vec![1u64; streams.len()];
+    {
+        let log = EventLog::open(dir.path(), config(Durability::Never, 64 << 10)).unwrap();
+        for n in 0..total {
+            let s = (n * 31 % streams.len() as u64) as usize;
+            log.append(&streams[s], Expected::Seq(next[s] - 1), &event(n, &streams[s])).unwrap();
+            next[s] += 1;
+        }
+    }
+    assert!(segment::list(dir.path()).unwrap().len() > 4, "several segments");
+    let log = EventLog::open(dir.path(), config(Durability::Never, 64 << 10)).unwrap();
+    assert_eq!(log.next_position(), total);
+    for (s, stream) in streams.iter().enumerate() {
+        assert_eq!(log.stream_seq(stream), next[s] - 1, "{stream}");
+        log.append(stream, Expected::Seq(next[s] - 1), &event(total + s as u64, stream)).unwrap();
+    }
+    assert_eq!(log.read_stream(&streams[5], 1).unwrap().len() as u64, next[5]);
+}

@@ -127,7 +127,7 @@ async fn invalid_and_refused_events_get_a_reason_and_go_to_the_dead_letter_queue
     let mut invalid = reading("c1", 1, 1.0);
     invalid.source = "not a uri".into();
     match twin.ingest(invalid).await {
-        Err(IngestError::Invalid(message)) => assert_eq!(message, "source is not a URI-reference"),
+        Err(IngestError::Invalid(problems)) => assert_eq!(problems.to_string(), "source is not a URI-reference"),
         other => panic!("expected an invalid-event error, got {other:?}"),
     }
     let refused = twin.ingest(reading("ghost", 1, 1.0)).await.unwrap_err();
