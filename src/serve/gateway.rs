@@ -41,6 +41,9 @@ pub(crate) enum Input {
         error: citytwin_core::Error,
         /// The input as received.
         raw: Vec<u8>,
+        /// The protobuf message `raw` holds, when the protocol carries several
+        /// (`citytwin.v1.Reading`); the dead letter's origin names it after the protocol.
+        wire_type: Option<&'static str>,
     },
 }
 
@@ -326,12 +329,13 @@ impl Gateway {
         for (index, input) in inputs.into_iter().enumerate() {
             let mut event = match input {
                 Input::Event(event) => event,
-                Input::Bad { id, error, raw } => {
+                Input::Bad { id, error, raw, wire_type } => {
                     self.counters.invalid_inputs.fetch_add(1, Ordering::Relaxed);
                     let message = error.to_string();
                     let name = id.clone().unwrap_or_else(|| format!("{origin}:{index}"));
                     let reason = DeadLetterReason::InvalidFormat(message.clone());
-                    entries.push(raw_dead_letter_entry(&name, origin, &raw, Some(&who.org), &reason));
+                    let origin = wire_type.map_or_else(|| origin.to_owned(), |wire| format!("{origin}:{wire}"));
+                    entries.push(raw_dead_letter_entry(&name, &origin, &raw, Some(&who.org), &reason));
                     outcome.refusals.push(Refusal {
                         index,
                         event_id: id,

@@ -114,12 +114,13 @@ fn inputs(request: v1::IngestRequest) -> Vec<Input> {
         Some(Item::Event(event)) => cloud_event_input(event),
         Some(Item::Reading(reading)) => match event_from_reading(reading) {
             Ok(event) => Input::Event(event),
-            Err(error) => bad_input(&reading.id, error, reading),
+            Err(error) => bad_input(&reading.id, error, reading, "citytwin.v1.Reading"),
         },
         None => bad_input(
             "",
             ValidationError::new(vec![Violation::new("item", "is empty: set event or reading")]).into(),
             item,
+            "citytwin.v1.IngestItem",
         ),
     }));
     inputs
@@ -128,13 +129,18 @@ fn inputs(request: v1::IngestRequest) -> Vec<Input> {
 fn cloud_event_input(wire: &v1::CloudEvent) -> Input {
     match event_from_proto(wire) {
         Ok(event) => Input::Event(event),
-        Err(error) => bad_input(&wire.id, error, wire),
+        Err(error) => bad_input(&wire.id, error, wire, "citytwin.v1.CloudEvent"),
     }
 }
 
-/// An input that is no event, kept as received for the dead-letter queue.
-fn bad_input(id: &str, error: citytwin_core::Error, wire: &impl prost::Message) -> Input {
-    Input::Bad { id: (!id.is_empty()).then(|| id.to_owned()), error, raw: wire.encode_to_vec() }
+/// An input that is no event, kept as received (and named) for the dead-letter queue.
+fn bad_input(id: &str, error: citytwin_core::Error, wire: &impl prost::Message, wire_type: &'static str) -> Input {
+    Input::Bad {
+        id: (!id.is_empty()).then(|| id.to_owned()),
+        error,
+        raw: wire.encode_to_vec(),
+        wire_type: Some(wire_type),
+    }
 }
 
 fn ingest_response(outcome: Outcome, offset: u64) -> v1::IngestResponse {

@@ -153,7 +153,7 @@ fn inputs(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<Input>, bool), ApiErr
                     let (id, raw) = (id_of(&item), serde_json::to_vec(&item).unwrap_or_default());
                     match json::from_value(item) {
                         Ok(event) => Input::Event(event),
-                        Err(error) => Input::Bad { id, error, raw },
+                        Err(error) => Input::Bad { id, error, raw, wire_type: None },
                     }
                 })
                 .collect();
@@ -166,6 +166,7 @@ fn inputs(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<Input>, bool), ApiErr
                     id: serde_json::from_slice::<Value>(body).ok().as_ref().and_then(id_of),
                     error,
                     raw: body.to_vec(),
+                    wire_type: None,
                 },
             };
             Ok((vec![input], false))
@@ -187,7 +188,7 @@ fn inputs(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<Input>, bool), ApiErr
                     }
                     raw.push(b'\n');
                     raw.extend_from_slice(body);
-                    Input::Bad { id, error, raw }
+                    Input::Bad { id, error, raw, wire_type: None }
                 }
             };
             Ok((vec![input], false))

@@ -135,6 +135,7 @@ impl Message<'_> {
                 reason: format!("{}: {}", self.address, reason.into()),
             },
             raw: self.payload.to_vec(),
+            wire_type: None,
         }
     }
 
@@ -164,7 +165,7 @@ impl Message<'_> {
                     ),
                     _ => Input::Event(event),
                 },
-                Err(error) => Input::Bad { id: None, error, raw: self.payload.to_vec() },
+                Err(error) => Input::Bad { id: None, error, raw: self.payload.to_vec(), wire_type: None },
             }],
         }
     }
@@ -210,9 +211,12 @@ impl Message<'_> {
             let event = Event::new(id, format!("{}://{}", self.scheme, self.address), metric).with_time(time);
             out.push(match event.validate() {
                 Ok(()) => Input::Event(event),
-                Err(error) => {
-                    Input::Bad { id: Some(event.id.to_string()), error: error.into(), raw: self.payload.to_vec() }
-                }
+                Err(error) => Input::Bad {
+                    id: Some(event.id.to_string()),
+                    error: error.into(),
+                    raw: self.payload.to_vec(),
+                    wire_type: None,
+                },
             });
         }
         if out.is_empty() {

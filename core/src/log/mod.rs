@@ -438,11 +438,15 @@ impl EventLog {
         let paths: Vec<PathBuf> = files.iter().map(|(_, path)| path.clone()).collect();
         let mut segments: Vec<Segment> = Vec::with_capacity(n_files);
         // A thread reads and verifies the segments while this one indexes their records: on a
-        // log of millions of records, the stream heads' map (a random access per record) and
-        // the reading (a sequential pass with a checksum per frame) take about as long.
+        // log of millions of streams, the stream heads' map (a random access per record) is the
+        // larger part of the work, the reading (a sequential pass with a checksum per frame)
+        // most of the rest.
         std::thread::scope(|scope| -> Result<()> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Scanned>(4);
-            scope.spawn(move || scan_segments(files, &tx));
+            std::thread::Builder::new()
+                .name("log-open-scan".into())
+                .spawn_scoped(scope, move || scan_segments(files, &tx))
+                .map_err(|e| io_error("starting the log's segment reader".into(), e))?;
             for scanned in rx {
                 match scanned {
                     Scanned::Frames { file, frames } => {

@@ -604,28 +604,55 @@ fn a_missing_middle_segment_fails_open_with_the_gap() {
     assert!(matches!(error, Error::Recovery(RecoveryError::Gap { .. })), "{error}");
 }
 
+/// Segments of more frames than the reader of `EventLog::open` hands over at a time.
+const BIG_SEGMENT: u64 = 8 << 20;
+
+/// A log of `total` records over `streams` streams in segments of [`BIG_SEGMENT`]; each
+/// stream's next sequence.
+fn build_big(dir: &Path, streams: &[String], total: u64) -> Vec<u64> {
+    let mut next = vec![1u64; streams.len()];
+    let log = EventLog::open(dir, config(Durability::Never, BIG_SEGMENT)).unwrap();
+    for n in 0..total {
+        let s = (n * 31 % streams.len() as u64) as usize;
+        log.append(&streams[s], Expected::Seq(next[s] - 1), &event(n, &streams[s])).unwrap();
+        next[s] += 1;
+    }
+    let segments = segment::list(dir).unwrap();
+    assert!(segments.len() >= 2, "several segments: {segments:?}");
+    assert!(segments[1].0 > 2 * SCANNED_CHUNK as u64, "a segment of several chunks: {segments:?}");
+    next
+}
+
 #[test]
 fn reopening_a_log_of_many_segments_and_streams_restores_every_stream_head() {
-    // More records than the reader hands over at a time, over many segments and streams: the
-    // heads indexed on open take the next append of each stream at exactly its next sequence.
+    // Segments of several chunks of frames, many streams: the heads indexed on open take the
+    // next append of each stream at exactly its next sequence.
     let dir = tempfile::tempdir().unwrap();
     let streams: Vec<String> = (0..97).map(|n| format!("asset-{n}")).collect();
-    let total = 3 * super::SCANNED_CHUNK as u64 + 11;
-    let mut next = vec![1u64; streams.len()];
-    {
-        let log = EventLog::open(dir.path(), config(Durability::Never, 64 << 10)).unwrap();
-        for n in 0..total {
-            let s = (n * 31 % streams.len() as u64) as usize;
-            log.append(&streams[s], Expected::Seq(next[s] - 1), &event(n, &streams[s])).unwrap();
-            next[s] += 1;
-        }
-    }
-    assert!(segment::list(dir.path()).unwrap().len() > 4, "several segments");
-    let log = EventLog::open(dir.path(), config(Durability::Never, 64 << 10)).unwrap();
+    let total = 100_000;
+    let next = build_big(dir.path(), &streams, total);
+    let log = EventLog::open(dir.path(), config(Durability::Never, BIG_SEGMENT)).unwrap();
     assert_eq!(log.next_position(), total);
     for (s, stream) in streams.iter().enumerate() {
         assert_eq!(log.stream_seq(stream), next[s] - 1, "{stream}");
         log.append(stream, Expected::Seq(next[s] - 1), &event(total + s as u64, stream)).unwrap();
     }
     assert_eq!(log.read_stream(&streams[5], 1).unwrap().len() as u64, next[5]);
+}
+
+#[test]
+fn a_stream_sequence_that_does_not_follow_fails_open_naming_the_record_while_the_reader_is_mid_segment() {
+    // A retired stream's remembered sequence ahead of its first record: the indexing thread
+    // fails on the first record of the first segment while the reader has chunks to go.
+    let dir = tempfile::tempdir().unwrap();
+    let streams: Vec<String> = (0..97).map(|n| format!("asset-{n}")).collect();
+    build_big(dir.path(), &streams, 100_000);
+    std::fs::write(dir.path().join(RETIRED_FILE), "999 asset-0\n").unwrap();
+    let error = EventLog::open(dir.path(), config(Durability::Never, BIG_SEGMENT)).unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, Error::Recovery(RecoveryError::Corrupt { .. })), "{text}");
+    let first = &segment::list(dir.path()).unwrap()[0].1;
+    let name = first.file_name().unwrap().to_str().unwrap();
+    let offset = format!("offset {}", segment::HEADER_LEN);
+    assert!(text.contains(name) && text.contains(&offset) && text.contains("expected 1000"), "{text}");
 }
