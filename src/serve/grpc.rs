@@ -430,29 +430,21 @@ fn subscription_stream<T: Send + 'static>(
     })
 }
 
-/// Forwards a subscription to a gRPC stream through a channel the stream already has (a
-/// replay's, after its log part): what `who` may see, as `message` renders it (`None` skips
-/// an event); ends when the client goes away.
+/// Forwards a stream (a [`subscription_stream`]) into a channel the response already has (a
+/// replay's, after its log part); ends when the client goes away.
 fn forward<T: Send + 'static>(
     tasks: &TaskTracker,
-    gateway: Arc<Gateway>,
-    who: Principal,
-    mut subscription: citytwin_twin::bus::Subscription,
+    stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
     tx: mpsc::Sender<Result<T, Status>>,
-    message: impl Fn(&Committed) -> Option<T> + Send + 'static,
 ) {
     tasks.spawn(async move {
+        let mut stream = std::pin::pin!(stream);
         loop {
             tokio::select! {
                 () = tx.closed() => return,
-                next = subscription.recv() => {
-                    let Some(committed) = next else { return };
-                    if !gateway.visible(&who, &committed.event) {
-                        continue;
-                    }
-                    if let Some(message) = message(&committed)
-                        && tx.send(Ok(message)).await.is_err()
-                    {
+                next = stream.next() => {
+                    let Some(item) = next else { return };
+                    if tx.send(item).await.is_err() {
                         return;
                     }
                 }
@@ -730,7 +722,9 @@ impl v1::replay_server::Replay for Api {
                 return;
             }
             if let Some(subscription) = subscription {
-                forward(&tasks, gateway, who, subscription, tx, move |c| Some(delivery(c, readings)));
+                let live =
+                    subscription_stream(&tasks, gateway, who, subscription, move |c| Some(delivery(c, readings)));
+                forward(&tasks, live, tx);
             }
         });
         Ok(Response::new(self.until_stopped(ReceiverStream::new(rx))))

@@ -307,24 +307,24 @@ struct ScannedRecord {
 const SCANNED_CHUNK: usize = 8_192;
 
 /// Reads and verifies every segment in order (see [`segment::scan`]), noting each segment's
-/// block index, and sends their frames and results to `tx`; stops at the first failure, or
-/// when the receiver is gone (it failed).
+/// block index, and sends their frames and results to `tx`; a failure is sent last.
 fn scan_segments(files: Vec<(u64, PathBuf)>, tx: &std::sync::mpsc::SyncSender<Scanned>) {
+    if let Err(error) = send_segments(files, tx) {
+        let _ = tx.send(Scanned::Failed(error));
+    }
+}
+
+/// [`scan_segments`] up to its first failure; stops early, with `Ok`, once the receiver is gone
+/// (the indexing failed).
+fn send_segments(files: Vec<(u64, PathBuf)>, tx: &std::sync::mpsc::SyncSender<Scanned>) -> Result<()> {
     let mut previous_next = None;
     for (file, (base, path)) in files.into_iter().enumerate() {
         if let Some(expected) = previous_next
             && expected != base
         {
-            let _ = tx.send(Scanned::Failed(RecoveryError::Gap { file: path, found: base, expected }.into()));
-            return;
+            return Err(RecoveryError::Gap { file: path, found: base, expected }.into());
         }
-        let read = match File::open(&path) {
-            Ok(read) => read,
-            Err(e) => {
-                let _ = tx.send(Scanned::Failed(io_error(format!("opening {}", path.display()), e)));
-                return;
-            }
-        };
+        let read = File::open(&path).map_err(|e| io_error(format!("opening {}", path.display()), e))?;
         let mut seg =
             Segment { base, next: base, path: path.clone(), file: Arc::new(read), len: 0, blocks: Vec::new() };
         let mut frames = Vec::with_capacity(SCANNED_CHUNK);
@@ -348,26 +348,16 @@ fn scan_segments(files: Vec<(u64, PathBuf)>, tx: &std::sync::mpsc::SyncSender<Sc
             }
             Ok(())
         });
-        if receiver_gone {
-            return;
+        if receiver_gone || (!frames.is_empty() && tx.send(Scanned::Frames { file, frames }).is_err()) {
+            return Ok(());
         }
-        if !frames.is_empty() && tx.send(Scanned::Frames { file, frames }).is_err() {
-            return;
-        }
-        let sent = match scanned {
-            Ok((valid_len, damage)) => {
-                previous_next = Some(seg.next);
-                tx.send(Scanned::Segment { file, segment: seg, valid_len, damage })
-            }
-            Err(error) => {
-                let _ = tx.send(Scanned::Failed(error));
-                return;
-            }
-        };
-        if sent.is_err() {
-            return;
+        let (valid_len, damage) = scanned?;
+        previous_next = Some(seg.next);
+        if tx.send(Scanned::Segment { file, segment: seg, valid_len, damage }).is_err() {
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 struct State {
