@@ -576,7 +576,7 @@ impl Twin {
         }
     }
 
-    /// Stops every actor and flushes the log.
+    /// Stops every actor, flushes the log and writes its heads checkpoint.
     ///
     /// # Errors
     /// When the final sync fails.
@@ -589,8 +589,13 @@ impl Twin {
         self.city_handle.await?;
         // Snapshots are a cache, but a restart rehydrates faster with them.
         self.writer.snapshots().flush().await;
+        // Synced, and the heads checkpointed: a restart indexes only what is appended after.
         let log = self.log.clone();
-        tokio::task::spawn_blocking(move || log.flush()).await??;
+        tokio::task::spawn_blocking(move || {
+            log.flush()?;
+            log.checkpoint()
+        })
+        .await??;
         Ok(())
     }
 }

@@ -19,11 +19,15 @@
 //!   cell under a parent), organization, start position.
 //! - Retention by age and size, whole segments only, never past the archive watermark.
 //! - Recovery on open: every frame's checksum is verified; a torn tail is truncated and
-//!   logged; any other damage is a hard [`RecoveryError`] naming file and offset.
+//!   logged; any other damage is a hard [`RecoveryError`] naming file and offset. The stream
+//!   heads come from the heads checkpoint (written on [`EventLog::checkpoint`], on close and
+//!   periodically at segment rolls) plus the records after it, so a restart indexes only
+//!   what was appended since.
 //!
 //! It is not: async. It uses std threads and blocking I/O; callers on an async runtime run
 //! appends on a blocking thread pool or a dedicated writer.
 
+mod checkpoint;
 mod frame;
 mod replay;
 mod segment;
@@ -118,6 +122,10 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// Retention, applied by [`EventLog::apply_retention`].
     pub retention: RetentionPolicy,
+    /// How often, at most, a segment roll writes the heads checkpoint (in the background), so
+    /// that opening the log after a crash indexes only the records since; `None` writes it only
+    /// on [`EventLog::checkpoint`] and on close. A roll writes none while one is being written.
+    pub checkpoint_every: Option<Duration>,
     /// The time recorded for events that carry none.
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
 }
@@ -128,6 +136,7 @@ impl std::fmt::Debug for LogConfig {
             .field("durability", &self.durability)
             .field("segment_bytes", &self.segment_bytes)
             .field("retention", &self.retention)
+            .field("checkpoint_every", &self.checkpoint_every)
             .finish_non_exhaustive()
     }
 }
@@ -138,6 +147,7 @@ impl Default for LogConfig {
             durability: Durability::Always,
             segment_bytes: 64 << 20,
             retention: RetentionPolicy::default(),
+            checkpoint_every: Some(Duration::from_secs(60)),
             clock: Arc::new(|| {
                 let since_epoch =
                     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -307,16 +317,17 @@ struct ScannedRecord {
 const SCANNED_CHUNK: usize = 8_192;
 
 /// Reads and verifies every segment in order (see [`segment::scan`]), noting each segment's
-/// block index, and sends their frames and results to `tx`; a failure is sent last.
-fn scan_segments(files: Vec<(u64, PathBuf)>, tx: &std::sync::mpsc::SyncSender<Scanned>) {
-    if let Err(error) = send_segments(files, tx) {
+/// block index, and sends their frames from position `indexed` on (those before it are in the
+/// heads checkpoint) and the segments' results to `tx`; a failure is sent last.
+fn scan_segments(files: Vec<(u64, PathBuf)>, indexed: u64, tx: &std::sync::mpsc::SyncSender<Scanned>) {
+    if let Err(error) = send_segments(files, indexed, tx) {
         let _ = tx.send(Scanned::Failed(error));
     }
 }
 
 /// [`scan_segments`] up to its first failure; stops early, with `Ok`, once the receiver is gone
 /// (the indexing failed).
-fn send_segments(files: Vec<(u64, PathBuf)>, tx: &std::sync::mpsc::SyncSender<Scanned>) -> Result<()> {
+fn send_segments(files: Vec<(u64, PathBuf)>, indexed: u64, tx: &std::sync::mpsc::SyncSender<Scanned>) -> Result<()> {
     let mut previous_next = None;
     for (file, (base, path)) in files.into_iter().enumerate() {
         if let Some(expected) = previous_next
@@ -332,6 +343,9 @@ fn send_segments(files: Vec<(u64, PathBuf)>, tx: &std::sync::mpsc::SyncSender<Sc
         let scanned = segment::scan(&path, base, |found| {
             let header = found.header;
             seg.note_frame(header.position, found.offset, header.time.as_nanos());
+            if header.position < indexed {
+                return Ok(());
+            }
             frames.push(ScannedRecord {
                 stream: StreamKey::new(header.stream),
                 seq: header.seq,
@@ -370,6 +384,30 @@ struct State {
     streams: FxHashMap<StreamKey, StreamHead>,
     buf: Vec<u8>,
     archived: u64,
+    /// When a roll last started writing the heads checkpoint (or the log was opened).
+    last_checkpoint: std::time::Instant,
+}
+
+/// The heads checkpoint on disk, shared with the thread a roll writes it from.
+#[derive(Debug, Default)]
+struct CheckpointFile {
+    /// The position the checkpoint on disk covers (0: none).
+    written: u64,
+    /// Retention deleted every record below this: a checkpoint covering less is stale.
+    floor: u64,
+}
+
+impl CheckpointFile {
+    /// Writes `bytes`, the checkpoint covering `covered`, unless the one on disk is as new or
+    /// retention made it stale. Every record below `covered` must be synced.
+    fn write(&mut self, dir: &Path, covered: u64, bytes: &[u8]) -> Result<()> {
+        if covered <= self.written || covered < self.floor {
+            return Ok(());
+        }
+        write_atomic(dir, checkpoint::CHECKPOINT_FILE, bytes)?;
+        self.written = covered;
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -390,6 +428,9 @@ struct Inner {
     poisoned: AtomicBool,
     /// How much of the active segment has left the page cache (see [`uncache`]).
     uncached: Mutex<uncache::Uncached>,
+    checkpoint: Arc<Mutex<CheckpointFile>>,
+    /// The thread writing a roll's checkpoint, if one was started.
+    checkpoint_writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The event log. Cheap to clone (shared); safe to use from many threads.
@@ -424,19 +465,46 @@ impl EventLog {
         let mut streams: FxHashMap<StreamKey, StreamHead> = load_retired(&dir)?;
         let files = segment::list(&dir)?;
         let first_base = files.first().map_or(0, |f| f.0);
+        let checkpoint = match checkpoint::read(&dir)? {
+            checkpoint::Read::Found(found) if found.covered < first_base => {
+                tracing::warn!(
+                    covered = found.covered,
+                    first_position = first_base,
+                    "ignoring a stale heads checkpoint (retention deleted records after it): indexing every record"
+                );
+                None
+            }
+            checkpoint::Read::Found(found) => Some(found),
+            checkpoint::Read::Damaged(reason) => {
+                tracing::warn!(%reason, "ignoring a damaged heads checkpoint: indexing every record");
+                None
+            }
+            checkpoint::Read::Missing => None,
+        };
+        // Every record below it was synced when the checkpoint was written.
+        let covered = checkpoint.as_ref().map_or(0, |c| c.covered);
         let n_files = files.len();
         let paths: Vec<PathBuf> = files.iter().map(|(_, path)| path.clone()).collect();
         let mut segments: Vec<Segment> = Vec::with_capacity(n_files);
         // A thread reads and verifies the segments while this one indexes their records: on a
         // log of millions of streams, the stream heads' map (a random access per record) is the
         // larger part of the work, the reading (a sequential pass with a checksum per frame)
-        // most of the rest.
-        std::thread::scope(|scope| -> Result<()> {
+        // most of the rest. A third reads the snapshot tables, which needs nothing of the log
+        // until their entries are checked against the stream heads, below.
+        let snapshots_dir = dir.join("snapshots");
+        let tables = std::thread::scope(|scope| -> Result<snapshot::TablesRead> {
+            let tables = std::thread::Builder::new()
+                .name("log-open-snapshots".into())
+                .spawn_scoped(scope, || snapshot::read_tables(&snapshots_dir))
+                .map_err(|e| io_error("starting the snapshot tables' reader".into(), e))?;
             let (tx, rx) = std::sync::mpsc::sync_channel::<Scanned>(4);
             std::thread::Builder::new()
                 .name("log-open-scan".into())
-                .spawn_scoped(scope, move || scan_segments(files, &tx))
+                .spawn_scoped(scope, move || scan_segments(files, covered, &tx))
                 .map_err(|e| io_error("starting the log's segment reader".into(), e))?;
+            if let Some(checkpoint) = &checkpoint {
+                checkpoint.load_into(&mut streams, first_base);
+            }
             for scanned in rx {
                 match scanned {
                     Scanned::Frames { file, frames } => {
@@ -480,7 +548,7 @@ impl EventLog {
                             .len();
                         match damage {
                             None if valid_len == file_len => {}
-                            Some(damage) if is_tail && !damage.followed_by_valid_frame => {
+                            Some(damage) if is_tail && !damage.followed_by_valid_frame && seg.next >= covered => {
                                 tracing::warn!(
                                     file = %path.display(),
                                     offset = damage.offset,
@@ -492,12 +560,19 @@ impl EventLog {
                                 seg.len = damage.offset.max(segment::HEADER_LEN);
                             }
                             Some(damage) => {
-                                return Err(RecoveryError::Corrupt {
-                                    file: path,
-                                    offset: damage.offset,
-                                    reason: damage.reason,
-                                }
-                                .into());
+                                let reason = if is_tail && !damage.followed_by_valid_frame {
+                                    format!(
+                                        "{} at position {}, below position {covered}, which was synced when the \
+                                         heads checkpoint was written: not a torn tail (removing {} would \
+                                         truncate the log here)",
+                                        damage.reason,
+                                        seg.next,
+                                        checkpoint::CHECKPOINT_FILE
+                                    )
+                                } else {
+                                    damage.reason
+                                };
+                                return Err(RecoveryError::Corrupt { file: path, offset: damage.offset, reason }.into());
                             }
                             None => {
                                 return Err(RecoveryError::Corrupt {
@@ -513,7 +588,7 @@ impl EventLog {
                     Scanned::Failed(error) => return Err(error),
                 }
             }
-            Ok(())
+            tables.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })?;
         let active = match segments.last() {
             Some(last) => std::fs::OpenOptions::new()
@@ -529,11 +604,33 @@ impl EventLog {
         let active_sync =
             Arc::new(active.try_clone().map_err(|e| io_error("cloning the active segment handle".into(), e))?);
         let next_position = segments.last().map_or(0, |s| s.next);
+        if next_position < covered {
+            // A torn tail is found in the last segment; damage before `covered` there is a
+            // Corrupt error above, so only missing files get here.
+            return Err(RecoveryError::Corrupt {
+                file: dir.join(checkpoint::CHECKPOINT_FILE),
+                offset: 0,
+                reason: format!(
+                    "the log ends at position {next_position}, but every record below {covered} was synced \
+                     when this checkpoint was written: synced records are missing"
+                ),
+            }
+            .into());
+        }
         let archived = read_archived(&dir)?;
-        let snapshots =
-            snapshot::SnapshotStore::open(&dir.join("snapshots"), &|stream| streams.get(stream).map_or(0, |h| h.seq))?;
-        let state =
-            State { segments, active, active_sync, next_position, streams, buf: Vec::with_capacity(1 << 16), archived };
+        let log_seqs = snapshot::LogSeqs::new(streams.iter().map(|(s, h)| (s.as_str(), h.seq)));
+        let snapshots = snapshot::SnapshotStore::from_read(&snapshots_dir, tables, &log_seqs)?;
+        drop(log_seqs);
+        let state = State {
+            segments,
+            active,
+            active_sync,
+            next_position,
+            streams,
+            buf: Vec::with_capacity(1 << 16),
+            archived,
+            last_checkpoint: std::time::Instant::now(),
+        };
         let inner = Arc::new(Inner {
             dir,
             snapshots,
@@ -543,6 +640,8 @@ impl EventLog {
             synced_cv: Condvar::new(),
             poisoned: AtomicBool::new(false),
             uncached: Mutex::default(),
+            checkpoint: Arc::new(Mutex::new(CheckpointFile { written: covered, floor: 0 })),
+            checkpoint_writer: Mutex::new(None),
         });
         if let Durability::Interval(interval) = inner.config.durability {
             spawn_flusher(Arc::downgrade(&inner), interval);
@@ -715,11 +814,69 @@ impl EventLog {
             let mut sync = lock(&self.inner.sync);
             sync.synced = sync.synced.max(state.next_position);
         }
+        if let Some(every) = self.inner.config.checkpoint_every
+            && state.last_checkpoint.elapsed() >= every
+        {
+            self.checkpoint_in_background(state);
+        }
         let (file, segment) = segment::create(&self.inner.dir, state.next_position)?;
         state.active_sync = Arc::new(file.try_clone().map_err(|e| io_error("cloning a segment handle".into(), e))?);
         state.active = file;
         state.segments.push(segment);
         Ok(())
+    }
+
+    /// Starts writing the heads checkpoint as `state` is now (every record synced) on its own
+    /// thread, unless the last one is still being written. The heads are encoded here, under
+    /// the writer lock: about 40 bytes per stream.
+    fn checkpoint_in_background(&self, state: &mut State) {
+        let mut writer = lock(&self.inner.checkpoint_writer);
+        if writer.as_ref().is_some_and(|running| !running.is_finished()) {
+            return;
+        }
+        if let Some(done) = writer.take() {
+            let _ = done.join();
+        }
+        state.last_checkpoint = std::time::Instant::now();
+        let covered = state.next_position;
+        let bytes = checkpoint::encode(covered, &state.streams);
+        let (file, dir) = (Arc::clone(&self.inner.checkpoint), self.inner.dir.clone());
+        let spawned = std::thread::Builder::new().name("citytwin-log-checkpoint".into()).spawn(move || {
+            if let Err(error) = lock(&file).write(&dir, covered, &bytes) {
+                tracing::warn!(%error, "writing the heads checkpoint failed: the next open indexes more records");
+            }
+        });
+        match spawned {
+            Ok(handle) => *writer = Some(handle),
+            Err(error) => tracing::warn!(%error, "could not start the heads checkpoint writer"),
+        }
+    }
+
+    /// Waits for a checkpoint a roll started writing.
+    #[cfg(test)]
+    fn wait_for_checkpoint_writer(&self) {
+        if let Some(writer) = lock(&self.inner.checkpoint_writer).take() {
+            writer.join().expect("the checkpoint writer does not panic");
+        }
+    }
+
+    /// Writes the heads checkpoint (`heads.checkpoint`), covering every record appended so
+    /// far, after syncing them: the next open indexes only records appended after it. Closing
+    /// the log does the same, and rolls do it periodically ([`LogConfig::checkpoint_every`]).
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`], or [`Error::Io`] when syncing or writing fails.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.check_poisoned()?;
+        let (covered, bytes) = {
+            let state = lock(&self.inner.state);
+            if state.next_position <= lock(&self.inner.checkpoint).written {
+                return Ok(());
+            }
+            (state.next_position, checkpoint::encode(state.next_position, &state.streams))
+        };
+        self.wait_synced(covered)?;
+        lock(&self.inner.checkpoint).write(&self.inner.dir, covered, &bytes)
     }
 
     /// Blocks until every position below `end` is synced, syncing as the group-commit leader
@@ -1049,10 +1206,23 @@ impl EventLog {
             report.freed_bytes += oldest.len;
             report.deleted_segments.push(oldest.path);
         }
+        report.first_position = state.segments[0].base;
         if !report.deleted_segments.is_empty() {
+            let mut checkpoint = lock(&self.inner.checkpoint);
+            checkpoint.floor = report.first_position;
+            if checkpoint.written < checkpoint.floor {
+                // Records after the checkpoint are gone: it no longer says what to index.
+                let path = self.inner.dir.join(checkpoint::CHECKPOINT_FILE);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_error(format!("removing {}", path.display()), e)),
+                }
+                checkpoint.written = 0;
+            }
+            drop(checkpoint);
             segment::sync_dir(&self.inner.dir)?;
         }
-        report.first_position = state.segments[0].base;
         Ok(report)
     }
 }
@@ -1062,10 +1232,24 @@ impl Drop for Inner {
         // A background snapshot compaction must not outlive the log (a reopen would find two
         // stores on one directory).
         self.snapshots.close();
+        let writer = self.checkpoint_writer.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(writer) = writer.take() {
+            let _ = writer.join();
+        }
         if !self.poisoned.load(Ordering::Acquire) {
             let state = self.state.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Err(error) = state.active.sync_data() {
                 tracing::error!(%error, "syncing the event log on close failed");
+                return;
+            }
+            // Everything is synced: the next open indexes only what is appended after this.
+            let checkpoint = Arc::clone(&self.checkpoint);
+            let mut checkpoint = lock(&checkpoint);
+            if state.next_position > checkpoint.written {
+                let bytes = checkpoint::encode(state.next_position, &state.streams);
+                if let Err(error) = checkpoint.write(&self.dir, state.next_position, &bytes) {
+                    tracing::warn!(%error, "writing the heads checkpoint on close failed: the next open indexes every record");
+                }
             }
         }
     }

@@ -143,52 +143,101 @@ fn decode_entry(rest: &[u8]) -> Option<(u64, &str, &[u8])> {
     Some((seq, stream, &rest[10 + len..]))
 }
 
+/// Every stream's last sequence in the log, for [`SnapshotStore::open`] to check the entries
+/// against: sorted by the index's key, so that the entries, sorted the same way, are checked
+/// in one merge. A lookup per entry in the log's table of stream heads was a cache miss each:
+/// with a million streams, most of the time a restart spent opening the log. (`None`: no
+/// entry is ahead, for tests of the store alone.)
+pub(crate) struct LogSeqs(Option<Vec<(u128, u64)>>);
+
+impl LogSeqs {
+    /// From each stream's id and last sequence.
+    pub(crate) fn new<'a>(heads: impl Iterator<Item = (&'a str, u64)>) -> LogSeqs {
+        let mut seqs: Vec<(u128, u64)> = heads.map(|(stream, seq)| (key(stream), seq)).collect();
+        seqs.sort_unstable();
+        LogSeqs(Some(seqs))
+    }
+
+    /// No entry is ahead of the log.
+    #[cfg(test)]
+    pub(crate) fn unlimited() -> LogSeqs {
+        LogSeqs(None)
+    }
+
+    /// For each of `found`, whether its sequence is ahead of its stream's in the log.
+    fn ahead(&self, found: &[Found]) -> Vec<bool> {
+        let Some(seqs) = &self.0 else {
+            return vec![false; found.len()];
+        };
+        let mut order: Vec<(u128, u32, u64)> =
+            found.iter().enumerate().map(|(i, entry)| (entry.key, i as u32, entry.loc.seq)).collect();
+        order.sort_unstable_by_key(|&(key, i, _)| (key, i));
+        let mut ahead = vec![false; found.len()];
+        let mut next = 0;
+        for (key, i, seq) in order {
+            while seqs.get(next).is_some_and(|&(stream, _)| stream < key) {
+                next += 1;
+            }
+            let log_seq = seqs.get(next).filter(|&&(stream, _)| stream == key).map_or(0, |&(_, seq)| seq);
+            ahead[i as usize] = seq > log_seq;
+        }
+        ahead
+    }
+}
+
+/// A valid entry found by [`scan`], in table order.
+struct Found {
+    key: u128,
+    loc: Loc,
+}
+
 impl SnapshotStore {
     /// Opens the table in `dir` (created when missing), rebuilding the index by one scan;
     /// compacts when dead entries dominate.
     ///
-    /// `log_seq` gives each stream's last sequence in the log: an entry ahead of it (a
+    /// `log_seqs` gives each stream's last sequence in the log: an entry ahead of it (a
     /// machine crash lost appends that a snapshot had seen) is dropped, so it can never be
     /// taken for the state at that sequence once the stream grows back to it.
-    pub(crate) fn open(dir: &Path, log_seq: &dyn Fn(&str) -> u64) -> Result<Arc<SnapshotStore>> {
-        Self::open_with(dir, COMPACT_MIN_DEAD, log_seq)
+    #[cfg(test)]
+    pub(crate) fn open(dir: &Path, log_seqs: &LogSeqs) -> Result<Arc<SnapshotStore>> {
+        Self::open_with(dir, COMPACT_MIN_DEAD, log_seqs)
     }
 
-    fn open_with(dir: &Path, compact_min_dead: u64, log_seq: &dyn Fn(&str) -> u64) -> Result<Arc<SnapshotStore>> {
-        std::fs::create_dir_all(dir).map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
-        let mut numbers = Vec::new();
-        let entries = std::fs::read_dir(dir).map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if let Some(number) = name.strip_prefix("table-").and_then(|n| n.strip_suffix(".snap")) {
-                if let Ok(number) = number.parse::<u32>() {
-                    numbers.push(number);
+    #[cfg(test)]
+    fn open_with(dir: &Path, compact_min_dead: u64, log_seqs: &LogSeqs) -> Result<Arc<SnapshotStore>> {
+        Self::open_read(dir, read_tables(dir)?, log_seqs, compact_min_dead)
+    }
+
+    /// [`SnapshotStore::open`] from tables already read by [`read_tables`].
+    pub(crate) fn from_read(dir: &Path, read: TablesRead, log_seqs: &LogSeqs) -> Result<Arc<SnapshotStore>> {
+        Self::open_read(dir, read, log_seqs, COMPACT_MIN_DEAD)
+    }
+
+    fn open_read(
+        dir: &Path,
+        read: TablesRead,
+        log_seqs: &LogSeqs,
+        compact_min_dead: u64,
+    ) -> Result<Arc<SnapshotStore>> {
+        let TablesRead { tables, total_bytes, found } = read;
+        let mut state =
+            State { index: FxHashMap::default(), tables, live_bytes: 0, total_bytes, buf: Vec::with_capacity(4096) };
+        // The entries in table order: a later one replaces an earlier one of its stream, and
+        // one ahead of the log takes the stream's snapshot away.
+        for (Found { key, loc }, ahead) in found.iter().zip(log_seqs.ahead(&found)) {
+            if ahead {
+                let table = &state.tables[&loc.table];
+                let stream = stream_at(table, loc).unwrap_or_else(|| "?".into());
+                tracing::warn!(stream, snapshot_seq = loc.seq, "dropping a snapshot ahead of the log");
+                if let Some(old) = state.index.remove(key) {
+                    state.live_bytes -= u64::from(old.len);
                 }
-            } else if name.ends_with(".snap") || name.ends_with(".snap.tmp") {
-                // One file per stream (earlier versions), or a compaction that did not finish.
-                let _ = std::fs::remove_file(entry.path());
+                continue;
             }
-        }
-        numbers.sort_unstable();
-        let mut state = State {
-            index: FxHashMap::default(),
-            tables: BTreeMap::new(),
-            live_bytes: 0,
-            total_bytes: 0,
-            buf: Vec::with_capacity(4096),
-        };
-        for number in numbers {
-            let path = table_path(dir, number);
-            let len = scan(&path, number, &mut state, log_seq)?;
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| io_error(format!("opening {}", path.display()), e))?;
-            state.total_bytes += len;
-            state.tables.insert(number, Table { number, path, file: Arc::new(file), len });
+            state.live_bytes += u64::from(loc.len);
+            if let Some(old) = state.index.insert(*key, *loc) {
+                state.live_bytes -= u64::from(old.len);
+            }
         }
         if state.tables.is_empty() {
             let table = create_table(dir, 0)?;
@@ -579,7 +628,59 @@ fn append(state: &mut State, entry: &[u8], k: u128, seq: u64) -> Result<()> {
 
 /// Reads a table front to back into the index; returns the length of its intact part (a torn
 /// or damaged tail is cut off: later saves append after what is intact).
-fn scan(path: &Path, number: u32, state: &mut State, log_seq: &dyn Fn(&str) -> u64) -> Result<u64> {
+/// The tables of a snapshot directory, read and verified: the first half of opening the
+/// store, which needs nothing of the log (so the log reads its segments meanwhile).
+pub(crate) struct TablesRead {
+    tables: BTreeMap<u32, Table>,
+    total_bytes: u64,
+    found: Vec<Found>,
+}
+
+/// Reads every table in `dir` (created when missing), cutting torn or damaged ends off, and
+/// removes leftovers of earlier versions and of an unfinished compaction.
+pub(crate) fn read_tables(dir: &Path) -> Result<TablesRead> {
+    std::fs::create_dir_all(dir).map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
+    let mut numbers = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(number) = name.strip_prefix("table-").and_then(|n| n.strip_suffix(".snap")) {
+            if let Ok(number) = number.parse::<u32>() {
+                numbers.push(number);
+            }
+        } else if name.ends_with(".snap") || name.ends_with(".snap.tmp") {
+            // One file per stream (earlier versions), or a compaction that did not finish.
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    numbers.sort_unstable();
+    let mut read = TablesRead { tables: BTreeMap::new(), total_bytes: 0, found: Vec::new() };
+    for number in numbers {
+        let path = table_path(dir, number);
+        let len = scan(&path, number, &mut read.found)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_error(format!("opening {}", path.display()), e))?;
+        read.total_bytes += len;
+        read.tables.insert(number, Table { number, path, file: Arc::new(file), len });
+    }
+    Ok(read)
+}
+
+/// The stream of the entry at `loc` (for a warning).
+fn stream_at(table: &Table, loc: &Loc) -> Option<String> {
+    let mut bytes = vec![0; loc.len as usize];
+    table.file.read_exact_at(&mut bytes, loc.offset).ok()?;
+    decode_entry(bytes.get(ENTRY_PREFIX..)?).map(|(_, stream, _)| stream.to_owned())
+}
+
+/// Reads table `number` at `path`, adding its valid entries to `found` in order; cuts a torn or
+/// damaged end off. Returns the table's length.
+fn scan(path: &Path, number: u32, found: &mut Vec<Found>) -> Result<u64> {
     let file = File::open(path).map_err(|e| io_error(format!("opening {}", path.display()), e))?;
     let file_len = file.metadata().map_err(|e| io_error(format!("reading {}", path.display()), e))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -607,19 +708,8 @@ fn scan(path: &Path, number: u32, state: &mut State, log_seq: &dyn Fn(&str) -> u
         let Some((seq, stream, _)) = decode_entry(&rest) else { break };
         let entry_len = (ENTRY_PREFIX + len) as u32;
         offset += u64::from(entry_len);
-        let k = key(stream);
-        if seq > log_seq(stream) {
-            tracing::warn!(stream, snapshot_seq = seq, "dropping a snapshot ahead of the log");
-            if let Some(old) = state.index.remove(&k) {
-                state.live_bytes -= u64::from(old.len);
-            }
-            continue;
-        }
         let loc = Loc { table: number, offset: offset - u64::from(entry_len), len: entry_len, seq };
-        state.live_bytes += u64::from(entry_len);
-        if let Some(old) = state.index.insert(k, loc) {
-            state.live_bytes -= u64::from(old.len);
-        }
+        found.push(Found { key: key(stream), loc });
     }
     if offset < file_len {
         tracing::warn!(file = %path.display(), offset, dropped_bytes = file_len - offset, "cutting a torn or damaged end off the snapshot table");
@@ -664,11 +754,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn entries_ahead_of_the_log_are_found_by_one_merge_in_any_order() {
+        // Streams 0..500 at sequence n in the log, stream 7 not in it at all; entries in a
+        // scrambled order, some of a stream twice.
+        let log = LogSeqs::new(
+            (0..500u64)
+                .filter(|&n| n != 7)
+                .map(|n| (format!("s{n}"), n))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|(s, n)| (s.as_str(), *n)),
+        );
+        let mut entries = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..1_500u64 {
+            let n = i * 7_919 % 500;
+            let seq = n + i % 3; // at, one past, two past the log's sequence
+            entries.push(Found { key: key(&format!("s{n}")), loc: Loc { table: 1, offset: i, len: 1, seq } });
+            expected.push(seq > n || (n == 7 && seq > 0));
+        }
+        assert_eq!(log.ahead(&entries), expected);
+        assert_eq!(LogSeqs::new(std::iter::empty()).ahead(&entries[..2]), [false, true], "sequence 0 is never ahead");
+    }
+
+    #[test]
     fn saves_and_loads_go_on_during_a_compaction_and_the_latest_entries_win() {
         // Entries of 4 KB over 600 streams: 2.4 MB live, so a compaction copies several chunks
         // while two threads keep saving and one keeps loading.
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open_with(dir.path(), 1 << 20, &|_| u64::MAX).unwrap();
+        let store = SnapshotStore::open_with(dir.path(), 1 << 20, &LogSeqs::unlimited()).unwrap();
         let state = |n: u64, round: u64| format!("{n}@{round};").repeat(4096 / 8).into_bytes();
         let saver = |streams: std::ops::Range<u64>| {
             let store = Arc::clone(&store);
@@ -705,7 +819,7 @@ mod tests {
         let stats = store.stats();
         assert!(stats.2 < 2 * stats.1 + (1 << 20) + 2 * HEADER_LEN, "compacted: {stats:?}");
         drop(store);
-        let store = SnapshotStore::open_with(dir.path(), 1 << 20, &|_| u64::MAX).unwrap();
+        let store = SnapshotStore::open_with(dir.path(), 1 << 20, &LogSeqs::unlimited()).unwrap();
         assert_eq!(store.stats().0, 600);
         assert_eq!(store.stats().1, stats.1, "live bytes as counted while running");
         for n in 0..600 {
@@ -717,7 +831,7 @@ mod tests {
     #[test]
     fn the_latest_entry_of_each_stream_wins_across_reopens_and_compactions() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open_with(dir.path(), 4096, &|_| u64::MAX).unwrap();
+        let store = SnapshotStore::open_with(dir.path(), 4096, &LogSeqs::unlimited()).unwrap();
         for round in 0..20u64 {
             for n in 0..100 {
                 store.save(&format!("asset:{n}"), round, format!("{n}@{round}").repeat(4).as_bytes()).unwrap();
@@ -729,7 +843,7 @@ mod tests {
         assert!(total < 2 * live + 4096 + HEADER_LEN, "dead entries were compacted away: {live} live of {total}");
         assert!(table_files(dir.path()).len() == 1, "the old tables are gone");
         drop(store);
-        let store = SnapshotStore::open_with(dir.path(), 4096, &|_| u64::MAX).unwrap();
+        let store = SnapshotStore::open_with(dir.path(), 4096, &LogSeqs::unlimited()).unwrap();
         for n in 0..100 {
             let snapshot = store.load(&format!("asset:{n}")).unwrap().unwrap();
             assert_eq!((snapshot.seq, snapshot.state), (19, format!("{n}@19").repeat(4).into_bytes()));
@@ -740,31 +854,31 @@ mod tests {
     #[test]
     fn a_torn_end_is_cut_off_and_earlier_entries_survive() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path(), &|_| u64::MAX).unwrap();
+        let store = SnapshotStore::open(dir.path(), &LogSeqs::unlimited()).unwrap();
         store.save("a", 1, b"first").unwrap();
         store.save("b", 1, b"second").unwrap();
         drop(store);
         let table = &table_files(dir.path())[0];
         let len = std::fs::metadata(table).unwrap().len();
         std::fs::OpenOptions::new().write(true).open(table).unwrap().set_len(len - 3).unwrap();
-        let store = SnapshotStore::open(dir.path(), &|_| u64::MAX).unwrap();
+        let store = SnapshotStore::open(dir.path(), &LogSeqs::unlimited()).unwrap();
         assert_eq!(store.load("a").unwrap().unwrap().state, b"first");
         assert_eq!(store.load("b").unwrap(), None, "the torn entry is gone");
         store.save("b", 2, b"again").unwrap();
         drop(store);
-        let store = SnapshotStore::open(dir.path(), &|_| u64::MAX).unwrap();
+        let store = SnapshotStore::open(dir.path(), &LogSeqs::unlimited()).unwrap();
         assert_eq!(store.load("b").unwrap().unwrap(), Snapshot { seq: 2, state: b"again".to_vec() });
     }
 
     #[test]
     fn cursors_are_durable_and_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(dir.path(), &|_| u64::MAX).unwrap();
+        let store = SnapshotStore::open(dir.path(), &LogSeqs::unlimited()).unwrap();
         assert_eq!(store.cursor("assets").unwrap(), 0);
         store.set_cursor("assets", 1234).unwrap();
         store.set_cursor("cells", 99).unwrap();
         drop(store);
-        let store = SnapshotStore::open(dir.path(), &|_| u64::MAX).unwrap();
+        let store = SnapshotStore::open(dir.path(), &LogSeqs::unlimited()).unwrap();
         assert_eq!((store.cursor("assets").unwrap(), store.cursor("cells").unwrap()), (1234, 99));
         let path = cursor_path(dir.path(), "assets");
         let mut bytes = std::fs::read(&path).unwrap();

@@ -61,6 +61,7 @@ fn config(durability: Durability, segment_bytes: u64) -> LogConfig {
         durability,
         segment_bytes,
         retention: RetentionPolicy::default(),
+        checkpoint_every: None,
         clock: Arc::new(|| Timestamp::from_secs(1_800_000_000)),
     }
 }
@@ -467,6 +468,8 @@ fn snapshots_ahead_of_the_log_are_ignored() {
         u64::from(state.streams["s"].offset)
     };
     drop(log);
+    // A crash, not a close: no checkpoint says the last record was synced.
+    std::fs::remove_file(dir.path().join(checkpoint::CHECKPOINT_FILE)).unwrap();
     std::fs::OpenOptions::new().write(true).open(&tail).unwrap().set_len(offset_of_last + 5).unwrap();
     let log = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap();
     let load = log.load_stream("s").unwrap();
@@ -648,6 +651,8 @@ fn a_stream_sequence_that_does_not_follow_fails_open_naming_the_record_while_the
     let streams: Vec<String> = (0..97).map(|n| format!("asset-{n}")).collect();
     build_big(dir.path(), &streams, 100_000);
     std::fs::write(dir.path().join(RETIRED_FILE), "999 asset-0\n").unwrap();
+    // Without a heads checkpoint, every record is indexed and checked.
+    std::fs::remove_file(dir.path().join(checkpoint::CHECKPOINT_FILE)).unwrap();
     let error = EventLog::open(dir.path(), config(Durability::Never, BIG_SEGMENT)).unwrap_err();
     let text = error.to_string();
     assert!(matches!(error, Error::Recovery(RecoveryError::Corrupt { .. })), "{text}");
@@ -655,4 +660,180 @@ fn a_stream_sequence_that_does_not_follow_fails_open_naming_the_record_while_the
     let name = first.file_name().unwrap().to_str().unwrap();
     let offset = format!("offset {}", segment::HEADER_LEN);
     assert!(text.contains(name) && text.contains(&offset) && text.contains("expected 1000"), "{text}");
+}
+
+/// The position the heads checkpoint in `dir` covers (it must be there and verify).
+fn checkpoint_covers(dir: &Path) -> u64 {
+    match checkpoint::read(dir).unwrap() {
+        checkpoint::Read::Found(found) => found.covered,
+        other => panic!("no usable heads checkpoint in {}: {other:?}", dir.display()),
+    }
+}
+
+/// Every stream's head as the log answers it: (stream, last sequence, its records' positions).
+fn heads_of(log: &EventLog, streams: &[String]) -> Vec<(String, u64, Vec<u64>)> {
+    streams
+        .iter()
+        .map(|s| {
+            let positions = log.read_stream(s, 1).unwrap().iter().map(|r| r.position).collect();
+            (s.clone(), log.stream_seq(s), positions)
+        })
+        .collect()
+}
+
+/// A copy of the log's files as they are now: what a crash of the process would leave.
+fn crash_image(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            crash_image(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn closing_writes_a_heads_checkpoint_and_a_crash_after_more_appends_indexes_them_on_top_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let streams: Vec<String> = (0..97).map(|n| format!("asset-{n}")).collect();
+    let total = 100_000;
+    build_big(dir.path(), &streams, total);
+    assert_eq!(checkpoint_covers(dir.path()), total, "closing checkpoints every record");
+    let log = EventLog::open(dir.path(), config(Durability::Never, BIG_SEGMENT)).unwrap();
+    for n in 0..300 {
+        let stream = &streams[(n * 7 % 13) as usize];
+        log.append(stream, Expected::Any, &event(total + n, stream)).unwrap();
+    }
+    log.append("a-new-stream", Expected::Seq(0), &event(total + 300, "a-new-stream")).unwrap();
+    let mut all = streams.clone();
+    all.push("a-new-stream".into());
+    let live = heads_of(&log, &all);
+    let image = tempfile::tempdir().unwrap();
+    crash_image(dir.path(), image.path());
+    assert_eq!(checkpoint_covers(image.path()), total, "the crash image holds the checkpoint from before");
+    let reopened = EventLog::open(image.path(), config(Durability::Never, BIG_SEGMENT)).unwrap();
+    assert_eq!(reopened.next_position(), total + 301);
+    assert_eq!(heads_of(&reopened, &all), live, "the checkpoint's heads plus the records after it");
+    drop(reopened);
+    // And the same without any checkpoint: every record indexed.
+    std::fs::remove_file(image.path().join(checkpoint::CHECKPOINT_FILE)).unwrap();
+    let indexed = EventLog::open(image.path(), config(Durability::Never, BIG_SEGMENT)).unwrap();
+    assert_eq!(heads_of(&indexed, &all), live);
+}
+
+#[test]
+fn a_heads_checkpoint_stands_for_the_records_it_covers() {
+    // A retired sequence that contradicts the records is an error when they are indexed (see
+    // the test above on sequences), but records the checkpoint covers are not indexed again:
+    // the checkpoint's head wins, which shows opening did not index them.
+    let dir = tempfile::tempdir().unwrap();
+    let streams: Vec<String> = (0..97).map(|n| format!("asset-{n}")).collect();
+    let next = build_big(dir.path(), &streams, 100_000);
+    std::fs::write(dir.path().join(RETIRED_FILE), "999 asset-0\n").unwrap();
+    let log = EventLog::open(dir.path(), config(Durability::Never, BIG_SEGMENT)).unwrap();
+    assert_eq!(log.stream_seq("asset-0"), next[0] - 1);
+}
+
+#[test]
+fn a_roll_writes_the_heads_checkpoint_when_due_and_a_crash_reopens_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Durability::Never, 4_096);
+    cfg.checkpoint_every = Some(Duration::ZERO);
+    let log = EventLog::open(dir.path(), cfg.clone()).unwrap();
+    for i in 0..200 {
+        let stream = STREAMS[(i % 4) as usize];
+        log.append(stream, Expected::Any, &event(i, stream)).unwrap();
+    }
+    log.wait_for_checkpoint_writer();
+    let covered = checkpoint_covers(dir.path());
+    let bases: Vec<u64> = segment::list(dir.path()).unwrap().iter().map(|(base, _)| *base).collect();
+    assert!(covered > 0 && covered < 200, "a roll's checkpoint, not a close's: {covered}");
+    assert!(bases.contains(&covered), "it covers exactly the sealed segments: {covered} in {bases:?}");
+    let streams: Vec<String> = STREAMS.iter().map(|s| (*s).to_owned()).collect();
+    let live = heads_of(&log, &streams);
+    let image = tempfile::tempdir().unwrap();
+    crash_image(dir.path(), image.path());
+    let reopened = EventLog::open(image.path(), cfg).unwrap();
+    assert_eq!(reopened.next_position(), 200);
+    assert_eq!(heads_of(&reopened, &streams), live);
+}
+
+#[test]
+fn damage_below_the_checkpointed_position_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap();
+    for i in 0..10 {
+        log.append("s", Expected::Any, &event(i, "s")).unwrap();
+    }
+    drop(log);
+    assert_eq!(checkpoint_covers(dir.path()), 10);
+    let tail = tail_segment(dir.path());
+    let len = std::fs::metadata(&tail).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&tail).unwrap().set_len(len - 5).unwrap();
+    let error = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, Error::Recovery(RecoveryError::Corrupt { .. })), "{text}");
+    assert!(text.contains("below position 10") && text.contains(checkpoint::CHECKPOINT_FILE), "{text}");
+    // Without the checkpoint's word for it, the cut frame is a torn tail.
+    std::fs::remove_file(dir.path().join(checkpoint::CHECKPOINT_FILE)).unwrap();
+    let log = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap();
+    assert_eq!((log.next_position(), log.stream_seq("s")), (9, 9));
+}
+
+#[test]
+fn a_checkpoint_beyond_the_end_of_the_log_means_synced_records_are_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = build_segments(dir.path(), 200);
+    std::fs::remove_file(segments.last().unwrap()).unwrap();
+    let error = EventLog::open(dir.path(), config(Durability::Never, 4_096)).unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("synced records are missing") && text.contains("below 200"), "{text}");
+}
+
+#[test]
+fn a_damaged_heads_checkpoint_is_ignored_and_every_record_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let streams: Vec<String> = STREAMS.iter().map(|s| (*s).to_owned()).collect();
+    build_segments(dir.path(), 200);
+    let log = EventLog::open(dir.path(), config(Durability::Never, 4_096)).unwrap();
+    let expected = heads_of(&log, &streams);
+    drop(log);
+    let path = dir.path().join(checkpoint::CHECKPOINT_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[40] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(dir.path().join(RETIRED_FILE), "999 sensor_001\n").unwrap();
+    // Indexed again from the records, the contradicting retired sequence is found.
+    let error = EventLog::open(dir.path(), config(Durability::Never, 4_096)).unwrap_err();
+    assert!(error.to_string().contains("expected 1000"), "{error}");
+    std::fs::remove_file(dir.path().join(RETIRED_FILE)).unwrap();
+    let log = EventLog::open(dir.path(), config(Durability::Never, 4_096)).unwrap();
+    assert_eq!(heads_of(&log, &streams), expected);
+}
+
+#[test]
+fn retention_past_the_heads_checkpoint_removes_it_and_sequences_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Durability::Never, 4_096);
+    cfg.retention = RetentionPolicy { max_age: None, max_bytes: Some(8_192), require_archive: false };
+    let log = EventLog::open(dir.path(), cfg.clone()).unwrap();
+    for i in 0..20 {
+        log.append("early", Expected::Any, &event(i, "early")).unwrap();
+    }
+    log.checkpoint().unwrap();
+    assert_eq!(checkpoint_covers(dir.path()), 20);
+    for i in 20..300 {
+        log.append("late", Expected::Any, &event(i, "late")).unwrap();
+    }
+    let report = log.apply_retention(Timestamp::from_secs(1_800_000_000)).unwrap();
+    assert!(report.first_position > 20, "retention deleted records after the checkpoint: {report:?}");
+    assert!(!dir.path().join(checkpoint::CHECKPOINT_FILE).exists(), "the stale checkpoint is removed");
+    drop(log);
+    assert!(checkpoint_covers(dir.path()) == 300, "closing writes a new one");
+    let log = EventLog::open(dir.path(), cfg).unwrap();
+    assert_eq!((log.stream_seq("early"), log.stream_seq("late")), (20, 280));
+    assert_eq!(log.append("early", Expected::Seq(20), &event(1, "early")).unwrap().seq, 21);
 }
