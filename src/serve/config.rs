@@ -137,6 +137,10 @@ pub(crate) struct TwinSection {
     /// When an ingested event counts as stored (`Durability::parse`): `always` (fsynced
     /// before the answer, the default), `interval` / `interval:<duration>` or `never`.
     pub(crate) durability: Option<String>,
+    /// How often, at most, the event log writes its heads checkpoint at a segment roll (a
+    /// duration, or `off` for only at shutdown): after a crash, a restart indexes the records
+    /// since the last one.
+    pub(crate) checkpoint_every: Option<String>,
     /// The city's roads and buildings (a GeoJSON FeatureCollection), served to viewers by
     /// `Query.Geometry` and `GET /v1/geometry`.
     pub(crate) geometry: Option<PathBuf>,
@@ -154,6 +158,21 @@ impl TwinSection {
             .transpose()
             .map_err(|error| format!("twin.durability: {error}"))
     }
+
+    /// The configured checkpoint interval (`Some(None)`: `off`), when one is set.
+    ///
+    /// # Errors
+    /// `twin.checkpoint_every: ` and why the value is not one.
+    pub(crate) fn checkpoint_every(&self) -> Result<Option<Option<std::time::Duration>>, String> {
+        self.checkpoint_every
+            .as_deref()
+            .map(|text| match text {
+                "off" => Ok(None),
+                every => citytwin_core::duration::parse_duration(every).map(Some),
+            })
+            .transpose()
+            .map_err(|error| format!("twin.checkpoint_every: {error} (or \"off\")"))
+    }
 }
 
 impl Default for TwinSection {
@@ -165,6 +184,7 @@ impl Default for TwinSection {
             snapshot_every: None,
             max_live_assets: None,
             durability: None,
+            checkpoint_every: None,
             geometry: None,
         }
     }
@@ -266,6 +286,9 @@ impl ServeConfig {
         if let Err(error) = self.twin.durability() {
             problems.push(error);
         }
+        if let Err(error) = self.twin.checkpoint_every() {
+            problems.push(error);
+        }
         for (name, value) in [
             ("limits.events_per_second", self.limits.events_per_second),
             ("limits.event_burst", self.limits.event_burst),
@@ -328,15 +351,28 @@ mod tests {
     }
 
     #[test]
+    fn the_checkpoint_interval_is_a_duration_or_off() {
+        let parse = |value: &str| {
+            let config: ServeConfig = toml::from_str(&format!("[twin]\ncheckpoint_every = \"{value}\"\n")).unwrap();
+            config.twin.checkpoint_every()
+        };
+        assert_eq!(parse("30s"), Ok(Some(Some(std::time::Duration::from_secs(30)))));
+        assert_eq!(parse("off"), Ok(Some(None)));
+        let unset: ServeConfig = toml::from_str("[twin]\n").unwrap();
+        assert_eq!(unset.twin.checkpoint_every(), Ok(None));
+    }
+
+    #[test]
     fn every_problem_is_reported() {
         let config: ServeConfig = toml::from_str(
-            "[twin]\nresolution = 16\ndurability = \"sometimes\"\n[limits]\nevent_burst = 0\n[[organizations]]\nname = \"a\"\ntoken_sha256 = \"xyz\"\n[[organizations]]\nname = \"a\"\ntoken_sha256 = []\n",
+            "[twin]\nresolution = 16\ndurability = \"sometimes\"\ncheckpoint_every = \"often\"\n[limits]\nevent_burst = 0\n[[organizations]]\nname = \"a\"\ntoken_sha256 = \"xyz\"\n[[organizations]]\nname = \"a\"\ntoken_sha256 = []\n",
         )
         .unwrap();
         let message = config.check().unwrap_err().to_string();
         for expected in [
             "twin.resolution",
             "twin.durability: unknown durability \"sometimes\"",
+            "twin.checkpoint_every: expected a duration",
             "limits.event_burst",
             "organizations[0].token_sha256",
             "appears twice",

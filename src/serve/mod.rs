@@ -148,6 +148,9 @@ pub(crate) async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     if let Some(durability) = config.twin.durability().map_err(anyhow::Error::msg)? {
         twin_config.log.durability = durability;
     }
+    if let Some(every) = config.twin.checkpoint_every().map_err(anyhow::Error::msg)? {
+        twin_config.log.checkpoint_every = every;
+    }
     let twin = Twin::start(twin_config).await.map_err(|e| anyhow::anyhow!("starting the twin: {e}"))?;
     let geometry = config.twin.geometry.as_deref().map(CityGeometry::load).transpose()?;
     start_with(config, twin, cells, geometry).await

@@ -17,8 +17,7 @@ use std::path::Path;
 
 use rustc_hash::FxHashMap;
 
-use super::{StreamHead, StreamKey, frame, io_error};
-use crate::Result;
+use super::{StreamHead, StreamKey, frame};
 
 /// The checkpoint's file name in the log's directory.
 pub(super) const CHECKPOINT_FILE: &str = "heads.checkpoint";
@@ -71,21 +70,19 @@ pub(super) enum Read {
     Found(Checkpoint),
 }
 
-/// Reads and verifies the checkpoint in `dir`.
-///
-/// # Errors
-/// [`crate::Error::Io`] when it exists but cannot be read.
-pub(super) fn read(dir: &Path) -> Result<Read> {
+/// Reads and verifies the checkpoint in `dir`; one that cannot be read is [`Read::Damaged`]
+/// (a cache: opening goes on without it).
+pub(super) fn read(dir: &Path) -> Read {
     let path = dir.join(CHECKPOINT_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Read::Missing),
-        Err(e) => return Err(io_error(format!("reading {}", path.display()), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Read::Missing,
+        Err(e) => return Read::Damaged(format!("reading {}: {e}", path.display())),
     };
-    Ok(match verify(bytes) {
+    match verify(bytes) {
         Ok(checkpoint) => Read::Found(checkpoint),
         Err(reason) => Read::Damaged(reason),
-    })
+    }
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {

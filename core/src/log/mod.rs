@@ -465,7 +465,7 @@ impl EventLog {
         let mut streams: FxHashMap<StreamKey, StreamHead> = load_retired(&dir)?;
         let files = segment::list(&dir)?;
         let first_base = files.first().map_or(0, |f| f.0);
-        let checkpoint = match checkpoint::read(&dir)? {
+        let checkpoint = match checkpoint::read(&dir) {
             checkpoint::Read::Found(found) if found.covered < first_base => {
                 tracing::warn!(
                     covered = found.covered,
@@ -590,19 +590,6 @@ impl EventLog {
             }
             tables.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })?;
-        let active = match segments.last() {
-            Some(last) => std::fs::OpenOptions::new()
-                .append(true)
-                .open(&last.path)
-                .map_err(|e| io_error(format!("opening {}", last.path.display()), e))?,
-            None => {
-                let (file, seg) = segment::create(&dir, 0)?;
-                segments.push(seg);
-                file
-            }
-        };
-        let active_sync =
-            Arc::new(active.try_clone().map_err(|e| io_error("cloning the active segment handle".into(), e))?);
         let next_position = segments.last().map_or(0, |s| s.next);
         if next_position < covered {
             // A torn tail is found in the last segment; damage before `covered` there is a
@@ -617,6 +604,27 @@ impl EventLog {
             }
             .into());
         }
+        let active = match segments.last() {
+            Some(last) => {
+                let file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&last.path)
+                    .map_err(|e| io_error(format!("opening {}", last.path.display()), e))?;
+                // A killed process leaves written frames in the page cache, unsynced: sync
+                // them, so that everything below `next_position` is on disk, as the sync state
+                // and a checkpoint written before the next append take for granted. (Sealed
+                // segments were synced when they were sealed.)
+                file.sync_data().map_err(|e| io_error(format!("syncing {}", last.path.display()), e))?;
+                file
+            }
+            None => {
+                let (file, seg) = segment::create(&dir, 0)?;
+                segments.push(seg);
+                file
+            }
+        };
+        let active_sync =
+            Arc::new(active.try_clone().map_err(|e| io_error("cloning the active segment handle".into(), e))?);
         let archived = read_archived(&dir)?;
         let log_seqs = snapshot::LogSeqs::new(streams.iter().map(|(s, h)| (s.as_str(), h.seq)));
         let snapshots = snapshot::SnapshotStore::from_read(&snapshots_dir, tables, &log_seqs)?;
@@ -868,9 +876,11 @@ impl EventLog {
     /// [`Error::Poisoned`], or [`Error::Io`] when syncing or writing fails.
     pub fn checkpoint(&self) -> Result<()> {
         self.check_poisoned()?;
+        // Not under the writer lock: a roll's checkpoint may be being written meanwhile.
+        let written = lock(&self.inner.checkpoint).written;
         let (covered, bytes) = {
             let state = lock(&self.inner.state);
-            if state.next_position <= lock(&self.inner.checkpoint).written {
+            if state.next_position <= written {
                 return Ok(());
             }
             (state.next_position, checkpoint::encode(state.next_position, &state.streams))
@@ -1207,9 +1217,11 @@ impl EventLog {
             report.deleted_segments.push(oldest.path);
         }
         report.first_position = state.segments[0].base;
+        // Appends go on while a roll's checkpoint that this waits for is being written.
+        drop(state);
         if !report.deleted_segments.is_empty() {
             let mut checkpoint = lock(&self.inner.checkpoint);
-            checkpoint.floor = report.first_position;
+            checkpoint.floor = checkpoint.floor.max(report.first_position);
             if checkpoint.written < checkpoint.floor {
                 // Records after the checkpoint are gone: it no longer says what to index.
                 let path = self.inner.dir.join(checkpoint::CHECKPOINT_FILE);

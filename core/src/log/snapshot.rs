@@ -169,8 +169,8 @@ impl LogSeqs {
         let Some(seqs) = &self.0 else {
             return vec![false; found.len()];
         };
-        let mut order: Vec<(u128, u32, u64)> =
-            found.iter().enumerate().map(|(i, entry)| (entry.key, i as u32, entry.loc.seq)).collect();
+        let mut order: Vec<(u128, usize, u64)> =
+            found.iter().enumerate().map(|(i, entry)| (entry.key, i, entry.loc.seq)).collect();
         order.sort_unstable_by_key(|&(key, i, _)| (key, i));
         let mut ahead = vec![false; found.len()];
         let mut next = 0;
@@ -179,7 +179,7 @@ impl LogSeqs {
                 next += 1;
             }
             let log_seq = seqs.get(next).filter(|&&(stream, _)| stream == key).map_or(0, |&(_, seq)| seq);
-            ahead[i as usize] = seq > log_seq;
+            ahead[i] = seq > log_seq;
         }
         ahead
     }
@@ -219,7 +219,14 @@ impl SnapshotStore {
         log_seqs: &LogSeqs,
         compact_min_dead: u64,
     ) -> Result<Arc<SnapshotStore>> {
-        let TablesRead { tables, total_bytes, found } = read;
+        let TablesRead { tables, total_bytes, found, repairs, leftovers } = read;
+        for path in leftovers {
+            // One file per stream (earlier versions), or a compaction that did not finish.
+            let _ = std::fs::remove_file(path);
+        }
+        for (path, repair) in repairs {
+            repair.apply(&path)?;
+        }
         let mut state =
             State { index: FxHashMap::default(), tables, live_bytes: 0, total_bytes, buf: Vec::with_capacity(4096) };
         // The entries in table order: a later one replaces an earlier one of its stream, and
@@ -629,18 +636,23 @@ fn append(state: &mut State, entry: &[u8], k: u128, seq: u64) -> Result<()> {
 /// Reads a table front to back into the index; returns the length of its intact part (a torn
 /// or damaged tail is cut off: later saves append after what is intact).
 /// The tables of a snapshot directory, read and verified: the first half of opening the
-/// store, which needs nothing of the log (so the log reads its segments meanwhile).
+/// store, which needs nothing of the log (so the log reads its segments meanwhile). It changes
+/// no file: the repairs it found are made once the log has opened.
 pub(crate) struct TablesRead {
     tables: BTreeMap<u32, Table>,
     total_bytes: u64,
     found: Vec<Found>,
+    repairs: Vec<(PathBuf, Repair)>,
+    /// Per-stream files of earlier versions, and tables of a compaction that did not finish.
+    leftovers: Vec<PathBuf>,
 }
 
-/// Reads every table in `dir` (created when missing), cutting torn or damaged ends off, and
-/// removes leftovers of earlier versions and of an unfinished compaction.
+/// Reads every table in `dir` (created when missing), noting torn or damaged ends and the
+/// leftovers of earlier versions and of an unfinished compaction.
 pub(crate) fn read_tables(dir: &Path) -> Result<TablesRead> {
     std::fs::create_dir_all(dir).map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
     let mut numbers = Vec::new();
+    let mut read_leftovers = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
@@ -651,15 +663,23 @@ pub(crate) fn read_tables(dir: &Path) -> Result<TablesRead> {
                 numbers.push(number);
             }
         } else if name.ends_with(".snap") || name.ends_with(".snap.tmp") {
-            // One file per stream (earlier versions), or a compaction that did not finish.
-            let _ = std::fs::remove_file(entry.path());
+            read_leftovers.push(entry.path());
         }
     }
     numbers.sort_unstable();
-    let mut read = TablesRead { tables: BTreeMap::new(), total_bytes: 0, found: Vec::new() };
+    let mut read = TablesRead {
+        tables: BTreeMap::new(),
+        total_bytes: 0,
+        found: Vec::new(),
+        repairs: Vec::new(),
+        leftovers: read_leftovers,
+    };
     for number in numbers {
         let path = table_path(dir, number);
-        let len = scan(&path, number, &mut read.found)?;
+        let (len, repair) = scan(&path, number, &mut read.found)?;
+        if let Some(repair) = repair {
+            read.repairs.push((path.clone(), repair));
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .append(true)
@@ -680,14 +700,13 @@ fn stream_at(table: &Table, loc: &Loc) -> Option<String> {
 
 /// Reads table `number` at `path`, adding its valid entries to `found` in order; cuts a torn or
 /// damaged end off. Returns the table's length.
-fn scan(path: &Path, number: u32, found: &mut Vec<Found>) -> Result<u64> {
+fn scan(path: &Path, number: u32, found: &mut Vec<Found>) -> Result<(u64, Option<Repair>)> {
     let file = File::open(path).map_err(|e| io_error(format!("opening {}", path.display()), e))?;
     let file_len = file.metadata().map_err(|e| io_error(format!("reading {}", path.display()), e))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut header = [0u8; HEADER_LEN as usize];
     if reader.read_exact(&mut header).is_err() || &header[..8] != MAGIC || header[8..12] != VERSION.to_le_bytes() {
-        tracing::warn!(file = %path.display(), "ignoring a snapshot table with an unknown header");
-        return rewrite_empty(path);
+        return Ok((HEADER_LEN, Some(Repair::Empty)));
     }
     let mut offset = HEADER_LEN;
     let mut prefix = [0u8; ENTRY_PREFIX];
@@ -711,15 +730,36 @@ fn scan(path: &Path, number: u32, found: &mut Vec<Found>) -> Result<u64> {
         let loc = Loc { table: number, offset: offset - u64::from(entry_len), len: entry_len, seq };
         found.push(Found { key: key(stream), loc });
     }
-    if offset < file_len {
-        tracing::warn!(file = %path.display(), offset, dropped_bytes = file_len - offset, "cutting a torn or damaged end off the snapshot table");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| io_error(format!("opening {}", path.display()), e))?;
-        file.set_len(offset).map_err(|e| io_error(format!("truncating {}", path.display()), e))?;
+    let repair = (offset < file_len).then_some(Repair::Cut { at: offset, file_len });
+    Ok((offset, repair))
+}
+
+/// What opening must change in a table that [`scan`] read (only once the log opened).
+#[derive(Debug, Clone, Copy)]
+enum Repair {
+    /// An unknown header: the table is rewritten empty.
+    Empty,
+    /// A torn or damaged end: cut off at `at`.
+    Cut { at: u64, file_len: u64 },
+}
+
+impl Repair {
+    fn apply(self, path: &Path) -> Result<()> {
+        match self {
+            Repair::Empty => {
+                tracing::warn!(file = %path.display(), "ignoring a snapshot table with an unknown header");
+                rewrite_empty(path).map(drop)
+            }
+            Repair::Cut { at, file_len } => {
+                tracing::warn!(file = %path.display(), offset = at, dropped_bytes = file_len - at, "cutting a torn or damaged end off the snapshot table");
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| io_error(format!("opening {}", path.display()), e))?;
+                file.set_len(at).map_err(|e| io_error(format!("truncating {}", path.display()), e))
+            }
+        }
     }
-    Ok(offset)
 }
 
 fn rewrite_empty(path: &Path) -> Result<u64> {
