@@ -597,7 +597,11 @@ impl Actor for ShardActor {
                 while state.restarts.front().is_some_and(|t| now.duration_since(*t) > state.args.restart_window) {
                     state.restarts.pop_front();
                 }
+                let crashed = error.downcast_ref::<crate::asset::actor::Crashed>();
                 if state.restarts.len() > state.args.max_restarts {
+                    if let Some(crashed) = crashed {
+                        crashed.answer();
+                    }
                     return Err(format!(
                         "shard {}: more than {} asset restarts within {:?}; escalating (last: {asset_id}: {error})",
                         state.args.shard, state.args.max_restarts, state.args.restart_window
@@ -610,6 +614,11 @@ impl Actor for ShardActor {
                 notify(state, ShardEvent::Restarted(asset_id.clone()));
                 for message in held {
                     self.deliver(&myself, asset_id.clone(), message, state).await?;
+                }
+                // The crashing command is answered now that its successor runs: the caller's
+                // next command goes to the successor.
+                if let Some(crashed) = crashed {
+                    crashed.answer();
                 }
                 // The successor may have taken the shard over its limit: passivating the excess
                 // makes the room that waiting assets need.

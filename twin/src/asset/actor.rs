@@ -83,6 +83,35 @@ pub enum CommandError {
 /// What a command produced: the events appended (empty when there was nothing to do).
 pub type CommandReply = Result<Vec<Event>, CommandError>;
 
+/// The failure of an asset actor that a command crashed, carrying that command's answer: its
+/// supervisor (the shard) sends it once the asset's successor runs. Answered by the failing
+/// actor instead, a caller's next command could reach that actor's mailbox before it stopped,
+/// and be dropped with it.
+#[derive(Debug)]
+pub struct Crashed {
+    message: String,
+    reply: std::sync::Mutex<Option<RpcReplyPort<CommandReply>>>,
+}
+
+impl Crashed {
+    /// Sends the command's answer ([`CommandError::Poison`]); once.
+    pub fn answer(&self) {
+        let reply = self.reply.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(reply) = reply {
+            // A caller that gave up waiting is not an error.
+            let _ = reply.send(Err(CommandError::Poison(self.message.clone())));
+        }
+    }
+}
+
+impl std::fmt::Display for Crashed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Crashed {}
+
 /// A command of a batch that failed, with its observed event handed back when the asset still
 /// holds it (a rejection), so the caller can dead-letter it without having kept a copy.
 #[derive(Debug)]
@@ -615,8 +644,8 @@ impl AssetActor {
                         let _ = reply.send(result);
                     }
                     Err(failure) => {
-                        let _ = reply.send(Err(CommandError::Poison(failure.to_string())));
-                        return Err(failure);
+                        let reply = std::sync::Mutex::new(Some(reply));
+                        return Err(Box::new(Crashed { message: failure.to_string(), reply }));
                     }
                 }
             }
