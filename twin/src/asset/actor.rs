@@ -104,6 +104,15 @@ impl Crashed {
     }
 }
 
+impl Drop for Crashed {
+    /// Answers when the shard did not (it failed while restarting the asset, or stopped): the
+    /// caller learns that its command ran and crashed, not that it never reached the actor,
+    /// which would have it sent again.
+    fn drop(&mut self) {
+        self.answer();
+    }
+}
+
 impl std::fmt::Display for Crashed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)

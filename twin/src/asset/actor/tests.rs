@@ -156,12 +156,13 @@ impl Twin {
 
     /// Whether the shard has already sent `expected` (among the notifications not read yet).
     fn has_sent(&mut self, expected: &ShardEvent) -> bool {
-        while let Ok(event) = self.events.try_recv() {
-            if &event == expected {
-                return true;
+        loop {
+            match self.events.try_recv() {
+                Ok(event) if &event == expected => return true,
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => return false,
             }
         }
-        false
     }
 
     /// Waits (bounded) for a shard notification.
@@ -642,4 +643,20 @@ async fn a_shard_escalates_after_too_many_restarts() {
     let finished = tokio::time::timeout(WAIT, handle).await;
     assert!(finished.is_ok(), "the shard escalated (stopped) instead of restarting forever");
     assert_eq!(dead_letters(&log).unwrap().len(), 2, "both poison events were dead-lettered");
+}
+
+#[tokio::test]
+async fn a_crash_the_shard_could_not_answer_is_still_answered_as_a_poison() {
+    // The shard fails while restarting the asset (or stops first) and drops the failure: the
+    // caller must learn that its command crashed, not that it never ran (it would resend it).
+    let (tx, rx) = ractor::concurrency::oneshot();
+    let crashed = Crashed {
+        message: "asset s1 crashed on a command: boom".into(),
+        reply: std::sync::Mutex::new(Some(tx.into())),
+    };
+    drop(crashed);
+    match rx.await {
+        Ok(Err(CommandError::Poison(message))) => assert!(message.contains("boom"), "{message}"),
+        other => panic!("expected a poison answer, got {other:?}"),
+    }
 }
