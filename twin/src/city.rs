@@ -589,13 +589,10 @@ impl Twin {
         self.city_handle.await?;
         // Snapshots are a cache, but a restart rehydrates faster with them.
         self.writer.snapshots().flush().await;
-        // Synced, and the heads checkpointed: a restart indexes only what is appended after.
+        // Synced, and the heads checkpointed (`checkpoint` syncs first): a restart indexes only
+        // what is appended after.
         let log = self.log.clone();
-        tokio::task::spawn_blocking(move || {
-            log.flush()?;
-            log.checkpoint()
-        })
-        .await??;
+        tokio::task::spawn_blocking(move || log.checkpoint()).await??;
         Ok(())
     }
 }

@@ -597,11 +597,8 @@ impl Actor for ShardActor {
                 while state.restarts.front().is_some_and(|t| now.duration_since(*t) > state.args.restart_window) {
                     state.restarts.pop_front();
                 }
-                let crashed = error.downcast_ref::<crate::asset::actor::Crashed>();
                 if state.restarts.len() > state.args.max_restarts {
-                    if let Some(crashed) = crashed {
-                        crashed.answer();
-                    }
+                    // A crashing command is answered as its failure is dropped, on return.
                     return Err(format!(
                         "shard {}: more than {} asset restarts within {:?}; escalating (last: {asset_id}: {error})",
                         state.args.shard, state.args.max_restarts, state.args.restart_window
@@ -617,7 +614,7 @@ impl Actor for ShardActor {
                 }
                 // The crashing command is answered now that its successor runs: the caller's
                 // next command goes to the successor.
-                if let Some(crashed) = crashed {
+                if let Some(crashed) = error.downcast_ref::<crate::asset::actor::Crashed>() {
                     crashed.answer();
                 }
                 // The successor may have taken the shard over its limit: passivating the excess

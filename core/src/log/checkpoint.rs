@@ -143,6 +143,15 @@ struct Entries<'a> {
     at: usize,
 }
 
+impl Entries<'_> {
+    /// The error for the entry at `at`, which ends the entries.
+    fn fail<T>(&mut self, what: &str) -> Option<std::result::Result<T, String>> {
+        let error = format!("{what} at byte {}", self.at);
+        self.at = self.bytes.len();
+        Some(Err(error))
+    }
+}
+
 impl<'a> Iterator for Entries<'a> {
     type Item = std::result::Result<(&'a str, StreamHead), String>;
 
@@ -152,16 +161,13 @@ impl<'a> Iterator for Entries<'a> {
         }
         let rest = &self.bytes[self.at..];
         let Some(len) = rest.get(..2).map(|b| usize::from(u16::from_le_bytes([b[0], b[1]]))) else {
-            self.at = self.bytes.len();
-            return Some(Err(format!("an entry cut short at byte {}", self.at)));
+            return self.fail("an entry cut short");
         };
         let Some(entry) = rest.get(..ENTRY_LEN + len) else {
-            self.at = self.bytes.len();
-            return Some(Err(format!("an entry cut short at byte {}", self.at)));
+            return self.fail("an entry cut short");
         };
         let Ok(stream) = std::str::from_utf8(&entry[2..2 + len]) else {
-            self.at = self.bytes.len();
-            return Some(Err(format!("a stream id that is not UTF-8 at byte {}", self.at)));
+            return self.fail("a stream id that is not UTF-8");
         };
         let fixed = &entry[2 + len..];
         let head = StreamHead {

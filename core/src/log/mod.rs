@@ -522,12 +522,7 @@ impl EventLog {
                                     frame.stream.as_str(),
                                     frame.seq
                                 );
-                                return Err(RecoveryError::Corrupt {
-                                    file: paths[file].clone(),
-                                    offset: frame.offset,
-                                    reason,
-                                }
-                                .into());
+                                return Err(corrupt(&paths[file], frame.offset, &reason));
                             }
                             let new =
                                 StreamHead { seq: frame.seq, position: frame.position, offset: frame.offset as u32 };
@@ -572,7 +567,7 @@ impl EventLog {
                                 } else {
                                     damage.reason
                                 };
-                                return Err(RecoveryError::Corrupt { file: path, offset: damage.offset, reason }.into());
+                                return Err(corrupt(&path, damage.offset, &reason));
                             }
                             None => {
                                 return Err(RecoveryError::Corrupt {
@@ -594,15 +589,11 @@ impl EventLog {
         if next_position < covered {
             // A torn tail is found in the last segment; damage before `covered` there is a
             // Corrupt error above, so only missing files get here.
-            return Err(RecoveryError::Corrupt {
-                file: dir.join(checkpoint::CHECKPOINT_FILE),
-                offset: 0,
-                reason: format!(
-                    "the log ends at position {next_position}, but every record below {covered} was synced \
-                     when this checkpoint was written: synced records are missing"
-                ),
-            }
-            .into());
+            let reason = format!(
+                "the log ends at position {next_position}, but every record below {covered} was synced when this \
+                 checkpoint was written: synced records are missing"
+            );
+            return Err(corrupt(&dir.join(checkpoint::CHECKPOINT_FILE), 0, &reason));
         }
         let active = match segments.last() {
             Some(last) => {
@@ -626,9 +617,9 @@ impl EventLog {
         let active_sync =
             Arc::new(active.try_clone().map_err(|e| io_error("cloning the active segment handle".into(), e))?);
         let archived = read_archived(&dir)?;
+        // The streams' sequences (sorted, 24 bytes each) are dropped once the store is open.
         let log_seqs = snapshot::LogSeqs::new(streams.iter().map(|(s, h)| (s.as_str(), h.seq)));
-        let snapshots = snapshot::SnapshotStore::from_read(&snapshots_dir, tables, &log_seqs)?;
-        drop(log_seqs);
+        let snapshots = snapshot::SnapshotStore::from_read(&snapshots_dir, tables, log_seqs)?;
         let state = State {
             segments,
             active,
@@ -1255,8 +1246,7 @@ impl Drop for Inner {
                 return;
             }
             // Everything is synced: the next open indexes only what is appended after this.
-            let checkpoint = Arc::clone(&self.checkpoint);
-            let mut checkpoint = lock(&checkpoint);
+            let mut checkpoint = lock(&self.checkpoint);
             if state.next_position > checkpoint.written {
                 let bytes = checkpoint::encode(state.next_position, &state.streams);
                 if let Err(error) = checkpoint.write(&self.dir, state.next_position, &bytes) {

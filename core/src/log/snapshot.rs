@@ -171,7 +171,7 @@ impl LogSeqs {
         };
         let mut order: Vec<(u128, usize, u64)> =
             found.iter().enumerate().map(|(i, entry)| (entry.key, i, entry.loc.seq)).collect();
-        order.sort_unstable_by_key(|&(key, i, _)| (key, i));
+        order.sort_unstable();
         let mut ahead = vec![false; found.len()];
         let mut next = 0;
         for (key, i, seq) in order {
@@ -209,8 +209,8 @@ impl SnapshotStore {
     }
 
     /// [`SnapshotStore::open`] from tables already read by [`read_tables`].
-    pub(crate) fn from_read(dir: &Path, read: TablesRead, log_seqs: &LogSeqs) -> Result<Arc<SnapshotStore>> {
-        Self::open_read(dir, read, log_seqs, COMPACT_MIN_DEAD)
+    pub(crate) fn from_read(dir: &Path, read: TablesRead, log_seqs: LogSeqs) -> Result<Arc<SnapshotStore>> {
+        Self::open_read(dir, read, &log_seqs, COMPACT_MIN_DEAD)
     }
 
     fn open_read(
@@ -633,8 +633,6 @@ fn append(state: &mut State, entry: &[u8], k: u128, seq: u64) -> Result<()> {
     Ok(())
 }
 
-/// Reads a table front to back into the index; returns the length of its intact part (a torn
-/// or damaged tail is cut off: later saves append after what is intact).
 /// The tables of a snapshot directory, read and verified: the first half of opening the
 /// store, which needs nothing of the log (so the log reads its segments meanwhile). It changes
 /// no file: the repairs it found are made once the log has opened.
@@ -652,7 +650,13 @@ pub(crate) struct TablesRead {
 pub(crate) fn read_tables(dir: &Path) -> Result<TablesRead> {
     std::fs::create_dir_all(dir).map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
     let mut numbers = Vec::new();
-    let mut read_leftovers = Vec::new();
+    let mut read = TablesRead {
+        tables: BTreeMap::new(),
+        total_bytes: 0,
+        found: Vec::new(),
+        repairs: Vec::new(),
+        leftovers: Vec::new(),
+    };
     let entries = std::fs::read_dir(dir).map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
@@ -663,17 +667,10 @@ pub(crate) fn read_tables(dir: &Path) -> Result<TablesRead> {
                 numbers.push(number);
             }
         } else if name.ends_with(".snap") || name.ends_with(".snap.tmp") {
-            read_leftovers.push(entry.path());
+            read.leftovers.push(entry.path());
         }
     }
     numbers.sort_unstable();
-    let mut read = TablesRead {
-        tables: BTreeMap::new(),
-        total_bytes: 0,
-        found: Vec::new(),
-        repairs: Vec::new(),
-        leftovers: read_leftovers,
-    };
     for number in numbers {
         let path = table_path(dir, number);
         let (len, repair) = scan(&path, number, &mut read.found)?;
@@ -698,8 +695,9 @@ fn stream_at(table: &Table, loc: &Loc) -> Option<String> {
     decode_entry(bytes.get(ENTRY_PREFIX..)?).map(|(_, stream, _)| stream.to_owned())
 }
 
-/// Reads table `number` at `path`, adding its valid entries to `found` in order; cuts a torn or
-/// damaged end off. Returns the table's length.
+/// Reads table `number` at `path` front to back, adding its valid entries to `found` in order.
+/// Returns the length of its intact part (later saves append after it) and, for a torn or
+/// damaged end or an unknown header, the repair that makes the file match.
 fn scan(path: &Path, number: u32, found: &mut Vec<Found>) -> Result<(u64, Option<Repair>)> {
     let file = File::open(path).map_err(|e| io_error(format!("opening {}", path.display()), e))?;
     let file_len = file.metadata().map_err(|e| io_error(format!("reading {}", path.display()), e))?.len();
@@ -748,7 +746,7 @@ impl Repair {
         match self {
             Repair::Empty => {
                 tracing::warn!(file = %path.display(), "ignoring a snapshot table with an unknown header");
-                rewrite_empty(path).map(drop)
+                rewrite_empty(path)
             }
             Repair::Cut { at, file_len } => {
                 tracing::warn!(file = %path.display(), offset = at, dropped_bytes = file_len - at, "cutting a torn or damaged end off the snapshot table");
@@ -762,11 +760,10 @@ impl Repair {
     }
 }
 
-fn rewrite_empty(path: &Path) -> Result<u64> {
+fn rewrite_empty(path: &Path) -> Result<()> {
     let mut header = MAGIC.to_vec();
     header.extend_from_slice(&VERSION.to_le_bytes());
-    std::fs::write(path, &header).map_err(|e| io_error(format!("rewriting {}", path.display()), e))?;
-    Ok(HEADER_LEN)
+    std::fs::write(path, &header).map_err(|e| io_error(format!("rewriting {}", path.display()), e))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -797,14 +794,8 @@ mod tests {
     fn entries_ahead_of_the_log_are_found_by_one_merge_in_any_order() {
         // Streams 0..500 at sequence n in the log, stream 7 not in it at all; entries in a
         // scrambled order, some of a stream twice.
-        let log = LogSeqs::new(
-            (0..500u64)
-                .filter(|&n| n != 7)
-                .map(|n| (format!("s{n}"), n))
-                .collect::<Vec<_>>()
-                .iter()
-                .map(|(s, n)| (s.as_str(), *n)),
-        );
+        let streams: Vec<(String, u64)> = (0..500u64).filter(|&n| n != 7).map(|n| (format!("s{n}"), n)).collect();
+        let log = LogSeqs::new(streams.iter().map(|(s, n)| (s.as_str(), *n)));
         let mut entries = Vec::new();
         let mut expected = Vec::new();
         for i in 0..1_500u64 {
