@@ -21,6 +21,19 @@ pub enum Error {
     /// The event log found damage while opening; see [`crate::log::RecoveryError`].
     #[error(transparent)]
     Recovery(crate::log::RecoveryError),
+    /// The log directory is open in another process, or elsewhere in this one: a log has one
+    /// owner at a time (opening it repairs it, which would cut off a live writer's tail).
+    #[error(
+        "the event log at {} is in use by {} (one process at a time: stop it first, or ask the running server through its API)",
+        dir.display(),
+        holder.map_or_else(|| "another process".to_owned(), |pid| format!("process {pid}"))
+    )]
+    InUse {
+        /// The log directory.
+        dir: std::path::PathBuf,
+        /// The holder's process id, as its lock file says (it may be this process).
+        holder: Option<u32>,
+    },
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -578,6 +578,12 @@ impl Twin {
 
     /// Stops every actor, flushes the log and writes its heads checkpoint.
     ///
+    /// The log's directory stays locked until everything that reads the log is gone: the
+    /// twin's own threads end by themselves once it is dropped, but a [`Subscription`] or an
+    /// [`EventLog`] handle taken from it keeps it open. A twin started again on the same
+    /// directory in this process waits a while for that, then fails with
+    /// [`citytwin_core::Error::InUse`].
+    ///
     /// # Errors
     /// When the final sync fails.
     pub async fn shutdown(self) -> Result<(), ActorProcessingErr> {

@@ -475,7 +475,8 @@ mod tests {
         }
         assert_eq!(saga.state().unwrap().completed, [Step::ReserveId, Step::ConfigureDevice]);
         assert_eq!(saga.state().unwrap().status(), "running");
-        drop(log);
+        // The process dies: nothing of it holds the log any more.
+        drop((saga, log));
 
         // A new process reopens the log and resumes.
         let saga = CommissioningSaga::new(EventLog::open(dir.path(), LogConfig::default()).unwrap(), "s-crash");

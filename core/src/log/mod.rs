@@ -28,6 +28,7 @@
 //! appends on a blocking thread pool or a dedicated writer.
 
 mod checkpoint;
+mod dirlock;
 mod frame;
 mod replay;
 mod segment;
@@ -431,6 +432,9 @@ struct Inner {
     checkpoint: Arc<Mutex<CheckpointFile>>,
     /// The thread writing a roll's checkpoint, if one was started.
     checkpoint_writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The directory's lock, released after everything above is closed (fields drop after
+    /// [`Drop for Inner`](Inner::drop), in order).
+    _lock: dirlock::DirLock,
 }
 
 /// The event log. Cheap to clone (shared); safe to use from many threads.
@@ -462,6 +466,7 @@ impl EventLog {
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<EventLog> {
         let dir = dir.as_ref().to_owned();
         std::fs::create_dir_all(&dir).map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
+        let lock = dirlock::DirLock::acquire(&dir)?;
         let mut streams: FxHashMap<StreamKey, StreamHead> = load_retired(&dir)?;
         let files = segment::list(&dir)?;
         let first_base = files.first().map_or(0, |f| f.0);
@@ -641,6 +646,7 @@ impl EventLog {
             uncached: Mutex::default(),
             checkpoint: Arc::new(Mutex::new(CheckpointFile { written: covered, floor: 0 })),
             checkpoint_writer: Mutex::new(None),
+            _lock: lock,
         });
         if let Durability::Interval(interval) = inner.config.durability {
             spawn_flusher(Arc::downgrade(&inner), interval);

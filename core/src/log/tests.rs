@@ -316,6 +316,37 @@ fn random_walk_matches_the_model() {
 }
 
 #[test]
+fn a_log_open_elsewhere_is_refused_before_anything_is_read_or_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap();
+    log.append("a", Expected::Seq(0), &event(1, "a")).unwrap();
+    drop(log);
+    // Another process has it open, and its tail as a live writer leaves it between a write
+    // and its sync: half a frame.
+    let mut other = std::fs::OpenOptions::new().write(true).open(dir.path().join("LOCK")).unwrap();
+    other.try_lock().unwrap();
+    other.set_len(0).unwrap();
+    other.write_all(b"4242").unwrap();
+    let tail = tail_segment(dir.path());
+    let len = std::fs::metadata(&tail).unwrap().len();
+    std::fs::OpenOptions::new().append(true).open(&tail).unwrap().write_all(&[7; 9]).unwrap();
+    match EventLog::open(dir.path(), config(Durability::Always, 1 << 20)) {
+        Err(error @ Error::InUse { holder: Some(4242), .. }) => {
+            let message = error.to_string();
+            assert!(message.contains("in use by process 4242"), "{message}");
+            assert!(message.contains(&dir.path().display().to_string()), "{message}");
+        }
+        other => panic!("expected InUse by 4242, got {other:?}"),
+    }
+    assert_eq!(std::fs::metadata(&tail).unwrap().len(), len + 9, "the refused open cut nothing off");
+    // That process ends: the next open owns the log, and repairs the torn tail.
+    drop(other);
+    let log = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap();
+    assert_eq!((log.next_position(), log.stream_seq("a")), (1, 1));
+    assert_eq!(std::fs::metadata(&tail).unwrap().len(), len, "the torn tail is cut off");
+}
+
+#[test]
 fn wrong_expected_sequence_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let log = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap();
