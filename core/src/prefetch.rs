@@ -10,10 +10,18 @@
 /// targets without a prefetch instruction it does nothing.
 #[inline]
 pub fn prefetch<T>(value: &T) {
+    prefetch_at(std::ptr::from_ref(value));
+}
+
+/// [`prefetch`] at an address that need not hold a value yet: the room a list is about to be
+/// written into (`list.as_ptr().wrapping_add(list.len())`, within its capacity). Safe for any
+/// address: a prefetch never faults.
+#[inline]
+pub fn prefetch_at<T>(at: *const T) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let at = std::ptr::from_ref(value).cast::<i8>();
+        let at = at.cast::<i8>();
         // SAFETY: SSE is part of the x86-64 baseline, and a prefetch only hints: it reads
         // nothing into the program and is dropped, never faulting, for an address that is
         // not mapped (`wrapping_add` keeps the second address's computation defined).
@@ -24,7 +32,7 @@ pub fn prefetch<T>(value: &T) {
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
+    let _ = at;
 }
 
 #[cfg(test)]
@@ -34,6 +42,8 @@ mod tests {
         let values = vec![7u8; 3];
         super::prefetch(&values[2]);
         super::prefetch(&values);
+        super::prefetch_at(values.as_ptr().wrapping_add(values.capacity()));
+        super::prefetch_at(std::ptr::null::<u64>());
         assert_eq!(values, [7, 7, 7]);
     }
 }

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use citytwin_core::event::{EcoString, Event, ValidationError};
+use citytwin_core::prefetch::{prefetch, prefetch_at};
 use rustc_hash::FxHashMap;
 
 use crate::asset::logic::AssetCommand;
@@ -116,9 +117,22 @@ pub(crate) fn route(
         lists.push(Vec::with_capacity(*len as usize));
     }
     let mut city: (Vec<usize>, Vec<Event>) = Default::default();
-    // Each event's group becomes its slot.
+    // Each event's group becomes its slot. The events are read in order (the hardware sees
+    // that), but each is written to its group's list, a place it cannot guess (these writes
+    // were a third of this function's time, a cache miss each): the free room of the list of
+    // the event `AHEAD` places on is asked for early, and before that, `2 * AHEAD` places on,
+    // the list itself (its free room is found from it).
+    const AHEAD: usize = 8;
     let mut slot_of = group_of;
-    for ((at, event), slot_of) in events.drain(..).enumerate().zip(&mut slot_of) {
+    for (at, event) in events.drain(..).enumerate() {
+        // Still groups, ahead of `at`.
+        if let Some(list) = slot_of.get(at + 2 * AHEAD).and_then(|&group| lists.get(group as usize)) {
+            prefetch(list);
+        }
+        if let Some(list) = slot_of.get(at + AHEAD).and_then(|&group| lists.get(group as usize)) {
+            prefetch_at(list.as_ptr().wrapping_add(list.len()));
+        }
+        let slot_of = &mut slot_of[at];
         match *slot_of {
             INVALID => *slot_of = NO_SLOT,
             CITY => {
