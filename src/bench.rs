@@ -365,6 +365,9 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some(peak) = rss_kb("VmHWM") {
         println!("peak RSS: {peak} kB");
     }
+    // The read models read the log through their subscription: gone before the restart, as
+    // in a new process (the log's directory is open in one place at a time).
+    drop(read_models);
     Arc::into_inner(twin).context("the twin is still in use")?.shutdown().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if args.recover {
         if args.cold {

@@ -276,3 +276,43 @@ fn compare_runs_a_base_and_its_extends_variant_and_shows_the_intervention() {
     assert!(out.join("compare.html").is_file() && out.join("compare.json").is_file());
     assert!(stdout.contains("congestion"), "the KPI table: {stdout}");
 }
+
+#[test]
+fn a_data_dir_held_by_another_process_is_refused_with_its_process_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    std::fs::create_dir_all(&log).unwrap();
+    // This test's process holds the directory, as a running server would.
+    let mut lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(log.join("LOCK")).unwrap();
+    lock.try_lock().unwrap();
+    std::io::Write::write_all(&mut lock, std::process::id().to_string().as_bytes()).unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let refused = citytwin(&["dlq", "list", "--data-dir", data_dir]);
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{}", String::from_utf8_lossy(&refused.stdout));
+    assert!(text.contains(&format!("in use by process {}", std::process::id())), "{text}");
+    drop(lock);
+    let list = citytwin(&["dlq", "list", "--data-dir", data_dir]);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    assert!(String::from_utf8_lossy(&list.stdout).contains("0 dead letters"));
+}
+
+#[test]
+fn bench_restarts_its_twin_on_the_same_data_dir_and_reports_the_recovery() {
+    let bench = citytwin(&[
+        "bench",
+        "--assets",
+        "200",
+        "--events",
+        "2000",
+        "--batch",
+        "100",
+        "--cells",
+        "--read-models",
+        "--recover",
+    ]);
+    let text = String::from_utf8_lossy(&bench.stdout);
+    assert!(bench.status.success(), "{}\n{}", text, String::from_utf8_lossy(&bench.stderr));
+    assert!(text.contains("recovery: twin restarted in"), "{text}");
+    assert!(text.contains("200 asset states rebuilt"), "{text}");
+}

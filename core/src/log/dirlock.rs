@@ -12,7 +12,9 @@
 //! threads that were using it (a writer thread ends once its last handle is dropped): an open
 //! of a directory held in this process waits for the holder to let go, for at most
 //! [`SAME_PROCESS_WAIT`], woken when it does (not polling). Two opens that are both meant to
-//! stay open still fail, after that wait.
+//! stay open still fail, after that wait. Another process's lock is tried again for
+//! [`OTHER_PROCESS_WAIT`] (a server that was just stopped, a test's twin whose threads are
+//! ending), then reported.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -29,6 +31,8 @@ pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// How long an open waits for a log of the same directory, open in this process, to close.
 pub(crate) const SAME_PROCESS_WAIT: Duration = Duration::from_secs(10);
+/// How long an open waits for another process to let go of the directory.
+pub(crate) const OTHER_PROCESS_WAIT: Duration = Duration::from_secs(2);
 
 /// The directories whose log is open in this process, and a signal for each one closed.
 static OPEN_HERE: (Mutex<Option<HashSet<PathBuf>>>, Condvar) = (Mutex::new(None), Condvar::new());
@@ -54,7 +58,8 @@ impl Drop for DirLock {
 }
 
 impl DirLock {
-    /// Takes the lock on `dir` without waiting.
+    /// Takes the lock on `dir`, waiting a little for a holder that is closing (see the
+    /// module documentation).
     ///
     /// # Errors
     /// [`Error::InUse`] when another open log (in this process or another) holds it; an I/O
@@ -63,7 +68,8 @@ impl DirLock {
         Self::acquire_within(dir, SAME_PROCESS_WAIT)
     }
 
-    /// [`acquire`](DirLock::acquire), waiting at most `wait` for a holder in this process.
+    /// [`acquire`](DirLock::acquire), waiting at most `wait` for a holder in this process
+    /// (and at most the shorter of `wait` and [`OTHER_PROCESS_WAIT`] for another process).
     pub(crate) fn acquire_within(dir: &Path, wait: Duration) -> Result<DirLock> {
         let key = dir.canonicalize().map_err(|e| io_error(format!("resolving {}", dir.display()), e))?;
         {
@@ -89,14 +95,23 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| io_error(format!("opening {}", path.display()), e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let holder = file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse().ok());
-                return Err(Error::InUse { dir: dir.to_owned(), holder });
+        // Another process that is closing the log (a server just stopped) lets go within
+        // moments; the operating system has no timed wait for this lock, so it is tried again
+        // every few milliseconds for a short while.
+        let deadline = Instant::now() + wait.min(OTHER_PROCESS_WAIT);
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    let mut text = String::new();
+                    let holder = file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse().ok());
+                    return Err(Error::InUse { dir: dir.to_owned(), holder });
+                }
+                Err(TryLockError::Error(e)) => return Err(io_error(format!("locking {}", path.display()), e)),
             }
-            Err(TryLockError::Error(e)) => return Err(io_error(format!("locking {}", path.display()), e)),
         }
         // Best effort: the id only makes the error message of the next opener more helpful.
         let pid = std::process::id().to_string();
