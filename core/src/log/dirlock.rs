@@ -16,7 +16,7 @@
 //! [`OTHER_PROCESS_WAIT`] (a server that was just stopped, a test's twin whose threads are
 //! ending), then reported.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ pub(crate) const SAME_PROCESS_WAIT: Duration = Duration::from_secs(10);
 pub(crate) const OTHER_PROCESS_WAIT: Duration = Duration::from_secs(2);
 
 /// The directories whose log is open in this process, and a signal for each one closed.
-static OPEN_HERE: (Mutex<Option<HashSet<PathBuf>>>, Condvar) = (Mutex::new(None), Condvar::new());
+static OPEN_HERE: (Mutex<BTreeSet<PathBuf>>, Condvar) = (Mutex::new(BTreeSet::new()), Condvar::new());
 
 /// A held lock on a log directory; released when dropped (or when the process ends).
 #[derive(Debug)]
@@ -52,7 +52,7 @@ impl Drop for DirLock {
         drop(self.file.take());
         let (open, closed) = &OPEN_HERE;
         let mut open = open.lock().unwrap_or_else(PoisonError::into_inner);
-        open.get_or_insert_default().remove(&self.dir);
+        open.remove(&self.dir);
         closed.notify_all();
     }
 }
@@ -76,14 +76,14 @@ impl DirLock {
             let (open, closed) = &OPEN_HERE;
             let deadline = Instant::now() + wait;
             let mut open = open.lock().unwrap_or_else(PoisonError::into_inner);
-            while open.get_or_insert_default().contains(&key) {
+            while open.contains(&key) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return Err(Error::InUse { dir: dir.to_owned(), holder: Some(std::process::id()) });
                 }
                 open = closed.wait_timeout(open, left).unwrap_or_else(PoisonError::into_inner).0;
             }
-            open.get_or_insert_default().insert(key.clone());
+            open.insert(key.clone());
         }
         // Registered: from here on, dropping the lock (on any error below too) unregisters it.
         let mut lock = DirLock { file: None, dir: key };

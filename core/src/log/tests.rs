@@ -464,14 +464,20 @@ fn a_flipped_byte_in_a_middle_segment_fails_open_naming_file_and_offset() {
     assert!(text.contains(name) && text.contains("offset"), "the error names the file and the offset: {text}");
 }
 
-#[test]
-fn a_flipped_byte_before_valid_frames_of_the_tail_is_corruption_not_a_torn_tail() {
+/// A log of ten events of stream `s`, closed, in a new directory.
+fn closed_log_of_ten(durability: Durability) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let log = EventLog::open(dir.path(), config(Durability::Never, 1 << 20)).unwrap();
+    let log = EventLog::open(dir.path(), config(durability, 1 << 20)).unwrap();
     for i in 0..10 {
         log.append("s", Expected::Any, &event(i, "s")).unwrap();
     }
     drop(log);
+    dir
+}
+
+#[test]
+fn a_flipped_byte_before_valid_frames_of_the_tail_is_corruption_not_a_torn_tail() {
+    let dir = closed_log_of_ten(Durability::Never);
     let tail = tail_segment(dir.path());
     let mut bytes = std::fs::read(&tail).unwrap();
     bytes[segment::HEADER_LEN as usize + 20] ^= 1; // inside the first frame's body
@@ -817,12 +823,7 @@ fn a_roll_writes_the_heads_checkpoint_when_due_and_a_crash_reopens_from_it() {
 
 #[test]
 fn damage_below_the_checkpointed_position_is_corruption_not_a_torn_tail() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = EventLog::open(dir.path(), config(Durability::Always, 1 << 20)).unwrap();
-    for i in 0..10 {
-        log.append("s", Expected::Any, &event(i, "s")).unwrap();
-    }
-    drop(log);
+    let dir = closed_log_of_ten(Durability::Always);
     assert_eq!(checkpoint_covers(dir.path()), 10);
     let tail = tail_segment(dir.path());
     let len = std::fs::metadata(&tail).unwrap().len();
